@@ -1,0 +1,53 @@
+"""Benchmark data: MNIST-1D generated offline, cached as .npz."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    x_train: torch.Tensor  # (N, L) float32
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CREST_CACHE_DIR") or Path.home() / ".cache" / "crest"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def mnist1d(num_samples: int = 50_000, seed: int = 42) -> Dataset:
+    """MNIST-1D from ``mnist1d.data.make_dataset`` (templates built in; never downloaded).
+
+    ``num_samples`` is split 80/20 into train and test (50,000 -> 40,000 / 10,000).
+    """
+    path = cache_dir() / f"mnist1d-{num_samples}-{seed}.npz"
+    if not path.exists():
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples, args.seed = num_samples, seed
+        data = make_dataset(args)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, x=data["x"], y=data["y"], x_test=data["x_test"], y_test=data["y_test"])
+        tmp.replace(path)
+    with np.load(path) as data:
+        return Dataset(
+            name="mnist1d",
+            x_train=torch.from_numpy(data["x"].astype(np.float32)),
+            y_train=torch.from_numpy(data["y"].astype(np.int64)),
+            x_test=torch.from_numpy(data["x_test"].astype(np.float32)),
+            y_test=torch.from_numpy(data["y_test"].astype(np.int64)),
+            num_classes=10,
+        )

@@ -1,0 +1,413 @@
+"""End-to-end benchmark: Full vs Random vs CREST on MNIST-1D, same model, schedule and seeds.
+
+Every method trains the same 1-D CNN with SGD + momentum, the same learning rate and the same
+step-decay schedule written in (virtual) epochs, so it compresses with the step budget.
+Full trains ``epochs`` passes over the data; Random and CREST train ``train_frac`` of Full's
+steps, Random on uniform mini-batches (weight 1), CREST on weighted coresets from the
+coordinator. Wall-clock is split into training steps, CREST's selection work (candidate
+forward passes, uploads and selection, Hessian, checks) and evaluation; evaluation is
+reported but never counted in a method's time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from crest.bench.data import Dataset, mnist1d
+from crest.bench.models import cnn1d
+from crest.client import JobConfig, Session, tensor_fetch, weighted_loss
+from crest.proto.contract import Coordinator
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """What every method shares."""
+
+    epochs: float = 30.0
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[float, ...] = (0.5, 0.75)  # fractions of training; lr *= gamma at each
+    gamma: float = 0.1
+    channels: int = 32
+    evals: int = 30  # test evaluations per run, evenly spaced in steps
+
+
+@dataclass(frozen=True)
+class CrestSetup:
+    """CREST's knobs (those the spec leaves open), passed to the job and the session."""
+
+    tau: float = 0.1
+    subset_size: int | None = None
+    num_coresets: int = 5
+    max_coreset_uses: int | None = 4
+    check_interval: int = 1
+    max_check_interval: int = 8
+    check_sample_size: int = 256
+    adaptive: bool = True
+    drop_interval: float = 1.0
+    gradient: str = "check"
+    hessian_probes: int = 0
+
+    def job_config(self, data: Dataset, train: TrainSetup, frac: float, seed: int) -> JobConfig:
+        return JobConfig(
+            num_examples=len(data.y_train),
+            num_classes=data.num_classes,
+            batch_size=train.batch_size,
+            epochs=train.epochs,
+            train_frac=frac,
+            seed=seed,
+            tau=self.tau,
+            subset_size=self.subset_size,
+            num_coresets=self.num_coresets,
+            max_coreset_uses=self.max_coreset_uses,
+            check_interval=self.check_interval,
+            max_check_interval=self.max_check_interval,
+            check_sample_size=self.check_sample_size,
+            adaptive=self.adaptive,
+            drop_interval=self.drop_interval,
+        )
+
+
+@dataclass
+class RunResult:
+    method: str
+    train_frac: float
+    seed: int
+    steps: int
+    final_acc: float
+    best_acc: float
+    curve: list[tuple[int, float, float]]  # (steps, seconds counted, test accuracy)
+    seconds: dict[str, float]  # train, embed, select, hessian, check, eval, total
+    regions: int = 0
+    mean_check_interval: float | None = None
+    mean_num_coresets: float | None = None
+    pool_end: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> float:
+    was_training = model.training
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for xs, ys in zip(x.split(batch), y.split(batch), strict=True):
+            correct += int((model(xs).argmax(1) == ys).sum())
+    model.train(was_training)
+    return correct / len(y)
+
+
+def lr_at(setup: TrainSetup, step: int, total: int) -> float:
+    passed = sum(step >= round(m * total) for m in setup.milestones)
+    return setup.lr * setup.gamma**passed
+
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _train(
+    name: str,
+    data: Dataset,
+    setup: TrainSetup,
+    seed: int,
+    total: int,
+    make_batches: Callable[[nn.Module], Batches],
+    selection_seconds: Callable[[], dict[str, float]],
+    progress: bool,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The one training loop every method runs; only the batches differ."""
+    torch.manual_seed(seed)
+    model = cnn1d(data.x_train.shape[1], setup.channels, data.num_classes)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=setup.lr, momentum=setup.momentum, weight_decay=setup.weight_decay
+    )
+    eval_at = {max(1, round(total * (i + 1) / setup.evals)) for i in range(setup.evals)}
+    curve: list[tuple[int, float, float]] = []
+    elapsed_s = eval_s = 0.0  # everything but evaluation, selection work included
+    bar = tqdm(
+        total=total, desc=name, disable=not progress, leave=False, mininterval=0.5, file=sys.stderr
+    )
+    step = 0
+    batches = make_batches(model)
+    while True:
+        started = time.perf_counter()
+        try:
+            indices, weights = next(batches)
+        except StopIteration:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(setup, step, total)
+        logits = model(data.x_train[indices])
+        targets = data.y_train[indices]
+        if weights is None:
+            loss = nn.functional.cross_entropy(logits, targets)
+        else:
+            loss = weighted_loss(logits, targets, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        elapsed_s += time.perf_counter() - started
+        step += 1
+        bar.update(1)
+        if step in eval_at:
+            started = time.perf_counter()
+            acc = evaluate(model, data.x_test, data.y_test)
+            eval_s += time.perf_counter() - started
+            curve.append((step, elapsed_s, acc))
+            bar.set_postfix(acc=f"{acc:.3f}")
+    bar.close()
+    # The session works inside next(), which the step timer saw: "train" is the rest.
+    selection = selection_seconds()
+    seconds = {"train": elapsed_s - sum(selection.values()), **selection, "eval": eval_s}
+    seconds["total"] = elapsed_s
+    return model, {"steps": step, "curve": curve, "seconds": seconds}
+
+
+def _permutation_batches(n: int, batch: int, steps: int, seed: int) -> Batches:
+    """Uniform mini-batches: consecutive slices of fresh random permutations (weight 1)."""
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < steps:
+        order = torch.from_numpy(rng.permutation(n))
+        for start in range(0, n - batch + 1, batch):
+            if done == steps:
+                return
+            yield order[start : start + batch], None
+            done += 1
+
+
+def run_baseline(
+    data: Dataset, setup: TrainSetup, frac: float, seed: int, progress: bool = True
+) -> RunResult:
+    """Full (``frac == 1``) or Random (``frac < 1``) training."""
+    n = len(data.y_train)
+    total = max(1, round(frac * round(setup.epochs * math.ceil(n / setup.batch_size))))
+    method = "full" if frac >= 1 else "random"
+    _, out = _train(
+        f"{method} f={frac:g} seed={seed}", data, setup, seed, total,
+        lambda _model: _permutation_batches(n, setup.batch_size, total, seed),
+        dict, progress,
+    )  # fmt: skip
+    return _result(method, frac, seed, out)
+
+
+def run_crest(
+    data: Dataset,
+    setup: TrainSetup,
+    crest: CrestSetup,
+    frac: float,
+    seed: int,
+    coordinator: Coordinator,
+    progress: bool = True,
+) -> RunResult:
+    config = crest.job_config(data, setup, frac, seed)
+    job_id = coordinator.create_job(config, data.y_train.numpy())
+    sessions: list[Session] = []
+
+    def make_batches(model: nn.Module) -> Batches:
+        session = Session(
+            coordinator, job_id, model=model, fetch=tensor_fetch(data.x_train, data.y_train),
+            gradient=crest.gradient, hessian_probes=crest.hessian_probes, seed=seed,
+        )  # fmt: skip
+        sessions.append(session)
+        return ((b.indices, b.weights) for b in session.batches())
+
+    def selection_seconds() -> dict[str, float]:
+        if not sessions:
+            return {}
+        t = sessions[0].timings
+        return {"embed": t.embed, "select": t.select, "hessian": t.quadratic, "check": t.check}
+
+    _, out = _train(
+        f"crest f={frac:g} seed={seed}", data, setup, seed, config.total_steps,
+        make_batches, selection_seconds, progress,
+    )  # fmt: skip
+    result = _result("crest", frac, seed, out)
+    status = coordinator.job_status(job_id)  # type: ignore[attr-defined]
+    regions = status.regions
+    result.regions = len(regions)
+    result.mean_check_interval = statistics.fmean(r.check_interval for r in regions)
+    result.mean_num_coresets = statistics.fmean(r.num_coresets for r in regions)
+    result.pool_end = status.pool_size
+    result.extra = {
+        "checks": sessions[0].timings.checks,
+        "mean_region_steps": statistics.fmean(
+            (r.end_step or config.total_steps) - r.start_step for r in regions
+        ),
+        "end_reasons": {
+            reason: sum(r.end_reason == reason for r in regions)
+            for reason in ("check", "bound", "budget")
+        },
+        "selected_minus_candidate_loss": statistics.fmean(
+            r.selected_loss - r.candidate_loss
+            for r in regions
+            if r.selected_loss is not None and r.candidate_loss is not None
+        ),
+    }
+    return result
+
+
+def _result(method: str, frac: float, seed: int, out: dict[str, Any]) -> RunResult:
+    curve = out["curve"]
+    return RunResult(
+        method=method,
+        train_frac=frac,
+        seed=seed,
+        steps=out["steps"],
+        final_acc=curve[-1][2],
+        best_acc=max(acc for _, _, acc in curve),
+        curve=curve,
+        seconds=out["seconds"],
+    )
+
+
+def time_to_accuracy(curve: list[tuple[int, float, float]], target: float) -> float | None:
+    """Seconds until a run's test accuracy first reached ``target`` (None if never)."""
+    for _, seconds, acc in curve:
+        if acc >= target:
+            return seconds
+    return None
+
+
+# ------------------------------------------------------------------------------ the run
+@dataclass(frozen=True)
+class E2EPlan:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    fracs: tuple[float, ...] = (0.1, 0.2)
+    num_samples: int = 50_000
+    train: TrainSetup = TrainSetup()
+    crest: CrestSetup = CrestSetup()
+
+
+def warm_up(data: Dataset, setup: TrainSetup) -> None:
+    """Pay one-time costs (lazy imports on the first optimizer step, allocator warm-up) before
+    anything is timed, so that they land on no method's clock."""
+    model = cnn1d(data.x_train.shape[1], setup.channels, data.num_classes)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=setup.momentum)
+    for _ in range(3):
+        loss = nn.functional.cross_entropy(
+            model(data.x_train[: setup.batch_size]), data.y_train[: setup.batch_size]
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    evaluate(model, data.x_test, data.y_test)
+
+
+def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> dict[str, Any]:
+    data = mnist1d(plan.num_samples)
+    warm_up(data, plan.train)
+    runs: list[RunResult] = []
+    for seed in plan.seeds:
+        runs.append(run_baseline(data, plan.train, 1.0, seed, progress))
+        for frac in plan.fracs:
+            runs.append(run_baseline(data, plan.train, frac, seed, progress))
+            runs.append(run_crest(data, plan.train, plan.crest, frac, seed, coordinator, progress))
+    full = {r.seed: r for r in runs if r.method == "full"}
+    for r in runs:
+        reference = full[r.seed]
+        tta = time_to_accuracy(reference.curve, r.final_acc)
+        r.extra["full_seconds_to_this_acc"] = tta
+        r.extra["speedup_vs_full"] = reference.seconds["total"] / r.seconds["total"]
+        r.extra["acc_gap_to_full"] = reference.final_acc - r.final_acc
+    return {
+        "benchmark": "e2e",
+        "dataset": f"mnist1d num_samples={plan.num_samples}",
+        "plan": asdict(plan),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "runs": [asdict(r) for r in runs],
+        "summary": summarise(runs),
+    }
+
+
+def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
+    """One row per (method, train_frac): means and standard deviations over seeds."""
+    rows = []
+    keys = sorted({(r.method, r.train_frac) for r in runs}, key=lambda k: (-k[1], k[0]))
+    for method, frac in keys:
+        group = [r for r in runs if r.method == method and r.train_frac == frac]
+
+        def stat(values: list[float]) -> tuple[float, float]:
+            return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+        row: dict[str, Any] = {
+            "method": method,
+            "train_frac": frac,
+            "seeds": len(group),
+            "final_acc": stat([r.final_acc for r in group]),
+            "best_acc": stat([r.best_acc for r in group]),
+            "steps": group[0].steps,
+            "seconds": {k: statistics.fmean(r.seconds[k] for r in group) for k in group[0].seconds},
+            "speedup_vs_full": statistics.fmean(r.extra["speedup_vs_full"] for r in group),
+        }
+        tta = [r.extra["full_seconds_to_this_acc"] for r in group]
+        row["full_seconds_to_this_acc"] = (
+            statistics.fmean(tta) if all(t is not None for t in tta) else None
+        )
+        if method == "crest":
+            row["regions"] = statistics.fmean(r.regions for r in group)
+            row["mean_check_interval"] = statistics.fmean(r.mean_check_interval or 0 for r in group)
+            row["mean_num_coresets"] = statistics.fmean(r.mean_num_coresets or 0 for r in group)
+            row["pool_end"] = statistics.fmean(r.pool_end or 0 for r in group)
+        rows.append(row)
+    return rows
+
+
+def format_table(summary: list[dict[str, Any]]) -> str:
+    header = (
+        "| method | frac | final acc % | best acc % | steps | regions | k | P | pool end "
+        "| train s | embed s | select s | hessian s | check s | eval s | total s "
+        "| speed-up vs full | full s to same acc |"
+    )
+    lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
+
+    def opt(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    for row in summary:
+        s = row["seconds"]
+        lines.append(
+            f"| {row['method']} | {row['train_frac']:g} "
+            f"| {100 * row['final_acc'][0]:.2f} ± {100 * row['final_acc'][1]:.2f} "
+            f"| {100 * row['best_acc'][0]:.2f} ± {100 * row['best_acc'][1]:.2f} "
+            f"| {row['steps']} | {opt(row.get('regions'), '.0f')} "
+            f"| {opt(row.get('mean_check_interval'), '.2f')} "
+            f"| {opt(row.get('mean_num_coresets'), '.1f')} | {opt(row.get('pool_end'), '.0f')} "
+            f"| {s['train']:.1f} | {s.get('embed', 0):.1f} | {s.get('select', 0):.1f} "
+            f"| {s.get('hessian', 0):.1f} | {s.get('check', 0):.1f} | {s['eval']:.1f} "
+            f"| {s['total']:.1f} | {row['speedup_vs_full']:.2f}x "
+            f"| {opt(row['full_seconds_to_this_acc'], '.1f')} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+
+
+def quick_plan(plan: E2EPlan) -> E2EPlan:
+    """The demo's short version: one seed, fewer epochs and samples."""
+    return replace(
+        plan, seeds=(0,), num_samples=20_000, train=replace(plan.train, epochs=10), fracs=(0.1,)
+    )

@@ -1,0 +1,313 @@
+"""A trainer's session with a coordinator: weighted batches in, embeddings and checks out.
+
+A training loop changes by a few lines::
+
+    session = Session(coordinator, job_id, model=model, fetch=tensor_fetch(X, Y))
+    for batch in session.batches():
+        x, y = X[batch.indices], Y[batch.indices]
+        loss = weighted_loss(model(x), y, batch.weights)
+        optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+Between the user's steps the session does CREST's trainer-side work: at a region start it
+embeds its share of the candidates (one eval-mode forward pass, no backward), snapshots θ_0
+and builds the region's model terms; every k steps it measures the check loss and reports.
+
+The check compares ``L_true`` (eval-mode mean loss on the region's check sample) with
+``F(δ) = L_0 + gᵀδ + ½ δᵀ diag(h) δ``. Where g comes from is the ``gradient`` option:
+
+* ``"check"`` (default): the exact gradient of that same check loss at θ_0, one backward pass
+  over the check sample. F is then the true Taylor model of what the check measures.
+* ``"step"``: the region's first training step's gradient, captured by hooks at no cost.
+  It is biased: that step moves along its own noise, so ``gᵀδ`` counts the batch's gradient
+  variance as progress and the check fails early.
+* ``"coresets"``: the spec's weighted gradient over all P coresets (P backward passes).
+
+With ``hessian_probes > 0`` a Hutchinson diagonal Hessian of the same loss is added.
+The coordinator may be in-process or remote: the session only uses the
+:class:`crest.proto.contract.Coordinator` methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from crest.client.embeddings import EMBEDDINGS, EmbeddingFn
+from crest.client.loss import weighted_loss
+from crest.client.quadratic import GradientCapture, QuadraticModel, hutchinson_diagonal, trainable
+from crest.proto.contract import (
+    CheckDecision,
+    CheckReport,
+    Coordinator,
+    RegionStatus,
+    RegionView,
+    SessionInfo,
+)
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+
+def tensor_fetch(inputs: Tensor, labels: Tensor, device: str | torch.device | None = None) -> Fetch:
+    """A fetch function over in-memory tensors: ``indices -> (inputs, labels)`` on ``device``."""
+
+    def fetch(indices: Tensor) -> tuple[Tensor, Tensor]:
+        x, y = inputs[indices], labels[indices]
+        return (x, y) if device is None else (x.to(device), y.to(device))
+
+    return fetch
+
+
+@dataclass(frozen=True)
+class WeightedBatch:
+    """One training step's coreset: example ``indices`` (int64) and ``weights`` (float32)."""
+
+    step: int
+    indices: Tensor
+    weights: Tensor
+    region_id: int
+
+
+@dataclass
+class SelectionTimings:
+    """Seconds the trainer spent on selection work, by kind, and how often."""
+
+    embed: float = 0.0  # candidate forward passes
+    select: float = 0.0  # uploads and waiting for the coordinator's selection
+    quadratic: float = 0.0  # explicit gradient / Hessian passes at region starts
+    check: float = 0.0  # check forward passes and reports
+    regions: int = 0
+    checks: int = 0
+
+    @property
+    def total(self) -> float:
+        return self.embed + self.select + self.quadratic + self.check
+
+
+@dataclass
+class _RegionRun:
+    view: RegionView
+    model: QuadraticModel
+    capture: GradientCapture | None = None
+    check_inputs: tuple[Tensor, Tensor] | None = None
+
+
+class Session:
+    """One trainer rank's view of a CREST job.
+
+    Args:
+        coordinator: in-process or remote coordinator.
+        job_id: the job, created beforehand with ``coordinator.create_job``.
+        model: the model being trained (its parameters define θ).
+        fetch: ``indices (int64 CPU tensor) -> (inputs, labels)`` ready for ``model``.
+        rank: this trainer's rank in ``[0, world_size)``.
+        embedding: ``"logits"`` or an :class:`EmbeddingFn`.
+        gradient: where the region's g comes from: ``"check"``, ``"step"`` or ``"coresets"``.
+        hessian_probes: Hutchinson probes per region; 0 for a first-order model.
+        eval_batch_size: batch size of the candidate and check forward passes.
+        seed: seed of the Hessian probes.
+    """
+
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        job_id: str,
+        *,
+        model: nn.Module,
+        fetch: Fetch,
+        rank: int = 0,
+        embedding: str | EmbeddingFn = "logits",
+        gradient: str = "check",
+        hessian_probes: int = 0,
+        eval_batch_size: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        if hessian_probes < 0:
+            raise ValueError(f"hessian_probes must be >= 0, got {hessian_probes}")
+        if gradient not in GRADIENTS:
+            raise ValueError(f"unknown gradient {gradient!r}; valid: {sorted(GRADIENTS)}")
+        if gradient == "step" and hessian_probes:
+            raise ValueError('gradient="step" has no graph for Hessian probes')
+        if isinstance(embedding, str):
+            if embedding not in EMBEDDINGS:
+                raise ValueError(f"unknown embedding {embedding!r}; valid: {sorted(EMBEDDINGS)}")
+            embedding = EMBEDDINGS[embedding]()
+        self.coordinator = coordinator
+        self.job_id = job_id
+        self.model = model
+        self.fetch = fetch
+        self.rank = rank
+        self.embedding = embedding
+        self.gradient = gradient
+        self.hessian_probes = hessian_probes
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.info: SessionInfo = coordinator.open_session(job_id, rank)
+        self.timings = SelectionTimings()
+        self.step = 0
+        self._run: _RegionRun | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.info.total_steps
+
+    def batches(self) -> Iterator[WeightedBatch]:
+        """Weighted batches for this rank, one per training step, until the budget is spent.
+
+        The loop must finish each step (backward and optimizer step) before asking for the
+        next batch: the session measures the model between steps.
+        """
+        while self.step < self.info.total_steps:
+            step = self.step
+            run = self._region_for(step)
+            if run is None:
+                return
+            view = run.view
+            offset = step - view.start_step
+            indices, weights = view.batches[offset % len(view.batches)]
+            if self.gradient == "step" and run.model.gradient is None:
+                run.capture = GradientCapture(run.model.params)
+            yield WeightedBatch(
+                step, torch.from_numpy(indices), torch.from_numpy(weights), view.region_id
+            )
+            if run.capture is not None:
+                run.model.gradient = run.capture.result()
+                run.capture = None
+                if run.model.gradient is None:
+                    log.warning("no backward pass at step %d: the linear term is 0", step)
+                    run.model.gradient = torch.zeros_like(run.model.origin)
+            self.step = step + 1
+            check_due = (step + 1 - view.start_step) % view.check_interval == 0
+            if check_due and step + 1 < view.end_step and self._check(run, step).new_region:
+                self._run = None
+
+    # ------------------------------------------------------------------------- regions
+    def _region_for(self, step: int) -> _RegionRun | None:
+        run = self._run
+        if run is not None and run.view.start_step <= step < run.view.end_step:
+            return run
+        while True:
+            started = time.perf_counter()
+            view = self.coordinator.get_region(self.job_id, self.rank, step)
+            self.timings.select += time.perf_counter() - started
+            if view.status is RegionStatus.DONE:
+                return None
+            if view.status is RegionStatus.EMBED:
+                self._embed(view)
+            elif view.status is RegionStatus.READY:
+                break
+        if step != view.start_step:
+            log.warning(
+                "joining region %d at step %d, after its start: θ_0 is approximate",
+                view.region_id,
+                step,
+            )
+        self._run = run = _RegionRun(view, QuadraticModel(trainable(self.model)))
+        self.timings.regions += 1
+        if self.gradient != "step":
+            with self._timed("quadratic"):
+                self._region_terms(run)
+        return run
+
+    def _embed(self, view: RegionView) -> None:
+        with self._timed("embed"), self._eval_mode():
+            parts = [
+                self.embedding(self.model, *self.fetch(chunk))
+                for chunk in torch.from_numpy(view.candidates).split(self.eval_batch_size)
+            ]
+            embeddings = torch.cat([e for e, _ in parts]).float().cpu().numpy()
+            losses = torch.cat([loss for _, loss in parts]).float().cpu().numpy()
+        with self._timed("select"):
+            self.coordinator.submit_embeddings(
+                self.job_id, self.rank, view.region_id, view.candidates, embeddings, losses
+            )
+
+    def _region_terms(self, run: _RegionRun) -> None:
+        """g (and diag(h) with probes) at θ_0, of the loss that ``gradient`` names."""
+        if self.gradient == "check":
+            x, y = self._check_inputs(run)
+            with self._eval_mode(grad=True):
+                loss = F.cross_entropy(self.model(x), y)
+                self._set_terms(run, loss)
+            return
+        # "coresets": the weighted loss over all of the region's coresets, in train mode as
+        # training sees it, with buffers (e.g. batch-norm statistics) restored afterwards.
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+        batches = run.view.batches
+        losses = []
+        for indices, weights in batches:
+            x, y = self.fetch(torch.from_numpy(indices))
+            losses.append(weighted_loss(self.model(x), y, torch.from_numpy(weights).to(x.device)))
+        self._set_terms(run, torch.stack(losses).mean())
+        with torch.no_grad():
+            for name, b in self.model.named_buffers():
+                b.copy_(buffers[name])
+
+    def _set_terms(self, run: _RegionRun, loss: torch.Tensor) -> None:
+        if self.hessian_probes > 0:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + run.view.region_id)
+            run.model.gradient, run.model.hessian = hutchinson_diagonal(
+                loss, run.model.params, self.hessian_probes, generator
+            )
+        else:
+            grads = torch.autograd.grad(loss, run.model.params)
+            run.model.gradient = torch.cat([g.reshape(-1) for g in grads]).detach()
+
+    def _check_inputs(self, run: _RegionRun) -> tuple[Tensor, Tensor]:
+        if run.check_inputs is None:
+            run.check_inputs = self.fetch(torch.from_numpy(run.view.check_indices))
+        return run.check_inputs
+
+    # -------------------------------------------------------------------------- checks
+    def _check(self, run: _RegionRun, step: int) -> CheckDecision:
+        with self._timed("check"):
+            x, y = self._check_inputs(run)
+            loss_sum = 0.0
+            with self._eval_mode():
+                for xs, ys in zip(
+                    x.split(self.eval_batch_size), y.split(self.eval_batch_size), strict=True
+                ):
+                    loss_sum += float(F.cross_entropy(self.model(xs), ys, reduction="sum"))
+            linear, quadratic = run.model.terms()
+            report = CheckReport(
+                region_id=run.view.region_id,
+                step=step,
+                loss_sum=loss_sum,
+                count=len(y),
+                linear=linear,
+                quadratic=quadratic,
+                curvature=run.model.curvature(),
+            )
+            decision = self.coordinator.report_check(self.job_id, self.rank, report)
+        self.timings.checks += 1
+        return decision
+
+    # ------------------------------------------------------------------------- helpers
+    @contextmanager
+    def _timed(self, kind: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self.timings, kind, getattr(self.timings, kind) + time.perf_counter() - started)
+
+    @contextmanager
+    def _eval_mode(self, grad: bool = False) -> Iterator[None]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.set_grad_enabled(grad):
+                yield
+        finally:
+            self.model.train(was_training)
+
+
+GRADIENTS = ("check", "step", "coresets")

@@ -1,0 +1,1 @@
+"""The contract between trainers and the coordinator."""

@@ -1,0 +1,250 @@
+"""The coordinator contract in plain Python: job configuration, messages, and the interface.
+
+The in-process coordinator implements :class:`Coordinator` directly; the remote client
+implements it over gRPC with the same messages, so user code never changes between the two.
+Arrays are numpy: indices int64, embeddings and weights float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class JobConfig(BaseModel):
+    """What a training job asks of the coordinator. Immutable once the job exists.
+
+    The step budget is ``train_frac`` of full-data training: ``epochs`` passes over
+    ``num_examples`` in batches of ``batch_size``. A *virtual epoch* is the budget divided by
+    ``epochs``, so a learning-rate schedule written in epochs compresses with the budget.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_examples: int = Field(gt=0, le=2**40, description="N, size of the training set")
+    num_classes: int = Field(ge=2, le=100_000, description="C; labels lie in [0, C)")
+    batch_size: int = Field(128, ge=1, le=1_000_000, description="B, examples per coreset")
+    epochs: float = Field(30.0, gt=0, le=1e6, description="length of full-data training")
+    train_frac: float = Field(0.1, gt=0, le=1, description="step budget, fraction of full")
+    world_size: int = Field(1, ge=1, le=4096, description="data-parallel trainer ranks")
+    seed: int = Field(0, ge=0, lt=2**63)
+
+    subset_size: int | None = Field(
+        None, ge=1, description="r, candidates per random subset; default 1% of N, >= 3 B"
+    )
+    tau: float = Field(0.1, ge=0, le=1e6, description="check threshold on relative error")
+    num_coresets: int = Field(5, ge=1, le=100_000, description="P of the first region, per rank")
+    max_coresets: int | None = Field(
+        None, ge=1, description="upper bound on P; default steps per virtual epoch"
+    )
+    adaptive: bool = Field(True, description="adapt k and P to the measured curvature")
+    check_interval: int = Field(1, ge=1, le=100_000, description="k of the first region")
+    max_check_interval: int = Field(8, ge=1, le=100_000)
+    max_coreset_uses: int | None = Field(
+        4, ge=1, description="a region ends after P * uses steps; None for no bound"
+    )
+    check_sample_size: int = Field(
+        256, ge=0, description="examples of the region's subsets measured per check; 0 = all"
+    )
+
+    loss_window: int = Field(5, ge=1, le=64, description="W, loss observations kept")
+    learned_loss: float = Field(0.1, ge=0, description="alpha: learned if all W losses <= it")
+    drop_interval: float = Field(
+        1.0, ge=0, description="virtual epochs between drop evaluations; 0 disables dropping"
+    )
+    max_drop_frac: float = Field(0.5, ge=0, le=1, description="cap on the fraction dropped")
+    min_pool_per_class: int | None = Field(
+        None, ge=0, description="floor per class; default fills P*W disjoint subsets"
+    )
+    readmit_after: int = Field(
+        3, ge=0, description="drop evaluations after which a dropped example is re-examined"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobConfig:
+        if self.subset_size is not None and self.subset_size > self.num_examples:
+            raise ValueError(f"subset_size {self.subset_size} > num_examples {self.num_examples}")
+        if self.resolved_subset_size < self.batch_size:
+            raise ValueError(
+                f"subset_size {self.resolved_subset_size} is smaller than batch_size "
+                f"{self.batch_size}: a coreset could not be selected from it"
+            )
+        if self.check_interval > self.max_check_interval:
+            raise ValueError("check_interval must not exceed max_check_interval")
+        return self
+
+    @property
+    def resolved_subset_size(self) -> int:
+        """r: the configured subset size, or 1% of N but at least three batches."""
+        if self.subset_size is not None:
+            return self.subset_size
+        return min(self.num_examples, max(math.ceil(self.num_examples / 100), 3 * self.batch_size))
+
+    @property
+    def full_steps(self) -> int:
+        """Steps of full-data training: ``epochs`` passes of ``ceil(N / B)`` steps."""
+        return max(1, round(self.epochs * math.ceil(self.num_examples / self.batch_size)))
+
+    @property
+    def total_steps(self) -> int:
+        """The step budget shared by every rank."""
+        return max(1, round(self.train_frac * self.full_steps))
+
+    @property
+    def steps_per_virtual_epoch(self) -> float:
+        return self.total_steps / self.epochs
+
+    @property
+    def resolved_max_coresets(self) -> int:
+        if self.max_coresets is not None:
+            return self.max_coresets
+        return max(self.num_coresets, math.floor(self.steps_per_virtual_epoch))
+
+    @property
+    def per_class_candidates(self) -> int:
+        """Candidates of each class in one random subset: ceil(r / C)."""
+        return math.ceil(self.resolved_subset_size / self.num_classes)
+
+    @property
+    def per_class_budget(self) -> int:
+        """Examples selected per class and subset: ceil(B / C)."""
+        return math.ceil(self.batch_size / self.num_classes)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What a trainer rank learns when it joins a job."""
+
+    job_id: str
+    rank: int
+    world_size: int
+    total_steps: int
+    steps_per_virtual_epoch: float
+    num_classes: int
+    batch_size: int
+
+
+class RegionStatus(StrEnum):
+    EMBED = "embed"  # the rank must embed ``candidates`` and submit them
+    SELECTING = "selecting"  # embeddings are in; selection is running
+    READY = "ready"  # ``batches`` hold the rank's coresets
+    DONE = "done"  # the step budget is spent
+
+
+@dataclass(frozen=True)
+class RegionView:
+    """One rank's view of the region that holds a step.
+
+    Batch ``t`` of the region is ``batches[(t - start_step) % len(batches)]``. Checks are due
+    after steps ``t`` with ``(t + 1 - start_step) % check_interval == 0``; the region lasts
+    until ``end_step`` (exclusive) unless a check ends it earlier.
+    """
+
+    region_id: int
+    status: RegionStatus
+    start_step: int
+    end_step: int
+    check_interval: int = 1
+    candidates: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    check_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    batches: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    initial_loss: float = 0.0  # L_0: mean loss over the check sample at the region start
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """One rank's scalars for the quadratic-model check after ``step``.
+
+    ``loss_sum``/``count``: summed per-example loss over this rank's check indices (eval mode,
+    unweighted); ``linear`` = g·δ; ``quadratic`` = δᵀ diag(h) δ; ``curvature`` = ‖h‖ (or ‖g‖
+    for a first-order model), which adapts k and P.
+    """
+
+    region_id: int
+    step: int
+    loss_sum: float
+    count: int
+    linear: float
+    quadratic: float
+    curvature: float
+
+
+@dataclass(frozen=True)
+class CheckDecision:
+    """The global outcome of a check: ``new_region`` means step ``step + 1`` starts one."""
+
+    region_id: int
+    step: int
+    new_region: bool
+    loss: float  # L_true
+    predicted: float  # F(δ)
+    relative_error: float  # |L_true - F(δ)| / L_true
+
+
+class Coordinator(Protocol):
+    """What a trainer needs from a coordinator, in-process or remote."""
+
+    def create_job(self, config: JobConfig, labels: np.ndarray) -> str: ...
+
+    def open_session(self, job_id: str, rank: int) -> SessionInfo: ...
+
+    def get_region(self, job_id: str, rank: int, step: int) -> RegionView: ...
+
+    def submit_embeddings(
+        self,
+        job_id: str,
+        rank: int,
+        region_id: int,
+        indices: np.ndarray,
+        embeddings: np.ndarray,
+        losses: np.ndarray,
+    ) -> None: ...
+
+    def report_check(self, job_id: str, rank: int, report: CheckReport) -> CheckDecision: ...
+
+
+class CheckRecord(BaseModel):
+    step: int
+    loss: float
+    predicted: float
+    relative_error: float
+    new_region: bool
+
+
+class RegionStats(BaseModel):
+    """Selection statistics of one region (the dashboard's raw material)."""
+
+    region_id: int
+    start_step: int
+    end_step: int | None = None  # exclusive; None while the region runs
+    end_reason: str | None = None  # "check", "bound" (coreset uses) or "budget"
+    num_coresets: int  # P per rank
+    check_interval: int  # k
+    num_candidates: int
+    pool_size: int
+    pool_per_class: list[int]
+    dropped: int = 0  # examples that left the pool when this region opened
+    readmitted: int = 0  # dropped examples returned for re-examination
+    candidate_loss: float | None = None  # mean loss over the candidates
+    selected_loss: float | None = None  # mean loss over the selected examples
+    weight_quantiles: list[float] = []  # min, q25, median, q75, max of rescaled weights
+    initial_loss: float | None = None  # L_0
+    curvature: float | None = None  # mean over ranks of the reported curvature
+    checks: list[CheckRecord] = []
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    config: JobConfig
+    total_steps: int
+    step: int  # steps known to be trained: the start of the current region or last check + 1
+    finished: bool
+    pool_size: int
+    pool_per_class: list[int]
+    dropped: int
+    regions: list[RegionStats]

@@ -1,0 +1,77 @@
+"""The one exception tree of crest, shared by the client and the coordinator.
+
+::
+
+    CrestError
+     ├── InvalidArgument      malformed or invalid request: shapes, dtypes, NaN/Inf,
+     │                        out-of-range or duplicate indices, bad configuration
+     ├── NotFound             unknown job or session
+     ├── FailedPrecondition   valid request at the wrong time: out-of-order sequence,
+     │                        wrong region, wrong phase
+     ├── ResourceExhausted    message or job too large
+     ├── Unauthenticated      missing or wrong token
+     └── Unavailable          the coordinator or its selector cannot answer now
+
+Every handler maps an error through :data:`STATUS_OF` (a gRPC status name), and the client maps
+statuses back through :func:`error_for_status`, so both sides raise the same classes.
+"""
+
+from __future__ import annotations
+
+
+class CrestError(Exception):
+    """Base class of every error crest raises on purpose."""
+
+
+class InvalidArgument(CrestError, ValueError):
+    """The request is malformed or its values are invalid; nothing was changed."""
+
+
+class NotFound(CrestError, KeyError):
+    """The job or session does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class FailedPrecondition(CrestError):
+    """The request is valid but does not fit the job's current state; nothing was changed."""
+
+
+class ResourceExhausted(CrestError):
+    """The request is larger than the configured limits."""
+
+
+class Unauthenticated(CrestError):
+    """The request carries no valid token."""
+
+
+class Unavailable(CrestError):
+    """The coordinator or its selector cannot answer now; retrying later may succeed."""
+
+
+# gRPC status code names (grpc.StatusCode[name]) of each error class.
+STATUS_OF: dict[type[CrestError], str] = {
+    InvalidArgument: "INVALID_ARGUMENT",
+    NotFound: "NOT_FOUND",
+    FailedPrecondition: "FAILED_PRECONDITION",
+    ResourceExhausted: "RESOURCE_EXHAUSTED",
+    Unauthenticated: "UNAUTHENTICATED",
+    Unavailable: "UNAVAILABLE",
+}
+
+
+def status_of(error: CrestError) -> str:
+    """The gRPC status name for an error (``INTERNAL`` for the bare base class)."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]  # type: ignore[index]
+    return "INTERNAL"
+
+
+def error_for_status(status: str, message: str) -> CrestError:
+    """The error a client raises for a gRPC status name and its details."""
+    for cls, name in STATUS_OF.items():
+        if name == status:
+            return cls(message)
+    return CrestError(f"{status}: {message}")

@@ -1,0 +1,84 @@
+"""The coordinator in the trainer's own process, behind the same interface as the remote one.
+
+:class:`LocalCoordinator` runs a :class:`JobManager` on a private event-loop thread and
+offers the synchronous :class:`crest.proto.contract.Coordinator` methods, so a training loop
+written against it runs unchanged against a remote coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import numpy as np
+
+from crest.proto.contract import (
+    CheckDecision,
+    CheckReport,
+    JobConfig,
+    JobStatus,
+    RegionView,
+    SessionInfo,
+)
+from crest.service.manager import JobManager
+
+T = TypeVar("T")
+
+
+class LocalCoordinator:
+    """Synchronous, thread-safe facade over an in-process :class:`JobManager`."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self.manager = manager
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="crest-coordinator", daemon=True
+        )
+        self._thread.start()
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def create_job(self, config: JobConfig, labels: np.ndarray, job_id: str | None = None) -> str:
+        return self._call(self.manager.create_job(config, labels, job_id))
+
+    def open_session(self, job_id: str, rank: int) -> SessionInfo:
+        return self._call(self.manager.open_session(job_id, rank))
+
+    def get_region(self, job_id: str, rank: int, step: int) -> RegionView:
+        return self._call(self.manager.get_region(job_id, rank, step))
+
+    def submit_embeddings(
+        self,
+        job_id: str,
+        rank: int,
+        region_id: int,
+        indices: np.ndarray,
+        embeddings: np.ndarray,
+        losses: np.ndarray,
+    ) -> None:
+        self._call(
+            self.manager.submit_embeddings(job_id, rank, region_id, indices, embeddings, losses)
+        )
+
+    def report_check(self, job_id: str, rank: int, report: CheckReport) -> CheckDecision:
+        return self._call(self.manager.report_check(job_id, rank, report))
+
+    def job_status(self, job_id: str) -> JobStatus:
+        return self._call(self.manager.job_status(job_id))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._call(self.manager.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> LocalCoordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

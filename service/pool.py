@@ -1,0 +1,148 @@
+"""The pool of examples a job may draw from, and their loss history.
+
+An example whose last ``window`` recorded losses (from selection passes) are all at most
+``learned_loss`` is *learned* and may leave the pool, subject to a per-class floor and a cap
+on the dropped fraction. Dropped examples are re-examined: after ``readmit_after`` drop
+evaluations they return with an empty history and must be seen learned again to leave.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class DropOutcome:
+    dropped: int
+    readmitted: int
+
+
+class ExamplePool:
+    """Pool membership and per-example loss history for ``N`` labelled examples.
+
+    Args:
+        labels: ``(N,)`` int64 class of each example, in ``[0, num_classes)``.
+        num_classes: C.
+        window: W, loss observations kept per example.
+    """
+
+    def __init__(self, labels: np.ndarray, num_classes: int, window: int) -> None:
+        self.labels = np.ascontiguousarray(labels, dtype=np.int64)
+        self.num_classes = num_classes
+        self.in_pool = np.ones(len(labels), dtype=bool)
+        self.dropped_at = np.full(len(labels), -1, dtype=np.int32)  # drop evaluation, -1 = none
+        self.history = np.zeros((len(labels), window), dtype=np.float32)  # ring buffer
+        self.observed = np.zeros(len(labels), dtype=np.int32)  # observations since last reset
+        # Examples of each class in index order; class c is by_class[starts[c]:starts[c + 1]].
+        self._by_class = np.argsort(self.labels, kind="stable")
+        self._starts = np.searchsorted(self.labels[self._by_class], np.arange(num_classes + 1))
+
+    @property
+    def window(self) -> int:
+        return self.history.shape[1]
+
+    def class_members(self, label: int) -> np.ndarray:
+        """Pool members of a class, in increasing index order."""
+        members = self._by_class[self._starts[label] : self._starts[label + 1]]
+        return members[self.in_pool[members]]
+
+    def sizes_per_class(self) -> np.ndarray:
+        return np.bincount(self.labels[self.in_pool], minlength=self.num_classes)
+
+    def draw_subsets(
+        self, rng: np.random.Generator, ranks: int, per_rank: int, per_class: int
+    ) -> list[list[np.ndarray]]:
+        """Stratified random subsets: ``per_class`` pool members of every class in each.
+
+        Each class's members are shuffled and split between the ranks, so different ranks'
+        subsets never share an example (while a class has at least one member per rank).
+        Within a rank, subsets are disjoint while its share of the class is large enough;
+        a smaller share is sampled without replacement inside each subset. Members of a
+        (subset, class) are sorted by index, which fixes tie-breaking.
+
+        Returns:
+            ``subsets[s][c]`` (``s = rank * per_rank + p``): int64 indices of class ``c``.
+        """
+        subsets: list[list[np.ndarray]] = [[] for _ in range(ranks * per_rank)]
+        for label in range(self.num_classes):
+            shares = np.array_split(rng.permutation(self.class_members(label)), ranks)
+            for rank, share in enumerate(shares):
+                if len(share) >= per_rank * per_class:
+                    parts = list(share[: per_rank * per_class].reshape(per_rank, per_class))
+                else:
+                    take = min(per_class, len(share))
+                    parts = [rng.choice(share, take, replace=False) for _ in range(per_rank)]
+                for offset, part in enumerate(parts):
+                    subsets[rank * per_rank + offset].append(np.sort(part))
+        return subsets
+
+    def record_losses(self, indices: np.ndarray, losses: np.ndarray) -> None:
+        """Append one loss observation per (unique) index to its ring buffer."""
+        slot = self.observed[indices] % self.window
+        self.history[indices, slot] = losses
+        self.observed[indices] += 1
+
+    def learned(self, learned_loss: float) -> np.ndarray:
+        """Bool mask: in the pool, ``window`` observations, all of them <= ``learned_loss``."""
+        full = self.observed >= self.window
+        return self.in_pool & full & (self.history.max(1) <= learned_loss)
+
+    def evaluate_drops(
+        self,
+        evaluation: int,
+        learned_loss: float,
+        floor_per_class: int,
+        max_dropped: int,
+        readmit_after: int,
+    ) -> DropOutcome:
+        """Readmit examples dropped long enough ago, then drop learned ones.
+
+        Among learned examples the most confidently learned (lowest worst-case loss, then
+        lowest index) go first, as far as each class's floor and the global cap allow.
+        """
+        readmit = np.zeros(len(self.labels), dtype=bool)
+        if readmit_after > 0:
+            readmit = (self.dropped_at >= 0) & (evaluation - self.dropped_at >= readmit_after)
+            self.in_pool[readmit] = True
+            self.dropped_at[readmit] = -1
+            self.observed[readmit] = 0
+
+        room = max_dropped - int((~self.in_pool).sum())
+        candidates = np.flatnonzero(self.learned(learned_loss))
+        if room <= 0 or len(candidates) == 0:
+            return DropOutcome(dropped=0, readmitted=int(readmit.sum()))
+        worst = self.history[candidates].max(1)
+        order = candidates[np.lexsort((candidates, worst))]  # most learned first
+        spare = np.maximum(self.sizes_per_class() - floor_per_class, 0)
+        # Position of each candidate within its class in that order: keep those under the spare.
+        labels = self.labels[order]
+        rank_in_class = np.zeros(len(order), dtype=np.int64)
+        for label in np.unique(labels):
+            mine = labels == label
+            rank_in_class[mine] = np.arange(mine.sum())
+        drop = order[rank_in_class < spare[labels]][:room]
+        self.in_pool[drop] = False
+        self.dropped_at[drop] = evaluation
+        return DropOutcome(dropped=len(drop), readmitted=int(readmit.sum()))
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "labels": self.labels,
+            "num_classes": self.num_classes,
+            "in_pool": self.in_pool,
+            "dropped_at": self.dropped_at,
+            "history": self.history,
+            "observed": self.observed,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ExamplePool:
+        pool = cls(state["labels"], state["num_classes"], state["history"].shape[1])
+        pool.in_pool = state["in_pool"].copy()
+        pool.dropped_at = state["dropped_at"].copy()
+        pool.history = state["history"].copy()
+        pool.observed = state["observed"].copy()
+        return pool

@@ -1,0 +1,155 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from crest.client import JobConfig, LastLayerEmbedding, Session, tensor_fetch, weighted_loss
+from crest.embedded import local_coordinator
+from crest.proto.errors import NotFound
+
+
+def blobs(n: int = 1200, classes: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, 8, generator=gen) * 2
+    y = torch.randint(0, classes, (n,), generator=gen)
+    return centers[y] + torch.randn(n, 8, generator=gen), y
+
+
+def make_model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def config(**overrides) -> JobConfig:
+    return JobConfig(
+        num_examples=1200,
+        num_classes=4,
+        batch_size=32,
+        epochs=4,
+        train_frac=0.5,
+        seed=overrides.pop("seed", 0),
+        **overrides,
+    )
+
+
+def train(coordinator, job_id: str, rank: int = 0, **session_args) -> tuple[Session, list]:
+    x, y = blobs()
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    session = Session(
+        coordinator, job_id, model=model, fetch=tensor_fetch(x, y), rank=rank, **session_args
+    )
+    seen = []
+    for batch in session.batches():
+        seen.append((batch.step, batch.indices.tolist(), batch.weights.tolist(), batch.region_id))
+        loss = weighted_loss(model(x[batch.indices]), y[batch.indices], batch.weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return session, seen
+
+
+def test_session_serves_the_whole_budget_in_regions() -> None:
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(config(), blobs()[1].numpy())
+        session, seen = train(coordinator, job_id)
+        status = coordinator.job_status(job_id)
+    total = config().total_steps
+    assert [s[0] for s in seen] == list(range(total))
+    assert all(0 <= i < 1200 for _, idx, _, _ in seen for i in idx)
+    assert all(w > 0 for _, _, ws, _ in seen for w in ws)
+    assert len(status.regions) == session.timings.regions > 1
+    assert session.timings.checks == sum(len(r.checks) for r in status.regions) > 0
+    assert session.timings.embed > 0 and session.timings.check > 0
+    region_of_step = {s[0]: s[3] for s in seen}
+    for region in status.regions[:-1]:
+        assert region_of_step[region.start_step] == region.region_id
+        assert region.end_step is not None and region.end_reason in ("check", "bound")
+    first = status.regions[0]
+    assert first.candidate_loss is not None and first.selected_loss is not None
+    assert len(first.weight_quantiles) == 5
+
+
+def test_same_seed_same_batches_other_seed_other_batches() -> None:
+    def batches(seed: int) -> list:
+        with local_coordinator() as coordinator:
+            job_id = coordinator.create_job(config(seed=seed), blobs()[1].numpy())
+            return train(coordinator, job_id)[1]
+
+    assert batches(1) == batches(1)
+    assert batches(1) != batches(2)
+
+
+def test_hessian_probes_and_last_layer_embeddings() -> None:
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(config(), blobs()[1].numpy())
+        x, y = blobs()
+        model = make_model()
+        session = Session(
+            coordinator,
+            job_id,
+            model=model,
+            fetch=tensor_fetch(x, y),
+            hessian_probes=2,
+            embedding=LastLayerEmbedding(model[2], dim=12),
+        )
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for steps, batch in enumerate(session.batches(), 1):
+            loss = weighted_loss(model(x[batch.indices]), y[batch.indices], batch.weights)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if steps == 12:
+                break
+        assert session.timings.quadratic > 0
+        status = coordinator.job_status(job_id)
+        assert status.regions[0].curvature is not None and status.regions[0].curvature > 0
+
+
+def test_two_ranks_in_threads_get_disjoint_batches_and_switch_together() -> None:
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(config(world_size=2), blobs()[1].numpy())
+        results: dict[int, list] = {}
+        errors: list[BaseException] = []
+
+        def rank_main(rank: int) -> None:
+            try:
+                results[rank] = train(coordinator, job_id, rank=rank)[1]
+            except BaseException as err:  # surfaced in the main thread below
+                errors.append(err)
+
+        threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not errors, errors
+    zero, one = results[0], results[1]
+    assert len(zero) == len(one) == config(world_size=2).total_steps
+    for a, b in zip(zero, one, strict=True):
+        assert a[0] == b[0] and a[3] == b[3], "ranks must be in the same region at each step"
+        assert not set(a[1]) & set(b[1]), "ranks' coresets must be disjoint"
+
+
+def test_unknown_job_and_bad_options() -> None:
+    x, y = blobs()
+    with local_coordinator() as coordinator:
+        with pytest.raises(NotFound, match="unknown job"):
+            Session(coordinator, "nope", model=make_model(), fetch=tensor_fetch(x, y))
+        job_id = coordinator.create_job(config(), y.numpy())
+        with pytest.raises(ValueError, match="unknown embedding"):
+            Session(
+                coordinator,
+                job_id,
+                model=make_model(),
+                fetch=tensor_fetch(x, y),
+                embedding="pixels",
+            )
+        assert coordinator.create_job(config(), y.numpy(), job_id="a") == "a"
+        assert coordinator.create_job(config(), y.numpy(), job_id="a") == "a"  # idempotent
+        with pytest.raises(Exception, match="another config"):
+            coordinator.create_job(config(seed=5), y.numpy(), job_id="a")
+        with pytest.raises(Exception, match="invalid job config"):
+            coordinator.create_job({"num_examples": -1}, np.zeros(3, int))

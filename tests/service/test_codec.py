@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+from crest.service.codec import pack, unpack
+
+
+def test_round_trip_keeps_types_values_and_dtypes() -> None:
+    tree = {
+        "a": np.arange(12, dtype=np.int64).reshape(3, 4)[:, ::2],  # not contiguous
+        "b": [np.float32(1.5), None, True, "text", {"c": np.zeros((0, 3), np.float16)}],
+        "d": np.array([1.0, np.nan, np.inf], dtype=">f8"),  # big-endian input
+        "e": np.array(7, dtype=np.int32),
+    }
+    back = unpack(pack(tree))
+    assert back["a"].tolist() == [[0, 2], [4, 6], [8, 10]]
+    assert back["b"][:4] == [1.5, None, True, "text"]
+    assert back["b"][4]["c"].shape == (0, 3)
+    assert back["b"][4]["c"].dtype == np.float16
+    assert np.array_equal(back["d"], tree["d"], equal_nan=True)
+    assert back["e"].shape == () and back["e"] == 7
+    back["a"][0, 0] = 99  # arrays come back writable
+
+
+def test_rejects_foreign_blobs_and_objects() -> None:
+    with pytest.raises(ValueError, match="not a crest"):
+        unpack(b"\x80\x04pickle")
+    with pytest.raises(TypeError):
+        pack({"x": object()})

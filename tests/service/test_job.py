@@ -1,0 +1,289 @@
+import math
+
+import numpy as np
+import pytest
+
+from crest.proto.contract import CheckReport, RegionStatus
+from crest.proto.errors import FailedPrecondition, InvalidArgument
+from crest.service.codec import pack
+from crest.service.job import JobState
+from crest.worker.selector import run_selection
+from tests.service.helpers import fake_embeddings, fill_region, make_job, report
+
+
+def snapshot(job: JobState) -> bytes:
+    return pack(job.to_state())
+
+
+def test_first_region_asks_for_stratified_disjoint_subsets() -> None:
+    job = make_job()
+    cfg = job.config
+    view = job.view(0, 0)
+    assert view.status is RegionStatus.EMBED
+    region = job.region
+    subsets = region.member_groups // cfg.num_classes
+    for subset in range(cfg.num_coresets):
+        members = region.candidates[region.members[subsets == subset]]
+        counts = np.bincount(job.pool.labels[members], minlength=cfg.num_classes)
+        assert counts.tolist() == [cfg.per_class_candidates] * cfg.num_classes
+    assert len(np.unique(region.members)) == len(region.members), "subsets overlap"
+    assert np.array_equal(view.candidates, np.sort(region.candidates))
+
+
+def test_region_yields_p_coresets_of_about_a_batch_with_mean_one_weights() -> None:
+    job = make_job()
+    fill_region(job, 0)
+    view = job.view(0, 0)
+    cfg = job.config
+    assert view.status is RegionStatus.READY
+    assert len(view.batches) == cfg.num_coresets
+    for indices, weights in view.batches:
+        assert len(indices) == cfg.per_class_budget * cfg.num_classes
+        assert len(np.unique(indices)) == len(indices)
+        assert indices.dtype == np.int64 and weights.dtype == np.float32
+    all_weights = np.concatenate([w for _, w in view.batches])
+    assert all_weights.mean() == pytest.approx(1.0)
+    assert np.all(all_weights > 0)
+    assert view.initial_loss == pytest.approx(1.0)
+
+
+def test_selection_is_deterministic_for_a_seed_and_changes_with_it() -> None:
+    def coresets(seed: int) -> list[list[int]]:
+        job = make_job(seed=seed)
+        fill_region(job, 0)
+        return [b[0].tolist() for b in job.view(0, 0).batches]
+
+    assert coresets(3) == coresets(3)
+    assert coresets(3) != coresets(4)
+
+
+def test_bad_uploads_are_rejected_and_change_nothing() -> None:
+    job = make_job()
+    view = job.view(0, 0)
+    good = view.candidates[:10]
+    emb, losses = fake_embeddings(good), np.ones(10, np.float32)
+    before = snapshot(job)
+    nan = emb.copy()
+    nan[0, 0] = np.nan
+    outsider = np.setdiff1d(np.arange(job.config.num_examples), view.candidates)[:10]
+    bad_calls = [
+        (0, view.region_id, good, nan, losses, "NaN"),
+        (0, view.region_id, good, emb, -losses, ">= 0"),
+        (0, view.region_id, good, emb[:, :1].repeat(2, 0), losses, "shape"),
+        (0, view.region_id, good, emb.astype(np.float64), losses, "float32 or float16"),
+        (0, view.region_id, np.r_[good[:9], good[0]], emb, losses, "duplicates"),
+        (0, view.region_id, outsider, emb, losses, "not candidates"),
+        (0, view.region_id, good.astype(np.float32), emb, losses, "integer"),
+        (1, view.region_id, good, emb, losses, "rank"),
+    ]
+    for rank, region_id, idx, e, loss, message in bad_calls:
+        with pytest.raises(InvalidArgument, match=message):
+            job.receive_embeddings(rank, region_id, idx, e, loss)
+    with pytest.raises(FailedPrecondition, match="not current"):
+        job.receive_embeddings(0, view.region_id + 1, good, emb, losses)
+    assert snapshot(job) == before
+
+
+def test_partial_uploads_then_selection() -> None:
+    job = make_job()
+    view = job.view(0, 0)
+    halves = np.array_split(view.candidates, 2)
+    assert not job.receive_embeddings(
+        0, 0, halves[0], fake_embeddings(halves[0]), np.ones(len(halves[0]), np.float32)
+    )
+    assert job.view(0, 0).status is RegionStatus.EMBED
+    assert job.missing(0) == len(halves[1])
+    assert job.receive_embeddings(
+        0, 0, halves[1][::-1], fake_embeddings(halves[1][::-1]), np.ones(len(halves[1]), np.float32)
+    )
+    assert job.view(0, 0).status is RegionStatus.SELECTING
+
+
+def test_check_passes_while_the_model_holds_and_fails_when_it_does_not() -> None:
+    job = make_job(tau=0.1)
+    fill_region(job, 0, loss=2.0)
+    (decision,) = report(job, 0, loss=1.9, linear=-0.1)  # F = 2.0 - 0.1 = L_true
+    assert not decision.new_region
+    assert decision.relative_error == pytest.approx(0.0, abs=1e-6)
+    (decision,) = report(job, 1, loss=1.0, linear=-0.2)  # F = 1.8, error 0.8
+    assert decision.new_region
+    assert decision.relative_error == pytest.approx(0.8)
+    assert job.view(0, 2).region_id == 1  # step 2 opens the next region
+    assert job.status().regions[0].end_reason == "check"
+
+
+def test_checks_must_come_in_order_and_steps_wait_for_them() -> None:
+    job = make_job()
+    fill_region(job, 0)
+    with pytest.raises(FailedPrecondition, match="needs the check after step 0"):
+        job.view(0, 1 + 1)
+    before = snapshot(job)
+    with pytest.raises(FailedPrecondition, match=r"next check .* after step 0, not 1"):
+        job.record_check(0, CheckReport(0, 1, 1.0, 1, 0.0, 0.0, 1.0))
+    assert snapshot(job) == before
+    first = report(job, 0, loss=1.0)
+    assert report(job, 0, loss=5.0) == first, "a decided step answers the same again"
+
+
+def test_malformed_check_scalars_are_rejected() -> None:
+    job = make_job()
+    fill_region(job, 0)
+    before = snapshot(job)
+    for bad in (
+        dict(loss_sum=math.nan),
+        dict(linear=math.inf),
+        dict(loss_sum=-1.0),
+        dict(curvature=-1.0),
+    ):
+        fields = (
+            dict(
+                region_id=0, step=0, loss_sum=1.0, count=1, linear=0.0, quadratic=0.0, curvature=1.0
+            )
+            | bad
+        )
+        with pytest.raises(InvalidArgument):
+            job.record_check(0, CheckReport(**fields))
+    assert snapshot(job) == before
+
+
+def test_region_ends_at_its_coreset_use_bound() -> None:
+    job = make_job(max_coreset_uses=2, adaptive=False)
+    fill_region(job, 0)
+    end = job.config.num_coresets * 2
+    assert job.view(0, 0).end_step == end
+    for step in range(end - 1):
+        (decision,) = report(job, step, loss=1.0)
+        assert not decision.new_region
+    assert job.view(0, end).region_id == 1  # no check needed at the bound
+    assert job.status().regions[0].end_reason == "bound"
+
+
+def test_adaptive_interval_and_coresets_follow_curvature() -> None:
+    job = make_job(max_check_interval=4, adaptive=True)
+    fill_region(job, 0)
+    report(job, 0, loss=1.0, linear=5.0, curvature=8.0)  # fails: opens region 1 at step 1
+    fill_region(job, 1)
+    region = job.region
+    assert (region.check_interval, region.num_coresets) == (1, 5)
+    report(job, 1, loss=1.0, linear=5.0, curvature=2.0)  # curvature fell 4x
+    fill_region(job, 2)
+    region = job.region
+    assert region.check_interval == 4
+    assert region.num_coresets == min(5 * 4, job.config.resolved_max_coresets)
+    assert job.view(0, 2 + 3).region_id == region.region_id  # steps 2..5, then a check
+    with pytest.raises(FailedPrecondition):
+        job.view(0, 2 + 4)
+
+
+def test_two_ranks_get_disjoint_coresets_and_one_decision() -> None:
+    job = make_job(world_size=2)
+    fill_region(job, 0)
+    views = [job.view(rank, 0) for rank in range(2)]
+    mine = [np.concatenate([b[0] for b in v.batches]) for v in views]
+    assert len(np.intersect1d(mine[0], mine[1])) == 0
+    assert len(views[0].batches) == len(views[1].batches)
+    assert len(np.intersect1d(views[0].check_indices, views[1].check_indices)) == 0
+    region = job.region
+    count = len(views[0].check_indices)
+    first = job.record_check(0, CheckReport(0, 0, 1.0 * count, count, 0.0, 0.0, 1.0))
+    assert first is None, "rank 0 alone must not decide"
+    count1 = len(views[1].check_indices)
+    decision = job.record_check(1, CheckReport(0, 0, 3.0 * count1, count1, 0.0, 0.0, 1.0))
+    expected = (count + 3 * count1) / (count + count1)
+    assert decision.loss == pytest.approx(expected)
+    assert job.record_check(0, CheckReport(0, 0, 9.0, 1, 0.0, 0.0, 1.0)) == decision
+    assert region.last_decided == 0
+
+
+def test_job_ends_with_its_budget() -> None:
+    job = make_job(max_coreset_uses=None, adaptive=False, tau=1e6)
+    total = job.config.total_steps
+    fill_region(job, 0)
+    for step in range(total - 1):
+        report(job, step, loss=1.0)
+    assert job.view(0, total).status is RegionStatus.DONE
+    assert job.status().finished
+
+
+def test_learned_examples_leave_the_pool_and_return_later() -> None:
+    job = make_job(
+        drop_interval=0.01,
+        loss_window=1,
+        learned_loss=0.5,
+        max_drop_frac=0.25,
+        readmit_after=2,
+        max_coreset_uses=1,
+        adaptive=False,
+    )
+    floor = job._pool_floor()
+    step = 0
+    dropped_seen = 0
+    for _ in range(6):
+        fill_region(job, step, loss=0.1)  # every candidate looks learned
+        end = job.view(0, step).end_step
+        for s in range(step, end - 1):
+            report(job, s, loss=0.1)
+        step = end
+        job.view(0, step)
+        dropped_seen = max(dropped_seen, job.status().dropped)
+        sizes = job.pool.sizes_per_class()
+        assert sizes.min() >= min(floor, np.bincount(job.pool.labels).min())
+        assert job.status().dropped <= 0.25 * job.config.num_examples
+    stats = job.status().regions
+    assert dropped_seen > 0
+    assert sum(r.readmitted for r in stats) > 0, "dropped examples must be re-examined"
+
+
+def test_state_round_trips_and_continues_identically() -> None:
+    from crest.service.codec import unpack
+
+    original = make_job()
+    _continue(original, 0, 12)
+    clone = JobState.from_state(unpack(pack(original.to_state())))
+    assert pack(clone.to_state()) == pack(original.to_state())
+    assert clone.status() == original.status()
+    assert _continue(original, 12, 40) == _continue(clone, 12, 40)
+
+
+def _continue(job: JobState, start: int, stop: int) -> list[int]:
+    seen = []
+    for step in range(start, stop):
+        view = job.view(0, step)
+        if view.status is RegionStatus.EMBED:
+            fill_region(job, step, loss=0.5)
+            view = job.view(0, step)
+        seen += view.batches[(step - view.start_step) % len(view.batches)][0].tolist()
+        if (step + 1 - view.start_step) % view.check_interval == 0 and step + 1 < view.end_step:
+            report(job, step, loss=0.5 + 0.1 * (step % 4))  # some checks fail, some pass
+    return seen
+
+
+def test_invalid_labels_and_selection_answers_are_rejected() -> None:
+    from crest.proto.contract import JobConfig
+    from crest.worker.selector import SelectionResult
+
+    config = JobConfig(num_examples=100, num_classes=3, batch_size=10)
+    with pytest.raises(InvalidArgument, match="lie in"):
+        JobState("j", config, np.full(100, 3))
+    with pytest.raises(InvalidArgument, match="shape"):
+        JobState("j", config, np.zeros(99, int))
+    job = make_job()
+    view = job.view(0, 0)
+    job.receive_embeddings(
+        0,
+        0,
+        view.candidates,
+        fake_embeddings(view.candidates),
+        np.ones(len(view.candidates), np.float32),
+    )
+    good = run_selection(job.selection_request())
+    before = snapshot(job)
+    for bad in (
+        SelectionResult(good.rows + 10**6, good.groups, good.weights),
+        SelectionResult(good.rows, good.groups[::-1].copy(), good.weights),
+        SelectionResult(good.rows, good.groups, good.weights * 0),
+    ):
+        with pytest.raises(InvalidArgument):
+            job.complete_selection(0, bad)
+    assert snapshot(job) == before
+    job.complete_selection(0, good)

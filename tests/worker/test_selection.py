@@ -1,0 +1,162 @@
+import pytest
+import torch
+
+from crest.worker.selection import select_coreset, select_groups
+from tests.worker.oracle import oracle_coreset
+
+
+def assert_matches_oracle(embeddings: torch.Tensor, labels: torch.Tensor, per_class: int) -> None:
+    indices, weights = select_coreset(embeddings, labels, per_class)
+    expected_indices, expected_weights = oracle_coreset(
+        embeddings.double().tolist(), labels.tolist(), per_class
+    )
+    assert indices.dtype == torch.long
+    assert weights.dtype == torch.float32
+    assert indices.tolist() == expected_indices
+    assert weights.tolist() == expected_weights
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_problems_match_oracle(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    n, dim, classes = 90, int(torch.randint(2, 12, (1,), generator=gen)), 4
+    embeddings = torch.randn(n, dim, generator=gen)
+    labels = torch.randint(0, classes, (n,), generator=gen)
+    assert_matches_oracle(
+        embeddings, labels, per_class=int(torch.randint(1, 9, (1,), generator=gen))
+    )
+
+
+def test_softmax_minus_onehot_embeddings_match_oracle() -> None:
+    # The embeddings CREST actually sends: similarities all lie in a narrow band near 1.
+    gen = torch.Generator().manual_seed(7)
+    labels = torch.randint(0, 10, (200,), generator=gen)
+    probs = torch.randn(200, 10, generator=gen).mul(3).softmax(1)
+    embeddings = probs - torch.nn.functional.one_hot(labels, 10)
+    assert_matches_oracle(embeddings.float(), labels, per_class=5)
+
+
+def test_exact_duplicates_resolve_to_lowest_row() -> None:
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 4, generator=gen)
+    embeddings = torch.cat([base, base, base[:2]])  # rows 6-13 duplicate rows 0-7 mod 6
+    labels = torch.zeros(len(embeddings), dtype=torch.long)
+    indices, _ = select_coreset(embeddings, labels, per_class=3)
+    assert indices.tolist() == oracle_coreset(embeddings.tolist(), labels.tolist(), 3)[0]
+    assert all(i < 6 for i in indices.tolist()), "a duplicate must lose to its lower original"
+    assert_matches_oracle(embeddings, labels, per_class=8)  # beyond the distinct rows
+
+
+def test_all_identical_class_gives_first_rows_and_one_cluster() -> None:
+    embeddings = torch.ones(7, 3)
+    labels = torch.zeros(7, dtype=torch.long)
+    indices, weights = select_coreset(embeddings, labels, per_class=3)
+    assert indices.tolist() == [0, 1, 2]
+    assert weights.tolist() == [7.0, 1.0, 1.0]  # the lowest selected owns every row; min 1
+
+
+def test_symmetric_ties_go_to_lowest_row() -> None:
+    # Equally spaced points on a line, listed out of order: mathematically tied gains are
+    # summed in different orders by float arithmetic and must still resolve to the lowest row.
+    points = [3.0, 0.0, 2.0, 1.0, 4.0, 5.0]
+    embeddings = torch.tensor(points).unsqueeze(1)
+    labels = torch.zeros(len(points), dtype=torch.long)
+    assert_matches_oracle(embeddings, labels, per_class=2)
+    assert_matches_oracle(embeddings, labels, per_class=4)
+
+
+def test_class_not_larger_than_budget_selects_all() -> None:
+    gen = torch.Generator().manual_seed(11)
+    embeddings = torch.randn(12, 5, generator=gen)
+    labels = torch.tensor([0] * 3 + [1] * 8 + [2])  # class 2 has a single example
+    indices, weights = select_coreset(embeddings, labels, per_class=3)
+    assert sorted(indices[:3].tolist()) == [0, 1, 2]
+    assert indices[-1].item() == 11
+    assert weights[-1].item() == 1.0
+    assert_matches_oracle(embeddings, labels, per_class=3)
+    assert_matches_oracle(embeddings, labels, per_class=50)
+
+
+def test_weights_cover_every_candidate() -> None:
+    gen = torch.Generator().manual_seed(5)
+    embeddings = torch.randn(60, 6, generator=gen)
+    labels = torch.randint(0, 3, (60,), generator=gen)
+    indices, weights = select_coreset(embeddings, labels, per_class=4)
+    for label in range(3):
+        in_class = labels[indices] == label
+        assert weights[in_class].sum().item() == (labels == label).sum().item()
+
+
+def test_sparse_labels_and_float16_input() -> None:
+    gen = torch.Generator().manual_seed(2)
+    embeddings = torch.randn(40, 3, generator=gen)
+    labels = torch.randint(0, 2, (40,), generator=gen) * 7 + 3  # labels 3 and 10
+    expected = select_coreset(embeddings, labels, per_class=4)
+    assert_matches_oracle(embeddings, labels, per_class=4)
+    half = embeddings.half()
+    assert_matches_oracle(half, labels, per_class=4)
+    assert expected[0].shape == (8,)
+
+
+def test_batched_equals_one_problem_at_a_time() -> None:
+    gen = torch.Generator().manual_seed(9)
+    sizes = [5, 50, 1, 17, 33, 2]
+    budgets = torch.tensor([3, 13, 13, 0, 13, 5])
+    embeddings = torch.randn(sum(sizes), 8, generator=gen)
+    groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    shuffle = torch.randperm(len(groups), generator=gen)
+    embeddings, groups = embeddings[shuffle], groups[shuffle]
+    rows, chosen_groups, weights = select_groups(embeddings, groups, budgets)
+    for g, budget in enumerate(budgets.tolist()):
+        members = (groups == g).nonzero().squeeze(1)
+        alone_rows, _, alone_weights = select_groups(
+            embeddings[members], torch.zeros(len(members), dtype=torch.long), torch.tensor([budget])
+        )
+        assert rows[chosen_groups == g].tolist() == members[alone_rows].tolist()
+        assert weights[chosen_groups == g].tolist() == alone_weights.tolist()
+
+
+def test_large_problems_take_the_float32_matmul_path_and_agree() -> None:
+    # Above the float64 limit the kernel switches to float32 and matmul distances; on
+    # well-separated data it must still agree with the float64 path's choices.
+    gen = torch.Generator().manual_seed(4)
+    centers = torch.randn(12, 16, generator=gen) * 10
+    embeddings = centers.repeat_interleave(500, 0) + 0.01 * torch.randn(6000, 16, generator=gen)
+    groups = torch.zeros(6000, dtype=torch.long)
+    rows, _, weights = select_groups(embeddings, groups, torch.tensor([12]))
+    assert sorted((rows // 500).tolist()) == list(range(12))  # one per cluster
+    assert weights.sum().item() == 6000
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "labels", "per_class", "message"),
+    [
+        (torch.randn(4), torch.zeros(4, dtype=torch.long), 1, "must be \\(n, d\\)"),
+        (torch.randn(4, 2), torch.zeros(3, dtype=torch.long), 1, "labels must be \\(4,\\)"),
+        (torch.randn(4, 2), torch.zeros(4), 1, "labels must be integers"),
+        (torch.randint(0, 3, (4, 2)), torch.zeros(4, dtype=torch.long), 1, "float tensor"),
+        (torch.randn(4, 2), torch.zeros(4, dtype=torch.long), 0, "per_class must be >= 1"),
+        (torch.tensor([[0.0, float("nan")]] * 2), torch.zeros(2, dtype=torch.long), 1, "NaN"),
+        (torch.tensor([[0.0, float("inf")]] * 2), torch.zeros(2, dtype=torch.long), 1, "Inf"),
+        (torch.randn(2, 2), torch.tensor([0, -1]), 1, "non-negative"),
+    ],
+)
+def test_bad_input_is_rejected(embeddings, labels, per_class, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        select_coreset(embeddings, labels, per_class)
+
+
+def test_deterministic() -> None:
+    gen = torch.Generator().manual_seed(1)
+    embeddings = torch.randn(300, 10, generator=gen)
+    labels = torch.randint(0, 10, (300,), generator=gen)
+    first = select_coreset(embeddings, labels, 7)
+    second = select_coreset(embeddings.clone(), labels.clone(), 7)
+    assert torch.equal(first[0], second[0])
+    assert torch.equal(first[1], second[1])
+
+
+def test_empty_input() -> None:
+    indices, weights = select_coreset(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), 2)
+    assert indices.shape == (0,)
+    assert weights.shape == (0,)
