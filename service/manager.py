@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from crest.proto.contract import (
 )
 from crest.proto.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from crest.service.job import JobState, Phase
+from crest.service.telemetry import JobTelemetry, SelectionEvent
 from crest.worker.selector import Selector
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ class _Job:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Condition = field(init=False)
     selecting: asyncio.Task[None] | None = None
+    telemetry: JobTelemetry = field(default_factory=JobTelemetry)
+    embedded_at: float = 0.0  # monotonic time the current region's last embedding arrived
 
     def __post_init__(self) -> None:
         self.changed = asyncio.Condition(self.lock)
@@ -122,12 +126,17 @@ class JobManager:
         async with job.lock:
             return job.state.status()
 
+    def telemetry(self, job_id: str) -> JobTelemetry:
+        """The job's live telemetry (read-only by convention; owned by the manager)."""
+        return self._job(job_id).telemetry
+
     # ------------------------------------------------------------------------- regions
     async def get_region(self, job_id: str, rank: int, step: int) -> RegionView:
         """The region holding ``step``; waits (up to ``wait_s``) while selection runs."""
         job = self._job(job_id)
         async with job.changed:
             view = job.state.view(rank, step)
+            job.telemetry.rank(rank).advance(step)
             if view.status is RegionStatus.SELECTING:
                 region = job.state.region
                 if region is not None and region.phase is Phase.SELECTING:
@@ -152,6 +161,7 @@ class JobManager:
         job = self._job(job_id)
         async with job.changed:
             if job.state.receive_embeddings(rank, region_id, indices, embeddings, losses):
+                job.embedded_at = time.monotonic()
                 self._ensure_selection(job)
             job.changed.notify_all()
 
@@ -176,6 +186,11 @@ class JobManager:
             region = job.state.region
             if region is not None and region.region_id == region_id:
                 job.state.complete_selection(region_id, result)
+                job.telemetry.record_selection(SelectionEvent(
+                    region_id=region_id, at=time.time(),
+                    seconds=time.monotonic() - job.embedded_at,
+                    problems=len(request.budgets), fallback=False,
+                ))  # fmt: skip
                 job.changed.notify_all()
 
     # -------------------------------------------------------------------------- checks
@@ -184,6 +199,7 @@ class JobManager:
         job = self._job(job_id)
         async with job.changed:
             decision = job.state.record_check(rank, report)
+            job.telemetry.rank(rank).advance(report.step + 1)
             if decision is not None:
                 job.changed.notify_all()
                 return decision

@@ -45,9 +45,19 @@ class SelectionResult:
 
 
 class Selector(Protocol):
-    async def select(self, request: SelectionRequest) -> SelectionResult: ...
+    """Solves regions' selection problems for the coordinator."""
 
-    def close(self) -> None: ...
+    async def select(self, request: SelectionRequest) -> SelectionResult:
+        """Solve one request. Raises on failure; the coordinator retries or falls back."""
+        ...
+
+    async def healthy(self) -> bool:
+        """Whether the selector can take work now (health checks; must not block long)."""
+        ...
+
+    def close(self) -> None:
+        """Release threads, actors or processes. Idempotent."""
+        ...
 
 
 def run_selection(request: SelectionRequest, device: str | torch.device = "cpu") -> SelectionResult:
@@ -82,6 +92,9 @@ class InProcessSelector:
     async def select(self, request: SelectionRequest) -> SelectionResult:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, run_selection, request, self.device)
+
+    async def healthy(self) -> bool:
+        return True
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -1,0 +1,59 @@
+"""What the coordinator observes while it serves jobs, beyond the jobs' own state.
+
+Job state (:class:`crest.proto.contract.JobStatus`) says what was selected; telemetry says
+how the service kept up: each rank's progress (for batches per second), each selection's
+latency, and fallbacks to random batches. It lives in memory, is bounded, and is rebuilt from
+nothing after a restart (it is not needed to resume a job).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+HISTORY = 512  # events kept per kind and job
+
+
+@dataclass(frozen=True)
+class SelectionEvent:
+    region_id: int
+    at: float  # time.time() when the selection finished
+    seconds: float  # from the last embedding received to coresets ready
+    problems: int  # (subset x class) problems solved
+    fallback: bool  # True: the region got random batches because selection failed or timed out
+
+
+@dataclass
+class RankProgress:
+    step: int = 0  # the highest step this rank has asked for or reported
+    updated: float = 0.0  # time.time() of the last change
+    history: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+    def advance(self, step: int, now: float | None = None) -> None:
+        if step > self.step or not self.history:
+            now = time.time() if now is None else now
+            self.step, self.updated = step, now
+            self.history.append((now, step))
+
+    def steps_per_second(self, window_s: float = 30.0, now: float | None = None) -> float:
+        """Steps over the last ``window_s`` seconds (0 with fewer than two observations)."""
+        now = time.time() if now is None else now
+        recent = [(t, s) for t, s in self.history if now - t <= window_s]
+        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+            return 0.0
+        return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
+
+
+@dataclass
+class JobTelemetry:
+    ranks: dict[int, RankProgress] = field(default_factory=dict)
+    selections: deque[SelectionEvent] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    fallbacks: int = 0  # regions served with random batches
+
+    def rank(self, rank: int) -> RankProgress:
+        return self.ranks.setdefault(rank, RankProgress())
+
+    def record_selection(self, event: SelectionEvent) -> None:
+        self.selections.append(event)
+        self.fallbacks += event.fallback
