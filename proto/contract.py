@@ -246,5 +246,6 @@ class JobStatus(BaseModel):
     finished: bool
     pool_size: int
     pool_per_class: list[int]
+    class_sizes: list[int]  # examples per class in the whole training set
     dropped: int
     regions: list[RegionStats]

@@ -525,6 +525,7 @@ class JobState:
             and region.can_close(),
             pool_size=int(self.pool.in_pool.sum()),
             pool_per_class=self.pool.sizes_per_class().tolist(),
+            class_sizes=np.bincount(self.pool.labels, minlength=self.config.num_classes).tolist(),
             dropped=int((~self.pool.in_pool).sum()),
             regions=[s.model_copy(deep=True) for s in self.stats],
         )

@@ -8,6 +8,7 @@ written against it runs unchanged against a remote coordinator.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -38,8 +39,13 @@ class LocalCoordinator:
         )
         self._thread.start()
 
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run a coroutine on the manager's event loop (e.g. a dashboard server beside it:
+        everything that touches the manager must run on this one loop)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        return self.submit(coro).result()
 
     def create_job(self, config: JobConfig, labels: np.ndarray, job_id: str | None = None) -> str:
         return self._call(self.manager.create_job(config, labels, job_id))
