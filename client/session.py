@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -96,6 +97,7 @@ class SelectionTimings:
 class _RegionRun:
     view: RegionView
     model: QuadraticModel
+    end_step: int  # the view's, lowered when a check fails
     capture: GradientCapture | None = None
     check_inputs: tuple[Tensor, Tensor] | None = None
 
@@ -154,6 +156,10 @@ class Session:
         self.timings = SelectionTimings()
         self.step = 0
         self._run: _RegionRun | None = None
+        # Check reports travel on their own thread while the next step trains; the decision
+        # is collected before the step it could affect (two steps after the check).
+        self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crest-check")
+        self._pending: tuple[_RegionRun, Future[CheckDecision]] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -185,14 +191,26 @@ class Session:
                     log.warning("no backward pass at step %d: the linear term is 0", step)
                     run.model.gradient = torch.zeros_like(run.model.origin)
             self.step = step + 1
+            self._collect_decision()
             check_due = (step + 1 - view.start_step) % view.check_interval == 0
-            if check_due and step + 1 < view.end_step and self._check(run, step).new_region:
-                self._run = None
+            if check_due and step + 2 < run.end_step:
+                self._send_check(run, step)
+        self._collect_decision()
+
+    def close(self) -> None:
+        """Wait for an outstanding check report and stop the reporter thread."""
+        self._reporter.shutdown(wait=True)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------------- regions
     def _region_for(self, step: int) -> _RegionRun | None:
         run = self._run
-        if run is not None and run.view.start_step <= step < run.view.end_step:
+        if run is not None and run.view.start_step <= step < run.end_step:
             return run
         while True:
             started = time.perf_counter()
@@ -210,7 +228,7 @@ class Session:
                 view.region_id,
                 step,
             )
-        self._run = run = _RegionRun(view, QuadraticModel(trainable(self.model)))
+        self._run = run = _RegionRun(view, QuadraticModel(trainable(self.model)), view.end_step)
         self.timings.regions += 1
         if self.gradient != "step":
             with self._timed("quadratic"):
@@ -267,7 +285,8 @@ class Session:
         return run.check_inputs
 
     # -------------------------------------------------------------------------- checks
-    def _check(self, run: _RegionRun, step: int) -> CheckDecision:
+    def _send_check(self, run: _RegionRun, step: int) -> None:
+        """Measure the check loss and model terms now; send the report in the background."""
         with self._timed("check"):
             x, y = self._check_inputs(run)
             loss_sum = 0.0
@@ -286,9 +305,22 @@ class Session:
                 quadratic=quadratic,
                 curvature=run.model.curvature(),
             )
-            decision = self.coordinator.report_check(self.job_id, self.rank, report)
+            future = self._reporter.submit(
+                self.coordinator.report_check, self.job_id, self.rank, report
+            )
+        self._pending = (run, future)
         self.timings.checks += 1
-        return decision
+
+    def _collect_decision(self) -> None:
+        """Apply the outstanding check's decision: a failed check ends its region."""
+        if self._pending is None:
+            return
+        run, future = self._pending
+        self._pending = None
+        with self._timed("check"):
+            decision = future.result()
+        if decision.new_region:
+            run.end_step = min(run.end_step, decision.step + 2)
 
     # ------------------------------------------------------------------------- helpers
     @contextmanager

@@ -33,6 +33,60 @@ def _e2e(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from crest.service.serve import serve
+    from crest.service.settings import ServeSettings
+
+    flags = {
+        name: getattr(args, name)
+        for name in ServeSettings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    settings = ServeSettings(**flags)
+    logging.getLogger().setLevel(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import os
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    token = args.token or os.environ.get("CREST_TOKEN")
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=args.timeout,
+                metadata=metadata,
+            )  # fmt: skip
+        except grpc.RpcError as err:
+            print(f"{args.address}: {err.code().name} {err.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    from crest.service.settings import ServeSettings
+
+    for name, field in ServeSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = f"{field.description or name} (env CREST_{name.upper()})"
+        annotation = str(field.annotation)
+        if "float" in annotation:
+            parser.add_argument(flag, dest=name, type=float, help=help_text)
+        elif "int" in annotation:
+            parser.add_argument(flag, dest=name, type=int, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, help=help_text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crest", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
@@ -49,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         out="results/demo.json",
         no_progress=False,
     )
+
+    serve = commands.add_parser("serve", help="run the coordinator (gRPC)")
+    _add_serve_flags(serve)
+    serve.set_defaults(func=_serve)
+
+    health = commands.add_parser("health", help="ask a coordinator's health service")
+    health.add_argument("--address", default="127.0.0.1:50051")
+    health.add_argument("--token", help="default: $CREST_TOKEN")
+    health.add_argument("--timeout", type=float, default=5.0)
+    health.set_defaults(func=_health)
 
     bench = commands.add_parser("bench", help="benchmarks (print a table, write JSON)")
     which = bench.add_subparsers(dest="benchmark", required=True)

@@ -127,6 +127,7 @@ class SessionInfo:
     steps_per_virtual_epoch: float
     num_classes: int
     batch_size: int
+    committed_seq: int = 0  # last upload sequence number committed for this rank
 
 
 class RegionStatus(StrEnum):
@@ -141,8 +142,9 @@ class RegionView:
     """One rank's view of the region that holds a step.
 
     Batch ``t`` of the region is ``batches[(t - start_step) % len(batches)]``. Checks are due
-    after steps ``t`` with ``(t + 1 - start_step) % check_interval == 0``; the region lasts
-    until ``end_step`` (exclusive) unless a check ends it earlier.
+    after steps ``t`` with ``(t + 1 - start_step) % check_interval == 0`` and
+    ``t + 2 < end_step``; the region lasts until ``end_step`` (exclusive) unless a failed
+    check after step ``t`` ends it at ``t + 2``.
     """
 
     region_id: int
@@ -176,7 +178,7 @@ class CheckReport:
 
 @dataclass(frozen=True)
 class CheckDecision:
-    """The global outcome of a check: ``new_region`` means step ``step + 1`` starts one."""
+    """The global outcome of a check: ``new_region`` means step ``step + 2`` starts one."""
 
     region_id: int
     step: int
@@ -228,6 +230,7 @@ class RegionStats(BaseModel):
     num_candidates: int
     pool_size: int
     pool_per_class: list[int]
+    fallback: bool = False  # served stratified random batches: selection failed or timed out
     dropped: int = 0  # examples that left the pool when this region opened
     readmitted: int = 0  # dropped examples returned for re-examination
     candidate_loss: float | None = None  # mean loss over the candidates

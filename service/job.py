@@ -5,9 +5,15 @@ subsets from the pool (P per rank), waits for every rank's embeddings of its own
 hands one selection problem per (subset, class) to a selector, and turns the answers into
 ``P`` mini-batch coresets per rank, with weights rescaled to mean 1 over the region. Ranks
 train on their coresets in turn and report check scalars every ``k`` steps; when all ranks
-have reported, the quadratic model is judged and, if ``|L_true - F(δ)| > τ · L_true``, the
-next step opens a new region. A region also ends after each coreset was used
-``max_coreset_uses`` times, and the job ends with its step budget.
+have reported, the quadratic model is judged and, if ``|L_true - F(δ)| > τ · L_true`` after
+step ``t``, step ``t + 2`` opens a new region. (Decisions take effect one step late so that a
+rank can train step ``t + 1`` while its report travels: the step loop never waits on the
+network for a check.) A region also ends after each coreset was used ``max_coreset_uses``
+times, and the job ends with its step budget.
+
+If selection fails or times out, the coordinator may complete the region with stratified
+random batches of weight 1 instead (:meth:`JobState.complete_fallback`), flagged in the
+region's statistics.
 
 Everything here is deterministic for a seed: region ``i`` draws from
 ``numpy.random.default_rng([seed, i])``. :meth:`JobState.to_state` gives a tree of scalars and
@@ -48,6 +54,14 @@ class Phase(StrEnum):
     READY = "ready"
 
 
+class Upload(StrEnum):
+    """What became of an embedding upload."""
+
+    DUPLICATE = "duplicate"  # its sequence number was committed before: nothing changed
+    ACCEPTED = "accepted"
+    COMPLETE = "complete"  # accepted, and every rank's candidates are now in
+
+
 @dataclass
 class Region:
     """One quadratic region. Arrays over *candidate slots* are rank-major."""
@@ -84,8 +98,12 @@ class Region:
         return self.last_decided + self.check_interval
 
     def can_close(self) -> bool:
-        """True when nothing undecided could still move ``end_step`` earlier."""
-        return self.end_reason == "check" or self.next_check() >= self.end_step - 1
+        """True when nothing undecided could still move ``end_step`` earlier.
+
+        A failed check after step ``t`` ends the region at ``t + 2``, so checks after steps
+        ``>= end_step - 2`` cannot matter.
+        """
+        return self.end_reason == "check" or self.next_check() >= self.end_step - 2
 
     def coreset(self, subset: int) -> tuple[np.ndarray, np.ndarray]:
         span = slice(int(self.coreset_offsets[subset]), int(self.coreset_offsets[subset + 1]))
@@ -150,6 +168,7 @@ class JobState:
         self.curvature_reference = 0.0
         self.next_check_interval = config.check_interval
         self.next_num_coresets = config.num_coresets
+        self.committed_seq = [0] * config.world_size  # last upload sequence number per rank
 
     # ----------------------------------------------------------------------------- regions
     def view(self, rank: int, step: int) -> RegionView:
@@ -181,7 +200,7 @@ class JobState:
                     f"{region.next_check()} is not decided yet"
                 )
             region = self._open_region(step)
-        elif step > region.next_check():
+        elif step > region.next_check() + 1:
             raise FailedPrecondition(
                 f"step {step} needs the check after step {region.next_check()} first"
             )
@@ -298,7 +317,6 @@ class JobState:
         stats = self.stats[region.region_id]
         stats.end_step, stats.end_reason = region.end_step, region.end_reason
         stats.curvature = region.curvature
-        region.embeddings = None
         region.pending = {}
         self.past.append(region)
 
@@ -319,22 +337,32 @@ class JobState:
         indices: np.ndarray,
         embeddings: np.ndarray,
         losses: np.ndarray,
-    ) -> bool:
+        seq: int | None = None,
+    ) -> Upload:
         """Store a rank's embeddings and losses for some of its candidates.
 
         Args:
             indices: ``(n,)`` int64 example indices, distinct, all candidates of ``rank``.
             embeddings: ``(n, d)`` float32 or float16, finite.
             losses: ``(n,)`` float32, finite and >= 0 (eval-mode per-example loss).
-
-        Returns:
-            True when every rank's candidates have arrived and selection can run.
+            seq: the upload's sequence number for this rank (counted from 1 over the whole
+                job), or None for an unsequenced in-process call. A committed number is
+                skipped; a gap is refused.
 
         Raises:
-            InvalidArgument: malformed arrays or indices. FailedPrecondition: the region is
-            not the current one or no longer collecting.
+            InvalidArgument: malformed arrays or indices. FailedPrecondition: a sequence gap,
+            or the region is not the current one or no longer collecting.
         """
         self._check_rank(rank)
+        if seq is not None:
+            committed = self.committed_seq[rank]
+            if seq <= committed:
+                return Upload.DUPLICATE
+            if seq != committed + 1:
+                expected = committed + 1
+                raise FailedPrecondition(
+                    f"upload sequence {seq} of rank {rank} is out of order: expected {expected}"
+                )
         region = self._current(region_id)
         if region.phase is not Phase.EMBED:
             raise FailedPrecondition(f"region {region_id} is not collecting embeddings")
@@ -359,10 +387,12 @@ class JobState:
         region.embeddings[slots] = embeddings
         region.losses[slots] = losses
         region.received[slots] = True
+        if seq is not None:
+            self.committed_seq[rank] = seq
         if region.received.all():
             region.phase = Phase.SELECTING
-            return True
-        return False
+            return Upload.COMPLETE
+        return Upload.ACCEPTED
 
     def missing(self, rank: int) -> int:
         """How many of ``rank``'s candidates in the current region have not arrived."""
@@ -405,17 +435,42 @@ class JobState:
         if not np.all(np.isfinite(weights)) or np.any(weights < 1):
             raise InvalidArgument("weights must be finite and >= 1")
 
+        self._assemble(region, rows, groups, weights)
+
+    def complete_fallback(self, region_id: int) -> None:
+        """Complete a region without selection: stratified random batches of weight 1.
+
+        For when the selector failed or missed its deadline. Each subset yields one batch of
+        ``ceil(B / C)`` random members per class, drawn reproducibly for the seed and region.
+        """
+        region = self._current(region_id)
+        if region.phase is not Phase.SELECTING:
+            raise FailedPrecondition(f"region {region_id} is not waiting for selection")
+        rng = np.random.default_rng([self.config.seed, region_id, 1])
+        budget = self.config.per_class_budget
+        rows = []
+        for problem in np.unique(region.member_groups):
+            members = np.flatnonzero(region.member_groups == problem)
+            rows.append(np.sort(rng.choice(members, min(budget, len(members)), replace=False)))
+        chosen = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        self._assemble(region, chosen, region.member_groups[chosen], np.ones(len(chosen)))
+        self.stats[region_id].fallback = True
+
+    def _assemble(
+        self, region: Region, rows: np.ndarray, groups: np.ndarray, weights: np.ndarray
+    ) -> None:
+        """Turn chosen subset members into the region's coresets and record statistics."""
         classes = self.config.num_classes
         num_subsets = self.config.world_size * region.num_coresets
         slots = region.members[rows]
-        subset_of = groups // classes
         region.coreset_indices = region.candidates[slots]
         mean = float(weights.mean()) if weights.size else 1.0
         region.coreset_weights = (weights / mean).astype(np.float32)
-        counts = np.bincount(subset_of, minlength=num_subsets)
+        counts = np.bincount(groups // classes, minlength=num_subsets)
         region.coreset_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         region.initial_loss = float(region.losses[region.check_slots].mean())
         region.phase = Phase.READY
+        region.embeddings = None  # selection was their only use
 
         # Loss history: one observation per distinct example (ranks may share a few).
         unique, first = np.unique(region.candidates, return_index=True)
@@ -474,10 +529,9 @@ class JobState:
         new_region = error > self.config.tau
         if region.curvature is None:
             region.curvature = sum(r.curvature for r in reports) / len(reports)
-        if new_region:
-            region.end_step, region.end_reason = step + 1, "check"
-        elif step + 1 >= region.end_step:
-            new_region = True  # the bound or the budget ends it anyway
+        if new_region and step + 2 < region.end_step:
+            region.end_step, region.end_reason = step + 2, "check"
+        new_region = new_region or step + 2 >= region.end_step  # bound or budget ends it anyway
         decision = CheckDecision(
             region_id=region.region_id,
             step=step,
@@ -545,6 +599,7 @@ class JobState:
             "curvature_reference": self.curvature_reference,
             "next_check_interval": self.next_check_interval,
             "next_num_coresets": self.next_num_coresets,
+            "committed_seq": list(self.committed_seq),
         }
 
     @classmethod
@@ -561,6 +616,7 @@ class JobState:
         job.curvature_reference = state["curvature_reference"]
         job.next_check_interval = state["next_check_interval"]
         job.next_num_coresets = state["next_num_coresets"]
+        job.committed_seq = list(state["committed_seq"])
         return job
 
 

@@ -3,6 +3,12 @@
 Async throughout, so that one event loop serves many ranks and jobs: waiting for a peer's
 check report or for a selection never blocks anybody else. The gRPC servicer and the
 in-process facade (:mod:`crest.service.local`) both call this class and nothing else.
+
+Durability: every accepted change is journaled to the :class:`StateStore` before the call
+returns, so a restarted manager (:meth:`JobManager.start`) resumes every job exactly. If the
+store fails after the in-memory state changed, the job is marked stale, the call fails with
+:class:`Unavailable`, and the job is rebuilt from the store before its next use: memory never
+runs ahead of what was acknowledged.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -27,13 +35,20 @@ from crest.proto.contract import (
     SessionInfo,
 )
 from crest.proto.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from crest.service.job import JobState, Phase
+from crest.service import journal
+from crest.service.codec import pack, unpack
+from crest.service.job import JobState, Phase, Upload
+from crest.service.store import MemoryStore, StateStore
 from crest.service.telemetry import JobTelemetry, SelectionEvent
-from crest.worker.selector import Selector
+from crest.worker.selector import SelectionResult, Selector
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DEFAULT_WAIT_S = 60.0
+DEFAULT_SELECTION_TIMEOUT_S = 30.0
+SNAPSHOT_EVERY = 64  # journal events between snapshots
 
 
 @dataclass
@@ -45,6 +60,8 @@ class _Job:
     selecting: asyncio.Task[None] | None = None
     telemetry: JobTelemetry = field(default_factory=JobTelemetry)
     embedded_at: float = 0.0  # monotonic time the current region's last embedding arrived
+    journal_length: int = 0
+    stale: bool = False  # memory may hold changes the store does not: reload first
 
     def __post_init__(self) -> None:
         self.changed = asyncio.Condition(self.lock)
@@ -55,18 +72,62 @@ def _labels_digest(labels: np.ndarray) -> str:
 
 
 class JobManager:
-    """Jobs, their state machines, and the selector that serves them.
+    """Jobs, their state machines, their storage and the selector that serves them.
 
     Args:
         selector: runs each region's selection problems.
-        wait_s: how long a call may wait for peers or for selection before it fails with
-            :class:`Unavailable` (the caller retries; every call is idempotent).
+        store: where jobs are journaled (default: this process's memory).
+        wait_s: the longest a call waits for peers or for selection before it fails with
+            :class:`Unavailable` (callers retry; every call is idempotent).
+        selection_timeout_s: past this, a region gets stratified random batches instead of
+            coresets (flagged in its statistics): no job ever hangs on the selector.
+        snapshot_every: journal events between snapshots (bounds replay at restart).
     """
 
-    def __init__(self, selector: Selector, *, wait_s: float = DEFAULT_WAIT_S) -> None:
+    def __init__(
+        self,
+        selector: Selector,
+        store: StateStore | None = None,
+        *,
+        wait_s: float = DEFAULT_WAIT_S,
+        selection_timeout_s: float = DEFAULT_SELECTION_TIMEOUT_S,
+        snapshot_every: int = SNAPSHOT_EVERY,
+    ) -> None:
         self.selector = selector
+        self.store = store if store is not None else MemoryStore()
         self.wait_s = wait_s
+        self.selection_timeout_s = selection_timeout_s
+        self.snapshot_every = snapshot_every
         self._jobs: dict[str, _Job] = {}
+
+    async def start(self) -> None:
+        """Load every job the store holds (after a restart)."""
+        for job_id in await self.store.job_ids():
+            state, length = await self._load(job_id)
+            self._jobs[job_id] = _Job(state, _labels_digest(state.pool.labels),
+                                      journal_length=length)  # fmt: skip
+            log.info("resumed job %s at step %d", job_id, state.status().step)
+
+    async def _load(self, job_id: str) -> tuple[JobState, int]:
+        stored = await self.store.load(job_id)
+        if stored is None:
+            raise NotFound(f"job {job_id!r} is not in the store")
+        state = JobState.from_state(unpack(stored.snapshot))
+        for event in stored.log:
+            journal.replay(state, event)
+        return state, len(stored.log)
+
+    async def healthy(self) -> bool:
+        """True when both the store and the selector answer."""
+        store_ok, selector_ok = await asyncio.gather(self.store.ping(), self.selector.healthy())
+        return bool(store_ok and selector_ok)
+
+    async def close(self) -> None:
+        for job in self._jobs.values():
+            if job.selecting is not None:
+                job.selecting.cancel()
+        self.selector.close()
+        await self.store.close()
 
     # ---------------------------------------------------------------------------- jobs
     async def create_job(
@@ -87,14 +148,14 @@ class JobManager:
                 raise FailedPrecondition(f"job {job_id!r} exists with another config or labels")
             return job_id
         job_id = job_id or uuid.uuid4().hex[:16]
-        self._jobs[job_id] = _Job(JobState(job_id, config, labels), digest)
-        log.info(
-            "created job %s: N=%d C=%d steps=%d",
-            job_id,
-            config.num_examples,
-            config.num_classes,
-            config.total_steps,
-        )
+        state = JobState(job_id, config, labels)
+        try:
+            await self.store.create(job_id, pack(state.to_state()))
+        except Exception as err:
+            raise Unavailable(f"the state store failed: {err}") from None
+        self._jobs[job_id] = _Job(state, digest)
+        log.info("created job %s: N=%d C=%d steps=%d", job_id, config.num_examples,
+                 config.num_classes, config.total_steps)  # fmt: skip
         return job_id
 
     def job_ids(self) -> list[str]:
@@ -106,24 +167,48 @@ class JobManager:
         except KeyError:
             raise NotFound(f"unknown job {job_id!r}") from None
 
+    async def _fresh(self, job: _Job) -> None:
+        """Rebuild a stale job from the store (call with the job's lock held)."""
+        if job.stale:
+            try:
+                job.state, job.journal_length = await self._load(job.state.job_id)
+            except Exception as err:
+                raise Unavailable(f"the state store failed: {err}") from None
+            job.stale = False
+
+    async def _journal(self, job: _Job, event: bytes) -> None:
+        """Make one applied change durable before it is acknowledged."""
+        try:
+            job.journal_length = await self.store.append(job.state.job_id, event)
+            if job.journal_length >= self.snapshot_every:
+                await self.store.snapshot(job.state.job_id, pack(job.state.to_state()))
+                job.journal_length = 0
+        except Exception as err:
+            job.stale = True
+            raise Unavailable(f"the state store failed: {err}") from None
+
     async def open_session(self, job_id: str, rank: int) -> SessionInfo:
         job = self._job(job_id)
-        cfg = job.state.config
-        if not 0 <= rank < cfg.world_size:
-            raise InvalidArgument(f"rank must lie in [0, {cfg.world_size}), got {rank}")
-        return SessionInfo(
-            job_id=job_id,
-            rank=rank,
-            world_size=cfg.world_size,
-            total_steps=cfg.total_steps,
-            steps_per_virtual_epoch=cfg.steps_per_virtual_epoch,
-            num_classes=cfg.num_classes,
-            batch_size=cfg.batch_size,
-        )
+        async with job.lock:
+            await self._fresh(job)
+            cfg = job.state.config
+            if not 0 <= rank < cfg.world_size:
+                raise InvalidArgument(f"rank must lie in [0, {cfg.world_size}), got {rank}")
+            return SessionInfo(
+                job_id=job_id,
+                rank=rank,
+                world_size=cfg.world_size,
+                total_steps=cfg.total_steps,
+                steps_per_virtual_epoch=cfg.steps_per_virtual_epoch,
+                num_classes=cfg.num_classes,
+                batch_size=cfg.batch_size,
+                committed_seq=job.state.committed_seq[rank],
+            )
 
     async def job_status(self, job_id: str) -> JobStatus:
         job = self._job(job_id)
         async with job.lock:
+            await self._fresh(job)
             return job.state.status()
 
     def telemetry(self, job_id: str) -> JobTelemetry:
@@ -131,11 +216,14 @@ class JobManager:
         return self._job(job_id).telemetry
 
     # ------------------------------------------------------------------------- regions
-    async def get_region(self, job_id: str, rank: int, step: int) -> RegionView:
-        """The region holding ``step``; waits (up to ``wait_s``) while selection runs."""
+    async def get_region(
+        self, job_id: str, rank: int, step: int, timeout: float | None = None
+    ) -> RegionView:
+        """The region holding ``step``; waits (up to the timeout) while selection runs."""
         job = self._job(job_id)
         async with job.changed:
-            view = job.state.view(rank, step)
+            await self._fresh(job)
+            view = await self._view(job, rank, step)
             job.telemetry.rank(rank).advance(step)
             if view.status is RegionStatus.SELECTING:
                 region = job.state.region
@@ -145,9 +233,18 @@ class JobManager:
                     job,
                     lambda: job.state.view(rank, step).status is not RegionStatus.SELECTING,
                     "selection",
+                    timeout,
                 )
                 view = job.state.view(rank, step)
             return view
+
+    async def _view(self, job: _Job, rank: int, step: int) -> RegionView:
+        before = None if job.state.region is None else job.state.region.region_id
+        view = job.state.view(rank, step)
+        after = None if job.state.region is None else job.state.region.region_id
+        if after != before:
+            await self._journal(job, journal.opened(rank, step))
+        return view
 
     async def submit_embeddings(
         self,
@@ -157,13 +254,23 @@ class JobManager:
         indices: np.ndarray,
         embeddings: np.ndarray,
         losses: np.ndarray,
-    ) -> None:
+        seq: int | None = None,
+    ) -> int:
+        """Store a chunk of a rank's embeddings; returns the rank's committed sequence."""
         job = self._job(job_id)
         async with job.changed:
-            if job.state.receive_embeddings(rank, region_id, indices, embeddings, losses):
+            await self._fresh(job)
+            state = job.state
+            outcome = state.receive_embeddings(rank, region_id, indices, embeddings, losses, seq)
+            if outcome is not Upload.DUPLICATE:
+                await self._journal(
+                    job, journal.embedded(rank, region_id, seq, indices, embeddings, losses)
+                )
+            if outcome is Upload.COMPLETE:
                 job.embedded_at = time.monotonic()
                 self._ensure_selection(job)
             job.changed.notify_all()
+            return state.committed_seq[rank]
 
     def _ensure_selection(self, job: _Job) -> None:
         """Start the region's selection unless it is already running."""
@@ -173,49 +280,76 @@ class JobManager:
     async def _select(self, job: _Job) -> None:
         async with job.lock:
             region = job.state.region
-            if region is None or region.phase is not Phase.SELECTING:
+            if job.stale or region is None or region.phase is not Phase.SELECTING:
                 return
             region_id = region.region_id
             request = job.state.selection_request()
+        result: SelectionResult | None = None
         try:
-            result = await self.selector.select(request)
-        except Exception:
-            log.exception("selection of job %s region %d failed", job.state.job_id, region_id)
-            return  # the next waiter starts it again
+            result = await asyncio.wait_for(self.selector.select(request), self.selection_timeout_s)
+        except Exception as err:  # the region falls back to random batches; never hang
+            log.warning("selection of job %s region %d failed (%s): random batches instead",
+                        job.state.job_id, region_id, err or type(err).__name__)  # fmt: skip
         async with job.changed:
             region = job.state.region
-            if region is not None and region.region_id == region_id:
-                job.state.complete_selection(region_id, result)
-                job.telemetry.record_selection(SelectionEvent(
-                    region_id=region_id, at=time.time(),
+            if job.stale or region is None or region.region_id != region_id:
+                return
+            if region.phase is not Phase.SELECTING:
+                return
+            fallback = result is None
+            try:
+                if result is not None:
+                    try:
+                        job.state.complete_selection(region_id, result)
+                        await self._journal(job, journal.selected(region_id, result))
+                    except InvalidArgument as err:
+                        log.error("selector answered region %d wrongly (%s)", region_id, err)
+                        fallback = True
+                if fallback:
+                    job.state.complete_fallback(region_id)
+                    await self._journal(job, journal.fell_back(region_id))
+            except Unavailable as err:  # the job is stale now; the next call rebuilds it
+                log.warning("could not journal region %d: %s", region_id, err)
+                return
+            job.telemetry.record_selection(
+                SelectionEvent(
+                    region_id=region_id,
+                    at=time.time(),
                     seconds=time.monotonic() - job.embedded_at,
-                    problems=len(request.budgets), fallback=False,
-                ))  # fmt: skip
-                job.changed.notify_all()
+                    problems=len(request.budgets),
+                    fallback=fallback,
+                )
+            )
+            job.changed.notify_all()
 
     # -------------------------------------------------------------------------- checks
-    async def report_check(self, job_id: str, rank: int, report: CheckReport) -> CheckDecision:
+    async def report_check(
+        self, job_id: str, rank: int, report: CheckReport, timeout: float | None = None
+    ) -> CheckDecision:
         """Record a rank's check; return the decision once every rank has reported."""
         job = self._job(job_id)
         async with job.changed:
+            await self._fresh(job)
+            region = job.state.region
+            known = region is not None and report.step in region.decisions
             decision = job.state.record_check(rank, report)
+            if not known:
+                await self._journal(job, journal.checked(rank, report))
             job.telemetry.rank(rank).advance(report.step + 1)
             if decision is not None:
                 job.changed.notify_all()
                 return decision
             region = job.state.region
             assert region is not None
-            await self._wait(job, lambda: report.step in region.decisions, "the other ranks")
+            await self._wait(job, lambda: report.step in region.decisions, "the other ranks",
+                             timeout)  # fmt: skip
             return region.decisions[report.step]
 
-    async def _wait(self, job: _Job, ready, what: str) -> None:
+    async def _wait(
+        self, job: _Job, ready: Callable[[], bool], what: str, timeout: float | None
+    ) -> None:
+        limit = self.wait_s if timeout is None else min(timeout, self.wait_s)
         try:
-            await asyncio.wait_for(job.changed.wait_for(ready), self.wait_s)
+            await asyncio.wait_for(job.changed.wait_for(ready), limit)
         except TimeoutError:
-            raise Unavailable(f"timed out after {self.wait_s:.0f} s waiting for {what}") from None
-
-    async def close(self) -> None:
-        for job in self._jobs.values():
-            if job.selecting is not None:
-                job.selecting.cancel()
-        self.selector.close()
+            raise Unavailable(f"timed out after {limit:.1f} s waiting for {what}") from None

@@ -3,52 +3,15 @@ import threading
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from crest.client import JobConfig, LastLayerEmbedding, Session, tensor_fetch, weighted_loss
 from crest.embedded import local_coordinator
 from crest.proto.errors import NotFound
-
-
-def blobs(n: int = 1200, classes: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, 8, generator=gen) * 2
-    y = torch.randint(0, classes, (n,), generator=gen)
-    return centers[y] + torch.randn(n, 8, generator=gen), y
-
-
-def make_model(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+from tests.training import blobs, job_config, make_model, train
 
 
 def config(**overrides) -> JobConfig:
-    return JobConfig(
-        num_examples=1200,
-        num_classes=4,
-        batch_size=32,
-        epochs=4,
-        train_frac=0.5,
-        seed=overrides.pop("seed", 0),
-        **overrides,
-    )
-
-
-def train(coordinator, job_id: str, rank: int = 0, **session_args) -> tuple[Session, list]:
-    x, y = blobs()
-    model = make_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    session = Session(
-        coordinator, job_id, model=model, fetch=tensor_fetch(x, y), rank=rank, **session_args
-    )
-    seen = []
-    for batch in session.batches():
-        seen.append((batch.step, batch.indices.tolist(), batch.weights.tolist(), batch.region_id))
-        loss = weighted_loss(model(x[batch.indices]), y[batch.indices], batch.weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return session, seen
+    return job_config(**overrides)
 
 
 def test_session_serves_the_whole_budget_in_regions() -> None:

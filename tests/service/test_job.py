@@ -6,7 +6,7 @@ import pytest
 from crest.proto.contract import CheckReport, RegionStatus
 from crest.proto.errors import FailedPrecondition, InvalidArgument
 from crest.service.codec import pack
-from crest.service.job import JobState
+from crest.service.job import JobState, Upload
 from crest.worker.selector import run_selection
 from tests.service.helpers import fake_embeddings, fill_region, make_job, report
 
@@ -88,15 +88,72 @@ def test_partial_uploads_then_selection() -> None:
     job = make_job()
     view = job.view(0, 0)
     halves = np.array_split(view.candidates, 2)
-    assert not job.receive_embeddings(
+    outcome = job.receive_embeddings(
         0, 0, halves[0], fake_embeddings(halves[0]), np.ones(len(halves[0]), np.float32)
     )
+    assert outcome is Upload.ACCEPTED
     assert job.view(0, 0).status is RegionStatus.EMBED
     assert job.missing(0) == len(halves[1])
-    assert job.receive_embeddings(
+    outcome = job.receive_embeddings(
         0, 0, halves[1][::-1], fake_embeddings(halves[1][::-1]), np.ones(len(halves[1]), np.float32)
     )
+    assert outcome is Upload.COMPLETE
     assert job.view(0, 0).status is RegionStatus.SELECTING
+
+
+def test_sequence_numbers_skip_committed_uploads_and_refuse_gaps() -> None:
+    job = make_job()
+    view = job.view(0, 0)
+    parts = np.array_split(view.candidates, 3)
+
+    def send(part: np.ndarray, seq: int) -> Upload:
+        losses = np.ones(len(part), np.float32)
+        return job.receive_embeddings(0, 0, part, fake_embeddings(part), losses, seq=seq)
+
+    assert send(parts[0], 1) is Upload.ACCEPTED
+    before = snapshot(job)
+    assert send(parts[0], 1) is Upload.DUPLICATE  # a retried chunk changes nothing
+    with pytest.raises(FailedPrecondition, match="out of order: expected 2"):
+        send(parts[2], 3)
+    assert snapshot(job) == before
+    assert send(parts[1], 2) is Upload.ACCEPTED
+    assert send(parts[2], 3) is Upload.COMPLETE
+    assert job.committed_seq == [3]
+    assert send(parts[2], 3) is Upload.DUPLICATE, "duplicates are skipped even after selection"
+
+
+def test_fallback_serves_stratified_random_batches_of_weight_one() -> None:
+    job = make_job()
+    view = job.view(0, 0)
+    job.receive_embeddings(
+        0,
+        0,
+        view.candidates,
+        fake_embeddings(view.candidates),
+        np.ones(len(view.candidates), np.float32),
+    )
+    job.complete_fallback(0)
+    view = job.view(0, 0)
+    cfg = job.config
+    assert view.status is RegionStatus.READY
+    for indices, weights in view.batches:
+        assert np.all(weights == 1.0)
+        counts = np.bincount(job.pool.labels[indices], minlength=cfg.num_classes)
+        assert counts.tolist() == [cfg.per_class_budget] * cfg.num_classes
+    assert job.status().regions[0].fallback
+    other = make_job()
+    other_view = other.view(0, 0)
+    other.receive_embeddings(
+        0,
+        0,
+        other_view.candidates,
+        fake_embeddings(other_view.candidates),
+        np.ones(len(other_view.candidates), np.float32),
+    )
+    other.complete_fallback(0)
+    assert [b[0].tolist() for b in other.view(0, 0).batches] == [
+        b[0].tolist() for b in view.batches
+    ], "fallback batches are reproducible"
 
 
 def test_check_passes_while_the_model_holds_and_fails_when_it_does_not() -> None:
@@ -108,15 +165,18 @@ def test_check_passes_while_the_model_holds_and_fails_when_it_does_not() -> None
     (decision,) = report(job, 1, loss=1.0, linear=-0.2)  # F = 1.8, error 0.8
     assert decision.new_region
     assert decision.relative_error == pytest.approx(0.8)
-    assert job.view(0, 2).region_id == 1  # step 2 opens the next region
+    assert job.view(0, 2).region_id == 0  # step 2 trained while the report travelled
+    assert job.view(0, 3).region_id == 1  # step 3 opens the next region
     assert job.status().regions[0].end_reason == "check"
+    assert job.status().regions[0].end_step == 3
 
 
 def test_checks_must_come_in_order_and_steps_wait_for_them() -> None:
     job = make_job()
     fill_region(job, 0)
+    assert job.view(0, 1).region_id == 0  # one step may run ahead of an undecided check
     with pytest.raises(FailedPrecondition, match="needs the check after step 0"):
-        job.view(0, 1 + 1)
+        job.view(0, 2)
     before = snapshot(job)
     with pytest.raises(FailedPrecondition, match=r"next check .* after step 0, not 1"):
         job.record_check(0, CheckReport(0, 1, 1.0, 1, 0.0, 0.0, 1.0))
@@ -151,28 +211,28 @@ def test_region_ends_at_its_coreset_use_bound() -> None:
     fill_region(job, 0)
     end = job.config.num_coresets * 2
     assert job.view(0, 0).end_step == end
-    for step in range(end - 1):
+    for step in range(end - 2):  # checks after steps end-2 and end-1 could not matter
         (decision,) = report(job, step, loss=1.0)
         assert not decision.new_region
-    assert job.view(0, end).region_id == 1  # no check needed at the bound
+    assert job.view(0, end).region_id == 1
     assert job.status().regions[0].end_reason == "bound"
 
 
 def test_adaptive_interval_and_coresets_follow_curvature() -> None:
     job = make_job(max_check_interval=4, adaptive=True)
     fill_region(job, 0)
-    report(job, 0, loss=1.0, linear=5.0, curvature=8.0)  # fails: opens region 1 at step 1
-    fill_region(job, 1)
-    region = job.region
-    assert (region.check_interval, region.num_coresets) == (1, 5)
-    report(job, 1, loss=1.0, linear=5.0, curvature=2.0)  # curvature fell 4x
+    report(job, 0, loss=1.0, linear=5.0, curvature=8.0)  # fails: region 1 opens at step 2
     fill_region(job, 2)
+    region = job.region
+    assert (region.region_id, region.check_interval, region.num_coresets) == (1, 1, 5)
+    report(job, 2, loss=1.0, linear=5.0, curvature=2.0)  # curvature fell 4x; region 2 at 4
+    fill_region(job, 4)
     region = job.region
     assert region.check_interval == 4
     assert region.num_coresets == min(5 * 4, job.config.resolved_max_coresets)
-    assert job.view(0, 2 + 3).region_id == region.region_id  # steps 2..5, then a check
+    assert job.view(0, 4 + 4).region_id == region.region_id  # steps 4..7, check, one more
     with pytest.raises(FailedPrecondition):
-        job.view(0, 2 + 4)
+        job.view(0, 4 + 5)
 
 
 def test_two_ranks_get_disjoint_coresets_and_one_decision() -> None:
@@ -199,7 +259,7 @@ def test_job_ends_with_its_budget() -> None:
     job = make_job(max_coreset_uses=None, adaptive=False, tau=1e6)
     total = job.config.total_steps
     fill_region(job, 0)
-    for step in range(total - 1):
+    for step in range(total - 2):
         report(job, step, loss=1.0)
     assert job.view(0, total).status is RegionStatus.DONE
     assert job.status().finished
@@ -221,7 +281,7 @@ def test_learned_examples_leave_the_pool_and_return_later() -> None:
     for _ in range(6):
         fill_region(job, step, loss=0.1)  # every candidate looks learned
         end = job.view(0, step).end_step
-        for s in range(step, end - 1):
+        for s in range(step, end - 2):
             report(job, s, loss=0.1)
         step = end
         job.view(0, step)
@@ -253,7 +313,7 @@ def _continue(job: JobState, start: int, stop: int) -> list[int]:
             fill_region(job, step, loss=0.5)
             view = job.view(0, step)
         seen += view.batches[(step - view.start_step) % len(view.batches)][0].tolist()
-        if (step + 1 - view.start_step) % view.check_interval == 0 and step + 1 < view.end_step:
+        if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
             report(job, step, loss=0.5 + 0.1 * (step % 4))  # some checks fail, some pass
     return seen
 

@@ -1,0 +1,1 @@
+"""crest.v1: generated from coordinator.proto (see proto/generate.py)."""

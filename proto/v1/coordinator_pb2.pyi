@@ -1,0 +1,263 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Limits(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIMITS_UNSPECIFIED: _ClassVar[Limits]
+    MAX_MESSAGE_BYTES: _ClassVar[Limits]
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    FLOAT32: _ClassVar[DType]
+    FLOAT16: _ClassVar[DType]
+    INT64: _ClassVar[DType]
+    INT32: _ClassVar[DType]
+
+class RegionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REGION_STATUS_UNSPECIFIED: _ClassVar[RegionStatus]
+    EMBED: _ClassVar[RegionStatus]
+    SELECTING: _ClassVar[RegionStatus]
+    READY: _ClassVar[RegionStatus]
+    DONE: _ClassVar[RegionStatus]
+LIMITS_UNSPECIFIED: Limits
+MAX_MESSAGE_BYTES: Limits
+DTYPE_UNSPECIFIED: DType
+FLOAT32: DType
+FLOAT16: DType
+INT64: DType
+INT32: DType
+REGION_STATUS_UNSPECIFIED: RegionStatus
+EMBED: RegionStatus
+SELECTING: RegionStatus
+READY: RegionStatus
+DONE: RegionStatus
+
+class Array(_message.Message):
+    __slots__ = ("dtype", "shape", "data")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    dtype: DType
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class JobConfig(_message.Message):
+    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after")
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FRAC_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SUBSET_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TAU_FIELD_NUMBER: _ClassVar[int]
+    NUM_CORESETS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CORESETS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
+    CHECK_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHECK_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_CORESET_USES_FIELD_NUMBER: _ClassVar[int]
+    CHECK_SAMPLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LOSS_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    LEARNED_LOSS_FIELD_NUMBER: _ClassVar[int]
+    DROP_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    MAX_DROP_FRAC_FIELD_NUMBER: _ClassVar[int]
+    MIN_POOL_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    READMIT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    num_examples: int
+    num_classes: int
+    batch_size: int
+    epochs: float
+    train_frac: float
+    world_size: int
+    seed: int
+    subset_size: int
+    tau: float
+    num_coresets: int
+    max_coresets: int
+    adaptive: bool
+    check_interval: int
+    max_check_interval: int
+    max_coreset_uses: int
+    check_sample_size: int
+    loss_window: int
+    learned_loss: float
+    drop_interval: float
+    max_drop_frac: float
+    min_pool_per_class: int
+    readmit_after: int
+    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ...) -> None: ...
+
+class CreateJobRequest(_message.Message):
+    __slots__ = ("header", "labels")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    header: JobHeader
+    labels: Array
+    def __init__(self, header: _Optional[_Union[JobHeader, _Mapping]] = ..., labels: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+
+class JobHeader(_message.Message):
+    __slots__ = ("job_id", "config")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    config: JobConfig
+    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ...) -> None: ...
+
+class CreateJobResponse(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("job_id", "rank")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    rank: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ...) -> None: ...
+
+class OpenSessionResponse(_message.Message):
+    __slots__ = ("job_id", "rank", "world_size", "total_steps", "steps_per_virtual_epoch", "num_classes", "batch_size", "committed_seq")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_VIRTUAL_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    COMMITTED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    rank: int
+    world_size: int
+    total_steps: int
+    steps_per_virtual_epoch: float
+    num_classes: int
+    batch_size: int
+    committed_seq: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., total_steps: _Optional[int] = ..., steps_per_virtual_epoch: _Optional[float] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., committed_seq: _Optional[int] = ...) -> None: ...
+
+class GetRegionRequest(_message.Message):
+    __slots__ = ("job_id", "rank", "step")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    rank: int
+    step: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+
+class WeightedBatch(_message.Message):
+    __slots__ = ("indices", "weights")
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    indices: Array
+    weights: Array
+    def __init__(self, indices: _Optional[_Union[Array, _Mapping]] = ..., weights: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+
+class Region(_message.Message):
+    __slots__ = ("region_id", "status", "start_step", "end_step", "check_interval", "candidates", "check_indices", "batches", "initial_loss")
+    REGION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    START_STEP_FIELD_NUMBER: _ClassVar[int]
+    END_STEP_FIELD_NUMBER: _ClassVar[int]
+    CHECK_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    CHECK_INDICES_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    region_id: int
+    status: RegionStatus
+    start_step: int
+    end_step: int
+    check_interval: int
+    candidates: Array
+    check_indices: Array
+    batches: _containers.RepeatedCompositeFieldContainer[WeightedBatch]
+    initial_loss: float
+    def __init__(self, region_id: _Optional[int] = ..., status: _Optional[_Union[RegionStatus, str]] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., check_interval: _Optional[int] = ..., candidates: _Optional[_Union[Array, _Mapping]] = ..., check_indices: _Optional[_Union[Array, _Mapping]] = ..., batches: _Optional[_Iterable[_Union[WeightedBatch, _Mapping]]] = ..., initial_loss: _Optional[float] = ...) -> None: ...
+
+class EmbeddingChunk(_message.Message):
+    __slots__ = ("job_id", "rank", "region_id", "seq", "indices", "embeddings", "losses")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    REGION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    rank: int
+    region_id: int
+    seq: int
+    indices: Array
+    embeddings: Array
+    losses: Array
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., seq: _Optional[int] = ..., indices: _Optional[_Union[Array, _Mapping]] = ..., embeddings: _Optional[_Union[Array, _Mapping]] = ..., losses: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+
+class UploadAck(_message.Message):
+    __slots__ = ("committed_seq",)
+    COMMITTED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    committed_seq: int
+    def __init__(self, committed_seq: _Optional[int] = ...) -> None: ...
+
+class CheckReport(_message.Message):
+    __slots__ = ("job_id", "rank", "region_id", "step", "loss_sum", "count", "linear", "quadratic", "curvature")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    REGION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_SUM_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    LINEAR_FIELD_NUMBER: _ClassVar[int]
+    QUADRATIC_FIELD_NUMBER: _ClassVar[int]
+    CURVATURE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    rank: int
+    region_id: int
+    step: int
+    loss_sum: float
+    count: int
+    linear: float
+    quadratic: float
+    curvature: float
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., step: _Optional[int] = ..., loss_sum: _Optional[float] = ..., count: _Optional[int] = ..., linear: _Optional[float] = ..., quadratic: _Optional[float] = ..., curvature: _Optional[float] = ...) -> None: ...
+
+class CheckDecision(_message.Message):
+    __slots__ = ("region_id", "step", "new_region", "loss", "predicted", "relative_error")
+    REGION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    NEW_REGION_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    region_id: int
+    step: int
+    new_region: bool
+    loss: float
+    predicted: float
+    relative_error: float
+    def __init__(self, region_id: _Optional[int] = ..., step: _Optional[int] = ..., new_region: _Optional[bool] = ..., loss: _Optional[float] = ..., predicted: _Optional[float] = ..., relative_error: _Optional[float] = ...) -> None: ...
+
+class JobStatusRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobStatusReply(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...

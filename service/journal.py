@@ -1,0 +1,84 @@
+"""The job journal: every accepted change to a job as an event that replays it.
+
+Events name a :class:`~crest.service.job.JobState` method and its arguments; applying the same
+events to the same snapshot gives the same state, because the state machine is deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from crest.proto.contract import CheckReport
+from crest.service.codec import pack, unpack
+from crest.service.job import JobState
+from crest.worker.selector import SelectionResult
+
+
+def opened(rank: int, step: int) -> bytes:
+    """A ``view`` that opened a region."""
+    return pack({"op": "open", "rank": rank, "step": step})
+
+
+def embedded(
+    rank: int,
+    region_id: int,
+    seq: int | None,
+    indices: np.ndarray,
+    embeddings: np.ndarray,
+    losses: np.ndarray,
+) -> bytes:
+    return pack(
+        {
+            "op": "embed",
+            "rank": rank,
+            "region_id": region_id,
+            "seq": seq,
+            "indices": np.asarray(indices),
+            "embeddings": np.asarray(embeddings),
+            "losses": np.asarray(losses),
+        }
+    )
+
+
+def selected(region_id: int, result: SelectionResult) -> bytes:
+    return pack(
+        {
+            "op": "select",
+            "region_id": region_id,
+            "rows": result.rows,
+            "groups": result.groups,
+            "weights": result.weights,
+        }
+    )
+
+
+def fell_back(region_id: int) -> bytes:
+    return pack({"op": "fallback", "region_id": region_id})
+
+
+def checked(rank: int, report: CheckReport) -> bytes:
+    return pack({"op": "check", "rank": rank, "report": vars(report)})
+
+
+def replay(state: JobState, blob: bytes) -> None:
+    """Apply one journal event to ``state``."""
+    event: dict[str, Any] = unpack(blob)
+    op = event["op"]
+    if op == "open":
+        state.view(event["rank"], event["step"])
+    elif op == "embed":
+        state.receive_embeddings(
+            event["rank"], event["region_id"], event["indices"], event["embeddings"],
+            event["losses"], event["seq"],
+        )  # fmt: skip
+    elif op == "select":
+        result = SelectionResult(event["rows"], event["groups"], event["weights"])
+        state.complete_selection(event["region_id"], result)
+    elif op == "fallback":
+        state.complete_fallback(event["region_id"])
+    elif op == "check":
+        state.record_check(event["rank"], CheckReport(**event["report"]))
+    else:
+        raise ValueError(f"unknown journal event {op!r}")

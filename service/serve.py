@@ -1,0 +1,57 @@
+"""``crest serve``: the coordinator process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from crest.service.manager import JobManager
+from crest.service.server import create_server
+from crest.service.settings import ServeSettings
+from crest.service.store import open_store
+from crest.worker.selector import InProcessSelector, Selector
+
+log = logging.getLogger(__name__)
+
+
+def build_selector(settings: ServeSettings) -> Selector:
+    if settings.selector == "inprocess":
+        return InProcessSelector(settings.device)
+    raise NotImplementedError(f"selector {settings.selector!r} is not available yet")
+
+
+async def serve(settings: ServeSettings) -> None:
+    """Run the coordinator until SIGTERM or SIGINT, then stop gracefully.
+
+    In-flight RPCs get ``grace_s`` to finish; every acknowledged change is already in the
+    store (the journal is written before each reply), so stopping loses nothing.
+    """
+    selector = build_selector(settings)
+    manager = JobManager(
+        selector,
+        open_store(settings.store),
+        wait_s=settings.wait_s,
+        selection_timeout_s=settings.selection_timeout_s,
+    )
+    await manager.start()
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = (settings.tls_cert.read_bytes(), settings.tls_key.read_bytes())
+    token = settings.token.get_secret_value() if settings.token else None
+    server, port, health_task = await create_server(manager, settings.address, token=token, tls=tls)
+    # Installed after everything that may replace handlers (ray.init does).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"crest coordinator listening on {settings.host}:{port}", flush=True)
+    log.info("store %s, selector %s, %d jobs resumed", settings.store.split("@")[-1],
+             settings.selector, len(manager.job_ids()))  # fmt: skip
+    await stop.wait()
+    log.info("stopping: %.0f s for in-flight calls", settings.grace_s)
+    await server.stop(settings.grace_s)
+    health_task.cancel()
+    await manager.close()
+    print("crest coordinator stopped", file=sys.stderr, flush=True)

@@ -1,0 +1,289 @@
+"""The gRPC coordinator: ``crest.v1.Coordinator`` over a :class:`JobManager`.
+
+Each handler validates and converts its request, calls the manager, and maps errors through
+:func:`crest.proto.errors.status_of`: a client sees INVALID_ARGUMENT, NOT_FOUND,
+FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNAUTHENTICATED or UNAVAILABLE, never UNKNOWN.
+Requests are parsed by our own deserializers so that malformed bytes become INVALID_ARGUMENT
+too. Message size limits are set explicitly; a configured token guards every RPC, health and
+reflection included; the health service reports SERVING only while the store and the selector
+answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError, Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
+
+from crest.proto import convert
+from crest.proto.errors import CrestError, InvalidArgument, ResourceExhausted, status_of
+from crest.proto.v1 import coordinator_pb2 as pb
+from crest.service.manager import JobManager
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # "crest.v1.Coordinator"
+# Room above the 4 MiB message limit for framing, so that a full-size chunk is accepted.
+RECEIVE_LIMIT = convert.MAX_MESSAGE_BYTES + convert.MESSAGE_OVERHEAD_BYTES
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", RECEIVE_LIMIT),
+    ("grpc.max_send_message_length", RECEIVE_LIMIT),
+]
+HEALTH_PERIOD_S = 1.0
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    """What a request deserializer yields for bytes that are no valid message."""
+
+    error: str
+
+
+def _parser(message_type: type[Message]) -> Callable[[bytes], Message | _Malformed]:
+    def parse(raw: bytes) -> Message | _Malformed:
+        try:
+            return message_type.FromString(raw)
+        except (DecodeError, ValueError, RuntimeError) as err:  # malformed wire data
+            return _Malformed(f"malformed {message_type.__name__}: {err}")
+
+    return parse
+
+
+def _checked(request: Any) -> Any:
+    if isinstance(request, _Malformed):
+        raise InvalidArgument(request.error)
+    return request
+
+
+def _handler(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Map crest errors (and invalid input) to their gRPC status; nothing escapes as UNKNOWN."""
+
+    @functools.wraps(method)
+    async def wrapper(self: CoordinatorService, request: Any, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except CrestError as err:
+            await context.abort(grpc.StatusCode[status_of(err)], str(err))
+        except ValidationError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {err}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+
+    return wrapper
+
+
+def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining - 0.05)
+
+
+class CoordinatorService:
+    """The servicer: a few lines per RPC around the manager."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self.manager = manager
+
+    @_handler
+    async def CreateJob(self, requests: AsyncIterator[Any], context) -> pb.CreateJobResponse:
+        header: pb.JobHeader | None = None
+        chunks: list[np.ndarray] = []
+        total = 0
+        async for request in requests:
+            request = _checked(request)
+            part = request.WhichOneof("part")
+            if header is None:
+                if part != "header":
+                    raise InvalidArgument("the first CreateJob message must carry the header")
+                header = request.header
+                limit = header.config.num_examples
+            elif part == "labels":
+                labels = convert.from_array(request.labels, "labels", (pb.INT64, pb.INT32), 1)
+                total += len(labels)
+                if total > limit:
+                    raise InvalidArgument(f"more than num_examples={limit} labels")
+                chunks.append(labels)
+            else:
+                raise InvalidArgument("only the first CreateJob message may carry a header")
+        if header is None:
+            raise InvalidArgument("CreateJob needs a header")
+        labels = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+        config = convert.config_from_pb(header.config)
+        job_id = await self.manager.create_job(config, labels, header.job_id or None)
+        return pb.CreateJobResponse(job_id=job_id)
+
+    @_handler
+    async def OpenSession(self, request, context) -> pb.OpenSessionResponse:
+        request = _checked(request)
+        info = await self.manager.open_session(request.job_id, request.rank)
+        return convert.session_to_pb(info)
+
+    @_handler
+    async def GetRegion(self, request, context) -> pb.Region:
+        request = _checked(request)
+        view = await self.manager.get_region(
+            request.job_id, request.rank, request.step, timeout=_timeout(context)
+        )
+        reply = convert.region_to_pb(view)
+        if reply.ByteSize() > convert.MAX_MESSAGE_BYTES:
+            raise ResourceExhausted(
+                f"region {view.region_id} is {reply.ByteSize()} bytes for one rank, over the "
+                f"{convert.MAX_MESSAGE_BYTES}-byte message limit: lower subset_size or "
+                "max_coresets, or add ranks"
+            )
+        return reply
+
+    @_handler
+    async def UploadEmbeddings(self, requests: AsyncIterator[Any], context) -> pb.UploadAck:
+        committed = 0
+        async for request in requests:
+            chunk = _checked(request)
+            indices = convert.from_array(chunk.indices, "indices", (pb.INT64,), 1)
+            embeddings = convert.from_array(
+                chunk.embeddings, "embeddings", (pb.FLOAT32, pb.FLOAT16), 2
+            )
+            losses = convert.from_array(chunk.losses, "losses", (pb.FLOAT32,), 1)
+            if chunk.seq < 1:
+                raise InvalidArgument(f"seq must be >= 1, got {chunk.seq}")
+            committed = await self.manager.submit_embeddings(
+                chunk.job_id, chunk.rank, chunk.region_id, indices, embeddings, losses, chunk.seq
+            )
+        return pb.UploadAck(committed_seq=committed)
+
+    @_handler
+    async def ReportCheck(self, request, context) -> pb.CheckDecision:
+        request = _checked(request)
+        decision = await self.manager.report_check(
+            request.job_id, request.rank, convert.report_from_pb(request),
+            timeout=_timeout(context),
+        )  # fmt: skip
+        return convert.decision_to_pb(decision)
+
+    @_handler
+    async def GetJobStatus(self, request, context) -> pb.JobStatusReply:
+        request = _checked(request)
+        status = await self.manager.job_status(request.job_id)
+        return pb.JobStatusReply(json=status.model_dump_json())
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(name: str, request: type[Message], reply: type[Message]):
+            return grpc.unary_unary_rpc_method_handler(
+                getattr(self, name), _parser(request), reply.SerializeToString
+            )
+
+        def streaming(name: str, request: type[Message], reply: type[Message]):
+            return grpc.stream_unary_rpc_method_handler(
+                getattr(self, name), _parser(request), reply.SerializeToString
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "CreateJob": streaming("CreateJob", pb.CreateJobRequest, pb.CreateJobResponse),
+                "OpenSession": unary("OpenSession", pb.OpenSessionRequest, pb.OpenSessionResponse),
+                "GetRegion": unary("GetRegion", pb.GetRegionRequest, pb.Region),
+                "UploadEmbeddings": streaming("UploadEmbeddings", pb.EmbeddingChunk, pb.UploadAck),
+                "ReportCheck": unary("ReportCheck", pb.CheckReport, pb.CheckDecision),
+                "GetJobStatus": unary("GetJobStatus", pb.JobStatusRequest, pb.JobStatusReply),
+            },
+        )
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every call whose ``authorization`` metadata is not ``Bearer <token>``."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(self, continuation, handler_call_details):
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        presented = str(metadata.get("authorization", "")).encode()
+        if hmac.compare_digest(presented, self._expected):
+            return await continuation(handler_call_details)
+        return _refuse(await continuation(handler_call_details))
+
+
+def _refuse(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+        yield  # pragma: no cover (makes this an async generator for streaming replies)
+
+    streams_reply = handler is not None and handler.response_streaming
+    streams_request = handler is not None and handler.request_streaming
+    method = deny_stream if streams_reply else deny
+    factory = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[(streams_request, streams_reply)]
+    return factory(method)
+
+
+async def create_server(
+    manager: JobManager,
+    address: str = "127.0.0.1:0",
+    *,
+    token: str | None = None,
+    tls: tuple[bytes, bytes] | None = None,
+) -> tuple[grpc.aio.Server, int, asyncio.Task[None]]:
+    """Build and start the gRPC server (call inside the manager's event loop).
+
+    Args:
+        manager: the started job manager.
+        address: ``host:port``; port 0 picks a free one (tests).
+        token: if set, every RPC must carry ``authorization: Bearer <token>``.
+        tls: ``(certificate chain PEM, private key PEM)`` to serve TLS.
+
+    Returns:
+        ``(server, port, health_task)``; cancel the task when the server stops.
+    """
+    interceptors = [TokenInterceptor(token)] if token else []
+    server = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
+    server.add_generic_rpc_handlers((CoordinatorService(manager).handler(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME),
+        server,
+    )  # fmt: skip
+    if tls is not None:
+        credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    await server.start()
+    health_task = asyncio.create_task(_watch_health(manager, health_servicer))
+    return server, port, health_task
+
+
+async def _watch_health(manager: JobManager, servicer: health.aio.HealthServicer) -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    while True:
+        try:
+            ok = await asyncio.wait_for(manager.healthy(), HEALTH_PERIOD_S * 2)
+        except Exception:
+            ok = False
+        for service in ("", SERVICE):
+            await servicer.set(service, serving if ok else not_serving)
+        await asyncio.sleep(HEALTH_PERIOD_S)

@@ -1,0 +1,49 @@
+"""Settings of ``crest serve``: command-line flags, or ``CREST_*`` environment variables.
+
+Every field below is also an environment variable: ``CREST_`` + the upper-case field name
+(``CREST_PORT=50051``, ``CREST_STORE=redis://redis:6379/0``, ``CREST_TOKEN=...``). Flags of
+``crest serve`` override the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    """The coordinator's configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="CREST_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address to bind gRPC (0.0.0.0 for all)")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    store: str = Field(
+        "memory://", description="job state: memory:// or redis://host:port/db (durable)"
+    )
+    token: SecretStr | None = Field(None, description="shared secret every RPC must carry")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    wait_s: float = Field(60.0, gt=0, description="longest wait for peers or selection per call")
+    selection_timeout_s: float = Field(
+        30.0, gt=0, description="past this a region gets random batches (flagged)"
+    )
+    grace_s: float = Field(10.0, ge=0, description="SIGTERM: time for in-flight RPCs to finish")
+    selector: Literal["inprocess", "ray"] = Field(
+        "inprocess", description="where selection runs: this process or a Ray actor pool"
+    )
+    device: str = Field("cpu", description="torch device of the in-process selector")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServeSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"

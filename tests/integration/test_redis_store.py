@@ -1,0 +1,68 @@
+"""RedisStore against a real redis-server, and a manager restarted on it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from crest.service.manager import JobManager
+from crest.service.store import RedisStore, open_store
+from crest.worker.selector import InProcessSelector
+from tests.integration.conftest import RedisServer
+from tests.service.test_manager import CONFIG, LABELS, drive
+
+pytestmark = pytest.mark.integration
+
+
+def test_key_layout_and_atomic_snapshot(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        store = open_store(redis_server.url)
+        assert isinstance(store, RedisStore)
+        assert await store.ping()
+        await store.create("a", b"snap0")
+        assert await store.append("a", b"e1") == 1
+        assert await store.append("a", b"e2") == 2
+        loaded = await store.load("a")
+        assert (loaded.snapshot, loaded.log) == (b"snap0", [b"e1", b"e2"])
+        await store.snapshot("a", b"snap1")
+        loaded = await store.load("a")
+        assert (loaded.snapshot, loaded.log) == (b"snap1", [])
+        assert await store.job_ids() == ["a"]
+        assert await store.load("missing") is None
+        keys = sorted(k.decode() for k in await store._redis.keys("crest:*"))
+        assert keys == ["crest:job:a:snapshot", "crest:jobs"]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_manager_restarted_on_redis_resumes_the_job(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        first = JobManager(InProcessSelector(), open_store(redis_server.url), snapshot_every=5)
+        await first.create_job(CONFIG, LABELS, job_id="r")
+        seq = [0]
+        await drive(first, "r", 0, 20, seq)
+        status = await first.job_status("r")
+        await first.close()
+
+        second = JobManager(InProcessSelector(), open_store(redis_server.url))
+        await second.start()
+        assert await second.job_status("r") == status
+        assert (await second.open_session("r", 0)).committed_seq == seq[0]
+        await drive(second, "r", 20, 40, seq)
+        await second.close()
+
+    asyncio.run(main())
+
+
+def test_health_reports_a_dead_redis(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        manager = JobManager(InProcessSelector(), open_store(redis_server.url))
+        assert await manager.healthy()
+        redis_server.process.terminate()
+        redis_server.process.wait(timeout=30)
+        assert not await manager.healthy()
+        await manager.close()
+
+    asyncio.run(main())

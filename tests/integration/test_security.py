@@ -1,0 +1,103 @@
+"""Token authentication on every RPC, and TLS."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from crest.client.remote import RemoteCoordinator
+from crest.proto.errors import Unauthenticated, Unavailable
+from crest.proto.v1 import coordinator_pb2 as pb
+from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
+from tests.integration.conftest import start_loopback, stop_loopback
+from tests.training import blobs, job_config, train
+
+pytestmark = pytest.mark.integration
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def guarded():
+    handle, server, health_task = start_loopback(token=TOKEN)
+    yield handle
+    stop_loopback(handle, server, health_task)
+
+
+def every_rpc(channel: grpc.Channel, metadata) -> list[grpc.StatusCode]:
+    """Call every RPC of every service once; return the status codes."""
+    stub = pb_grpc.CoordinatorStub(channel)
+    calls = [
+        lambda: stub.CreateJob(iter([pb.CreateJobRequest()]), timeout=30, metadata=metadata),
+        lambda: stub.OpenSession(pb.OpenSessionRequest(), timeout=30, metadata=metadata),
+        lambda: stub.GetRegion(pb.GetRegionRequest(), timeout=30, metadata=metadata),
+        lambda: stub.UploadEmbeddings(iter([pb.EmbeddingChunk()]), timeout=30,
+                                      metadata=metadata),
+        lambda: stub.ReportCheck(pb.CheckReport(), timeout=30, metadata=metadata),
+        lambda: stub.GetJobStatus(pb.JobStatusRequest(), timeout=30, metadata=metadata),
+        lambda: health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=30, metadata=metadata),
+        lambda: list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30,
+            metadata=metadata)),
+    ]  # fmt: skip
+    codes = []
+    for call in calls:
+        try:
+            call()
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as err:
+            codes.append(err.code())
+    return codes
+
+
+def test_every_rpc_without_the_token_is_unauthenticated(guarded) -> None:
+    with grpc.insecure_channel(guarded.address) as channel:
+        for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)):
+            codes = every_rpc(channel, metadata)
+            assert codes == [grpc.StatusCode.UNAUTHENTICATED] * len(codes), metadata
+        with_token = every_rpc(channel, (("authorization", f"Bearer {TOKEN}"),))
+    assert grpc.StatusCode.UNAUTHENTICATED not in with_token
+    assert with_token[-2:] == [grpc.StatusCode.OK, grpc.StatusCode.OK]  # health, reflection
+
+
+def test_a_trainer_with_the_token_trains(guarded) -> None:
+    with RemoteCoordinator(guarded.address, retry_s=5) as anon, pytest.raises(Unauthenticated):
+        anon.create_job(job_config(), blobs()[1].numpy())
+    with RemoteCoordinator(guarded.address, token=TOKEN) as remote:
+        job_id = remote.create_job(job_config(), blobs()[1].numpy())
+        _, served = train(remote, job_id)
+    assert len(served) == job_config().total_steps
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls(certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    handle, server, health_task = start_loopback(tls=(cert.read_bytes(), key.read_bytes()))
+    try:
+        address = f"localhost:{handle.port}"
+        with RemoteCoordinator(address, tls_ca=cert) as remote:
+            job_id = remote.create_job(job_config(), blobs()[1].numpy())
+            assert remote.open_session(job_id, 0).total_steps == job_config().total_steps
+        with RemoteCoordinator(address, retry_s=1) as plaintext, pytest.raises(Unavailable):
+            plaintext.open_session(job_id, 0)
+    finally:
+        stop_loopback(handle, server, health_task)

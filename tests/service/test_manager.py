@@ -1,0 +1,181 @@
+"""JobManager: journaling, restart from the store, store failures, selection fallback."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from crest.proto.contract import CheckReport, JobConfig, RegionStatus
+from crest.proto.errors import Unavailable
+from crest.service.codec import unpack
+from crest.service.manager import JobManager
+from crest.service.store import MemoryStore
+from crest.worker.selector import InProcessSelector, SelectionRequest, SelectionResult
+from tests.service.helpers import fake_embeddings
+
+LABELS = np.random.default_rng(0).integers(0, 4, 2000)
+CONFIG = JobConfig(num_examples=2000, num_classes=4, batch_size=32, epochs=10, train_frac=0.2)
+
+
+async def drive(manager: JobManager, job_id: str, start: int, stop: int, seq: list[int]) -> list:
+    """Play one rank from ``start`` to ``stop``; returns the batches served."""
+    served = []
+    for step in range(start, stop):
+        view = await manager.get_region(job_id, 0, step)
+        while view.status is RegionStatus.EMBED:
+            seq[0] += 1
+            losses = np.full(len(view.candidates), 1.0 + step % 3, np.float32)
+            await manager.submit_embeddings(
+                job_id,
+                0,
+                view.region_id,
+                view.candidates,
+                fake_embeddings(view.candidates),
+                losses,
+                seq[0],
+            )
+            view = await manager.get_region(job_id, 0, step)
+        indices, weights = view.batches[(step - view.start_step) % len(view.batches)]
+        served.append((step, view.region_id, indices.tolist(), weights.tolist()))
+        if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
+            report = CheckReport(view.region_id, step, 10.0 * (1 + step % 5), 10, -0.1, 0.0, 1.0)
+            await manager.report_check(job_id, 0, report)
+    return served
+
+
+def new_manager(store, selector=None, **kwargs) -> JobManager:
+    return JobManager(selector or InProcessSelector(), store, **kwargs)
+
+
+def test_a_restarted_manager_resumes_the_exact_job() -> None:
+    async def main() -> None:
+        store = MemoryStore()
+        first = new_manager(store, snapshot_every=7)  # snapshots and journal both in play
+        job_id = await first.create_job(CONFIG, LABELS, job_id="j")
+        seq = [0]
+        await drive(first, job_id, 0, 25, seq)
+        # What the store held right after step 25, as if the process died there.
+        store_copy = MemoryStore()
+        store_copy._jobs = await _copy(store)
+        expected = await drive(first, job_id, 25, 60, list(seq))
+        status = await first.job_status(job_id)
+        first.selector.close()
+
+        second = new_manager(store_copy)
+        await second.start()
+        assert second.job_ids() == ["j"]
+        info = await second.open_session("j", 0)
+        assert info.committed_seq == seq[0]
+        resumed = await drive(second, "j", 25, 60, list(seq))
+        assert resumed == expected
+        assert await second.job_status("j") == status
+        second.selector.close()
+
+    asyncio.run(main())
+
+
+async def _copy(store: MemoryStore) -> dict:
+    from crest.service.store import StoredJob
+
+    copied = {}
+    for job_id in await store.job_ids():
+        stored = await store.load(job_id)
+        copied[job_id] = StoredJob(stored.snapshot, list(stored.log))
+    return copied
+
+
+class FlakyStore(MemoryStore):
+    """Fails the next append when told to."""
+
+    fail_next = False
+
+    async def append(self, job_id: str, event: bytes) -> int:
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("store down")
+        return await super().append(job_id, event)
+
+
+def test_a_store_failure_is_unavailable_and_memory_never_runs_ahead() -> None:
+    async def main() -> None:
+        store = FlakyStore()
+        manager = new_manager(store)
+        job_id = await manager.create_job(CONFIG, LABELS)
+        view = await manager.get_region(job_id, 0, 0)
+        half = view.candidates[: len(view.candidates) // 2]
+        store.fail_next = True
+        with pytest.raises(Unavailable, match="store failed"):
+            await manager.submit_embeddings(
+                job_id, 0, 0, half, fake_embeddings(half), np.ones(len(half), np.float32), 1
+            )
+        info = await manager.open_session(job_id, 0)  # rebuilt from the store
+        assert info.committed_seq == 0, "the failed upload must not count as committed"
+        assert (
+            await manager.submit_embeddings(
+                job_id, 0, 0, half, fake_embeddings(half), np.ones(len(half), np.float32), 1
+            )
+            == 1
+        )
+        manager.selector.close()
+
+    asyncio.run(main())
+
+
+class BrokenSelector(InProcessSelector):
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.calls = 0
+
+    async def select(self, request: SelectionRequest) -> SelectionResult:
+        self.calls += 1
+        if self.calls == 1 and self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.calls == 1 and self.mode == "raise":
+            raise RuntimeError("no actors")
+        result = await super().select(request)
+        if self.calls == 1 and self.mode == "wrong":
+            return SelectionResult(result.rows + 10**6, result.groups, result.weights)
+        return result
+
+
+@pytest.mark.parametrize("mode", ["hang", "raise", "wrong"])
+def test_selection_failures_fall_back_to_random_batches_then_recover(mode: str) -> None:
+    async def main() -> None:
+        selector = BrokenSelector(mode)
+        manager = new_manager(MemoryStore(), selector, selection_timeout_s=0.5)
+        job_id = await manager.create_job(CONFIG, LABELS)
+        served = await drive(manager, job_id, 0, 40, [0])
+        status = await manager.job_status(job_id)
+        assert status.regions[0].fallback
+        assert all(w == 1.0 for step, region, _, ws in served if region == 0 for w in ws)
+        assert len(status.regions) > 1 and not status.regions[1].fallback, "selection resumes"
+        telemetry = manager.telemetry(job_id)
+        assert telemetry.fallbacks == 1
+        assert [e.fallback for e in telemetry.selections][:2] == [True, False]
+        selector.close()
+
+    asyncio.run(main())
+
+
+def test_journal_holds_changes_not_duplicates() -> None:
+    async def main() -> None:
+        store = MemoryStore()
+        manager = new_manager(store, snapshot_every=10**6)
+        job_id = await manager.create_job(CONFIG, LABELS)
+        view = await manager.get_region(job_id, 0, 0)
+        await manager.get_region(job_id, 0, 0)  # no new region: nothing journaled
+        args = (
+            view.candidates,
+            fake_embeddings(view.candidates),
+            np.ones(len(view.candidates), np.float32),
+        )
+        await manager.submit_embeddings(job_id, 0, 0, *args, 1)
+        await manager.submit_embeddings(job_id, 0, 0, *args, 1)  # a retry: skipped
+        await manager.get_region(job_id, 0, 0)  # waits for selection
+        ops = (await store.load(job_id)).log
+
+        assert [unpack(e)["op"] for e in ops] == ["open", "embed", "select"]
+        manager.selector.close()
+
+    asyncio.run(main())

@@ -1,0 +1,60 @@
+"""A tiny real training job for tests: blobs data, an MLP, and a loop that records batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from crest.client import JobConfig, Session, tensor_fetch, weighted_loss
+from crest.proto.contract import Coordinator
+
+N, CLASSES = 1200, 4
+
+
+def blobs(n: int = N, classes: int = CLASSES, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, 8, generator=gen) * 2
+    y = torch.randint(0, classes, (n,), generator=gen)
+    return centers[y] + torch.randn(n, 8, generator=gen), y
+
+
+def make_model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, CLASSES))
+
+
+def job_config(**overrides) -> JobConfig:
+    fields = dict(num_examples=N, num_classes=CLASSES, batch_size=32, epochs=4, train_frac=0.5)
+    return JobConfig(**(fields | overrides))
+
+
+Batch = tuple[int, list[int], list[float], int]  # step, indices, weights, region
+
+
+def train(
+    coordinator: Coordinator,
+    job_id: str,
+    rank: int = 0,
+    on_step: Callable[[int], None] | None = None,
+    **session_args,
+) -> tuple[Session, list[Batch]]:
+    """Train the MLP through a session; ``on_step(step)`` runs after each optimizer step."""
+    x, y = blobs()
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    seen: list[Batch] = []
+    with Session(coordinator, job_id, model=model, fetch=tensor_fetch(x, y), rank=rank,
+                 **session_args) as session:  # fmt: skip
+        for batch in session.batches():
+            seen.append(
+                (batch.step, batch.indices.tolist(), batch.weights.tolist(), batch.region_id)
+            )
+            loss = weighted_loss(model(x[batch.indices]), y[batch.indices], batch.weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if on_step is not None:
+                on_step(batch.step)
+    return session, seen
