@@ -1,5 +1,6 @@
 """The trainer side of crest: embeddings, weighted loss, quadratic-model terms, sessions."""
 
+from crest.client.data import CrestBatchSampler, CrestLoader, dataset_fetch
 from crest.client.embeddings import (
     EmbeddingFn,
     LastLayerEmbedding,
@@ -12,6 +13,8 @@ from crest.client.session import SelectionTimings, Session, WeightedBatch, tenso
 from crest.proto.contract import JobConfig
 
 __all__ = [
+    "CrestBatchSampler",
+    "CrestLoader",
     "EmbeddingFn",
     "JobConfig",
     "LastLayerEmbedding",
@@ -20,6 +23,7 @@ __all__ = [
     "SelectionTimings",
     "Session",
     "WeightedBatch",
+    "dataset_fetch",
     "gradient_embeddings",
     "hutchinson_diagonal",
     "tensor_fetch",

@@ -13,6 +13,7 @@ channel); it is thread-safe.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -75,12 +76,11 @@ class RemoteCoordinator:
     ) -> None:
         if embedding_dtype not in ("float32", "float16"):
             raise ValueError(f"embedding_dtype must be float32 or float16, got {embedding_dtype}")
-        if tls_ca is not None:
-            credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
-            self._channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.CoordinatorStub(self._channel)
+        self._credentials = (
+            grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()) if tls_ca is not None else None
+        )
+        self._pid = -1
+        self._connect_lock = threading.Lock()
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.address = address
         self.call_timeout_s = call_timeout_s
@@ -90,6 +90,23 @@ class RemoteCoordinator:
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------- plumbing
+    @property
+    def _stub(self) -> pb_grpc.CoordinatorStub:
+        """The stub of this process's channel: a forked child (a DataLoader worker) opens its
+        own instead of using the parent's."""
+        if self._pid != os.getpid():
+            with self._connect_lock:
+                if self._pid != os.getpid():
+                    if self._credentials is not None:
+                        channel = grpc.secure_channel(
+                            self.address, self._credentials, options=CHANNEL_OPTIONS
+                        )
+                    else:
+                        channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+                    self._channel, self._stub_ = channel, pb_grpc.CoordinatorStub(channel)
+                    self._pid = os.getpid()
+        return self._stub_
+
     def _call(self, name: str, attempt: Callable[[], T]) -> T:
         """Run one idempotent call, retrying while the coordinator is unreachable."""
         deadline = time.monotonic() + self.retry_s
@@ -198,7 +215,9 @@ class RemoteCoordinator:
         return JobStatus.model_validate_json(reply.json)
 
     def close(self) -> None:
-        self._channel.close()
+        if self._pid == os.getpid():
+            self._channel.close()
+            self._pid = -1
 
     def __enter__(self) -> RemoteCoordinator:
         return self

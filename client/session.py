@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -108,8 +109,11 @@ class Session:
     Args:
         coordinator: in-process or remote coordinator.
         job_id: the job, created beforehand with ``coordinator.create_job``.
-        model: the model being trained (its parameters define θ).
-        fetch: ``indices (int64 CPU tensor) -> (inputs, labels)`` ready for ``model``.
+        model: the model being trained (its parameters define θ); a
+            ``DistributedDataParallel`` wrapper is looked through (the session's own passes
+            must not take part in DDP's gradient reduction).
+        fetch: ``indices (int64 CPU tensor) -> (inputs, labels)`` ready for ``model``, for the
+            candidate and check passes; may be set later (a :class:`CrestLoader` sets it).
         rank: this trainer's rank in ``[0, world_size)``.
         embedding: ``"logits"`` or an :class:`EmbeddingFn`.
         gradient: where the region's g comes from: ``"check"``, ``"step"`` or ``"coresets"``.
@@ -124,7 +128,7 @@ class Session:
         job_id: str,
         *,
         model: nn.Module,
-        fetch: Fetch,
+        fetch: Fetch | None = None,
         rank: int = 0,
         embedding: str | EmbeddingFn = "logits",
         gradient: str = "check",
@@ -142,6 +146,8 @@ class Session:
             if embedding not in EMBEDDINGS:
                 raise ValueError(f"unknown embedding {embedding!r}; valid: {sorted(EMBEDDINGS)}")
             embedding = EMBEDDINGS[embedding]()
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
         self.coordinator = coordinator
         self.job_id = job_id
         self.model = model
@@ -159,7 +165,8 @@ class Session:
         # Check reports travel on their own thread while the next step trains; the decision
         # is collected before the step it could affect (two steps after the check).
         self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crest-check")
-        self._pending: tuple[_RegionRun, Future[CheckDecision]] | None = None
+        self._pending: tuple[_RegionRun, CheckReport, Future[CheckDecision]] | None = None
+        self._trained: int | None = None  # the step handed out whose CREST work is still due
 
     @property
     def total_steps(self) -> int:
@@ -171,31 +178,67 @@ class Session:
         The loop must finish each step (backward and optimizer step) before asking for the
         next batch: the session measures the model between steps.
         """
-        while self.step < self.info.total_steps:
-            step = self.step
-            run = self._region_for(step)
-            if run is None:
-                return
-            view = run.view
-            offset = step - view.start_step
-            indices, weights = view.batches[offset % len(view.batches)]
-            if self.gradient == "step" and run.model.gradient is None:
-                run.capture = GradientCapture(run.model.params)
-            yield WeightedBatch(
-                step, torch.from_numpy(indices), torch.from_numpy(weights), view.region_id
-            )
-            if run.capture is not None:
-                run.model.gradient = run.capture.result()
-                run.capture = None
-                if run.model.gradient is None:
-                    log.warning("no backward pass at step %d: the linear term is 0", step)
-                    run.model.gradient = torch.zeros_like(run.model.origin)
-            self.step = step + 1
+        while (batch := self.advance()) is not None:
+            yield batch
+
+    def advance(self) -> WeightedBatch | None:
+        """Finish the previous step's CREST work, then return the next step's batch.
+
+        :meth:`batches` is this in a loop; loaders that look ahead (:class:`CrestLoader`) call
+        it directly. Returns None once the budget is spent.
+        """
+        if self._trained is not None:
+            self._after_step(self._trained)
+            self._trained = None
+        if self.step >= self.info.total_steps:
             self._collect_decision()
-            check_due = (step + 1 - view.start_step) % view.check_interval == 0
-            if check_due and step + 2 < run.end_step:
-                self._send_check(run, step)
+            return None
+        run = self._region_for(self.step)
+        if run is None:
+            self._collect_decision()
+            return None
+        if self.gradient == "step" and run.model.gradient is None and run.capture is None:
+            run.capture = GradientCapture(run.model.params)
+        self._trained = self.step
+        return self._batch(run, self.step)
+
+    def upcoming(self) -> list[WeightedBatch]:
+        """The batches after the current step that the current region will serve unless a
+        check ends it early (what a prefetching loader may load speculatively)."""
+        run = self._run
+        if run is None:
+            return []
+        first = self.step + (1 if self._trained is not None else 0)
+        return [self._batch(run, step) for step in range(first, run.end_step)]
+
+    @staticmethod
+    def _batch(run: _RegionRun, step: int) -> WeightedBatch:
+        view = run.view
+        indices, weights = view.batches[(step - view.start_step) % len(view.batches)]
+        return WeightedBatch(
+            step, torch.from_numpy(indices), torch.from_numpy(weights), view.region_id
+        )
+
+    def _after_step(self, step: int) -> None:
+        """CREST's work after the user's step ``step``: gradient capture, checks."""
+        run = self._run
+        assert run is not None
+        self._resolve_capture(run, step)
+        self.step = step + 1
         self._collect_decision()
+        check_due = (step + 1 - run.view.start_step) % run.view.check_interval == 0
+        if check_due and step + 2 < run.end_step:
+            self._send_check(run, step)
+
+    @staticmethod
+    def _resolve_capture(run: _RegionRun, step: int) -> None:
+        if run.capture is None:
+            return
+        run.model.gradient = run.capture.result()
+        run.capture = None
+        if run.model.gradient is None:
+            log.warning("no backward pass at step %d: the linear term is 0", step)
+            run.model.gradient = torch.zeros_like(run.model.origin)
 
     def close(self) -> None:
         """Wait for an outstanding check report and stop the reporter thread."""
@@ -206,6 +249,82 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to continue with exactly the batches an uninterrupted run
+        would have seen. Take it after a step's optimizer step (next to the model's and
+        optimizer's state dicts) or before the first batch. Tensors and plain values only, so
+        ``torch.load(..., weights_only=True)`` reads it back."""
+        run = self._run
+        region = None
+        if run is not None:
+            if self._trained is not None:
+                self._resolve_capture(run, self._trained)
+            view = run.view
+            quadratic = run.model
+            region = {
+                "region_id": view.region_id,
+                "start_step": view.start_step,
+                "end_step": view.end_step,
+                "check_interval": view.check_interval,
+                "initial_loss": view.initial_loss,
+                "check_indices": torch.from_numpy(view.check_indices.copy()),
+                "batch_indices": [torch.from_numpy(i.copy()) for i, _ in view.batches],
+                "batch_weights": [torch.from_numpy(w.copy()) for _, w in view.batches],
+                "run_end_step": run.end_step,
+                "origin": quadratic.origin.clone(),
+                "gradient": None if quadratic.gradient is None else quadratic.gradient.clone(),
+                "hessian": None if quadratic.hessian is None else quadratic.hessian.clone(),
+            }
+        return {
+            "version": 1,
+            "job_id": self.job_id,
+            "rank": self.rank,
+            "step": self.step,
+            "trained": self._trained,
+            "region": region,
+            "pending_check": None if self._pending is None else dict(vars(self._pending[1])),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (restore the model's parameters first)."""
+        if state.get("version") != 1:
+            raise ValueError(f"unknown session state version {state.get('version')}")
+        if (state["job_id"], state["rank"]) != (self.job_id, self.rank):
+            raise ValueError(
+                f"state of job {state['job_id']!r} rank {state['rank']} cannot resume job "
+                f"{self.job_id!r} rank {self.rank}"
+            )
+        self.step, self._trained = state["step"], state["trained"]
+        self._run = None
+        saved = state["region"]
+        if saved is not None:
+            view = RegionView(
+                region_id=saved["region_id"],
+                status=RegionStatus.READY,
+                start_step=saved["start_step"],
+                end_step=saved["end_step"],
+                check_interval=saved["check_interval"],
+                check_indices=saved["check_indices"].numpy(),
+                batches=tuple(
+                    (i.numpy(), w.numpy())
+                    for i, w in zip(saved["batch_indices"], saved["batch_weights"], strict=True)
+                ),
+                initial_loss=saved["initial_loss"],
+            )
+            quadratic = QuadraticModel(trainable(self.model))
+            quadratic.origin = saved["origin"].clone()
+            quadratic.gradient = saved["gradient"]
+            quadratic.hessian = saved["hessian"]
+            self._run = _RegionRun(view, quadratic, saved["run_end_step"])
+        self._pending = None
+        if state["pending_check"] is not None and self._run is not None:
+            report = CheckReport(**state["pending_check"])
+            future = self._reporter.submit(
+                self.coordinator.report_check, self.job_id, self.rank, report
+            )
+            self._pending = (self._run, report, future)
 
     # ------------------------------------------------------------------------- regions
     def _region_for(self, step: int) -> _RegionRun | None:
@@ -236,17 +355,21 @@ class Session:
         return run
 
     def _embed(self, view: RegionView) -> None:
+        chunks = list(torch.from_numpy(view.candidates).split(self.eval_batch_size))
         with self._timed("embed"), self._eval_mode():
-            parts = [
-                self.embedding(self.model, *self.fetch(chunk))
-                for chunk in torch.from_numpy(view.candidates).split(self.eval_batch_size)
-            ]
+            parts = [self.embedding(self.model, x, y) for x, y in self._fetch_chunks(chunks)]
             embeddings = torch.cat([e for e, _ in parts]).float().cpu().numpy()
             losses = torch.cat([loss for _, loss in parts]).float().cpu().numpy()
         with self._timed("select"):
             self.coordinator.submit_embeddings(
                 self.job_id, self.rank, view.region_id, view.candidates, embeddings, losses
             )
+
+    def _fetch_chunks(self, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.fetch is None:
+            raise RuntimeError("the session has no fetch function: pass fetch= or a CrestLoader")
+        many = getattr(self.fetch, "iter_chunks", None)  # e.g. a loader with worker processes
+        return many(chunks) if many is not None else (self.fetch(c) for c in chunks)
 
     def _region_terms(self, run: _RegionRun) -> None:
         """g (and diag(h) with probes) at θ_0, of the loss that ``gradient`` names."""
@@ -281,7 +404,7 @@ class Session:
 
     def _check_inputs(self, run: _RegionRun) -> tuple[Tensor, Tensor]:
         if run.check_inputs is None:
-            run.check_inputs = self.fetch(torch.from_numpy(run.view.check_indices))
+            (run.check_inputs,) = self._fetch_chunks([torch.from_numpy(run.view.check_indices)])
         return run.check_inputs
 
     # -------------------------------------------------------------------------- checks
@@ -308,14 +431,14 @@ class Session:
             future = self._reporter.submit(
                 self.coordinator.report_check, self.job_id, self.rank, report
             )
-        self._pending = (run, future)
+        self._pending = (run, report, future)
         self.timings.checks += 1
 
     def _collect_decision(self) -> None:
         """Apply the outstanding check's decision: a failed check ends its region."""
         if self._pending is None:
             return
-        run, future = self._pending
+        run, _, future = self._pending
         self._pending = None
         with self._timed("check"):
             decision = future.result()

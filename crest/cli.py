@@ -33,6 +33,17 @@ def _e2e(args: argparse.Namespace) -> int:
     return 0
 
 
+def _service_bench(args: argparse.Namespace) -> int:
+    from crest.bench.e2e import write_json
+    from crest.bench.service import format_table, run_service_bench
+
+    result = run_service_bench(quick=args.quick)
+    print(format_table(result))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -125,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     e2e.add_argument("--out", default="results/e2e.json")
     e2e.add_argument("--no-progress", action="store_true")
     e2e.set_defaults(func=_e2e)
+    service = which.add_parser("service", help="gRPC coordinator latency and throughput")
+    service.add_argument("--quick", action="store_true", help="short runs")
+    service.add_argument("--out", default="results/service.json")
+    service.set_defaults(func=_service_bench)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")

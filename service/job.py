@@ -490,13 +490,18 @@ class JobState:
 
         Returns:
             The decision, or None while other ranks have not reported. Reporting a step that
-            is already decided returns the recorded decision.
+            is already decided, in this region or a past one (a trainer replaying from a
+            checkpoint), returns the recorded decision.
 
         Raises:
             InvalidArgument: malformed scalars or a step that is not a check step.
             FailedPrecondition: wrong region, phase, or a check out of order.
         """
         self._check_rank(rank)
+        if 0 <= report.region_id < len(self.past):  # past regions are archived in id order
+            past = self.past[report.region_id]
+            if report.step in past.decisions:
+                return past.decisions[report.step]
         region = self._current(report.region_id)
         if report.step in region.decisions:
             return region.decisions[report.step]

@@ -3,6 +3,8 @@ import crest.client
 
 def test_client_exports_are_pinned() -> None:
     assert sorted(crest.client.__all__) == [
+        "CrestBatchSampler",
+        "CrestLoader",
         "EmbeddingFn",
         "JobConfig",
         "LastLayerEmbedding",
@@ -11,6 +13,7 @@ def test_client_exports_are_pinned() -> None:
         "SelectionTimings",
         "Session",
         "WeightedBatch",
+        "dataset_fetch",
         "gradient_embeddings",
         "hutchinson_diagonal",
         "tensor_fetch",
