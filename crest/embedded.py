@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from crest.client.remote import RemoteCoordinator
+from crest.proto.contract import Coordinator
 from crest.service.local import LocalCoordinator
 from crest.service.manager import JobManager
 from crest.worker.selector import InProcessSelector
@@ -10,3 +12,11 @@ from crest.worker.selector import InProcessSelector
 def local_coordinator(device: str = "cpu") -> LocalCoordinator:
     """An in-process coordinator with an in-process selector on ``device``."""
     return LocalCoordinator(JobManager(InProcessSelector(device)))
+
+
+def connect(address: str | None = None, **remote_args: object) -> Coordinator:
+    """A coordinator for a training script: remote at ``address`` (``host:port``, e.g. a
+    ``crest serve``), or in this process when ``address`` is None."""
+    if address is None:
+        return local_coordinator()
+    return RemoteCoordinator(address, **remote_args)  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -58,3 +59,41 @@ def train(
             if on_step is not None:
                 on_step(batch.step)
     return session, seen
+
+
+def train_with_checkpoint(
+    coordinator: Coordinator,
+    job_id: str,
+    checkpoint: Path,
+    save_at: int,
+    stop_at: int | None,
+    on_step: Callable[[int], None] | None = None,
+) -> list[Batch]:
+    """Train, resuming from ``checkpoint`` if it exists; save one after step ``save_at``;
+    stop (as if killed) after step ``stop_at``."""
+    x, y = blobs()
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    session = Session(coordinator, job_id, model=model, fetch=tensor_fetch(x, y))
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        session.load_state_dict(state["crest"])
+    seen: list[Batch] = []
+    for batch in session.batches():
+        seen.append((batch.step, batch.indices.tolist(), batch.weights.tolist(), batch.region_id))
+        loss = weighted_loss(model(x[batch.indices]), y[batch.indices], batch.weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if batch.step == save_at and not checkpoint.exists():
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "crest": session.state_dict()}  # fmt: skip
+            torch.save(state, checkpoint)
+        if on_step is not None:
+            on_step(batch.step)
+        if batch.step == stop_at:
+            break
+    session.close()
+    return seen

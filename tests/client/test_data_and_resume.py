@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from crest.client import CrestLoader, Session, tensor_fetch, weighted_loss
+from crest.client import CrestLoader, Session, weighted_loss
 from crest.embedded import local_coordinator
-from tests.training import blobs, job_config, make_model, train
+from tests.training import blobs, job_config, make_model, train, train_with_checkpoint
 
 
 class Blobs(Dataset):
@@ -63,34 +63,6 @@ def test_loader_refuses_arguments_the_coordinator_decides() -> None:
         session.close()
 
 
-def run(coordinator, job_id: str, checkpoint: Path | None, save_at: int, stop_at: int | None):
-    """Train; save a checkpoint after step ``save_at``; stop (as if killed) after ``stop_at``;
-    resume from ``checkpoint`` if it exists."""
-    x, y = blobs()
-    model = make_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    session = Session(coordinator, job_id, model=model, fetch=tensor_fetch(x, y))
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        session.load_state_dict(state["crest"])
-    seen = []
-    for batch in session.batches():
-        seen.append((batch.step, batch.indices.tolist(), batch.weights.tolist(), batch.region_id))
-        loss = weighted_loss(model(x[batch.indices]), y[batch.indices], batch.weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if batch.step == save_at and checkpoint is not None and not checkpoint.exists():
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "crest": session.state_dict()}, checkpoint)  # fmt: skip
-        if batch.step == stop_at:
-            break
-    session.close()
-    return seen
-
-
 @pytest.mark.parametrize("save_at", [0, 6, 23, 40])
 def test_resume_from_a_checkpoint_replays_exactly(save_at: int, tmp_path: Path) -> None:
     expected = reference(2)
@@ -98,7 +70,7 @@ def test_resume_from_a_checkpoint_replays_exactly(save_at: int, tmp_path: Path) 
         job_id = coordinator.create_job(job_config(seed=2), blobs()[1].numpy())
         checkpoint = tmp_path / "ckpt.pt"
         # Runs 12 steps past the checkpoint (across region switches), then "dies".
-        first = run(coordinator, job_id, checkpoint, save_at, stop_at=save_at + 12)
+        first = train_with_checkpoint(coordinator, job_id, checkpoint, save_at, save_at + 12)
         assert first == expected[: save_at + 13]
-        resumed = run(coordinator, job_id, checkpoint, save_at, stop_at=None)
+        resumed = train_with_checkpoint(coordinator, job_id, checkpoint, save_at, None)
     assert resumed == expected[save_at + 1 :]

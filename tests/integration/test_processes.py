@@ -149,3 +149,61 @@ def test_two_ranks_in_two_processes(loopback: LoopbackCoordinator, tmp_path: Pat
         assert a[0] == b[0], "steps in lockstep"
         assert a[3] == b[3], "both ranks switch regions at the same step"
         assert not set(a[1]) & set(b[1]), "coresets are disjoint across ranks"
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def test_a_killed_trainer_resumes_from_its_checkpoint_with_the_same_batches(
+    loopback: LoopbackCoordinator, tmp_path: Path
+) -> None:
+    labels = blobs()[1].numpy()
+    with local_coordinator() as local:
+        expected = train(local, local.create_job(job_config(seed=4), labels))[1]
+    with RemoteCoordinator(loopback.address) as remote:
+        remote.create_job(job_config(seed=4), labels, job_id="ckpt")
+    checkpoint, out = tmp_path / "trainer.pt", tmp_path / "batches.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = (loopback.address, "ckpt", str(checkpoint), "21")
+    killed = subprocess.run(python_module("tests.integration.trainer_main", *args, "37", str(out)),
+                            cwd=ROOT, env=env, timeout=600)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    assert checkpoint.exists() and not out.exists()
+    resumed = subprocess.run(python_module("tests.integration.trainer_main", *args, "-1", str(out)),
+                             cwd=ROOT, env=env, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0
+    assert [tuple(b) for b in json.loads(out.read_text())] == [tuple(b) for b in expected[22:]]
+
+
+def test_a_rank_that_dies_rejoins_its_job(loopback: LoopbackCoordinator, tmp_path: Path) -> None:
+    config = job_config(world_size=2, seed=5)
+    labels = blobs()[1].numpy()
+    with RemoteCoordinator(loopback.address) as remote:
+        remote.create_job(config, labels, job_id="reference")
+        remote.create_job(config, labels, job_id="rejoin")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def rank(job: str, number: int) -> subprocess.Popen:
+        out = tmp_path / f"{job}-{number}.json"
+        return subprocess.Popen(
+            python_module("tests.integration.rank_main", loopback.address, job, str(number),
+                          str(out)),
+            cwd=ROOT, env=env,
+        )  # fmt: skip
+
+    reference = [rank("reference", 0), rank("reference", 1)]
+    survivor, victim = rank("rejoin", 0), rank("rejoin", 1)
+    deadline = time.monotonic() + 300
+    while loopback.local.job_status("rejoin").step < 20:  # let it get going, then kill rank 1
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    victim.kill()
+    victim.wait(timeout=60)
+    restarted = rank("rejoin", 1)  # from scratch: replays the recorded regions and decisions
+    for process in (*reference, survivor, restarted):
+        assert process.wait(timeout=600) == 0
+    for number in (0, 1):
+        expected = json.loads((tmp_path / f"reference-{number}.json").read_text())["batches"]
+        got = json.loads((tmp_path / f"rejoin-{number}.json").read_text())["batches"]
+        assert got == expected, f"rank {number} diverged"
