@@ -44,12 +44,32 @@ class RankProgress:
             return 0.0
         return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
 
+    def rate_series(self, window_s: float = 30.0) -> list[tuple[float, float]]:
+        """``(time, steps_per_second(window_s, now=time))`` at each recorded observation.
+
+        One pass with a trailing pointer, so a dashboard can chart the rate over time
+        without re-scanning the history per point.
+        """
+        points = list(self.history)
+        series: list[tuple[float, float]] = []
+        first = 0
+        for t, step in points:
+            while t - points[first][0] > window_s:
+                first += 1
+            t0, s0 = points[first]
+            series.append((t, (step - s0) / (t - t0) if t > t0 else 0.0))
+        return series
+
 
 @dataclass
 class JobTelemetry:
     ranks: dict[int, RankProgress] = field(default_factory=dict)
     selections: deque[SelectionEvent] = field(default_factory=lambda: deque(maxlen=HISTORY))
     fallbacks: int = 0  # regions served with random batches
+    # Cumulative over the job's life (``selections`` keeps only the last HISTORY events), so
+    # Prometheus gets proper counters.
+    selections_total: int = 0
+    selection_seconds_total: float = 0.0
 
     def rank(self, rank: int) -> RankProgress:
         return self.ranks.setdefault(rank, RankProgress())
@@ -57,3 +77,5 @@ class JobTelemetry:
     def record_selection(self, event: SelectionEvent) -> None:
         self.selections.append(event)
         self.fallbacks += event.fallback
+        self.selections_total += 1
+        self.selection_seconds_total += event.seconds

@@ -17,3 +17,26 @@ def test_selection_events_count_fallbacks() -> None:
     assert telemetry.fallbacks == 1
     assert [e.region_id for e in telemetry.selections] == [0, 1]
     assert telemetry.rank(3) is telemetry.rank(3)
+
+
+def test_rate_series_matches_steps_per_second_at_each_point() -> None:
+    progress = RankProgress()
+    for t, step in [(0.0, 0), (1.0, 4), (2.0, 10), (5.0, 16)]:
+        progress.advance(step, now=t)
+    series = progress.rate_series(window_s=2.5)
+    assert [t for t, _ in series] == [0.0, 1.0, 2.0, 5.0]
+    for count, (t, rate) in enumerate(series, 1):
+        prefix = RankProgress()
+        for u, s in list(progress.history)[:count]:
+            prefix.advance(s, now=u)
+        assert rate == prefix.steps_per_second(window_s=2.5, now=t)
+    assert series[2][1] == 5.0 and series[3][1] == 0.0  # alone in its window
+
+
+def test_cumulative_selection_counters_outlive_the_bounded_history() -> None:
+    telemetry = JobTelemetry()
+    for region in range(600):
+        telemetry.record_selection(SelectionEvent(region, float(region), 0.5, 8, fallback=False))
+    assert len(telemetry.selections) < 600
+    assert telemetry.selections_total == 600
+    assert telemetry.selection_seconds_total == 300.0

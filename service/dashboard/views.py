@@ -1,0 +1,141 @@
+"""Read a :class:`JobManager` into the dashboard's models.
+
+Everything here runs on the manager's event loop: ``job_status`` takes the job's lock, and
+the telemetry is read right after it without an ``await`` in between, so status and
+telemetry describe the same moment.
+"""
+
+from __future__ import annotations
+
+import time
+
+from crest.proto.contract import JobStatus
+from crest.proto.errors import NotFound
+from crest.service.dashboard.models import (
+    ClassPool,
+    JobDetail,
+    JobSummary,
+    RankRate,
+    RatePoint,
+    SelectionRecord,
+)
+from crest.service.manager import JobManager
+from crest.service.telemetry import JobTelemetry
+
+RATE_WINDOW_S = 10.0  # trailing window of the steps-per-second figures
+MAX_RANK_SERIES = 16  # ranks whose rate history is served (a chart of more is unreadable)
+
+
+async def job_detail(manager: JobManager, job_id: str, *, rate_series: bool = True) -> JobDetail:
+    """The job page's data; ``rate_series=False`` leaves out the ranks' rate histories.
+
+    Raises:
+        NotFound: unknown job.
+    """
+    status = await manager.job_status(job_id)
+    return _detail(status, manager.telemetry(job_id), time.time(), rate_series)
+
+
+async def all_details(manager: JobManager, *, rate_series: bool = True) -> list[JobDetail]:
+    """Every job's detail, skipping jobs that vanish while we read."""
+    details = []
+    for job_id in manager.job_ids():
+        try:
+            details.append(await job_detail(manager, job_id, rate_series=rate_series))
+        except NotFound:
+            continue
+    return details
+
+
+async def all_summaries(manager: JobManager) -> list[JobSummary]:
+    """The overview: one summary per job."""
+    summaries = []
+    for job_id in manager.job_ids():
+        try:
+            status = await manager.job_status(job_id)
+        except NotFound:
+            continue
+        summaries.append(_summary(status, manager.telemetry(job_id), time.time()))
+    return summaries
+
+
+def _summary(status: JobStatus, telemetry: JobTelemetry, now: float) -> JobSummary:
+    cfg = status.config
+    current = status.regions[-1] if status.regions else None
+    last_check = next((r.checks[-1] for r in reversed(status.regions) if r.checks), None)
+    selections = telemetry.selections
+    total = telemetry.selections_total
+    ranks = telemetry.ranks.values()
+    return JobSummary(
+        job_id=status.job_id,
+        step=status.step,
+        total_steps=status.total_steps,
+        finished=status.finished,
+        world_size=cfg.world_size,
+        num_examples=cfg.num_examples,
+        num_classes=cfg.num_classes,
+        tau=cfg.tau,
+        regions=len(status.regions),
+        region_id=None if current is None else current.region_id,
+        check_interval=None if current is None else current.check_interval,
+        num_coresets=None if current is None else current.num_coresets,
+        last_relative_error=None if last_check is None else last_check.relative_error,
+        pool_size=status.pool_size,
+        dropped=status.dropped,
+        learned_fraction=status.dropped / cfg.num_examples,
+        selections=total,
+        selection_seconds_total=telemetry.selection_seconds_total,
+        fallbacks=telemetry.fallbacks,
+        last_selection_seconds=selections[-1].seconds if selections else None,
+        mean_selection_seconds=telemetry.selection_seconds_total / total if total else None,
+        batches_per_second=sum(p.steps_per_second(RATE_WINDOW_S, now) for p in ranks),
+        updated=max((p.updated for p in ranks), default=None),
+    )
+
+
+def _detail(status: JobStatus, telemetry: JobTelemetry, now: float, rate_series: bool) -> JobDetail:
+    starts = {r.region_id: r.start_step for r in status.regions}
+    classes = [
+        ClassPool(
+            label=label,
+            size=size,
+            in_pool=in_pool,
+            learned_fraction=1.0 - in_pool / size if size else 0.0,
+        )
+        for label, (size, in_pool) in enumerate(
+            zip(status.class_sizes, status.pool_per_class, strict=True)
+        )
+    ]
+    selections = [
+        SelectionRecord(
+            region_id=e.region_id,
+            start_step=starts.get(e.region_id),
+            at=e.at,
+            seconds=e.seconds,
+            problems=e.problems,
+            fallback=e.fallback,
+        )
+        for e in telemetry.selections
+    ]
+    ranks = [
+        RankRate(
+            rank=rank,
+            step=progress.step,
+            updated=progress.updated,
+            steps_per_second=progress.steps_per_second(RATE_WINDOW_S, now),
+            series=[
+                RatePoint(t=t, steps_per_second=rate)
+                for t, rate in progress.rate_series(RATE_WINDOW_S)
+            ]
+            if rate_series and index < MAX_RANK_SERIES
+            else [],
+        )
+        for index, (rank, progress) in enumerate(sorted(telemetry.ranks.items()))
+    ]
+    return JobDetail(
+        summary=_summary(status, telemetry, now),
+        status=status,
+        classes=classes,
+        selections=selections,
+        ranks=ranks,
+    )

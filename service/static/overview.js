@@ -1,0 +1,62 @@
+"use strict";
+// The jobs overview: one row per job, refreshed by the /api/events stream.
+
+(() => {
+  const { fmt } = crest;
+  const body = document.querySelector("#jobs tbody");
+
+  function cell(text, title) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (title) td.title = title;
+    return td;
+  }
+
+  function row(job) {
+    const tr = document.createElement("tr");
+    const name = document.createElement("td");
+    const link = document.createElement("a");
+    link.href = crest.withToken("/jobs/" + encodeURIComponent(job.job_id));
+    link.textContent = job.job_id;
+    name.append(link);
+    const progress = document.createElement("td");
+    const bar = document.createElement("progress");
+    bar.max = job.total_steps;
+    bar.value = crest.stepsDone(job);
+    progress.append(bar, job.finished ? " done" : "");
+    const error = job.last_relative_error;
+    const check = cell(`${fmt.num(error)} / ${fmt.num(job.tau)}`);
+    if (error !== null && error > job.tau) check.className = "warn";
+    const fallbacks = cell(fmt.int(job.fallbacks));
+    if (job.fallbacks > 0) fallbacks.className = "warn";
+    tr.append(
+      name,
+      progress,
+      cell(`${fmt.int(crest.stepsDone(job))} / ${fmt.int(job.total_steps)}`),
+      cell(job.region_id ?? "–"),
+      cell(job.check_interval ?? "–"),
+      cell(job.num_coresets ?? "–"),
+      check,
+      cell(`${fmt.int(job.pool_size)} / ${fmt.int(job.num_examples)}`),
+      cell(fmt.pct(job.learned_fraction)),
+      cell(fmt.int(job.selections)),
+      fallbacks,
+      cell(fmt.secs(job.last_selection_seconds)),
+      cell(fmt.num(job.batches_per_second)),
+    );
+    return tr;
+  }
+
+  let updates = 0;
+  crest.follow(
+    "/api/events",
+    (jobs) => {
+      body.replaceChildren(...jobs.map(row));
+      document.getElementById("empty").hidden = jobs.length > 0;
+      document.body.dataset.updates = String(++updates);
+    },
+    async (state) => {
+      crest.showState(state, state === "closed" ? await crest.explainFailure("/api/jobs") : state);
+    },
+  );
+})();

@@ -1,0 +1,277 @@
+"""The dashboard's JSON API, event streams, metrics and token, served by uvicorn on the
+coordinator's loop over two real jobs: one finished, one paused mid-training (live)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from crest.embedded import local_coordinator
+from crest.proto.contract import JobStatus
+from crest.service.dashboard import JobDetail, JobSummary, create_dashboard
+from crest.service.dashboard.metrics import QUANTILES
+from crest.service.local import LocalCoordinator
+from tests.service.dashboard_helpers import (
+    WAIT_S,
+    LiveJob,
+    first_event,
+    get,
+    get_json,
+    serving,
+)
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-token"
+PAUSE_AT = 60
+
+
+@dataclass
+class Served:
+    coordinator: LocalCoordinator
+    url: str  # an app without a token
+    secured: str  # an app with TOKEN, on the same loop
+    finished: str  # job ids
+    live: str
+
+    def status(self, job_id: str) -> JobStatus:
+        return self.coordinator.job_status(job_id)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    with local_coordinator() as coordinator:
+        done = LiveJob.start(coordinator)
+        done.join()
+        live = LiveJob.start(coordinator, pause_at=PAUSE_AT)
+        try:
+            live.wait_paused()
+            manager = coordinator.manager
+            with (
+                serving(coordinator, create_dashboard(manager, refresh_s=0.1)) as url,
+                serving(coordinator, create_dashboard(manager, TOKEN, refresh_s=0.1)) as secured,
+            ):
+                yield Served(coordinator, url, secured, done.job_id, live.job_id)
+        finally:
+            live.join()
+
+
+def test_overview_summarises_every_job(served: Served) -> None:
+    summaries = [JobSummary.model_validate(s) for s in get_json(f"{served.url}/api/jobs")]
+    by_id = {s.job_id: s for s in summaries}
+    assert set(by_id) == {served.finished, served.live}
+    for job_id, summary in by_id.items():
+        status = served.status(job_id)
+        assert summary.step == status.step
+        assert summary.total_steps == status.total_steps
+        assert summary.finished == status.finished
+        assert summary.regions == len(status.regions)
+        assert summary.region_id == status.regions[-1].region_id
+        assert summary.check_interval == status.regions[-1].check_interval
+        assert summary.num_coresets == status.regions[-1].num_coresets
+        last_check = [c for r in status.regions for c in r.checks][-1]
+        assert summary.last_relative_error == last_check.relative_error
+        assert summary.pool_size == status.pool_size and summary.dropped == status.dropped
+        assert summary.learned_fraction == status.dropped / status.config.num_examples
+        selected = [r for r in status.regions if r.weight_quantiles]
+        assert summary.selections == len(selected)
+        assert summary.fallbacks == 0
+        assert summary.mean_selection_seconds is not None and summary.mean_selection_seconds > 0
+    assert by_id[served.finished].finished and not by_id[served.live].finished
+    assert 0 < by_id[served.live].step <= PAUSE_AT  # steps known trained: up to the last check
+
+
+def test_job_detail_is_the_job_status_plus_what_the_charts_need(served: Served) -> None:
+    for job_id in (served.finished, served.live):
+        detail = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{job_id}"))
+        status = served.status(job_id)
+        assert detail.status == status
+        assert len(status.regions) > 3, "a job long enough to show region switches"
+        assert any(c.new_region for r in status.regions for c in r.checks)
+        assert [c.in_pool for c in detail.classes] == status.pool_per_class
+        assert [c.size for c in detail.classes] == status.class_sizes
+        for c in detail.classes:
+            assert c.learned_fraction == pytest.approx(1 - c.in_pool / c.size)
+        starts = {r.region_id: r.start_step for r in status.regions}
+        assert [s.region_id for s in detail.selections] == [
+            r.region_id for r in status.regions if r.weight_quantiles
+        ]
+        assert all(s.start_step == starts[s.region_id] for s in detail.selections)
+        assert all(s.seconds > 0 and s.problems > 0 and not s.fallback for s in detail.selections)
+        assert [r.rank for r in detail.ranks] == [0, 1]
+        for rank in detail.ranks:
+            assert rank.step >= status.step
+            assert rank.series and all(p.steps_per_second >= 0 for p in rank.series)
+            assert any(p.steps_per_second > 0 for p in rank.series)
+    finished = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{served.finished}"))
+    assert finished.status.dropped > 0, "learned examples leave the pool in this job"
+
+
+def test_event_streams_carry_the_api_documents(served: Served) -> None:
+    detail = JobDetail.model_validate(first_event(f"{served.url}/api/events/{served.live}"))
+    assert detail.status == served.status(served.live)
+    overview = first_event(f"{served.url}/api/events")
+    assert isinstance(overview, list)
+    assert {JobSummary.model_validate(s).job_id for s in overview} == {
+        served.finished,
+        served.live,
+    }
+    # A finished job's stream sends its final state and ends (the page stops following).
+    status, body, headers = get(f"{served.url}/api/events/{served.finished}")
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert body.count(b"data: ") == 1
+
+
+def test_unknown_jobs_are_404(served: Served) -> None:
+    for path in ("/api/jobs/nope", "/api/events/nope", "/jobs/nope"):
+        status, body, _ = get(served.url + path)
+        assert status == 404, path
+        assert b"unknown job" in body
+
+
+def test_pages_and_vendored_assets_are_served(served: Served) -> None:
+    status, body, _ = get(f"{served.url}/")
+    assert status == 200 and b"/static/overview.js" in body
+    status, body, _ = get(f"{served.url}/jobs/{served.live}")
+    assert status == 200 and b"/static/vendor/uplot/uPlot.iife.min.js" in body
+    for asset in ("vendor/uplot/uPlot.iife.min.js", "vendor/uplot/uPlot.min.css", "job.js"):
+        status, body, _ = get(f"{served.url}/static/{asset}")
+        assert status == 200 and len(body) > 1000, asset
+
+
+def test_openapi_schema_types_the_json_api(served: Served) -> None:
+    schema = get_json(f"{served.url}/openapi.json")
+    assert isinstance(schema, dict)
+    paths = schema["paths"]
+    for path in ("/api/jobs", "/api/jobs/{job_id}", "/api/events", "/api/events/{job_id}"):
+        assert path in paths, path
+    ok = paths["/api/jobs/{job_id}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"]["$ref"].endswith("/JobDetail")
+    for model in ("JobDetail", "JobSummary", "JobStatus", "RegionStats", "ClassPool", "RankRate"):
+        assert model in schema["components"]["schemas"], model
+    assert (
+        "text/event-stream" in paths["/api/events/{job_id}"]["get"]["responses"]["200"]["content"]
+    )
+    assert "/metrics" in paths
+
+
+def _metrics(url: str, token: str | None = None) -> dict[tuple[str, tuple], float]:
+    status, body, headers = get(f"{url}/metrics", token)
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            assert (sample.name, labels) not in samples, "duplicate sample"
+            samples[sample.name, labels] = sample.value
+    return samples
+
+
+def test_prometheus_metrics_parse_and_agree_with_the_api(served: Served) -> None:
+    samples = _metrics(served.url)
+    assert samples["crest_jobs", ()] == 2
+    for job_id in (served.finished, served.live):
+        detail = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{job_id}"))
+        summary, status = detail.summary, detail.status
+
+        def value(name: str, **labels: str) -> float:
+            return samples[name, tuple(sorted({"job": job_id, **labels}.items()))]  # noqa: B023
+
+        assert value("crest_job_step") == summary.step
+        assert value("crest_job_total_steps") == summary.total_steps
+        assert value("crest_job_finished") == float(summary.finished)
+        assert value("crest_job_tau") == summary.tau
+        assert value("crest_check_interval") == summary.check_interval
+        assert value("crest_coresets_per_rank") == summary.num_coresets
+        assert value("crest_check_relative_error") == summary.last_relative_error
+        assert value("crest_pool_size") == summary.pool_size
+        assert value("crest_dropped_examples") == summary.dropped
+        assert value("crest_learned_fraction") == summary.learned_fraction
+        assert value("crest_regions_total") == len(status.regions)
+        closed = [r for r in status.regions if r.end_step is not None]
+        for reason in ("check", "bound", "budget"):
+            assert value("crest_region_switches_total", reason=reason) == sum(
+                r.end_reason == reason for r in closed
+            )
+        checks = [c for r in status.regions for c in r.checks]
+        exceeded = sum(c.relative_error > summary.tau for c in checks)
+        assert value("crest_checks_total", outcome="exceeded_tau") == exceeded
+        assert value("crest_checks_total", outcome="within_tau") == len(checks) - exceeded
+        assert value("crest_examples_dropped_total") == sum(r.dropped for r in status.regions)
+        assert value("crest_selections_total") == summary.selections
+        assert value("crest_fallbacks_total") == summary.fallbacks
+        assert value("crest_selection_latency_seconds_count") == summary.selections
+        assert value("crest_selection_latency_seconds_sum") == pytest.approx(
+            summary.selection_seconds_total
+        )
+        assert value("crest_selection_last_latency_seconds") == summary.last_selection_seconds
+        last = [r for r in status.regions if r.weight_quantiles][-1]
+        for q, expected in zip(QUANTILES, last.weight_quantiles, strict=True):
+            assert value("crest_coreset_weight", quantile=q) == expected
+        assert value("crest_selected_loss") == last.selected_loss
+        assert value("crest_candidate_loss") == last.candidate_loss
+        for c in detail.classes:
+            assert value("crest_class_examples", **{"class": str(c.label)}) == c.size
+            assert value("crest_class_pool_examples", **{"class": str(c.label)}) == c.in_pool
+            assert value("crest_class_learned_fraction", **{"class": str(c.label)}) == (
+                c.learned_fraction
+            )
+        for r in detail.ranks:
+            assert value("crest_rank_steps_total", rank=str(r.rank)) == r.step
+            assert value("crest_rank_steps_per_second", rank=str(r.rank)) >= 0
+        assert math.isfinite(value("crest_batches_per_second"))
+
+
+PROTECTED = ("/", "/jobs/{job}", "/api/jobs", "/api/jobs/{job}", "/api/events/{job}", "/metrics")
+
+
+def test_a_configured_token_guards_pages_api_events_and_metrics(served: Served) -> None:
+    for template in PROTECTED:
+        url = served.secured + template.format(job=served.finished)
+        status, _, headers = get(url)
+        assert status == 401, template
+        assert headers["www-authenticate"] == "Bearer"
+        assert get(url, token="wrong")[0] == 401, template
+        assert get(url + "?token=wrong")[0] == 401, template
+        assert get(url, token=TOKEN)[0] == 200, template
+        assert get(url + f"?token={TOKEN}")[0] == 200, template
+    # The live job's stream never ends by itself: read its first event through the token.
+    event = first_event(f"{served.secured}/api/events/{served.live}?token={TOKEN}")
+    assert JobDetail.model_validate(event).summary.job_id == served.live
+    assert _metrics(served.secured, TOKEN)["crest_jobs", ()] == 2
+    # The page's code and the chart library hold no data and stay public.
+    assert get(f"{served.secured}/static/vendor/uplot/uPlot.iife.min.js")[0] == 200
+    # The unsecured app knows nothing of tokens.
+    assert get(f"{served.url}/api/jobs")[0] == 200
+
+
+def test_stopping_the_server_ends_open_event_streams() -> None:
+    """uvicorn waits for open responses on shutdown; the overview stream never ends by
+    itself, so stop() must end it (well before the grace period cancels it)."""
+    with local_coordinator() as coordinator:
+        app = create_dashboard(coordinator.manager, refresh_s=0.1)
+        received = threading.Event()
+        lines: list[bytes] = []
+
+        def listen(url: str) -> None:
+            with urllib.request.urlopen(f"{url}/api/events", timeout=60) as response:
+                for line in response:
+                    lines.append(line)
+                    received.set()
+
+        with serving(coordinator, app, grace_s=WAIT_S) as url:
+            listener = threading.Thread(target=listen, args=(url,))
+            listener.start()
+            assert received.wait(60)
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < WAIT_S / 2, "stop() waited for the grace period"
+        listener.join(60)
+        assert not listener.is_alive()
+        assert lines[0] == b"data: []\n"
