@@ -573,15 +573,15 @@ class JobState:
 
     def status(self) -> JobStatus:
         region = self.region
+        total = self.config.total_steps
+        finished = region is not None and region.end_step >= total and region.can_close()
         step = 0 if region is None else max(region.start_step, region.last_decided + 1)
         return JobStatus(
             job_id=self.job_id,
             config=self.config,
-            total_steps=self.config.total_steps,
-            step=step,
-            finished=region is not None
-            and region.end_step >= self.config.total_steps
-            and region.can_close(),
+            total_steps=total,
+            step=total if finished else step,
+            finished=finished,
             pool_size=int(self.pool.in_pool.sum()),
             pool_per_class=self.pool.sizes_per_class().tolist(),
             class_sizes=np.bincount(self.pool.labels, minlength=self.config.num_classes).tolist(),

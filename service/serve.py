@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from crest.service.dashboard import DashboardServer, create_dashboard
 from crest.service.manager import JobManager
 from crest.service.server import create_server
 from crest.service.settings import ServeSettings
@@ -41,16 +42,26 @@ async def serve(settings: ServeSettings) -> None:
         tls = (settings.tls_cert.read_bytes(), settings.tls_key.read_bytes())
     token = settings.token.get_secret_value() if settings.token else None
     server, port, health_task = await create_server(manager, settings.address, token=token, tls=tls)
+    dashboard = dashboard_task = None
+    if settings.dashboard_port >= 0:
+        app = create_dashboard(manager, token)
+        dashboard = DashboardServer(app, settings.dashboard_host, settings.dashboard_port)
+        dashboard_task = asyncio.create_task(dashboard.serve())
     # Installed after everything that may replace handlers (ray.init does).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     print(f"crest coordinator listening on {settings.host}:{port}", flush=True)
+    if dashboard is not None:
+        print(f"crest dashboard on {dashboard.url}/", flush=True)
     log.info("store %s, selector %s, %d jobs resumed", settings.store.split("@")[-1],
              settings.selector, len(manager.job_ids()))  # fmt: skip
     await stop.wait()
     log.info("stopping: %.0f s for in-flight calls", settings.grace_s)
+    if dashboard is not None and dashboard_task is not None:
+        dashboard.stop()
+        await dashboard_task
     await server.stop(settings.grace_s)
     health_task.cancel()
     await manager.close()

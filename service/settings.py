@@ -27,6 +27,10 @@ class ServeSettings(BaseSettings):
     token: SecretStr | None = Field(None, description="shared secret every RPC must carry")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    dashboard_host: str = Field("127.0.0.1", description="address of the dashboard (HTTP)")
+    dashboard_port: int = Field(
+        8080, ge=-1, le=65535, description="dashboard port; 0 picks a free one, -1 disables it"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     wait_s: float = Field(60.0, gt=0, description="longest wait for peers or selection per call")
     selection_timeout_s: float = Field(

@@ -37,12 +37,13 @@ class RankProgress:
             self.history.append((now, step))
 
     def steps_per_second(self, window_s: float = 30.0, now: float | None = None) -> float:
-        """Steps over the last ``window_s`` seconds (0 with fewer than two observations)."""
+        """Steps per second from the first observation in the last ``window_s`` seconds up to
+        ``now`` (so a stalled rank's rate decays), 0 with fewer than two observations."""
         now = time.time() if now is None else now
         recent = [(t, s) for t, s in self.history if now - t <= window_s]
-        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+        if len(recent) < 2 or now <= recent[0][0]:
             return 0.0
-        return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
+        return (recent[-1][1] - recent[0][1]) / (now - recent[0][0])
 
     def rate_series(self, window_s: float = 30.0) -> list[tuple[float, float]]:
         """``(time, steps_per_second(window_s, now=time))`` at each recorded observation.

@@ -6,7 +6,8 @@ def test_rank_progress_rate_over_a_window() -> None:
     for t, step in [(0.0, 0), (1.0, 10), (2.0, 20), (3.0, 20), (3.0, 5)]:
         progress.advance(step, now=t)
     assert progress.step == 20, "progress never goes backwards"
-    assert progress.steps_per_second(window_s=10, now=3.0) == 10.0
+    assert progress.steps_per_second(window_s=10, now=2.0) == 10.0
+    assert progress.steps_per_second(window_s=10, now=4.0) == 5.0, "a stalled rank slows down"
     assert progress.steps_per_second(window_s=0.5, now=3.0) == 0.0
 
 
