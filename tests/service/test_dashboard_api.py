@@ -107,9 +107,10 @@ def test_job_detail_is_the_job_status_plus_what_the_charts_need(served: Served) 
         assert all(s.seconds > 0 and s.problems > 0 and not s.fallback for s in detail.selections)
         assert [r.rank for r in detail.ranks] == [0, 1]
         for rank in detail.ranks:
-            # A rank's progress is seen at region fetches and checks, so it ends a few steps
-            # short of the budget (the batches of a region are local to the trainer).
-            assert status.total_steps - 10 <= rank.step <= status.total_steps
+            # A rank's progress is seen at region fetches and checks (a region's batches are
+            # local to the trainer), so it may trail the steps known trained by a few.
+            assert status.step - 2 * status.config.max_check_interval <= rank.step
+            assert rank.step <= status.total_steps
             assert rank.series and all(p.steps_per_second >= 0 for p in rank.series)
             assert any(p.steps_per_second > 0 for p in rank.series)
     finished = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{served.finished}"))
