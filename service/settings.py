@@ -41,6 +41,21 @@ class ServeSettings(BaseSettings):
         "inprocess", description="where selection runs: this process or a Ray actor pool"
     )
     device: str = Field("cpu", description="torch device of the in-process selector")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (e.g. ray-head:6380); unset: start a local Ray"
+    )
+    ray_num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of the local Ray (embedded mode); default all"
+    )
+    ray_object_store_mb: int = Field(
+        256, ge=64, description="object store of the local Ray (embedded mode), MiB"
+    )
+    selector_actors: int | None = Field(
+        None, ge=1, description="selector actors; default one per GPU, else one per 2 CPUs"
+    )
+    gpu_share: float = Field(
+        1.0, gt=0, le=1, description="GPUs per selector actor where GPUs exist"
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:
