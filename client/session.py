@@ -86,12 +86,20 @@ class SelectionTimings:
     select: float = 0.0  # uploads and waiting for the coordinator's selection
     quadratic: float = 0.0  # explicit gradient / Hessian passes at region starts
     check: float = 0.0  # check forward passes and reports
+    train: float = 0.0  # in the training loop: from handing out a batch to the next request
     regions: int = 0
     checks: int = 0
 
     @property
     def total(self) -> float:
+        """Seconds of selection work (``train`` is not selection work)."""
         return self.embed + self.select + self.quadratic + self.check
+
+    @property
+    def selection_share(self) -> float:
+        """The share of this trainer's time spent on selection work."""
+        spent = self.total + self.train
+        return self.total / spent if spent > 0 else 0.0
 
 
 @dataclass
@@ -167,6 +175,7 @@ class Session:
         self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crest-check")
         self._pending: tuple[_RegionRun, CheckReport, Future[CheckDecision]] | None = None
         self._trained: int | None = None  # the step handed out whose CREST work is still due
+        self._handed_out = 0.0  # when that step's batch was handed out
 
     @property
     def total_steps(self) -> int:
@@ -188,6 +197,7 @@ class Session:
         it directly. Returns None once the budget is spent.
         """
         if self._trained is not None:
+            self.timings.train += time.perf_counter() - self._handed_out
             self._after_step(self._trained)
             self._trained = None
         if self.step >= self.info.total_steps:
@@ -200,6 +210,7 @@ class Session:
         if self.gradient == "step" and run.model.gradient is None and run.capture is None:
             run.capture = GradientCapture(run.model.params)
         self._trained = self.step
+        self._handed_out = time.perf_counter()
         return self._batch(run, self.step)
 
     def upcoming(self) -> list[WeightedBatch]:
@@ -297,6 +308,7 @@ class Session:
                 f"{self.job_id!r} rank {self.rank}"
             )
         self.step, self._trained = state["step"], state["trained"]
+        self._handed_out = time.perf_counter()
         self._run = None
         saved = state["region"]
         if saved is not None:
@@ -427,6 +439,8 @@ class Session:
                 linear=linear,
                 quadratic=quadratic,
                 curvature=run.model.curvature(),
+                train_seconds=self.timings.train,
+                selection_seconds=self.timings.total,
             )
             future = self._reporter.submit(
                 self.coordinator.report_check, self.job_id, self.rank, report

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -63,6 +63,21 @@ class JobConfig(BaseModel):
     )
     readmit_after: int = Field(
         3, ge=0, description="drop evaluations after which a dropped example is re-examined"
+    )
+
+    strategy: Literal["crest", "random", "auto"] = Field(
+        "crest",
+        description="crest: coresets; random: random batches of weight 1 through the same "
+        "path; auto: coresets while the monitor says they beat random batches",
+    )
+    random_batches: Literal["stratified", "uniform"] = Field(
+        "stratified", description="random batches: ceil(B/C) per class, or B uniformly"
+    )
+    auto_min_gain: float = Field(
+        1.5, gt=0, description="auto keeps coresets while random error / coreset error >= it"
+    )
+    auto_retest_epochs: float = Field(
+        1.0, gt=0, description="auto: virtual epochs of random batches before re-testing"
     )
 
     @model_validator(mode="after")
@@ -164,7 +179,8 @@ class CheckReport:
 
     ``loss_sum``/``count``: summed per-example loss over this rank's check indices (eval mode,
     unweighted); ``linear`` = g·δ; ``quadratic`` = δᵀ diag(h) δ; ``curvature`` = ‖h‖ (or ‖g‖
-    for a first-order model), which adapts k and P.
+    for a first-order model), which adapts k and P. ``train_seconds``/``selection_seconds``:
+    the rank's cumulative time in the training loop and in selection work (statistics only).
     """
 
     region_id: int
@@ -174,6 +190,8 @@ class CheckReport:
     linear: float
     quadratic: float
     curvature: float
+    train_seconds: float = 0.0
+    selection_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -239,6 +257,26 @@ class RegionStats(BaseModel):
     initial_loss: float | None = None  # L_0
     curvature: float | None = None  # mean over ranks of the reported curvature
     checks: list[CheckRecord] = []
+    mode: Literal["crest", "random"] = "crest"  # how this region's batches were made
+    decision: str = ""  # why (strategy auto: the monitor's verdict on the previous test)
+    # The monitor: relative squared error of each batch's mean embedding-gradient against its
+    # random subset's mean, averaged over the region's subsets; for the weighted coreset and
+    # for equal-size stratified random batches from the same subsets. None: not measured.
+    coreset_error: float | None = None
+    random_error: float | None = None
+
+
+class TrainerTime(BaseModel):
+    """Where one rank's time went (from its last check report)."""
+
+    rank: int
+    train_seconds: float  # in the training loop between batches
+    selection_seconds: float  # candidate passes, uploads, waiting, Hessian/gradient, checks
+
+    @property
+    def selection_share(self) -> float:
+        total = self.train_seconds + self.selection_seconds
+        return self.selection_seconds / total if total > 0 else 0.0
 
 
 class JobStatus(BaseModel):
@@ -252,3 +290,4 @@ class JobStatus(BaseModel):
     class_sizes: list[int]  # examples per class in the whole training set
     dropped: int
     regions: list[RegionStats]
+    trainers: list[TrainerTime] = []

@@ -81,7 +81,8 @@ _OPTIONAL_CONFIG_FIELDS = (
     "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau",
     "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval",
     "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval",
-    "max_drop_frac", "min_pool_per_class", "readmit_after",
+    "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches",
+    "auto_min_gain", "auto_retest_epochs",
 )  # fmt: skip
 
 
@@ -184,6 +185,8 @@ def report_from_pb(message: pb.CheckReport) -> CheckReport:
         linear=message.linear,
         quadratic=message.quadratic,
         curvature=message.curvature,
+        train_seconds=message.train_seconds,
+        selection_seconds=message.selection_seconds,
     )
 
 

@@ -40,6 +40,7 @@ from crest.proto.contract import (
     RegionStats,
     RegionStatus,
     RegionView,
+    TrainerTime,
 )
 from crest.proto.errors import FailedPrecondition, InvalidArgument
 from crest.service.pool import ExamplePool
@@ -89,6 +90,7 @@ class Region:
     pending: dict[int, CheckReport] = field(default_factory=dict)  # rank -> report
     decisions: dict[int, CheckDecision] = field(default_factory=dict)  # step -> decision
     curvature: float | None = None
+    mode: str = "crest"  # "crest": coresets from embeddings; "random": random batches
 
     def rank_slots(self, rank: int) -> slice:
         return slice(int(self.rank_offsets[rank]), int(self.rank_offsets[rank + 1]))
@@ -169,6 +171,11 @@ class JobState:
         self.next_check_interval = config.check_interval
         self.next_num_coresets = config.num_coresets
         self.committed_seq = [0] * config.world_size  # last upload sequence number per rank
+        self.trainer_times: dict[int, tuple[float, float]] = {}  # rank -> (train, selection) s
+        # Strategy: what the next region will be, and why (auto's decisions, for statistics).
+        self.next_mode = "random" if config.strategy == "random" else "crest"
+        self.next_decision = f"strategy {config.strategy}"
+        self.auto_random_until = 0.0  # auto: random batches until this step, then re-test
 
     # ----------------------------------------------------------------------------- regions
     def view(self, rank: int, step: int) -> RegionView:
@@ -232,9 +239,40 @@ class JobState:
             while self.next_drop_step <= start:
                 self.next_drop_step += self._drop_every()
 
+        rng = np.random.default_rng([cfg.seed, region_id])
+        if self.next_mode == "random":
+            region = self._random_region(region_id, start, rng)
+        else:
+            region = self._crest_region(region_id, start, rng)
+        self.region = region
+        self.stats.append(
+            RegionStats(
+                region_id=region_id,
+                start_step=start,
+                num_coresets=region.num_coresets,
+                check_interval=region.check_interval,
+                num_candidates=len(region.candidates),
+                pool_size=int(self.pool.in_pool.sum()),
+                pool_per_class=self.pool.sizes_per_class().tolist(),
+                dropped=dropped,
+                readmitted=readmitted,
+                mode=region.mode,
+                decision=self.next_decision,
+            )
+        )
+        return region
+
+    def _region_end(self, start: int, steps: int | None) -> tuple[int, str]:
+        end = self.config.total_steps if steps is None else start + steps
+        return (
+            (end, "bound") if end < self.config.total_steps else (self.config.total_steps, "budget")
+        )
+
+    def _crest_region(self, region_id: int, start: int, rng: np.random.Generator) -> Region:
+        """A region that asks for embeddings: W x P stratified random subsets to select from."""
+        cfg = self.config
         num_coresets = self.next_num_coresets
         world = cfg.world_size
-        rng = np.random.default_rng([cfg.seed, region_id])
         subsets = self.pool.draw_subsets(rng, world, num_coresets, cfg.per_class_candidates)
 
         # Slots: each rank's distinct candidates, sorted; members point at slots.
@@ -254,13 +292,9 @@ class JobState:
             rank_offsets.append(base + len(unique))
         num_slots = rank_offsets[-1]
         check_slots = self._draw_check_slots(rng, np.asarray(rank_offsets))
-
-        if cfg.max_coreset_uses is None:
-            end, reason = cfg.total_steps, "budget"
-        else:
-            end = start + num_coresets * cfg.max_coreset_uses
-            end, reason = (end, "bound") if end < cfg.total_steps else (cfg.total_steps, "budget")
-        region = Region(
+        uses = cfg.max_coreset_uses
+        end, reason = self._region_end(start, None if uses is None else num_coresets * uses)
+        return Region(
             region_id=region_id,
             start_step=start,
             end_step=end,
@@ -276,21 +310,53 @@ class JobState:
             received=np.zeros(num_slots, bool),
             last_decided=start - 1,
         )
-        self.region = region
-        self.stats.append(
-            RegionStats(
-                region_id=region_id,
-                start_step=start,
-                num_coresets=num_coresets,
-                check_interval=region.check_interval,
-                num_candidates=num_slots,
-                pool_size=int(self.pool.in_pool.sum()),
-                pool_per_class=self.pool.sizes_per_class().tolist(),
-                dropped=dropped,
-                readmitted=readmitted,
-            )
+
+    def _random_region(self, region_id: int, start: int, rng: np.random.Generator) -> Region:
+        """A region of random batches (weight 1), ready at once: no embeddings, no checks.
+
+        It lasts one virtual epoch of distinct batches, or until ``auto`` re-tests coresets.
+        """
+        cfg = self.config
+        world = cfg.world_size
+        steps = max(1, math.floor(cfg.steps_per_virtual_epoch))
+        if cfg.strategy == "auto":
+            steps = max(1, min(steps, math.ceil(self.auto_random_until) - start))
+        batches: list[np.ndarray] = []  # rank-major: rank q's batches are [q*steps, (q+1)*steps)
+        if cfg.random_batches == "stratified":
+            subsets = self.pool.draw_subsets(rng, world, steps, cfg.per_class_budget)
+            batches = [np.sort(np.concatenate(parts)) for parts in subsets]
+        else:
+            shares = np.array_split(rng.permutation(np.flatnonzero(self.pool.in_pool)), world)
+            for share in shares:
+                if len(share) >= steps * cfg.batch_size:
+                    batches += list(np.sort(share[: steps * cfg.batch_size].reshape(steps, -1)))
+                else:
+                    size = min(cfg.batch_size, len(share))
+                    batches += [
+                        np.sort(rng.choice(share, size, replace=False)) for _ in range(steps)
+                    ]
+        end, reason = self._region_end(start, steps)
+        sizes = [len(b) for b in batches]
+        empty = np.zeros(0, np.int64)
+        return Region(
+            region_id=region_id,
+            start_step=start,
+            end_step=end,
+            end_reason=reason,
+            num_coresets=steps,
+            check_interval=steps,  # no check is due inside the region
+            candidates=empty,
+            rank_offsets=np.zeros(world + 1, np.int64),
+            members=empty,
+            member_groups=empty,
+            check_slots=empty,
+            phase=Phase.READY,
+            coreset_indices=np.concatenate(batches).astype(np.int64),
+            coreset_weights=np.ones(sum(sizes), np.float32),
+            coreset_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            last_decided=start - 1,
+            mode="random",
         )
-        return region
 
     def _draw_check_slots(self, rng: np.random.Generator, rank_offsets: np.ndarray) -> np.ndarray:
         """A bounded sample of each rank's candidates (an equal share per rank)."""
@@ -317,8 +383,39 @@ class JobState:
         stats = self.stats[region.region_id]
         stats.end_step, stats.end_reason = region.end_step, region.end_reason
         stats.curvature = region.curvature
+        if cfg.strategy == "auto":
+            self._auto_decide(region, stats)
         region.pending = {}
         self.past.append(region)
+
+    def _auto_decide(self, region: Region, stats: RegionStats) -> None:
+        """Strategy ``auto``: keep coresets while they beat random batches, else re-test later.
+
+        After a coreset region, ``gain = random_error / coreset_error`` (the monitor, from
+        embeddings the coordinator holds; 1 when both are 0). With ``gain >= auto_min_gain``
+        the next region uses coresets again; otherwise random batches run for
+        ``auto_retest_epochs`` virtual epochs, and then one coreset region re-tests. Only the
+        monitor decides, so the choice is deterministic for a seed.
+        """
+        cfg = self.config
+        if region.mode == "random":
+            if region.end_step >= self.auto_random_until:
+                self.next_mode, self.next_decision = "crest", "re-test coresets"
+            return
+        gain = monitor_gain(stats.coreset_error, stats.random_error)
+        if gain is None or gain >= cfg.auto_min_gain:
+            self.next_mode = "crest"
+            self.next_decision = (
+                "no monitor yet" if gain is None else f"coresets {gain:.2f}x better: keep them"
+            )
+            return
+        retest = cfg.auto_retest_epochs * cfg.steps_per_virtual_epoch
+        self.auto_random_until = region.end_step + max(1.0, retest)
+        self.next_mode = "random"
+        self.next_decision = (
+            f"coresets only {gain:.2f}x better than random batches (< {cfg.auto_min_gain:g}): "
+            f"random until step {math.ceil(self.auto_random_until)}"
+        )
 
     def _pool_floor(self) -> int:
         cfg = self.config
@@ -453,11 +550,17 @@ class JobState:
             members = np.flatnonzero(region.member_groups == problem)
             rows.append(np.sort(rng.choice(members, min(budget, len(members)), replace=False)))
         chosen = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        self._assemble(region, chosen, region.member_groups[chosen], np.ones(len(chosen)))
         self.stats[region_id].fallback = True
+        weights = np.ones(len(chosen))
+        self._assemble(region, chosen, region.member_groups[chosen], weights, monitor=False)
 
     def _assemble(
-        self, region: Region, rows: np.ndarray, groups: np.ndarray, weights: np.ndarray
+        self,
+        region: Region,
+        rows: np.ndarray,
+        groups: np.ndarray,
+        weights: np.ndarray,
+        monitor: bool = True,
     ) -> None:
         """Turn chosen subset members into the region's coresets and record statistics."""
         classes = self.config.num_classes
@@ -470,13 +573,19 @@ class JobState:
         region.coreset_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         region.initial_loss = float(region.losses[region.check_slots].mean())
         region.phase = Phase.READY
-        region.embeddings = None  # selection was their only use
+        stats = self.stats[region.region_id]
+        if monitor and region.embeddings is not None:
+            stats.coreset_error, stats.random_error = coreset_quality(
+                region, rows, groups, weights, self.config, np.random.default_rng(
+                    [self.config.seed, region.region_id, 2]
+                ),
+            )  # fmt: skip
+        region.embeddings = None  # selection and the monitor were their only uses
 
         # Loss history: one observation per distinct example (ranks may share a few).
         unique, first = np.unique(region.candidates, return_index=True)
         self.pool.record_losses(unique, region.losses[first])
 
-        stats = self.stats[region.region_id]
         stats.candidate_loss = float(region.losses.mean())
         stats.selected_loss = float(region.losses[slots].mean()) if slots.size else None
         stats.weight_quantiles = np.quantile(
@@ -518,6 +627,7 @@ class JobState:
                 f"{region.next_check()}, not {report.step}"
             )
         region.pending[rank] = report
+        self.trainer_times[rank] = (report.train_seconds, report.selection_seconds)
         if len(region.pending) < self.config.world_size:
             return None
         return self._decide(region)
@@ -587,6 +697,10 @@ class JobState:
             class_sizes=np.bincount(self.pool.labels, minlength=self.config.num_classes).tolist(),
             dropped=int((~self.pool.in_pool).sum()),
             regions=[s.model_copy(deep=True) for s in self.stats],
+            trainers=[
+                TrainerTime(rank=rank, train_seconds=t[0], selection_seconds=t[1])
+                for rank, t in sorted(self.trainer_times.items())
+            ],
         )
 
     # ------------------------------------------------------------------------ persistence
@@ -605,6 +719,10 @@ class JobState:
             "next_check_interval": self.next_check_interval,
             "next_num_coresets": self.next_num_coresets,
             "committed_seq": list(self.committed_seq),
+            "trainer_times": {str(r): list(t) for r, t in self.trainer_times.items()},
+            "next_mode": self.next_mode,
+            "next_decision": self.next_decision,
+            "auto_random_until": self.auto_random_until,
         }
 
     @classmethod
@@ -622,7 +740,68 @@ class JobState:
         job.next_check_interval = state["next_check_interval"]
         job.next_num_coresets = state["next_num_coresets"]
         job.committed_seq = list(state["committed_seq"])
+        job.trainer_times = {int(r): (t[0], t[1]) for r, t in state["trainer_times"].items()}
+        job.next_mode = state["next_mode"]
+        job.next_decision = state["next_decision"]
+        job.auto_random_until = state["auto_random_until"]
         return job
+
+
+def coreset_quality(
+    region: Region,
+    rows: np.ndarray,
+    groups: np.ndarray,
+    weights: np.ndarray,
+    config: JobConfig,
+    rng: np.random.Generator,
+    draws: int = 4,
+) -> tuple[float, float]:
+    """The monitor: how well each batch's mean embedding-gradient matches its subset's.
+
+    For every subset V, ``‖ḡ_S − ḡ_V‖² / ‖ḡ_V‖²`` for the weighted coreset S (weights are the
+    cluster sizes) and, averaged over ``draws`` draws, for stratified random batches with the
+    coreset's per-class sizes drawn from V. Returns both errors averaged over the subsets.
+    """
+    assert region.embeddings is not None
+    classes = config.num_classes
+    embeddings = region.embeddings[region.members].astype(np.float64)  # (M, d)
+    member_groups = region.member_groups
+    num_subsets = int(member_groups.max()) // classes + 1 if len(member_groups) else 0
+
+    def subset_means(subset: np.ndarray, vectors: np.ndarray, w: np.ndarray) -> np.ndarray:
+        sums = np.zeros((num_subsets, vectors.shape[1]))
+        np.add.at(sums, subset, w[:, None] * vectors)
+        return sums / np.maximum(np.bincount(subset, w, minlength=num_subsets), 1e-12)[:, None]
+
+    def relative_errors(estimate: np.ndarray) -> np.ndarray:  # (S,) one per subset
+        return ((estimate - target) ** 2).sum(1) / ((target**2).sum(1) + 1e-12)
+
+    member_subset = member_groups // classes
+    target = subset_means(member_subset, embeddings, np.ones(len(embeddings)))  # (S, d)
+    coreset = subset_means(groups // classes, embeddings[rows], weights.astype(np.float64))
+    # Stratified random batches of the coreset's per-(subset, class) sizes: rank members by a
+    # random key within their (subset, class) problem and keep the first ones.
+    take = np.bincount(groups, minlength=int(member_groups.max()) + 1)
+    order_in_group = np.argsort(member_groups, kind="stable")
+    group_start = np.searchsorted(member_groups[order_in_group], member_groups)
+    random_errors = []
+    for _ in range(draws):
+        order = np.lexsort((rng.random(len(member_groups)), member_groups))
+        position = np.arange(len(order)) - group_start[order]
+        chosen = order[position < take[member_groups[order]]]
+        estimate = subset_means(member_subset[chosen], embeddings[chosen], np.ones(len(chosen)))
+        random_errors.append(relative_errors(estimate))
+    return float(relative_errors(coreset).mean()), float(np.mean(random_errors))
+
+
+def monitor_gain(coreset_error: float | None, random_error: float | None) -> float | None:
+    """How many times smaller the coreset's gradient error is than a random batch's (1 when
+    both are 0: coresets are then no better; None when not measured)."""
+    if coreset_error is None or random_error is None:
+        return None
+    if coreset_error <= 0:
+        return math.inf if random_error > 0 else 1.0
+    return random_error / coreset_error
 
 
 def _validate_upload(
@@ -662,7 +841,7 @@ _REGION_ARRAYS = (
 )  # fmt: skip
 _REGION_SCALARS = (
     "region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval",
-    "initial_loss", "last_decided", "curvature",
+    "initial_loss", "last_decided", "curvature", "mode",
 )  # fmt: skip
 
 

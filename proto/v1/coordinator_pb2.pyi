@@ -51,7 +51,7 @@ class Array(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after")
+    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches", "auto_min_gain", "auto_retest_epochs")
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,10 @@ class JobConfig(_message.Message):
     MAX_DROP_FRAC_FIELD_NUMBER: _ClassVar[int]
     MIN_POOL_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
     READMIT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    AUTO_MIN_GAIN_FIELD_NUMBER: _ClassVar[int]
+    AUTO_RETEST_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     num_examples: int
     num_classes: int
     batch_size: int
@@ -96,7 +100,11 @@ class JobConfig(_message.Message):
     max_drop_frac: float
     min_pool_per_class: int
     readmit_after: int
-    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ...) -> None: ...
+    strategy: str
+    random_batches: str
+    auto_min_gain: float
+    auto_retest_epochs: float
+    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ..., strategy: _Optional[str] = ..., random_batches: _Optional[str] = ..., auto_min_gain: _Optional[float] = ..., auto_retest_epochs: _Optional[float] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("header", "labels")
@@ -213,7 +221,7 @@ class UploadAck(_message.Message):
     def __init__(self, committed_seq: _Optional[int] = ...) -> None: ...
 
 class CheckReport(_message.Message):
-    __slots__ = ("job_id", "rank", "region_id", "step", "loss_sum", "count", "linear", "quadratic", "curvature")
+    __slots__ = ("job_id", "rank", "region_id", "step", "loss_sum", "count", "linear", "quadratic", "curvature", "train_seconds", "selection_seconds")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +231,8 @@ class CheckReport(_message.Message):
     LINEAR_FIELD_NUMBER: _ClassVar[int]
     QUADRATIC_FIELD_NUMBER: _ClassVar[int]
     CURVATURE_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     region_id: int
@@ -232,7 +242,9 @@ class CheckReport(_message.Message):
     linear: float
     quadratic: float
     curvature: float
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., step: _Optional[int] = ..., loss_sum: _Optional[float] = ..., count: _Optional[int] = ..., linear: _Optional[float] = ..., quadratic: _Optional[float] = ..., curvature: _Optional[float] = ...) -> None: ...
+    train_seconds: float
+    selection_seconds: float
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., step: _Optional[int] = ..., loss_sum: _Optional[float] = ..., count: _Optional[int] = ..., linear: _Optional[float] = ..., quadratic: _Optional[float] = ..., curvature: _Optional[float] = ..., train_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ...) -> None: ...
 
 class CheckDecision(_message.Message):
     __slots__ = ("region_id", "step", "new_region", "loss", "predicted", "relative_error")

@@ -116,3 +116,26 @@ def test_unknown_job_and_bad_options() -> None:
             coordinator.create_job(config(seed=5), y.numpy(), job_id="a")
         with pytest.raises(Exception, match="invalid job config"):
             coordinator.create_job({"num_examples": -1}, np.zeros(3, int))
+
+
+def test_strategies_run_through_the_same_session_path() -> None:
+    labels = blobs()[1].numpy()
+    with local_coordinator() as coordinator:
+        runs = {}
+        for strategy in ("crest", "random", "auto"):
+            job_id = coordinator.create_job(config(strategy=strategy), labels)
+            session, seen = train(coordinator, job_id)
+            runs[strategy] = (session.timings, seen, coordinator.job_status(job_id))
+    for timings, seen, status in runs.values():
+        assert len(seen) == config().total_steps
+        assert status.trainers or timings.checks == 0
+    random_timings, random_batches, random_status = runs["random"]
+    assert random_timings.embed == 0 and random_timings.checks == 0, "random needs no CREST work"
+    assert {r.mode for r in random_status.regions} == {"random"}
+    assert all(w == 1.0 for _, _, ws, _ in random_batches for w in ws)
+    crest_timings, _, crest_status = runs["crest"]
+    assert crest_timings.embed > 0 and {r.mode for r in crest_status.regions} == {"crest"}
+    assert all(r.coreset_error is not None for r in crest_status.regions)
+    (trainer,) = crest_status.trainers
+    assert 0 < trainer.selection_share < 1
+    assert crest_timings.train > 0
