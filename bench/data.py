@@ -51,3 +51,40 @@ def mnist1d(num_samples: int = 50_000, seed: int = 42) -> Dataset:
             y_test=torch.from_numpy(data["y_test"].astype(np.int64)),
             num_classes=10,
         )
+
+
+def mnist1d_redundant(
+    num_samples: int = 50_000,
+    copies: int = 10,
+    noise: float = 0.05,
+    label_noise: float = 0.1,
+    seed: int = 0,
+) -> Dataset:
+    """W2: a redundant, noisily labelled training set built from MNIST-1D.
+
+    A tenth (``1 / copies``) of MNIST-1D's training examples, each repeated ``copies`` times
+    with Gaussian jitter of ``noise`` (the data have unit variance): as many examples as W1,
+    mostly near-duplicates. Then ``label_noise`` of all examples get a uniformly random wrong
+    label. The test set is MNIST-1D's, untouched. Deterministic for ``seed``.
+    """
+    source = mnist1d(num_samples)
+    base = len(source.y_train) // copies
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(source.y_train), base, replace=False)
+    x = np.repeat(source.x_train.numpy()[picked], copies, axis=0)
+    x += noise * rng.standard_normal(x.shape).astype(np.float32)
+    y = np.repeat(source.y_train.numpy()[picked], copies)
+    flip = rng.random(len(y)) < label_noise
+    y[flip] = (y[flip] + rng.integers(1, source.num_classes, flip.sum())) % source.num_classes
+    order = rng.permutation(len(y))
+    return Dataset(
+        name="mnist1d-redundant",
+        x_train=torch.from_numpy(x[order]),
+        y_train=torch.from_numpy(y[order]),
+        x_test=source.x_test,
+        y_test=source.y_test,
+        num_classes=source.num_classes,
+    )
+
+
+WORKLOADS = {"w1": mnist1d, "w2": mnist1d_redundant}

@@ -1,12 +1,15 @@
-"""End-to-end benchmark: Full vs Random vs CREST on MNIST-1D, same model, schedule and seeds.
+"""End-to-end benchmark: Full vs Random vs CREST vs auto, same model, schedule and seeds.
 
+Workloads: W1 is MNIST-1D (40k/10k); W2 is a redundant, noisily labelled training set built
+from it (:func:`crest.bench.data.mnist1d_redundant`), where selection should matter.
 Every method trains the same 1-D CNN with SGD + momentum, the same learning rate and the same
 step-decay schedule written in (virtual) epochs, so it compresses with the step budget.
-Full trains ``epochs`` passes over the data; Random and CREST train ``train_frac`` of Full's
-steps, Random on uniform mini-batches (weight 1), CREST on weighted coresets from the
-coordinator. Wall-clock is split into training steps, CREST's selection work (candidate
-forward passes, uploads and selection, Hessian, checks) and evaluation; evaluation is
-reported but never counted in a method's time.
+Full trains ``epochs`` passes over the data; Random, CREST and auto train ``train_frac`` of
+Full's steps: Random on uniform mini-batches (weight 1), CREST on weighted coresets from the
+coordinator, auto on coresets while the coordinator's monitor says they beat random batches.
+Wall-clock is split into training steps, selection work (candidate forward passes, uploads
+and selection, gradient/Hessian, checks) and evaluation; evaluation is reported but never
+counted in a method's time.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from crest.bench.data import Dataset, mnist1d
+from crest.bench.data import WORKLOADS, Dataset
 from crest.bench.models import cnn1d
 from crest.client import JobConfig, Session, tensor_fetch, weighted_loss
 from crest.proto.contract import Coordinator
@@ -63,6 +66,9 @@ class CrestSetup:
     drop_interval: float = 1.0
     gradient: str = "check"
     hessian_probes: int = 0
+    strategy: str = "crest"
+    auto_min_gain: float = 1.5
+    auto_retest_epochs: float = 1.0
 
     def job_config(self, data: Dataset, train: TrainSetup, frac: float, seed: int) -> JobConfig:
         return JobConfig(
@@ -81,11 +87,15 @@ class CrestSetup:
             check_sample_size=self.check_sample_size,
             adaptive=self.adaptive,
             drop_interval=self.drop_interval,
+            strategy=self.strategy,
+            auto_min_gain=self.auto_min_gain,
+            auto_retest_epochs=self.auto_retest_epochs,
         )
 
 
 @dataclass
 class RunResult:
+    workload: str
     method: str
     train_frac: float
     seed: int
@@ -203,7 +213,7 @@ def run_baseline(
         lambda _model: _permutation_batches(n, setup.batch_size, total, seed),
         dict, progress,
     )  # fmt: skip
-    return _result(method, frac, seed, out)
+    return _result(data.name, method, frac, seed, out)
 
 
 def run_crest(
@@ -234,10 +244,10 @@ def run_crest(
         return {"embed": t.embed, "select": t.select, "hessian": t.quadratic, "check": t.check}
 
     _, out = _train(
-        f"crest f={frac:g} seed={seed}", data, setup, seed, config.total_steps,
+        f"{crest.strategy} f={frac:g} seed={seed}", data, setup, seed, config.total_steps,
         make_batches, selection_seconds, progress,
     )  # fmt: skip
-    result = _result("crest", frac, seed, out)
+    result = _result(data.name, crest.strategy, frac, seed, out)
     status = coordinator.job_status(job_id)  # type: ignore[attr-defined]
     regions = status.regions
     result.regions = len(regions)
@@ -253,18 +263,31 @@ def run_crest(
             reason: sum(r.end_reason == reason for r in regions)
             for reason in ("check", "bound", "budget")
         },
-        "selected_minus_candidate_loss": statistics.fmean(
+        "selected_minus_candidate_loss": _mean(
             r.selected_loss - r.candidate_loss
             for r in regions
             if r.selected_loss is not None and r.candidate_loss is not None
         ),
+        "crest_step_share": sum(
+            (r.end_step or config.total_steps) - r.start_step for r in regions if r.mode == "crest"
+        )
+        / config.total_steps,
+        "coreset_error": _mean(r.coreset_error for r in regions if r.coreset_error is not None),
+        "random_error": _mean(r.random_error for r in regions if r.random_error is not None),
+        "selection_share": sessions[0].timings.selection_share,
     }
     return result
 
 
-def _result(method: str, frac: float, seed: int, out: dict[str, Any]) -> RunResult:
+def _mean(values) -> float | None:
+    values = list(values)
+    return statistics.fmean(values) if values else None
+
+
+def _result(workload: str, method: str, frac: float, seed: int, out: dict[str, Any]) -> RunResult:
     curve = out["curve"]
     return RunResult(
+        workload=workload,
         method=method,
         train_frac=frac,
         seed=seed,
@@ -287,6 +310,8 @@ def time_to_accuracy(curve: list[tuple[int, float, float]], target: float) -> fl
 # ------------------------------------------------------------------------------ the run
 @dataclass(frozen=True)
 class E2EPlan:
+    workloads: tuple[str, ...] = ("w1", "w2")  # keys of crest.bench.data.WORKLOADS
+    methods: tuple[str, ...] = ("random", "crest", "auto")  # besides full
     seeds: tuple[int, ...] = (0, 1, 2)
     fracs: tuple[float, ...] = (0.1, 0.2)
     num_samples: int = 50_000
@@ -310,24 +335,30 @@ def warm_up(data: Dataset, setup: TrainSetup) -> None:
 
 
 def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> dict[str, Any]:
-    data = mnist1d(plan.num_samples)
-    warm_up(data, plan.train)
     runs: list[RunResult] = []
-    for seed in plan.seeds:
-        runs.append(run_baseline(data, plan.train, 1.0, seed, progress))
-        for frac in plan.fracs:
-            runs.append(run_baseline(data, plan.train, frac, seed, progress))
-            runs.append(run_crest(data, plan.train, plan.crest, frac, seed, coordinator, progress))
-    full = {r.seed: r for r in runs if r.method == "full"}
-    for r in runs:
-        reference = full[r.seed]
-        tta = time_to_accuracy(reference.curve, r.final_acc)
-        r.extra["full_seconds_to_this_acc"] = tta
-        r.extra["speedup_vs_full"] = reference.seconds["total"] / r.seconds["total"]
-        r.extra["acc_gap_to_full"] = reference.final_acc - r.final_acc
+    for workload in plan.workloads:
+        data = WORKLOADS[workload](plan.num_samples)
+        warm_up(data, plan.train)
+        for seed in plan.seeds:
+            full = run_baseline(data, plan.train, 1.0, seed, progress)
+            runs.append(full)
+            for frac in plan.fracs:
+                for method in plan.methods:
+                    if method == "random":
+                        result = run_baseline(data, plan.train, frac, seed, progress)
+                    else:
+                        crest = replace(plan.crest, strategy=method)
+                        result = run_crest(data, plan.train, crest, frac, seed, coordinator,
+                                           progress)  # fmt: skip
+                    runs.append(result)
+            for r in runs:
+                if r.workload == full.workload and r.seed == seed:
+                    r.extra["full_seconds_to_this_acc"] = time_to_accuracy(full.curve, r.final_acc)
+                    r.extra["speedup_vs_full"] = full.seconds["total"] / r.seconds["total"]
+                    r.extra["acc_gap_to_full"] = full.final_acc - r.final_acc
     return {
         "benchmark": "e2e",
-        "dataset": f"mnist1d num_samples={plan.num_samples}",
+        "workloads": {name: WORKLOADS[name].__doc__.split("\n")[0] for name in plan.workloads},
         "plan": asdict(plan),
         "machine": {
             "platform": platform.platform(),
@@ -341,16 +372,23 @@ def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> d
 
 
 def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
-    """One row per (method, train_frac): means and standard deviations over seeds."""
+    """One row per (workload, method, train_frac): means and spreads over seeds."""
+
+    def stat(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
     rows = []
-    keys = sorted({(r.method, r.train_frac) for r in runs}, key=lambda k: (-k[1], k[0]))
-    for method, frac in keys:
-        group = [r for r in runs if r.method == method and r.train_frac == frac]
-
-        def stat(values: list[float]) -> tuple[float, float]:
-            return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
-
+    order = {"full": 0, "random": 1, "crest": 2, "auto": 3}
+    keys = sorted(
+        {(r.workload, r.method, r.train_frac) for r in runs},
+        key=lambda k: (k[0], -k[2] if k[1] == "full" else 0, k[2], order.get(k[1], 9)),
+    )
+    for workload, method, frac in keys:
+        group = [
+            r for r in runs if (r.workload, r.method, r.train_frac) == (workload, method, frac)
+        ]
         row: dict[str, Any] = {
+            "workload": workload,
             "method": method,
             "train_frac": frac,
             "seeds": len(group),
@@ -364,20 +402,24 @@ def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
         row["full_seconds_to_this_acc"] = (
             statistics.fmean(tta) if all(t is not None for t in tta) else None
         )
-        if method == "crest":
+        if method in ("crest", "auto"):
             row["regions"] = statistics.fmean(r.regions for r in group)
             row["mean_check_interval"] = statistics.fmean(r.mean_check_interval or 0 for r in group)
             row["mean_num_coresets"] = statistics.fmean(r.mean_num_coresets or 0 for r in group)
             row["pool_end"] = statistics.fmean(r.pool_end or 0 for r in group)
+            for key in ("coreset_error", "random_error", "crest_step_share", "selection_share"):
+                values = [r.extra[key] for r in group if r.extra.get(key) is not None]
+                row[key] = statistics.fmean(values) if values else None
         rows.append(row)
     return rows
 
 
 def format_table(summary: list[dict[str, Any]]) -> str:
     header = (
-        "| method | frac | final acc % | best acc % | steps | regions | k | P | pool end "
-        "| train s | embed s | select s | hessian s | check s | eval s | total s "
-        "| speed-up vs full | full s to same acc |"
+        "| workload | method | frac | final acc % | best acc % | steps | regions | k | P "
+        "| pool end | train s | embed s | select s | grad/hess s | check s | eval s | total s "
+        "| speed-up vs full | full s to same acc | coreset err | random err | gain "
+        "| coreset steps | selection share |"
     )
     lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
 
@@ -386,8 +428,10 @@ def format_table(summary: list[dict[str, Any]]) -> str:
 
     for row in summary:
         s = row["seconds"]
+        coreset, random = row.get("coreset_error"), row.get("random_error")
+        gain = random / coreset if coreset and random is not None else None
         lines.append(
-            f"| {row['method']} | {row['train_frac']:g} "
+            f"| {row['workload']} | {row['method']} | {row['train_frac']:g} "
             f"| {100 * row['final_acc'][0]:.2f} ± {100 * row['final_acc'][1]:.2f} "
             f"| {100 * row['best_acc'][0]:.2f} ± {100 * row['best_acc'][1]:.2f} "
             f"| {row['steps']} | {opt(row.get('regions'), '.0f')} "
@@ -396,7 +440,10 @@ def format_table(summary: list[dict[str, Any]]) -> str:
             f"| {s['train']:.1f} | {s.get('embed', 0):.1f} | {s.get('select', 0):.1f} "
             f"| {s.get('hessian', 0):.1f} | {s.get('check', 0):.1f} | {s['eval']:.1f} "
             f"| {s['total']:.1f} | {row['speedup_vs_full']:.2f}x "
-            f"| {opt(row['full_seconds_to_this_acc'], '.1f')} |"
+            f"| {opt(row['full_seconds_to_this_acc'], '.1f')} "
+            f"| {opt(coreset, '.4f')} | {opt(random, '.4f')} | {opt(gain, '.2f')} "
+            f"| {opt(row.get('crest_step_share'), '.0%')} "
+            f"| {opt(row.get('selection_share'), '.0%')} |"
         )
     return "\n".join(lines)
 
@@ -407,7 +454,8 @@ def write_json(result: dict[str, Any], path: Path) -> None:
 
 
 def quick_plan(plan: E2EPlan) -> E2EPlan:
-    """The demo's short version: one seed, fewer epochs and samples."""
+    """The demo's short version: W1, one seed, fewer epochs and samples."""
     return replace(
-        plan, seeds=(0,), num_samples=20_000, train=replace(plan.train, epochs=10), fracs=(0.1,)
-    )
+        plan, workloads=("w1",), seeds=(0,), num_samples=20_000,
+        train=replace(plan.train, epochs=10), fracs=(0.1,),
+    )  # fmt: skip

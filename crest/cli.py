@@ -21,6 +21,10 @@ def _e2e(args: argparse.Namespace) -> int:
         plan = replace(plan, seeds=tuple(range(args.seeds)))
     if args.fracs:
         plan = replace(plan, fracs=tuple(args.fracs))
+    if args.workloads:
+        plan = replace(plan, workloads=tuple(args.workloads))
+    if args.methods:
+        plan = replace(plan, methods=tuple(args.methods))
     if args.epochs:
         plan = replace(plan, train=replace(plan.train, epochs=args.epochs))
     if args.crest:
@@ -130,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     e2e = which.add_parser("e2e", help="Full vs Random vs CREST on MNIST-1D")
     e2e.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     e2e.add_argument("--fracs", type=float, nargs="+", help="train fractions (default 0.1 0.2)")
+    e2e.add_argument("--workloads", nargs="+", choices=["w1", "w2"], help="default: both")
+    e2e.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["random", "crest", "auto"],
+        help="besides full (default: all)",
+    )
     e2e.add_argument("--epochs", type=float, help="full-training epochs (default 30)")
     e2e.add_argument("--crest", help="CREST settings as JSON, e.g. '{\"tau\": 0.2}'")
     e2e.add_argument("--quick", action="store_true", help="the demo's short plan")
