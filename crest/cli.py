@@ -37,6 +37,16 @@ def _e2e(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from crest.demo import quick, run_demo
+
+    if args.quick:
+        run_demo(Path(args.out), progress=not args.no_progress, plan=quick())
+    else:
+        run_demo(Path(args.out), progress=not args.no_progress)
+    return 0
+
+
 def _service_bench(args: argparse.Namespace) -> int:
     from crest.bench.e2e import write_json
     from crest.bench.service import format_table, run_service_bench
@@ -107,19 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="WARNING")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="a short Full vs Random vs CREST comparison")
-    demo.set_defaults(
-        func=_e2e,
-        quick=True,
-        seeds=None,
-        fracs=None,
-        epochs=None,
-        crest=None,
-        out="results/demo.json",
-        no_progress=False,
-    )
+    demo = commands.add_parser("demo", help="the whole service on this machine: a short comparison")
+    demo.add_argument("--quick", action="store_true", help="a smaller demo (seconds)")
+    demo.add_argument("--out", default="results/demo.json")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(func=_demo)
 
-    serve = commands.add_parser("serve", help="run the coordinator (gRPC)")
+    serve = commands.add_parser("serve", help="run the coordinator (gRPC) and its dashboard")
     _add_serve_flags(serve)
     serve.set_defaults(func=_serve)
 
