@@ -241,7 +241,8 @@ def run_crest(
         if not sessions:
             return {}
         t = sessions[0].timings
-        return {"embed": t.embed, "select": t.select, "hessian": t.quadratic, "check": t.check}
+        return {"embed": t.embed, "select": t.upload + t.select, "hessian": t.quadratic,
+                "check": t.check}  # fmt: skip
 
     _, out = _train(
         f"{crest.strategy} f={frac:g} seed={seed}", data, setup, seed, config.total_steps,

@@ -1,6 +1,6 @@
 """Sweep CREST's open knobs on the end-to-end workload: one JSON line per (setting, seed).
 
-Usage: ``python -m crest.bench.sweep OUT.jsonl FRAC SEEDS SETTING_JSON [SETTING_JSON ...]``,
+Usage: ``python -m crest.bench.sweep OUT.jsonl WORKLOAD FRAC SEEDS SETTING_JSON [...]``,
 each setting a JSON object of :class:`crest.bench.e2e.CrestSetup` fields. Random runs at the
 same fraction and seeds are included once, as the reference.
 """
@@ -11,14 +11,14 @@ import json
 import sys
 from dataclasses import asdict, replace
 
-from crest.bench.data import mnist1d
+from crest.bench.data import WORKLOADS
 from crest.bench.e2e import CrestSetup, TrainSetup, run_baseline, run_crest, warm_up
 from crest.embedded import local_coordinator
 
 
 def main(argv: list[str]) -> None:
-    out, frac, seeds, *settings = argv
-    data = mnist1d()
+    out, workload, frac, seeds, *settings = argv
+    data = WORKLOADS[workload]()
     train = TrainSetup()
     warm_up(data, train)
     with open(out, "a") as sink, local_coordinator() as coordinator:

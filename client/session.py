@@ -83,7 +83,8 @@ class SelectionTimings:
     """Seconds the trainer spent on selection work, by kind, and how often."""
 
     embed: float = 0.0  # candidate forward passes
-    select: float = 0.0  # uploads and waiting for the coordinator's selection
+    upload: float = 0.0  # sending embeddings to the coordinator
+    select: float = 0.0  # waiting for regions: the coordinator's selection and the reply
     quadratic: float = 0.0  # explicit gradient / Hessian passes at region starts
     check: float = 0.0  # check forward passes and reports
     train: float = 0.0  # in the training loop: from handing out a batch to the next request
@@ -93,7 +94,7 @@ class SelectionTimings:
     @property
     def total(self) -> float:
         """Seconds of selection work (``train`` is not selection work)."""
-        return self.embed + self.select + self.quadratic + self.check
+        return self.embed + self.upload + self.select + self.quadratic + self.check
 
     @property
     def selection_share(self) -> float:
@@ -372,7 +373,7 @@ class Session:
             parts = [self.embedding(self.model, x, y) for x, y in self._fetch_chunks(chunks)]
             embeddings = torch.cat([e for e, _ in parts]).float().cpu().numpy()
             losses = torch.cat([loss for _, loss in parts]).float().cpu().numpy()
-        with self._timed("select"):
+        with self._timed("upload"):
             self.coordinator.submit_embeddings(
                 self.job_id, self.rank, view.region_id, view.candidates, embeddings, losses
             )
