@@ -12,7 +12,9 @@ from crest.service.dashboard.models import (
     JobSummary,
     RankRate,
     RatePoint,
+    RegionMonitor,
     SelectionRecord,
+    TrainerShare,
 )
 from crest.service.dashboard.server import DashboardServer
 
@@ -23,7 +25,9 @@ __all__ = [
     "JobSummary",
     "RankRate",
     "RatePoint",
+    "RegionMonitor",
     "SelectionRecord",
+    "TrainerShare",
     "close_streams",
     "create_dashboard",
 ]

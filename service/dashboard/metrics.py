@@ -5,26 +5,30 @@ registry state, so several apps or tests never collide). A scrape first awaits t
 details on the manager's loop and then renders them synchronously, so every figure comes
 from the same :class:`~crest.service.dashboard.models.JobDetail` the JSON API serves.
 
-Every metric carries a ``job`` label; per-rank ones add ``rank``, per-class ones ``class``.
-Latest-value figures (k, P, the last check's error, the last region's losses and weight
-quantiles) are gauges; Prometheus keeps their history.
+Every metric carries a ``job`` label; per-rank ones add ``rank``, per-class ones ``class``,
+per-mode ones ``mode``. Latest-value figures (k, P, the last check's error, the last region's
+losses and weight quantiles, the newest monitor figures) are gauges; Prometheus keeps their
+history.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    InfoMetricFamily,
     Metric,
     SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
 
 from crest.proto.contract import RegionStats
-from crest.service.dashboard.models import JobDetail
+from crest.service.dashboard.models import JobDetail, Mode
 from crest.service.dashboard.views import all_details
 from crest.service.manager import JobManager
 
@@ -33,6 +37,7 @@ from crest.service.manager import JobManager
 MAX_CLASS_LABELS = 1000
 END_REASONS = ("check", "bound", "budget")
 QUANTILES = ("0", "0.25", "0.5", "0.75", "1")  # labels of RegionStats.weight_quantiles
+MODES: tuple[Mode, ...] = get_args(Mode)
 
 # (name, help, value) of the per-job gauges; a value of None leaves the sample out.
 _JOB_GAUGES: list[tuple[str, str, Callable[[JobDetail], float | None]]] = [
@@ -73,6 +78,32 @@ _JOB_GAUGES: list[tuple[str, str, Callable[[JobDetail], float | None]]] = [
         "crest_selected_loss",
         "Mean loss of the last selected region's coreset examples.",
         lambda d: getattr(_last_selected(d), "selected_loss", None),
+    ),
+    (
+        "crest_coreset_gradient_error",
+        "Monitor, newest measured region: relative squared error of the coresets' mean "
+        "embedding-gradient against their subsets' means.",
+        lambda d: d.summary.coreset_error,
+    ),
+    (
+        "crest_random_gradient_error",
+        "Monitor, newest measured region: the same for equal-size stratified random batches.",
+        lambda d: d.summary.random_error,
+    ),
+    (
+        "crest_monitor_gain",
+        "Monitor, newest measured region: random / coreset gradient error.",
+        lambda d: d.summary.gain,
+    ),
+    (
+        "crest_monitor_min_gain",
+        "The gain strategy auto requires to keep coresets (auto_min_gain).",
+        lambda d: d.summary.auto_min_gain,
+    ),
+    (
+        "crest_selection_time_share",
+        "Share of all ranks' trainer time spent on selection work.",
+        lambda d: d.summary.selection_share,
     ),
 ]
 
@@ -115,6 +146,7 @@ def families(details: list[JobDetail]) -> Iterator[Metric]:
     yield jobs
     yield from _job_gauges(details)
     yield from _counters(details)
+    yield from _modes(details)
     yield from _per_rank(details)
     yield from _per_class(details)
     yield from _weights(details)
@@ -175,6 +207,36 @@ def _counters(details: list[JobDetail]) -> Iterator[Metric]:
     yield from (regions, switches, checks, dropped, readmitted, selections, fallbacks, latency)
 
 
+def _modes(details: list[JobDetail]) -> Iterator[Metric]:
+    strategy = InfoMetricFamily("crest_job", "The job's selection strategy.", labels=["job"])
+    current = GaugeMetricFamily(
+        "crest_region_mode", "1 for the current region's mode, else 0.", labels=["job", "mode"]
+    )
+    regions = CounterMetricFamily(
+        "crest_regions_by_mode",
+        "Regions opened, by how their batches were made.",
+        labels=["job", "mode"],
+    )
+    switches = CounterMetricFamily(
+        "crest_mode_switches",
+        "Regions whose batches changed between coresets and random batches (strategy auto's "
+        "decisions; a fallback region counts as coresets).",
+        labels=["job", "to"],
+    )
+    for detail in details:
+        job, monitor = detail.summary.job_id, detail.monitor
+        strategy.add_metric([job], {"strategy": detail.summary.strategy})
+        for mode in MODES:
+            current.add_metric([job, mode], float(detail.summary.mode == mode))
+            regions.add_metric([job, mode], sum(r.mode == mode for r in monitor))
+        made = ["random" if r.mode == "random" else "crest" for r in monitor]
+        for to in ("crest", "random"):
+            switches.add_metric(
+                [job, to], sum(a != b and b == to for a, b in itertools.pairwise(made))
+            )
+    yield from (strategy, current, regions, switches)
+
+
 def _per_rank(details: list[JobDetail]) -> Iterator[Metric]:
     steps = CounterMetricFamily(
         "crest_rank_steps", "Highest step a rank asked for or reported.", labels=["job", "rank"]
@@ -184,12 +246,34 @@ def _per_rank(details: list[JobDetail]) -> Iterator[Metric]:
         "Batches served per second to a rank.",
         labels=["job", "rank"],
     )
+    share = GaugeMetricFamily(
+        "crest_rank_selection_time_share",
+        "Share of a rank's trainer time spent on selection work (its last check report).",
+        labels=["job", "rank"],
+    )
+    train = CounterMetricFamily(
+        "crest_rank_train_seconds",
+        "A rank's time in the training loop between batches (its last check report).",
+        labels=["job", "rank"],
+    )
+    selection = CounterMetricFamily(
+        "crest_rank_selection_seconds",
+        "A rank's time in selection work: candidate passes, uploads and waiting, "
+        "gradient/Hessian, checks (its last check report).",
+        labels=["job", "rank"],
+    )
     for detail in details:
+        job = detail.summary.job_id
         for r in detail.ranks:
-            labels = [detail.summary.job_id, str(r.rank)]
+            labels = [job, str(r.rank)]
             steps.add_metric(labels, r.step)
             rate.add_metric(labels, r.steps_per_second)
-    yield from (steps, rate)
+        for t in detail.trainers:
+            labels = [job, str(t.rank)]
+            share.add_metric(labels, t.selection_share)
+            train.add_metric(labels, t.train_seconds)
+            selection.add_metric(labels, t.selection_seconds)
+    yield from (steps, rate, share, train, selection)
 
 
 def _per_class(details: list[JobDetail]) -> Iterator[Metric]:

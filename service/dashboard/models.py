@@ -1,20 +1,40 @@
 """The dashboard's JSON API: what every page, chart and metric is drawn from.
 
-The per-region history (regions, checks, k, P, pool per class, weight quantiles, losses) is
-the job's own :class:`~crest.proto.contract.JobStatus`, served as is; the models here add
-what the page would otherwise compute itself (per-class learned fractions, per-rank rates,
-selection events joined to their regions) and a one-line summary per job.
+The per-region history (regions, checks, k, P, pool per class, weight quantiles, losses,
+modes, decisions, the coreset-quality monitor) is the job's own
+:class:`~crest.proto.contract.JobStatus`, served as is; the models here add what the page
+would otherwise compute itself (per-class learned fractions, per-rank rates and selection-time
+shares, selection events joined to their regions, each region's monitor gain) and a one-line
+summary per job.
+
+A monitor gain is infinite when a coreset's error is exactly 0 and a random batch's is not;
+JSON has no infinity, so such a gain is sent as the string ``"Infinity"`` (``float()`` and
+JavaScript's ``Number()`` read it back).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from crest.proto.contract import JobStatus
+
+Mode = Literal["crest", "random", "fallback"]
+MODE_HELP = (
+    "how the region's batches were made: crest (coresets), random (random batches: strategy "
+    "random, or auto's verdict) or fallback (selection failed or timed out: random batches)"
+)
+GAIN_HELP = (
+    "random_error / coreset_error: how many times better than a random batch the coresets "
+    "estimate their subset's gradient (1 when both are 0; None: not measured)"
+)
 
 
 class JobSummary(BaseModel):
     """One job at a glance: a row of the overview and the tiles of the job page."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
 
     job_id: str
     step: int = Field(description="steps known to be trained by every rank")
@@ -39,6 +59,17 @@ class JobSummary(BaseModel):
     mean_selection_seconds: float | None
     batches_per_second: float = Field(description="sum over ranks of steps per second")
     updated: float | None = Field(description="unix time of the last rank progress")
+    strategy: Literal["crest", "random", "auto"]
+    mode: Mode | None = Field(description="the current region's; " + MODE_HELP)
+    decision: str | None = Field(description="why the current region has its mode")
+    coreset_error: float | None = Field(description="the monitor's, newest measured region")
+    random_error: float | None = Field(description="the monitor's, newest measured region")
+    gain: float | None = Field(description="newest measured region: " + GAIN_HELP)
+    auto_min_gain: float = Field(description="the gain strategy auto requires of coresets")
+    selection_share: float | None = Field(
+        description="share of all ranks' trainer time spent on selection work (None before "
+        "the first check report)"
+    )
 
 
 class ClassPool(BaseModel):
@@ -78,6 +109,37 @@ class RankRate(BaseModel):
     )
 
 
+class RegionMonitor(BaseModel):
+    """One region's mode, why, and the coreset-quality monitor (what strategy auto reads)."""
+
+    model_config = ConfigDict(ser_json_inf_nan="strings")
+
+    region_id: int
+    start_step: int
+    end_step: int | None = Field(description="exclusive; None while the region runs")
+    mode: Mode = Field(description=MODE_HELP)
+    decision: str = Field(description="why: strategy auto's verdict, or the strategy")
+    coreset_error: float | None = Field(
+        description="relative squared error of the weighted coresets' mean embedding-gradient "
+        "against their random subsets' means"
+    )
+    random_error: float | None = Field(
+        description="the same for equal-size stratified random batches from those subsets"
+    )
+    gain: float | None = Field(description=GAIN_HELP)
+
+
+class TrainerShare(BaseModel):
+    """Where a trainer rank's time went, from its last check report."""
+
+    rank: int
+    train_seconds: float = Field(description="in the training loop between batches")
+    selection_seconds: float = Field(
+        description="candidate passes, uploads and waiting, gradient/Hessian, checks"
+    )
+    selection_share: float = Field(description="selection / (train + selection)")
+
+
 class JobDetail(BaseModel):
     """Everything the job page shows; each server-sent event carries one."""
 
@@ -86,3 +148,5 @@ class JobDetail(BaseModel):
     classes: list[ClassPool]
     selections: list[SelectionRecord]
     ranks: list[RankRate]
+    monitor: list[RegionMonitor] = Field(description="one per region, in order")
+    trainers: list[TrainerShare] = Field(description="ranks that have reported a check")

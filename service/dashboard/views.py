@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import time
 
-from crest.proto.contract import JobStatus
+from crest.proto.contract import JobStatus, RegionStats, TrainerTime
 from crest.proto.errors import NotFound
 from crest.service.dashboard.models import (
     ClassPool,
     JobDetail,
     JobSummary,
+    Mode,
     RankRate,
     RatePoint,
+    RegionMonitor,
     SelectionRecord,
+    TrainerShare,
 )
+from crest.service.job import monitor_gain
 from crest.service.manager import JobManager
 from crest.service.telemetry import JobTelemetry
 
@@ -59,10 +63,43 @@ async def all_summaries(manager: JobManager) -> list[JobSummary]:
     return summaries
 
 
+def region_mode(region: RegionStats) -> Mode:
+    """crest or random as the strategy made the region; fallback where selection failed."""
+    return "fallback" if region.fallback else region.mode
+
+
+def region_monitor(region: RegionStats) -> RegionMonitor:
+    return RegionMonitor(
+        region_id=region.region_id,
+        start_step=region.start_step,
+        end_step=region.end_step,
+        mode=region_mode(region),
+        decision=region.decision,
+        coreset_error=region.coreset_error,
+        random_error=region.random_error,
+        gain=monitor_gain(region.coreset_error, region.random_error),
+    )
+
+
+def _total_share(trainers: list[TrainerTime]) -> float | None:
+    """The share of all ranks' trainer time spent on selection work."""
+    if not trainers:
+        return None
+    return TrainerTime(
+        rank=-1,
+        train_seconds=sum(t.train_seconds for t in trainers),
+        selection_seconds=sum(t.selection_seconds for t in trainers),
+    ).selection_share
+
+
 def _summary(status: JobStatus, telemetry: JobTelemetry, now: float) -> JobSummary:
     cfg = status.config
     current = status.regions[-1] if status.regions else None
     last_check = next((r.checks[-1] for r in reversed(status.regions) if r.checks), None)
+    measured = next(
+        (region_monitor(r) for r in reversed(status.regions) if r.coreset_error is not None),
+        None,
+    )
     selections = telemetry.selections
     total = telemetry.selections_total
     ranks = telemetry.ranks.values()
@@ -90,6 +127,14 @@ def _summary(status: JobStatus, telemetry: JobTelemetry, now: float) -> JobSumma
         mean_selection_seconds=telemetry.selection_seconds_total / total if total else None,
         batches_per_second=sum(p.steps_per_second(RATE_WINDOW_S, now) for p in ranks),
         updated=max((p.updated for p in ranks), default=None),
+        strategy=cfg.strategy,
+        mode=None if current is None else region_mode(current),
+        decision=None if current is None else current.decision,
+        coreset_error=None if measured is None else measured.coreset_error,
+        random_error=None if measured is None else measured.random_error,
+        gain=None if measured is None else measured.gain,
+        auto_min_gain=cfg.auto_min_gain,
+        selection_share=_total_share(status.trainers),
     )
 
 
@@ -138,4 +183,14 @@ def _detail(status: JobStatus, telemetry: JobTelemetry, now: float, rate_series:
         classes=classes,
         selections=selections,
         ranks=ranks,
+        monitor=[region_monitor(r) for r in status.regions],
+        trainers=[
+            TrainerShare(
+                rank=t.rank,
+                train_seconds=t.train_seconds,
+                selection_seconds=t.selection_seconds,
+                selection_share=t.selection_share,
+            )
+            for t in status.trainers
+        ],
     )

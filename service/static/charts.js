@@ -1,8 +1,9 @@
 "use strict";
 // A thin layer over uPlot: one chart per element, rebuilt only when its series change and
 // otherwise updated in place, sized to its card, step charts sharing one cursor. After each
-// draw the element's data-points attribute holds how many data points the chart drew (the
-// browser test reads it); a failed draw leaves its message in data-error.
+// draw the element's data-points attribute holds how many data points the chart drew, and
+// data-series the same per series label as JSON (the browser test reads them); a failed draw
+// leaves its message in data-error.
 
 const charts = (() => {
   const HEIGHT = 160;
@@ -16,12 +17,13 @@ const charts = (() => {
     colors.black, "#8c6d31",
   ];
 
-  function countPoints(data) {
-    let n = 0;
-    for (let s = 1; s < data.length; s++) {
-      for (const v of data[s]) if (v !== null && v !== undefined && isFinite(v)) n++;
-    }
-    return n;
+  /** Data points per series label (finite values; null marks a gap). */
+  function countPoints(u) {
+    const counts = {};
+    u.series.forEach((s, i) => {
+      if (i > 0) counts[s.label] = u.data[i].filter((v) => v !== null && isFinite(v)).length;
+    });
+    return counts;
   }
 
   // Series factories. uPlot hides points on dense lines by itself.
@@ -37,6 +39,22 @@ const charts = (() => {
     label, stroke: color, fill: color, width: 0, points: { show: false },
     paths: uPlot.paths.bars({ size: [size, 80], align: 0 }), ...extra,
   });
+  // Shading over the plot's full height from each non-null x to the next x (a span of steps,
+  // e.g. the regions that had some property); its own scale, no axis.
+  const shadePaths = (u, seriesIdx) => {
+    const xs = u.data[0], ys = u.data[seriesIdx], fill = new Path2D();
+    const { left, top, width, height } = u.bbox;
+    const px = (i) => Math.min(Math.max(u.valToPos(xs[i], "x", true), left), left + width);
+    for (let i = 0; i + 1 < xs.length; i++) {
+      if (ys[i] !== null) fill.rect(px(i), top, px(i + 1) - px(i), height);
+    }
+    return { stroke: new Path2D(), fill, clip: null, band: null, gaps: null, flags: 0 };
+  };
+  const shade = (label, color) => ({
+    label, stroke: color, fill: color, width: 0, scale: "shade", paths: shadePaths,
+    points: { show: false }, value: (u, v) => (v === null || v === undefined ? "–" : "yes"),
+  });
+  const SHADE_SCALE = { range: () => [0, 1] };
 
   const axis = (label, extra = {}) => ({ label, labelSize: 16, size: 48, ...extra });
   const rightAxis = (scale, label, extra = {}) =>
@@ -57,7 +75,11 @@ const charts = (() => {
       cursor: x.sync ? { sync: { key: x.sync } } : {},
       legend: { live: true },
       hooks: {
-        draw: [(u) => { el.dataset.points = String(countPoints(u.data)); }],
+        draw: [(u) => {
+          const counts = countPoints(u);
+          el.dataset.series = JSON.stringify(counts);
+          el.dataset.points = String(Object.values(counts).reduce((a, b) => a + b, 0));
+        }],
       },
     };
   }
@@ -93,5 +115,7 @@ const charts = (() => {
     }
   }
 
-  return { draw, line, stepped, dots, bars, axis, rightAxis, colors, palette };
+  return {
+    draw, line, stepped, dots, bars, shade, axis, rightAxis, colors, palette, SHADE_SCALE,
+  };
 })();

@@ -49,9 +49,15 @@ const crest = (() => {
 
   const fmt = {
     num(v, digits = 3) {
+      if (v === Infinity) return "∞";
       if (v === null || v === undefined || !isFinite(v)) return "–";
       if (v !== 0 && (Math.abs(v) >= 1e5 || Math.abs(v) < 1e-3)) return v.toExponential(2);
       return Number(v.toPrecision(digits)).toString();
+    },
+    /** Compact: 3 significant digits, with k, M, G from a thousand up. */
+    si(v) {
+      const big = [[1e9, "G"], [1e6, "M"], [1e3, "k"]].find(([d]) => Math.abs(v) >= d);
+      return big && isFinite(v) ? Number((v / big[0]).toPrecision(3)) + big[1] : fmt.num(v);
     },
     int(v) {
       return v === null || v === undefined ? "–" : Math.round(v).toLocaleString("en-US");

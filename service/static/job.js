@@ -5,9 +5,15 @@
 
 (() => {
   const { fmt } = crest;
-  const { line, stepped, dots, bars, axis, rightAxis, colors, palette } = charts;
+  const { line, stepped, dots, bars, shade, axis, rightAxis, colors, palette } = charts;
   const ERROR_FLOOR = 1e-4; // the log-scale error chart draws an error of 0 at this floor
   const STEP = { label: "step", sync: "steps" };
+  const MAX_DECISIONS = 8; // entries in the decisions list
+  // Regions whose batches were not coresets, shaded on the gain chart.
+  const SHADES = [
+    ["random", shade("random batches", "rgba(230, 159, 0, 0.25)")],
+    ["fallback", shade("fallback", "rgba(213, 94, 0, 0.35)")],
+  ];
 
   const jobId = decodeURIComponent(location.pathname.replace(/^\/jobs\//, ""));
   document.getElementById("job-id").textContent = jobId;
@@ -34,7 +40,96 @@
     return [xs, ...columns];
   }
 
+  /** A positive finite number, else null (log scales; a gain may be "Infinity"). */
+  const positive = (v) => (v !== null && Number(v) > 0 && isFinite(Number(v)) ? Number(v) : null);
+
+  /** Tick labels of a log axis: powers of ten only, at most five of them. */
+  function logTicks(u, splits) {
+    const exponent = (v) => Math.log10(v);
+    const powers = splits.filter((v) => Math.abs(exponent(v) - Math.round(exponent(v))) < 1e-9);
+    const every = Math.ceil(powers.length / 5);
+    return splits.map((v) => {
+      const e = Math.round(exponent(v));
+      if (!powers.includes(v) || e % every !== 0) return "";
+      return v >= 1000 ? fmt.si(v) : v < 0.01 ? `1e${e}` : String(v);
+    });
+  }
+
+  /** A log scale's range around its data and `extra` values (e.g. a threshold). */
+  const logRange = (extra, empty) => (u, min, max) =>
+    min === null
+      ? empty
+      : uPlot.rangeLog(Math.min(min, ...extra), Math.max(max, ...extra), 10, true);
+
+  /**
+   * Per-region columns at each region's first step, then a last row at the current step
+   * (where the last region's shading ends): each `columns` function gets a region, or null
+   * for that last row.
+   */
+  function monitorData(d, columns) {
+    const rows = [...d.monitor];
+    const now = crest.stepsDone(d.summary);
+    if (rows.length && now > rows[rows.length - 1].start_step) rows.push(null);
+    return [
+      rows.map((r) => (r === null ? now : r.start_step)),
+      ...columns.map((f) => rows.map((r) => f(r) ?? null)),
+    ];
+  }
+
+  /** Categories (classes, ranks) on the x axis: integer ticks, half a bar of margin. */
+  const categories = (label) => ({
+    label,
+    range: (u, min, max) => (min === null ? [-0.5, 0.5] : [min - 0.5, max + 0.5]),
+    incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000],
+    values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")),
+  });
+
   const views = {
+    gain(d) {
+      const bar = d.summary.auto_min_gain;
+      return [{
+        x: STEP,
+        series: [
+          line("gain", colors.blue, { points: { size: 5 } }),
+          line("auto_min_gain", colors.red, { dash: [6, 4], points: { show: false } }),
+          ...SHADES.map(([, series]) => series),
+        ],
+        axes: [axis("gain", { values: logTicks })],
+        scales: { y: { distr: 3, range: logRange([bar], [0.1, 10]) }, shade: charts.SHADE_SCALE },
+      }, monitorData(d, [
+        (r) => r && positive(r.gain),
+        () => bar,
+        ...SHADES.map(([mode]) => (r) => (r && r.mode === mode ? 1 : null)),
+      ])];
+    },
+
+    monitor(d) {
+      return [{
+        x: STEP,
+        series: [
+          line("coreset", colors.blue, { points: { size: 5 } }),
+          line("random batch", colors.orange, { points: { size: 5 } }),
+        ],
+        axes: [axis("relative error", { values: logTicks })],
+        scales: { y: { distr: 3, range: logRange([], [0.01, 1]) } },
+      }, monitorData(d, [
+        (r) => r && positive(r.coreset_error),
+        (r) => r && positive(r.random_error),
+      ])];
+    },
+
+    trainers(d) {
+      const ranks = d.trainers;
+      return [{
+        x: categories("rank"),
+        series: [bars("selection work", colors.purple, 0.6)],
+        axes: [axis("% of trainer time")],
+        scales: {
+          y: { range: (u, min, max) => [0, Math.min(100, Math.max(10, Math.ceil(max / 10) * 10))] },
+        },
+      }, [ranks.map((t) => t.rank), ranks.map((t) => 100 * t.selection_share)]];
+    },
+
     regions(d) {
       const xs = [], length = [], reasons = { check: [], bound: [], budget: [], running: [] };
       for (const region of d.status.regions) {
@@ -122,12 +217,7 @@
     classes(d) {
       const classes = d.classes;
       return [{
-        x: {
-          label: "class",
-          range: (u, min, max) => [-0.5, Math.max(classes.length, 1) - 0.5],
-          incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000],
-          values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")),
-        },
+        x: categories("class"),
         series: [
           bars("class size", "#c6dbef", 0.8, { scale: "n" }),
           bars("in pool", colors.blue, 0.5, { scale: "n" }),
@@ -225,7 +315,37 @@
     },
   };
 
-  function tiles(s) {
+  /** A new element with a class and children (text or elements). */
+  function element(tag, className, ...children) {
+    const el = document.createElement(tag);
+    if (className) el.className = className;
+    el.append(...children);
+    return el;
+  }
+
+  /** A card's headline figure, beside its title; `warn` colours it. */
+  function figure(name, text, warn = false) {
+    const el = document.getElementById("figure-" + name);
+    el.textContent = text;
+    el.className = warn ? "figure warn" : "figure";
+  }
+
+  /** The newest changes of mode or decision, newest first. */
+  function decisions(d) {
+    const changes = d.monitor.filter((r, i, all) =>
+      i === 0 || r.mode !== all[i - 1].mode || r.decision !== all[i - 1].decision);
+    const list = document.getElementById("decisions");
+    list.replaceChildren(...changes.slice(-MAX_DECISIONS).reverse().map((r) => element(
+      "li", "",
+      element("span", "at", `step ${fmt.int(r.start_step)}`), " ",
+      element("span", `mode ${r.mode}`, r.mode), " ",
+      r.decision || "–",
+    )));
+    list.dataset.items = String(list.children.length);
+  }
+
+  /** The header's mode, the tiles and the cards' headline figures. */
+  function summary(s) {
     const checkWarn = s.last_relative_error !== null && s.last_relative_error > s.tau;
     // [label, value, tooltip, warn]
     const items = [
@@ -245,21 +365,27 @@
         "latency", fmt.secs(s.last_selection_seconds),
         `last selection; mean ${fmt.secs(s.mean_selection_seconds)}`,
       ],
-      ["fallbacks", fmt.int(s.fallbacks), "regions served with random batches", s.fallbacks > 0],
+      [
+        "fallbacks", fmt.int(s.fallbacks),
+        "selections that failed or timed out: random batches instead", s.fallbacks > 0,
+      ],
       ["ranks", fmt.int(s.world_size), "trainer ranks (data parallel)"],
       ["batches/s", fmt.num(s.batches_per_second), "summed over ranks"],
     ];
     document.getElementById("tiles").replaceChildren(...items.map(([label, value, title, warn]) => {
-      const tile = document.createElement("div");
-      tile.className = warn ? "tile warn" : "tile";
+      const tile = element("div", warn ? "tile warn" : "tile", element("b", "", String(value)),
+                           element("span", "", label));
       tile.title = title;
-      const v = document.createElement("b");
-      v.textContent = value;
-      const l = document.createElement("span");
-      l.textContent = label;
-      tile.append(v, l);
       return tile;
     }));
+    const mode = document.getElementById("mode");
+    mode.textContent = `${s.strategy} · ${s.mode ?? "–"}`;
+    mode.className = "mode " + (s.mode ?? "");
+    mode.title = `strategy ${s.strategy}; the current region's batches: ${s.decision ?? "–"}`;
+    const gain = s.gain === null ? null : Number(s.gain);
+    figure("gain", `${fmt.si(gain)} / ${fmt.si(s.auto_min_gain)}`,
+           gain !== null && gain < s.auto_min_gain);
+    figure("trainers", `${fmt.pct(s.selection_share)} overall`);
     const progress = document.getElementById("progress");
     progress.max = s.total_steps;
     progress.value = crest.stepsDone(s);
@@ -268,7 +394,8 @@
   }
 
   function update(detail) {
-    tiles(detail.summary);
+    summary(detail.summary);
+    decisions(detail);
     for (const [name, view] of Object.entries(views)) {
       const el = document.getElementById("chart-" + name);
       try {

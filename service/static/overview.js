@@ -29,19 +29,31 @@
     if (error !== null && error > job.tau) check.className = "warn";
     const fallbacks = cell(fmt.int(job.fallbacks));
     if (job.fallbacks > 0) fallbacks.className = "warn";
+    const strategy = cell(job.strategy + " ", job.decision);
+    if (job.mode !== null) {
+      const badge = document.createElement("span");
+      badge.className = "mode " + job.mode;
+      badge.textContent = job.mode;
+      strategy.append(badge);
+    }
+    const gain = job.gain === null ? null : Number(job.gain);
+    const monitor = cell(`${fmt.si(gain)} / ${fmt.si(job.auto_min_gain)}`);
+    if (gain !== null && gain < job.auto_min_gain) monitor.className = "warn";
     tr.append(
       name,
       progress,
       cell(`${fmt.int(crest.stepsDone(job))} / ${fmt.int(job.total_steps)}`),
+      strategy,
+      monitor,
       cell(job.region_id ?? "–"),
-      cell(job.check_interval ?? "–"),
-      cell(job.num_coresets ?? "–"),
+      cell(`${job.check_interval ?? "–"} / ${job.num_coresets ?? "–"}`),
       check,
       cell(`${fmt.int(job.pool_size)} / ${fmt.int(job.num_examples)}`),
       cell(fmt.pct(job.learned_fraction)),
       cell(fmt.int(job.selections)),
       fallbacks,
       cell(fmt.secs(job.last_selection_seconds)),
+      cell(fmt.pct(job.selection_share)),
       cell(fmt.num(job.batches_per_second)),
     );
     return tr;

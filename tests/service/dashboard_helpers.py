@@ -24,12 +24,12 @@ from tests.client.test_session import blobs, make_model
 WAIT_S = 120  # seconds; generous: the machine is shared
 
 
-def job_config(world_size: int = 2) -> JobConfig:
+def job_config(world_size: int = 2, **overrides: Any) -> JobConfig:
     """1200 examples, 4 classes: about 190 steps in a few dozen regions, learned examples
-    dropped every virtual epoch (19 steps)."""
+    dropped every virtual epoch (19 steps); ``overrides`` set other fields (e.g. strategy)."""
     return JobConfig(
         num_examples=1200, num_classes=4, batch_size=32, epochs=10, train_frac=0.5,
-        world_size=world_size, learned_loss=0.2,
+        world_size=world_size, learned_loss=0.2, **overrides,
     )  # fmt: skip
 
 
@@ -50,10 +50,16 @@ class LiveJob:
 
     @classmethod
     def start(
-        cls, coordinator: LocalCoordinator, *, world_size: int = 2, pause_at: int | None = None
+        cls,
+        coordinator: LocalCoordinator,
+        *,
+        world_size: int = 2,
+        pause_at: int | None = None,
+        **overrides: Any,
     ) -> LiveJob:
+        """Create a job (:func:`job_config` with ``overrides``) and start its ranks."""
         _, labels = blobs()
-        job_id = coordinator.create_job(job_config(world_size), labels.numpy())
+        job_id = coordinator.create_job(job_config(world_size, **overrides), labels.numpy())
         job = cls(coordinator, job_id, pause_at)
         for rank in range(world_size):
             thread = threading.Thread(target=job._train, args=(rank,), name=f"rank-{rank}")

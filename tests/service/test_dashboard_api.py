@@ -1,8 +1,12 @@
 """The dashboard's JSON API, event streams, metrics and token, served by uvicorn on the
-coordinator's loop over two real jobs: one finished, one paused mid-training (live)."""
+coordinator's loop over three real jobs: one finished, one paused mid-training (live), and one
+finished with strategy auto whose coresets always miss its bar (so its regions alternate
+between coresets and random batches)."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import threading
 import time
@@ -14,9 +18,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from crest.embedded import local_coordinator
-from crest.proto.contract import JobStatus
-from crest.service.dashboard import JobDetail, JobSummary, create_dashboard
-from crest.service.dashboard.metrics import QUANTILES
+from crest.proto.contract import JobStatus, TrainerTime
+from crest.service.dashboard import (
+    JobDetail,
+    JobSummary,
+    RegionMonitor,
+    TrainerShare,
+    create_dashboard,
+)
+from crest.service.dashboard.metrics import MODES, QUANTILES
+from crest.service.job import monitor_gain
 from crest.service.local import LocalCoordinator
 from tests.service.dashboard_helpers import (
     WAIT_S,
@@ -40,6 +51,11 @@ class Served:
     secured: str  # an app with TOKEN, on the same loop
     finished: str  # job ids
     live: str
+    auto: str
+
+    @property
+    def jobs(self) -> tuple[str, str, str]:
+        return self.finished, self.live, self.auto
 
     def status(self, job_id: str) -> JobStatus:
         return self.coordinator.job_status(job_id)
@@ -50,6 +66,8 @@ def served() -> Iterator[Served]:
     with local_coordinator() as coordinator:
         done = LiveJob.start(coordinator)
         done.join()
+        auto = LiveJob.start(coordinator, strategy="auto", auto_min_gain=1e9)
+        auto.join()
         live = LiveJob.start(coordinator, pause_at=PAUSE_AT)
         try:
             live.wait_paused()
@@ -58,7 +76,7 @@ def served() -> Iterator[Served]:
                 serving(coordinator, create_dashboard(manager, refresh_s=0.1)) as url,
                 serving(coordinator, create_dashboard(manager, TOKEN, refresh_s=0.1)) as secured,
             ):
-                yield Served(coordinator, url, secured, done.job_id, live.job_id)
+                yield Served(coordinator, url, secured, done.job_id, live.job_id, auto.job_id)
         finally:
             live.join()
 
@@ -66,7 +84,7 @@ def served() -> Iterator[Served]:
 def test_overview_summarises_every_job(served: Served) -> None:
     summaries = [JobSummary.model_validate(s) for s in get_json(f"{served.url}/api/jobs")]
     by_id = {s.job_id: s for s in summaries}
-    assert set(by_id) == {served.finished, served.live}
+    assert set(by_id) == set(served.jobs)
     for job_id, summary in by_id.items():
         status = served.status(job_id)
         assert summary.step == status.step
@@ -122,14 +140,84 @@ def test_event_streams_carry_the_api_documents(served: Served) -> None:
     assert detail.status == served.status(served.live)
     overview = first_event(f"{served.url}/api/events")
     assert isinstance(overview, list)
-    assert {JobSummary.model_validate(s).job_id for s in overview} == {
-        served.finished,
-        served.live,
-    }
+    assert {JobSummary.model_validate(s).job_id for s in overview} == set(served.jobs)
     # A finished job's stream sends its final state and ends (the page stops following).
     status, body, headers = get(f"{served.url}/api/events/{served.finished}")
     assert status == 200 and headers["content-type"].startswith("text/event-stream")
     assert body.count(b"data: ") == 1
+
+
+def _share(trainers: list[TrainerTime]) -> float:
+    selection = sum(t.selection_seconds for t in trainers)
+    return selection / (selection + sum(t.train_seconds for t in trainers))
+
+
+def test_modes_decisions_and_the_monitor_agree_with_job_status(served: Served) -> None:
+    summaries = {
+        s["job_id"]: JobSummary.model_validate(s) for s in get_json(f"{served.url}/api/jobs")
+    }
+    for job_id in served.jobs:
+        detail = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{job_id}"))
+        status = served.status(job_id)
+        regions = status.regions
+        assert detail.monitor == [
+            RegionMonitor(
+                region_id=r.region_id,
+                start_step=r.start_step,
+                end_step=r.end_step,
+                mode="fallback" if r.fallback else r.mode,
+                decision=r.decision,
+                coreset_error=r.coreset_error,
+                random_error=r.random_error,
+                gain=monitor_gain(r.coreset_error, r.random_error),
+            )
+            for r in regions
+        ]
+        assert detail.trainers == [
+            TrainerShare(**t.model_dump(), selection_share=t.selection_share)
+            for t in status.trainers
+        ]
+        assert [t.rank for t in detail.trainers] == [0, 1]
+        assert all(0 < t.selection_share < 1 for t in detail.trainers)
+
+        summary = detail.summary
+        moving = {"batches_per_second", "updated"}  # read at different times
+        assert summaries[job_id].model_dump(exclude=moving) == summary.model_dump(exclude=moving)
+        assert summary.strategy == status.config.strategy
+        assert summary.auto_min_gain == status.config.auto_min_gain
+        assert summary.mode == detail.monitor[-1].mode
+        assert summary.decision == regions[-1].decision
+        measured = [r for r in regions if r.coreset_error is not None]
+        assert measured, "the monitor measured some regions"
+        assert summary.coreset_error == measured[-1].coreset_error
+        assert summary.random_error == measured[-1].random_error
+        assert summary.gain == monitor_gain(measured[-1].coreset_error, measured[-1].random_error)
+        assert summary.selection_share == pytest.approx(_share(status.trainers))
+
+    for job_id in (served.finished, served.live):  # strategy crest: coresets throughout
+        monitor = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{job_id}")).monitor
+        assert {(r.mode, r.decision) for r in monitor} == {("crest", "strategy crest")}
+        assert all(r.gain is not None for r in monitor), "every region measured"
+    monitor = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{served.auto}")).monitor
+    modes = [r.mode for r in monitor]
+    assert modes[:3] == ["crest", "random", "crest"], "coresets miss the bar; re-tested"
+    assert all(r.gain is None for r in monitor if r.mode == "random")
+    decisions = [r.decision for r in monitor]
+    assert decisions[0] == "strategy auto"
+    assert "(< 1e+09): random until step" in decisions[1]
+    assert decisions[2] == "re-test coresets"
+
+
+def test_an_infinite_gain_is_sent_as_a_string() -> None:
+    """An exact coreset (error 0) against a nonzero random error: JSON has no infinity."""
+    region = RegionMonitor(
+        region_id=0, start_step=0, end_step=None, mode="crest", decision="",
+        coreset_error=0.0, random_error=0.5, gain=monitor_gain(0.0, 0.5),
+    )  # fmt: skip
+    assert region.gain == math.inf
+    text = region.model_dump_json()
+    assert '"gain":"Infinity"' in text
+    assert RegionMonitor.model_validate(json.loads(text)) == region
 
 
 def test_unknown_jobs_are_404(served: Served) -> None:
@@ -157,8 +245,15 @@ def test_openapi_schema_types_the_json_api(served: Served) -> None:
         assert path in paths, path
     ok = paths["/api/jobs/{job_id}"]["get"]["responses"]["200"]["content"]["application/json"]
     assert ok["schema"]["$ref"].endswith("/JobDetail")
-    for model in ("JobDetail", "JobSummary", "JobStatus", "RegionStats", "ClassPool", "RankRate"):
-        assert model in schema["components"]["schemas"], model
+    models = schema["components"]["schemas"]
+    for model in (
+        "JobDetail", "JobSummary", "JobStatus", "RegionStats", "ClassPool", "RankRate",
+        "RegionMonitor", "TrainerShare",
+    ):  # fmt: skip
+        assert model in models, model
+    assert models["RegionMonitor"]["properties"]["mode"]["enum"] == ["crest", "random", "fallback"]
+    for field in ("strategy", "mode", "gain", "auto_min_gain", "selection_share"):
+        assert field in models["JobSummary"]["properties"], field
     assert (
         "text/event-stream" in paths["/api/events/{job_id}"]["get"]["responses"]["200"]["content"]
     )
@@ -179,8 +274,8 @@ def _metrics(url: str, token: str | None = None) -> dict[tuple[str, tuple], floa
 
 def test_prometheus_metrics_parse_and_agree_with_the_api(served: Served) -> None:
     samples = _metrics(served.url)
-    assert samples["crest_jobs", ()] == 2
-    for job_id in (served.finished, served.live):
+    assert samples["crest_jobs", ()] == 3
+    for job_id in served.jobs:
         detail = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{job_id}"))
         summary, status = detail.summary, detail.status
 
@@ -231,6 +326,33 @@ def test_prometheus_metrics_parse_and_agree_with_the_api(served: Served) -> None
             assert value("crest_rank_steps_per_second", rank=str(r.rank)) >= 0
         assert math.isfinite(value("crest_batches_per_second"))
 
+        # Strategy, modes and the coreset-quality monitor.
+        assert value("crest_job_info", strategy=status.config.strategy) == 1
+        assert value("crest_coreset_gradient_error") == summary.coreset_error
+        assert value("crest_random_gradient_error") == summary.random_error
+        assert value("crest_monitor_gain") == summary.gain
+        assert value("crest_monitor_min_gain") == summary.auto_min_gain
+        assert value("crest_selection_time_share") == summary.selection_share
+        modes = [r.mode for r in detail.monitor]
+        for mode in MODES:
+            assert value("crest_region_mode", mode=mode) == float(summary.mode == mode)
+            assert value("crest_regions_by_mode_total", mode=mode) == modes.count(mode)
+        made = [r.mode for r in status.regions]  # crest or random (a fallback is crest)
+        for to in ("crest", "random"):
+            assert value("crest_mode_switches_total", to=to) == sum(
+                a != b and b == to for a, b in itertools.pairwise(made)
+            )
+        for t in detail.trainers:
+            assert value("crest_rank_selection_time_share", rank=str(t.rank)) == t.selection_share
+            assert value("crest_rank_train_seconds_total", rank=str(t.rank)) == t.train_seconds
+            assert value("crest_rank_selection_seconds_total", rank=str(t.rank)) == (
+                t.selection_seconds
+            )
+    switches = _metrics(served.url)[
+        "crest_mode_switches_total", (("job", served.auto), ("to", "random"))
+    ]
+    assert switches >= 2, "auto fell back to random batches after each test of coresets"
+
 
 PROTECTED = ("/", "/jobs/{job}", "/api/jobs", "/api/jobs/{job}", "/api/events/{job}", "/metrics")
 
@@ -248,7 +370,7 @@ def test_a_configured_token_guards_pages_api_events_and_metrics(served: Served) 
     # The live job's stream never ends by itself: read its first event through the token.
     event = first_event(f"{served.secured}/api/events/{served.live}?token={TOKEN}")
     assert JobDetail.model_validate(event).summary.job_id == served.live
-    assert _metrics(served.secured, TOKEN)["crest_jobs", ()] == 2
+    assert _metrics(served.secured, TOKEN)["crest_jobs", ()] == 3
     # The page's code and the chart library hold no data and stay public.
     assert get(f"{served.secured}/static/vendor/uplot/uPlot.iife.min.js")[0] == 200
     # The unsecured app knows nothing of tokens.

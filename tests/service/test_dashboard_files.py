@@ -46,7 +46,9 @@ def test_dashboard_exports_are_pinned() -> None:
         "JobSummary",
         "RankRate",
         "RatePoint",
+        "RegionMonitor",
         "SelectionRecord",
+        "TrainerShare",
         "close_streams",
         "create_dashboard",
     ]
