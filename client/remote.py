@@ -194,12 +194,17 @@ class RemoteCoordinator:
             ]
             self._seq[(job_id, rank)] = first + len(chunks)
 
+        retry = False
+
         def attempt() -> pb.UploadAck:
-            # After a broken stream, resend only what the coordinator has not committed.
-            committed = self._unary(
-                "OpenSession", pb.OpenSessionRequest(job_id=job_id, rank=rank)
-            ).committed_seq
-            pending = [c for c in chunks if c.seq > committed]
+            nonlocal retry
+            pending = chunks
+            if retry:  # after a broken stream, resend only what was not committed
+                committed = self._unary(
+                    "OpenSession", pb.OpenSessionRequest(job_id=job_id, rank=rank)
+                ).committed_seq
+                pending = [c for c in chunks if c.seq > committed]
+            retry = True
             return self._stub.UploadEmbeddings(
                 iter(pending), timeout=self.call_timeout_s, metadata=self._metadata
             )
