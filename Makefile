@@ -1,11 +1,11 @@
 # Quick start: `make demo` (creates .venv, installs torch==2.13.0 first, then crest, runs the
-# demo) and `make test`. Other targets: lint, format, bench, proto, clean.
+# demo) and `make test`. Other targets: lint, format, bench, proto, docs, clean.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench proto clean
+.PHONY: install demo test lint format bench proto docs clean
 
 # torch first, pinned: an open range would make pip fetch a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -32,6 +32,10 @@ format: $(STAMP)
 
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
+
+# docs/configuration.md from the settings model (tests/deploy fails when it is stale).
+docs: $(STAMP)
+	$(BIN)/python -m crest.config_reference docs/configuration.md
 
 bench: $(STAMP)
 	$(BIN)/crest bench e2e

@@ -112,7 +112,8 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=name, help=help_text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``crest`` command line (``tests/deploy`` parses the deployment's commands with it)."""
     parser = argparse.ArgumentParser(prog="crest", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -155,9 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     service.add_argument("--quick", action="store_true", help="short runs")
     service.add_argument("--out", default="results/service.json")
     service.set_defaults(func=_service_bench)
+    return parser
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # `crest serve`'s own --log-level (a setting, None unless given) shadows the top-level one;
+    # `_serve` applies the setting (flag, CREST_LOG_LEVEL or INFO) itself.
+    level = args.log_level or "WARNING"
+    logging.basicConfig(level=level.upper(), format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from crest.client.remote import RemoteCoordinator
 from crest.proto.contract import Coordinator
 from crest.service.local import LocalCoordinator
@@ -16,7 +18,13 @@ def local_coordinator(device: str = "cpu") -> LocalCoordinator:
 
 def connect(address: str | None = None, **remote_args: object) -> Coordinator:
     """A coordinator for a training script: remote at ``address`` (``host:port``, e.g. a
-    ``crest serve``), or in this process when ``address`` is None."""
+    ``crest serve``), or in this process when ``address`` is None.
+
+    The remote coordinator's ``token`` defaults to ``$CREST_TOKEN`` (as for ``crest health``),
+    so a script runs unchanged against a coordinator that requires one (docker-compose.yml
+    and deploy/k8s give trainers the token that way).
+    """
     if address is None:
         return local_coordinator()
+    remote_args.setdefault("token", os.environ.get("CREST_TOKEN") or None)
     return RemoteCoordinator(address, **remote_args)  # type: ignore[arg-type]

@@ -31,7 +31,9 @@ class ServeSettings(BaseSettings):
     dashboard_port: int = Field(
         8080, ge=-1, le=65535, description="dashboard port; 0 picks a free one, -1 disables it"
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="log level of the coordinator process"
+    )
     wait_s: float = Field(60.0, gt=0, description="longest wait for peers or selection per call")
     selection_timeout_s: float = Field(
         30.0, gt=0, description="past this a region gets random batches (flagged)"
