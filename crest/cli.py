@@ -33,6 +33,22 @@ def _e2e(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selection(args: argparse.Namespace) -> int:
+    from crest.bench.e2e import write_json
+    from crest.bench.selection import SelectionPlan, format_tables, quick_plan, run_selection_bench
+
+    plan = quick_plan() if args.quick else SelectionPlan()
+    if args.no_large:
+        plan = replace(plan, large=None)
+    if args.no_baselines:
+        plan = replace(plan, baselines=False)
+    result = run_selection_bench(plan, ray_pool=not args.no_ray)
+    print(format_tables(result))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crest", description=__doc__)
     parser.add_argument("--log-level", default="WARNING")
@@ -61,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     e2e.add_argument("--out", default="results/e2e.json")
     e2e.add_argument("--no-progress", action="store_true")
     e2e.set_defaults(func=_e2e)
+    selection = which.add_parser("selection", help="selection kernel, baselines and Ray pool")
+    selection.add_argument("--quick", action="store_true", help="fewer points (about a minute)")
+    selection.add_argument("--no-ray", action="store_true", help="skip the Ray pool throughput")
+    selection.add_argument("--no-large", action="store_true", help="skip the large problem")
+    selection.add_argument("--no-baselines", action="store_true", help="skip submodlib, loop")
+    selection.add_argument("--out", default="results/selection.json")
+    selection.set_defaults(func=_selection)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
