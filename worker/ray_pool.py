@@ -13,7 +13,9 @@ coordinator's asyncio loop:
 * Actors hold nothing that cannot be rebuilt. A dead actor's batch goes back to the front of
   the queue for another actor; Ray restarts the actor (``max_restarts``), and the pool
   replaces one that stays dead. ``select`` never waits past ``deadline_s``: then it raises
-  :class:`SelectionTimeout` and the caller falls back (random batches for the region).
+  :class:`SelectionTimeout` and the caller falls back (random batches for the region). An
+  actor still busy when its whole batch has timed out is hung (or hopelessly slow): it is
+  killed and restarted, so that it cannot stay stuck.
 * Nothing here blocks the event loop: ObjectRefs are awaited, never ``ray.get``.
 
 Exceptions (both :class:`~crest.proto.errors.Unavailable`, gRPC ``UNAVAILABLE``)::
@@ -337,8 +339,18 @@ class RaySelector:
         while True:
             batch = await self._next_batch()
             slot.in_flight = len(batch)
+            # Past the deadline every request of the batch has given up: an actor still busy
+            # then is hung or hopelessly slow, and is restarted rather than left stuck.
+            watchdog = self.deadline_s + self.ping_timeout_s
             try:
-                results = await slot.actor.select.remote(*[item.payload for item in batch])
+                call = _resolve(slot.actor.select.remote(*[item.payload for item in batch]))
+                results = await asyncio.wait_for(call, watchdog)
+            except TimeoutError:
+                log.warning("selector actor %s busy past %.0f s; restarting it", slot.pid, watchdog)
+                ray.kill(slot.actor, no_restart=False)
+                await self._requeue(batch)
+                await self._recover(slot)
+                continue
             except RayTaskError as err:  # the kernel raised: some request of the batch is bad
                 await self._fail_or_split(batch, err)
                 continue
