@@ -47,6 +47,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _selection(args: argparse.Namespace) -> int:
+    from crest.bench.e2e import write_json
+    from crest.bench.selection import SelectionPlan, format_tables, quick_plan, run_selection_bench
+
+    plan = quick_plan() if args.quick else SelectionPlan()
+    if args.no_large:
+        plan = replace(plan, large=None)
+    if args.no_baselines:
+        plan = replace(plan, baselines=False)
+    result = run_selection_bench(plan, ray_pool=not args.no_ray)
+    print(format_tables(result))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
 def _service_bench(args: argparse.Namespace) -> int:
     from crest.bench.e2e import write_json
     from crest.bench.service import format_table, run_service_bench
@@ -152,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--out", default="results/e2e.json")
     e2e.add_argument("--no-progress", action="store_true")
     e2e.set_defaults(func=_e2e)
+    selection = which.add_parser("selection", help="selection kernel, baselines and Ray pool")
+    selection.add_argument("--quick", action="store_true", help="fewer points (about a minute)")
+    selection.add_argument("--no-ray", action="store_true", help="skip the Ray pool throughput")
+    selection.add_argument("--no-large", action="store_true", help="skip the large problem")
+    selection.add_argument("--no-baselines", action="store_true", help="skip submodlib, loop")
+    selection.add_argument("--out", default="results/selection.json")
+    selection.set_defaults(func=_selection)
     service = which.add_parser("service", help="gRPC coordinator latency and throughput")
     service.add_argument("--quick", action="store_true", help="short runs")
     service.add_argument("--out", default="results/service.json")

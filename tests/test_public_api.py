@@ -21,3 +21,22 @@ def test_client_exports_are_pinned() -> None:
     ]
     for name in crest.client.__all__:
         assert hasattr(crest.client, name)
+
+
+def test_worker_exports_are_pinned() -> None:
+    import crest.worker
+
+    assert sorted(crest.worker.__all__) == [
+        "InProcessSelector",
+        "PoolUnavailable",
+        "RaySelector",
+        "SelectionRequest",
+        "SelectionResult",
+        "SelectionTimeout",
+        "Selector",
+        "init_ray",
+        "select_coreset",
+        "select_groups",
+    ]
+    for name in crest.worker.__all__:
+        assert hasattr(crest.worker, name)

@@ -15,14 +15,20 @@ Determinism rules (the spec's, and the oracle's in ``tests/``):
 * each candidate counts for its most similar selected element, ties to the lowest row index;
 * a problem with no more candidates than its budget selects all of them.
 
-"Equal" means equal up to a rounding tolerance (``_TIE_ULPS`` units in the last place of the
+"Equal" means equal up to a rounding tolerance (``TIE_ULPS`` units in the last place of the
 largest possible value) so that mathematically tied gains, which float arithmetic may compute
-in different summation orders, still resolve to the lowest row. Regions are computed in
-float64 (large single problems in float32, see ``_FLOAT64_LIMIT``), whatever the input dtype.
+in different summation orders, still resolve to the lowest row.
 
-The batched entry point :func:`select_groups` solves every (subset x class) problem of a
-region in one vectorised torch call: candidates are padded to the largest problem and masked.
-It runs on whatever device its inputs live on.
+How a problem is solved depends on that problem alone, never on the rest of its batch, so a
+batch gives exactly what one call per problem gives:
+
+* problems under ``_INCREMENTAL_ROWS`` rows (every CREST region) are padded to the largest
+  one and solved together in float64, in slices of at most ``_DENSE_ELEMENTS`` similarities;
+* larger problems are solved one at a time by incremental greedy, in float64 up to
+  ``_FLOAT64_LIMIT`` similarities and in float32 above (a 20,000-row problem's similarities
+  take 1.6 GB in float32).
+
+Everything runs on the device of the input embeddings, which are never written to.
 """
 
 from __future__ import annotations
@@ -30,129 +36,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["greedy_facility_location", "pairwise_similarity", "select_coreset", "select_groups"]
+from crest.worker.greedy import cluster_sizes, greedy_facility_location, greedy_incremental
+from crest.worker.similarity import pairwise_similarity, symmetric_similarity
 
-# Gains within this many float eps of the best (scaled by the largest possible gain) are ties.
-_TIE_ULPS = 16
-# Above this many (problem x row x row x dim) elements, distances go through a matrix product
-# (fast, small memory) instead of explicit differences (exact, symmetric, zero diagonal).
-_EXACT_DISTANCE_LIMIT = 1 << 24
-# Working memory for one chunk of the gain computation, in elements.
-_CHUNK_ELEMENTS = 1 << 24
-# Up to this many similarities a region is solved in float64, which resolves gains to ~1e-13
-# (float32 cannot tell apart gains closer than ~1e-5 on 50 candidates); above it, float32
-# halves the memory of large single problems.
+__all__ = [
+    "cluster_sizes",
+    "greedy_facility_location",
+    "greedy_incremental",
+    "pairwise_similarity",
+    "select_coreset",
+    "select_groups",
+]
+
+# Problems with at least this many rows are solved one at a time by incremental greedy.
+_INCREMENTAL_ROWS = 1024
+# Similarities of one slice of small problems (64 MiB in float64; the greedy needs as much
+# again for its buffer).
+_DENSE_ELEMENTS = 1 << 23
+# A large problem with up to this many similarities is solved in float64, which resolves
+# gains to ~1e-13 (float32 cannot tell apart gains closer than ~1e-5 on 50 candidates).
 _FLOAT64_LIMIT = 1 << 25
-
-
-def pairwise_similarity(embeddings: Tensor) -> Tensor:
-    """Similarities ``exp(-||g_i - g_j||_2 / d)`` within each problem.
-
-    Args:
-        embeddings: ``(G, n, d)`` float tensor, ``G`` problems of ``n`` rows each.
-
-    Returns:
-        ``(G, n, n)`` tensor of the same dtype, with ones on the diagonal.
-    """
-    num_groups, n, dim = embeddings.shape
-    if num_groups * n * n * dim <= _EXACT_DISTANCE_LIMIT:
-        # Explicit differences: exact duplicates get bit-identical similarity columns.
-        dist = torch.cdist(embeddings, embeddings, compute_mode="donot_use_mm_for_euclid_dist")
-    else:
-        dist = torch.empty(num_groups, n, n, dtype=embeddings.dtype, device=embeddings.device)
-        rows = max(1, _CHUNK_ELEMENTS // max(1, n * dim))
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            dist[:, start:stop] = torch.cdist(
-                embeddings[:, start:stop], embeddings, compute_mode="use_mm_for_euclid_dist"
-            )
-        dist.diagonal(dim1=1, dim2=2).zero_()
-    return dist.div_(-dim).exp_()  # (G, n, n) similarity per problem
-
-
-def greedy_facility_location(sim: Tensor, valid: Tensor, budgets: Tensor) -> Tensor:
-    """Greedy facility location for a batch of padded problems.
-
-    Args:
-        sim: ``(G, n, n)`` symmetric similarities, zero in padding rows and columns.
-        valid: ``(G, n)`` bool, ``False`` on padding rows.
-        budgets: ``(G,)`` int64, how many to choose per problem.
-
-    Returns:
-        ``(G, k)`` int64 chosen rows in greedy order, ``k = max(min(budget, size))``, padded
-        with ``-1`` where a problem chose fewer.
-    """
-    num_groups, n, _ = sim.shape
-    budgets = torch.minimum(budgets.to(sim.device), valid.sum(1))
-    k = int(budgets.max()) if num_groups else 0
-    if k == 0:
-        return torch.zeros(num_groups, 0, dtype=torch.long, device=sim.device)
-    # Greedy is a prefix process: running every problem for k steps and cutting each at its
-    # own budget gives the same picks, and keeps the loop free of per-problem masks.
-    blocked = torch.zeros(num_groups, n, dtype=sim.dtype, device=sim.device)
-    blocked.masked_fill_(~valid, float("-inf"))
-    cover = torch.zeros(num_groups, n, dtype=sim.dtype, device=sim.device)
-    tol = _TIE_ULPS * torch.finfo(sim.dtype).eps * n
-    row_offset = torch.arange(num_groups, device=sim.device) * n
-    flat_rows = sim.view(num_groups * n, n)
-    rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, num_groups * n))
-    picks = []
-    for _ in range(k):
-        # F(S + j) = sum_i max(s_ij, cover_i); maximising it maximises the marginal gain.
-        value = _covered_value(sim, cover, rows_per_chunk).add_(blocked)  # (G, n)
-        tied = value >= value.max(1, keepdim=True).values - tol
-        pick = tied.to(torch.uint8).argmax(1)  # first maximum = lowest row index
-        picks.append(pick)
-        blocked.scatter_(1, pick.unsqueeze(1), float("-inf"))
-        # sim is symmetric: the pick's row holds every candidate's similarity to it.
-        torch.maximum(cover, flat_rows.index_select(0, row_offset + pick), out=cover)
-    chosen = torch.stack(picks, 1)  # (G, k)
-    steps = torch.arange(k, device=sim.device)
-    return chosen.masked_fill_(steps >= budgets.unsqueeze(1), -1)
-
-
-def _covered_value(sim: Tensor, cover: Tensor, rows_per_chunk: int) -> Tensor:
-    """``sum_i max(sim[g, i, j], cover[g, i])`` for every problem ``g`` and column ``j``."""
-    n = sim.shape[1]
-    if rows_per_chunk >= n:
-        return torch.maximum(sim, cover.unsqueeze(2)).sum(1)
-    total = torch.zeros(sim.shape[0], sim.shape[2], dtype=sim.dtype, device=sim.device)
-    for start in range(0, n, rows_per_chunk):
-        block = sim[:, start : start + rows_per_chunk]  # (G, rows, n)
-        total += torch.maximum(block, cover[:, start : start + rows_per_chunk, None]).sum(1)
-    return total
-
-
-def cluster_sizes(sim: Tensor, valid: Tensor, picks: Tensor) -> Tensor:
-    """Weights of chosen rows: how many candidates each one is most similar to (at least 1).
-
-    Args:
-        sim: ``(G, n, n)`` similarities; valid: ``(G, n)`` bool; picks: ``(G, k)`` from
-            :func:`greedy_facility_location` (``-1`` = none).
-
-    Returns:
-        ``(G, k)`` float tensor aligned with ``picks`` (0 where ``picks`` is ``-1``).
-    """
-    num_groups, n, _ = sim.shape
-    k = picks.shape[1]
-    if k == 0:
-        return torch.zeros(num_groups, 0, dtype=sim.dtype, device=sim.device)
-    chosen = picks >= 0
-    # Order candidates by row so that argmax's first maximum is the lowest row index.
-    by_row = torch.where(chosen, picks, n).sort(1).values  # (G, k)
-    by_row_valid = by_row < n
-    columns = by_row.clamp(max=n - 1).unsqueeze(1).expand(num_groups, n, k)
-    to_chosen = sim.gather(2, columns)  # (G, n, k) similarity of each row to each chosen row
-    to_chosen = to_chosen.masked_fill(~by_row_valid.unsqueeze(1), float("-inf"))
-    tol = _TIE_ULPS * torch.finfo(sim.dtype).eps
-    tied = to_chosen >= to_chosen.max(2, keepdim=True).values - tol
-    owner = tied.to(torch.int8).argmax(2)  # (G, n) position in by_row of each row's owner
-    counts = torch.zeros(num_groups, k, dtype=sim.dtype, device=sim.device)
-    counts.scatter_add_(1, owner, valid.to(sim.dtype))
-    counts = torch.where(by_row_valid, counts.clamp(min=1), 0)
-    # Map the counts from row order back to greedy order.
-    rank_of_pick = torch.where(chosen, picks, n).argsort(1).argsort(1)  # (G, k)
-    return counts.gather(1, rank_of_pick) * chosen
 
 
 def select_groups(
@@ -161,7 +64,7 @@ def select_groups(
     """Solve many facility-location problems in one batched call.
 
     Args:
-        embeddings: ``(M, d)`` float tensor, the candidates of all problems.
+        embeddings: ``(M, d)`` float tensor, the candidates of all problems (read only).
         groups: ``(M,)`` int64 problem id of each row, in ``[0, G)``. A problem's rows keep
             their relative order, which decides ties (lowest first).
         budgets: ``(G,)`` int64 how many rows to choose in each problem (``>= 0``).
@@ -170,7 +73,8 @@ def select_groups(
         ``(rows, chosen_groups, weights)``: ``rows`` ``(K,)`` int64 rows of ``embeddings``,
         problem by problem in increasing id and in greedy order within a problem;
         ``chosen_groups`` ``(K,)`` their problem ids; ``weights`` ``(K,)`` float32 raw cluster
-        sizes (each at least 1; a problem's weights sum to at least its size).
+        sizes (each at least 1; a problem's weights sum to at least its size). All on the
+        device of ``embeddings``.
     """
     device = embeddings.device
     groups = groups.to(device=device, dtype=torch.long)
@@ -182,27 +86,77 @@ def select_groups(
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty.clone(), torch.zeros(0, dtype=torch.float32, device=device)
 
-    # Stable sort keeps each problem's rows in input order; pad every problem to n rows.
-    order = torch.sort(groups, stable=True).indices  # (M,)
+    slots = _padded_slots(groups, counts, n)  # (G, n) input row of each slot, -1 = padding
+    if n >= _INCREMENTAL_ROWS:
+        starts = range(num_groups)
+        parts = [
+            _solve_large(embeddings, slots[g, :size], int(budgets[g]))
+            for g, size in enumerate(counts.tolist())
+        ]
+    else:
+        starts = range(0, num_groups, max(1, _DENSE_ELEMENTS // (n * n)))
+        parts = [
+            _solve_dense(embeddings, slots[start : start + starts.step], budgets[start:])
+            for start in starts
+        ]
+    rows = torch.cat([part[0] for part in parts])
+    chosen_groups = torch.cat([part[1] + start for start, part in zip(starts, parts, strict=True)])
+    weights = torch.cat([part[2] for part in parts])
+    return rows, chosen_groups, weights.to(torch.float32)
+
+
+def _padded_slots(groups: Tensor, counts: Tensor, n: int) -> Tensor:
+    """``(G, n)`` int64: the input row in each problem's slots, in input order, ``-1`` after."""
+    num_groups = counts.shape[0]
+    order = torch.sort(groups, stable=True).indices  # (M,) rows grouped, input order kept
+    if int(counts.min()) == n:  # equal sizes (every CREST region): no padding
+        return order.view(num_groups, n)
     sorted_groups = groups[order]
     starts = torch.cumsum(counts, 0) - counts  # (G,)
-    position = torch.arange(groups.numel(), device=device) - starts[sorted_groups]
-    padded = torch.full((num_groups, n), -1, dtype=torch.long, device=device)
-    padded[sorted_groups, position] = order  # (G, n) input row of each slot
-    valid = padded >= 0
-    dtype = torch.float64 if num_groups * n * n <= _FLOAT64_LIMIT else torch.float32
-    padded_emb = embeddings.to(dtype)[padded.clamp(min=0)] * valid.unsqueeze(2)  # (G, n, d)
+    position = torch.arange(groups.numel(), device=groups.device) - starts[sorted_groups]
+    slots = torch.full((num_groups, n), -1, dtype=torch.long, device=groups.device)
+    slots[sorted_groups, position] = order
+    return slots
 
-    sim = pairwise_similarity(padded_emb)  # (G, n, n)
-    if not bool(valid.all()):  # padding rows and columns must neither cover nor be chosen
+
+def _solve_dense(
+    embeddings: Tensor, slots: Tensor, budgets: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Solve a slice of small problems together; returns (rows, problem in slice, weights)."""
+    budgets = budgets[: len(slots)]
+    valid = slots >= 0
+    padded = not bool(valid.all())
+    # (G, n, d) float64 candidates; padding slots repeat row 0 and are masked out below.
+    flat_slots = (slots.clamp(min=0) if padded else slots).reshape(-1)
+    points = embeddings.index_select(0, flat_slots).view(*slots.shape, -1).to(torch.float64)
+    sim = pairwise_similarity(points)  # (G, n, n)
+    if padded:  # padding rows and columns must neither cover nor be chosen
         sim.masked_fill_(~valid.unsqueeze(2), 0).masked_fill_(~valid.unsqueeze(1), 0)
-    picks = greedy_facility_location(sim, valid, budgets)  # (G, k)
+    picks = greedy_facility_location(sim, valid, budgets)  # (G, k) slots, -1 = none
     weights = cluster_sizes(sim, valid, picks)  # (G, k)
-
+    problem = torch.arange(len(slots), device=slots.device).unsqueeze(1).expand_as(picks)
+    rows = slots.gather(1, picks.clamp(min=0))
     chosen = picks >= 0
-    rows = padded.gather(1, picks.clamp(min=0))[chosen]
-    chosen_groups = torch.arange(num_groups, device=device).unsqueeze(1).expand_as(picks)
-    return rows, chosen_groups[chosen], weights[chosen].to(torch.float32)
+    if bool(chosen.all()):
+        return rows.reshape(-1), problem.reshape(-1), weights.reshape(-1)
+    return rows[chosen], problem[chosen], weights[chosen]
+
+
+def _solve_large(embeddings: Tensor, members: Tensor, budget: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Solve one problem, its input rows ``members`` in order; returns (rows, 0s, weights)."""
+    n = len(members)
+    dtype = torch.float64 if n * n <= _FLOAT64_LIMIT else torch.float32
+    start = int(members[0])
+    if bool((members == torch.arange(start, start + n, device=members.device)).all()):
+        points = embeddings[start : start + n]  # a view: no copy of a large input
+    else:
+        points = embeddings[members]
+    sim = torch.empty(n, n, dtype=dtype, device=embeddings.device)
+    symmetric_similarity(points.to(dtype), out=sim)
+    picks = greedy_incremental(sim, budget)  # (k,)
+    valid = torch.ones(1, n, dtype=torch.bool, device=sim.device)
+    weights = cluster_sizes(sim.unsqueeze(0), valid, picks.unsqueeze(0)).squeeze(0)
+    return members[picks], torch.zeros_like(picks), weights
 
 
 def select_coreset(embeddings: Tensor, labels: Tensor, per_class: int) -> tuple[Tensor, Tensor]:

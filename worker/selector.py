@@ -2,12 +2,16 @@
 
 A :class:`Selector` takes one :class:`SelectionRequest` (all (subset x class) problems of a
 region in the kernel's flat batched form) and returns a :class:`SelectionResult`. The
-in-process selector runs the kernel in a worker thread, so the caller's event loop stays free.
+in-process selector runs the kernel in a worker thread, so the caller's event loop stays free;
+the Ray selector (:mod:`crest.worker.ray_pool`) runs it on a pool of actors.
+:func:`solve_many` answers several requests with one kernel call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,11 +31,14 @@ class SelectionRequest:
         groups: ``(M,)`` int64 problem id of each row in ``[0, G)``; a problem's rows are in
             the order that breaks ties (lowest first).
         budgets: ``(G,)`` int64 how many rows to choose per problem.
+        job_id: whose request this is; selectors that batch requests share their kernel
+            calls fairly between jobs. Never changes the result.
     """
 
     embeddings: np.ndarray
     groups: np.ndarray
     budgets: np.ndarray
+    job_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,14 +67,92 @@ class Selector(Protocol):
         ...
 
 
+def check_request(request: SelectionRequest) -> None:
+    """Raise ``ValueError`` unless ``request`` is well-formed (shapes, ids, budgets, finite)."""
+    embeddings, groups, budgets = request.embeddings, request.groups, request.budgets
+    if embeddings.ndim != 2 or embeddings.dtype.kind != "f":
+        raise ValueError(
+            f"embeddings must be (M, d) floats, got {embeddings.dtype}{embeddings.shape}"
+        )
+    if groups.shape != embeddings.shape[:1] or groups.dtype.kind not in "iu":
+        raise ValueError(f"groups must be ({len(embeddings)},) integers, got {groups.shape}")
+    if budgets.ndim != 1 or budgets.dtype.kind not in "iu":
+        raise ValueError(f"budgets must be (G,) integers, got {budgets.dtype}{budgets.shape}")
+    if groups.size and (groups.min() < 0 or groups.max() >= len(budgets)):
+        raise ValueError(f"group ids must lie in [0, {len(budgets)})")
+    if budgets.size and budgets.min() < 0:
+        raise ValueError("budgets must be >= 0")
+    if not np.isfinite(embeddings).all():
+        raise ValueError("embeddings contain NaN or Inf")
+
+
 def run_selection(request: SelectionRequest, device: str | torch.device = "cpu") -> SelectionResult:
     """Run the batched kernel on one request, synchronously."""
-    rows, groups, weights = select_groups(
-        torch.from_numpy(request.embeddings).to(device),
-        torch.from_numpy(request.groups),
-        torch.from_numpy(request.budgets),
+    return solve_many([request], device)[0]
+
+
+def solve_many(
+    requests: Sequence[SelectionRequest], device: str | torch.device = "cpu"
+) -> list[SelectionResult]:
+    """Solve several requests with one kernel call; one result per request, in order.
+
+    All requests must share one embedding dimension. Inputs are read, never written (they
+    may be read-only views of Ray's object store); a single request is not copied at all.
+
+    Args:
+        requests: the requests; each one's group ids start at 0.
+        device: where the kernel runs.
+
+    Returns:
+        What :func:`run_selection` returns for each request alone.
+
+    Raises:
+        ValueError: a request is malformed (:func:`check_request`), or dimensions differ.
+    """
+    for request in requests:
+        check_request(request)
+    if len({r.embeddings.shape[1] for r in requests}) > 1:
+        raise ValueError("requests of one batch must share the embedding dimension")
+    if len(requests) == 1:
+        parts = [requests[0].embeddings]
+        groups, budgets = requests[0].groups, requests[0].budgets
+    else:
+        # Request q's problems become ids [first[q], first[q] + G_q) of the merged batch.
+        sizes = np.array([len(r.budgets) for r in requests], dtype=np.int64)
+        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        parts = [r.embeddings for r in requests]
+        groups = np.concatenate([r.groups + f for r, f in zip(requests, first, strict=True)])
+        budgets = np.concatenate([r.budgets for r in requests])
+    embeddings = torch.cat([_tensor(p) for p in parts]) if len(parts) > 1 else _tensor(parts[0])
+    rows, chosen_groups, weights = select_groups(
+        embeddings.to(device),
+        _tensor(np.asarray(groups, dtype=np.int64)),
+        _tensor(np.asarray(budgets, dtype=np.int64)),
     )
-    return SelectionResult(rows.cpu().numpy(), groups.cpu().numpy(), weights.cpu().numpy())
+    rows, chosen_groups, weights = (t.cpu().numpy() for t in (rows, chosen_groups, weights))
+    if len(requests) == 1:
+        return [SelectionResult(rows, chosen_groups, weights)]
+    # Results come problem by problem in increasing id, so each request's are one slice.
+    row_first = np.concatenate([[0], np.cumsum([len(r.groups) for r in requests])[:-1]])
+    bounds = np.searchsorted(chosen_groups, np.concatenate([first, [first[-1] + sizes[-1]]]))
+    return [
+        SelectionResult(
+            rows[bounds[q] : bounds[q + 1]] - row_first[q],
+            chosen_groups[bounds[q] : bounds[q + 1]] - first[q],
+            weights[bounds[q] : bounds[q + 1]],
+        )
+        for q in range(len(requests))
+    ]
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory, even when it is read-only (the kernel never
+    writes its input; torch would warn that writing through the tensor is undefined)."""
+    if array.flags.writeable:
+        return torch.from_numpy(array)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable", category=UserWarning)
+        return torch.from_numpy(array)
 
 
 class InProcessSelector:

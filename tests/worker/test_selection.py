@@ -1,7 +1,13 @@
+import warnings
+
+import numpy as np
 import pytest
 import torch
 
+from crest.worker import selection
+from crest.worker.greedy import cluster_sizes, greedy_facility_location, greedy_incremental
 from crest.worker.selection import select_coreset, select_groups
+from crest.worker.similarity import pairwise_similarity, symmetric_similarity
 from tests.worker.oracle import oracle_coreset
 
 
@@ -160,3 +166,87 @@ def test_empty_input() -> None:
     indices, weights = select_coreset(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), 2)
     assert indices.shape == (0,)
     assert weights.shape == (0,)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_incremental_greedy_picks_what_dense_greedy_picks(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    n, dim = (
+        int(torch.randint(20, 120, (1,), generator=gen)),
+        int(torch.randint(2, 12, (1,), generator=gen)),
+    )
+    points = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    if seed % 2:  # duplicates and exact ties
+        points = torch.cat([points[: n // 2], points[: n - n // 2]])
+    sim = pairwise_similarity(points.unsqueeze(0))
+    budget = int(torch.randint(1, n, (1,), generator=gen))
+    dense = greedy_facility_location(
+        sim, torch.ones(1, n, dtype=torch.bool), torch.tensor([budget])
+    )
+    assert greedy_incremental(sim[0], budget).tolist() == dense[0].tolist()
+
+
+def test_symmetric_similarity_equals_batched_similarity() -> None:
+    gen = torch.Generator().manual_seed(8)
+    points = torch.randn(50, 6, generator=gen, dtype=torch.float64)
+    out = symmetric_similarity(points, torch.empty(50, 50, dtype=torch.float64))
+    assert torch.equal(out, pairwise_similarity(points.unsqueeze(0))[0])
+    assert torch.equal(out, out.T)
+
+
+def _mixed_problems(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    sizes = [30, 7, 45, 1, 30, 12]
+    labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    labels = labels[torch.randperm(len(labels), generator=gen)]
+    embeddings = torch.randn(len(labels), 5, generator=gen)
+    embeddings[labels == 2] = embeddings[labels == 2][torch.arange(45) % 15]  # duplicates
+    return embeddings, labels, torch.tensor(sizes)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_incremental_path_matches_oracle(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Route every problem through the one-at-a-time incremental path.
+    monkeypatch.setattr(selection, "_INCREMENTAL_ROWS", 1)
+    embeddings, labels, _ = _mixed_problems(seed)
+    assert_matches_oracle(embeddings, labels, per_class=6)
+    assert_matches_oracle(embeddings, labels, per_class=20)
+
+
+def test_dense_slices_give_what_one_slice_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    embeddings, labels, _ = _mixed_problems(5)
+    whole = select_coreset(embeddings, labels, 6)
+    monkeypatch.setattr(selection, "_DENSE_ELEMENTS", 45 * 45 * 2)  # two problems per slice
+    sliced = select_coreset(embeddings, labels, 6)
+    assert torch.equal(whole[0], sliced[0])
+    assert torch.equal(whole[1], sliced[1])
+    assert_matches_oracle(embeddings, labels, per_class=6)
+
+
+def test_incremental_and_dense_paths_agree_above_the_threshold() -> None:
+    # 1,100 rows take the incremental path; the dense solver on the same similarities must
+    # pick the same rows and give the same weights.
+    gen = torch.Generator().manual_seed(12)
+    n = selection._INCREMENTAL_ROWS + 76
+    points = torch.randn(n, 4, generator=gen)
+    rows, _, weights = select_groups(points, torch.zeros(n, dtype=torch.long), torch.tensor([40]))
+    sim = symmetric_similarity(points.double(), torch.empty(n, n, dtype=torch.float64))
+    valid = torch.ones(1, n, dtype=torch.bool)
+    dense = greedy_facility_location(sim.unsqueeze(0), valid, torch.tensor([40]))
+    assert rows.tolist() == dense[0].tolist()
+    assert weights.tolist() == cluster_sizes(sim.unsqueeze(0), valid, dense)[0].tolist()
+    assert weights.sum().item() == n
+
+
+def test_read_only_input_is_not_written() -> None:
+    gen = torch.Generator().manual_seed(13)
+    embeddings = torch.randn(120, 4, generator=gen)
+    labels = torch.randint(0, 3, (120,), generator=gen)
+    frozen = embeddings.numpy().copy()
+    frozen.flags.writeable = False  # like an array from Ray's object store
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch warns on non-writable arrays
+        view = torch.from_numpy(frozen)
+    result = select_coreset(view, labels, 5)
+    assert torch.equal(result[0], select_coreset(embeddings, labels, 5)[0])
+    assert np.array_equal(frozen, embeddings.numpy())

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from crest.worker.selector import SelectionRequest, check_request, run_selection, solve_many
+
+
+def request(seed: int, dim: int = 6, job: str = "") -> SelectionRequest:
+    rng = np.random.default_rng(seed)
+    problems = int(rng.integers(1, 12))
+    sizes = rng.integers(0, 30, problems)
+    groups = rng.permutation(np.repeat(np.arange(problems), sizes))
+    embeddings = rng.standard_normal((len(groups), dim)).astype(np.float32)
+    return SelectionRequest(embeddings, groups, rng.integers(0, 9, problems), job_id=job)
+
+
+def test_merged_requests_get_what_each_gets_alone() -> None:
+    requests = [request(seed, job=str(seed % 2)) for seed in range(7)]
+    for array in (a for r in requests for a in (r.embeddings, r.groups, r.budgets)):
+        array.flags.writeable = False  # as they arrive from Ray's object store
+    merged = solve_many(requests)
+    for req, got in zip(requests, merged, strict=True):
+        alone = run_selection(req)
+        assert np.array_equal(got.rows, alone.rows)
+        assert np.array_equal(got.groups, alone.groups)
+        assert np.array_equal(got.weights, alone.weights)
+        assert got.rows.dtype == np.int64 and got.weights.dtype == np.float32
+
+
+def test_job_id_is_optional() -> None:
+    plain = SelectionRequest(np.zeros((2, 3), np.float32), np.zeros(2, np.int64), np.ones(1))
+    assert plain.job_id == ""
+
+
+def test_different_dimensions_cannot_share_a_call() -> None:
+    with pytest.raises(ValueError, match="embedding dimension"):
+        solve_many([request(1, dim=3), request(2, dim=4)])
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "groups", "budgets", "message"),
+    [
+        (np.zeros((2, 3), np.int64), np.zeros(2, np.int64), np.ones(1, np.int64), "floats"),
+        (np.zeros((2, 3), np.float32), np.zeros(3, np.int64), np.ones(1, np.int64), "groups"),
+        (np.zeros((2, 3), np.float32), np.array([0, 1]), np.ones(1, np.int64), r"\[0, 1\)"),
+        (np.zeros((2, 3), np.float32), np.zeros(2, np.int64), -np.ones(1, np.int64), ">= 0"),
+        (np.full((2, 3), np.inf, np.float32), np.zeros(2, np.int64), np.ones(1, np.int64), "Inf"),
+    ],
+)
+def test_malformed_requests_are_rejected(embeddings, groups, budgets, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_request(SelectionRequest(embeddings, groups, budgets))

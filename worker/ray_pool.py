@@ -1,0 +1,437 @@
+"""The Ray selector pool: the selection kernel on Ray actors, one per GPU where there are GPUs.
+
+:class:`RaySelector` implements the :class:`~crest.worker.selector.Selector` protocol for the
+coordinator's asyncio loop:
+
+* Requests wait in a :class:`~crest.worker.fair_queue.FairQueue`; each actor has one serving
+  task that takes everything waiting (its share, when several actors are idle, and one request
+  per job per round), answers it with one kernel call (:func:`solve_many`), and splits the
+  result back, so concurrent ranks and jobs share kernel calls and each gets exactly what a
+  call of its own would return.
+* Embeddings go to the object store once per request (``ray.put``) and reach the actor as
+  read-only numpy views; a retry on another actor reuses the stored copy.
+* Actors hold nothing that cannot be rebuilt. A dead actor's batch goes back to the front of
+  the queue for another actor; Ray restarts the actor (``max_restarts``), and the pool
+  replaces one that stays dead. ``select`` never waits past ``deadline_s``: then it raises
+  :class:`SelectionTimeout` and the caller falls back (random batches for the region). An
+  actor still busy when its whole batch has timed out is hung (or hopelessly slow): it is
+  killed and restarted, so that it cannot stay stuck.
+* Nothing here blocks the event loop: ObjectRefs are awaited, never ``ray.get``.
+
+Exceptions (both :class:`~crest.proto.errors.Unavailable`, gRPC ``UNAVAILABLE``)::
+
+    Unavailable
+     ├── SelectionTimeout   no result within the per-selection deadline
+     └── PoolUnavailable    actors cannot be scheduled or started, or the pool is closed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
+
+from crest.proto.errors import InvalidArgument, Unavailable
+from crest.worker.fair_queue import FairQueue
+from crest.worker.selector import SelectionRequest, SelectionResult, check_request, solve_many
+
+log = logging.getLogger(__name__)
+
+# Requests larger than this are put into the object store from a worker thread, so that the
+# serialisation copy does not stall the event loop.
+_PUT_IN_THREAD_BYTES = 1 << 20
+
+
+class SelectionTimeout(Unavailable):
+    """No selection result within the deadline: every actor is dead, hung or busy."""
+
+
+class PoolUnavailable(Unavailable):
+    """The pool cannot serve: its actors cannot be scheduled or started, or it is closed."""
+
+
+def init_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    object_store_bytes: int | None = None,
+    namespace: str = "crest",
+) -> None:
+    """Start a local Ray (embedded mode) or join a cluster (cluster mode); no-op if running.
+
+    ``ray.init`` replaces the process's SIGTERM handler: install the coordinator's own
+    asyncio signal handlers *after* calling this, or graceful shutdown never runs.
+
+    Args:
+        address: a cluster's address (``"host:port"`` or ``"auto"``) to join; ``None``
+            starts a local Ray inside this process's session (no dashboard).
+        num_cpus: CPUs of the local Ray (embedded mode only; default: all).
+        object_store_bytes: object-store size of the local Ray (embedded mode only). Set it:
+            Ray's default claims up to 30% of memory.
+        namespace: Ray namespace of crest's actors.
+    """
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, namespace=namespace)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            object_store_memory=object_store_bytes,
+            include_dashboard=False,
+            namespace=namespace,
+        )
+
+
+class SelectorActor:
+    """Runs :func:`solve_many` in its own process. Stateless: a restart loses nothing.
+
+    Args:
+        threads: torch intra-op threads (set in each call: with ``max_concurrency=2`` calls
+            run on pool threads, and OpenMP's thread count is a per-thread setting).
+        use_gpu: run on the GPU Ray assigned, if torch can see one.
+    """
+
+    def __init__(self, threads: int, use_gpu: bool) -> None:
+        self.threads = threads
+        self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(threads)
+
+    def ping(self) -> tuple[int, str]:
+        """``(pid, device)``; answers while a selection runs (a second concurrent slot)."""
+        return os.getpid(), self.device
+
+    def select(self, *payloads: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[Any]:
+        """Solve ``(embeddings, groups, budgets)`` payloads with one kernel call."""
+        torch.set_num_threads(self.threads)
+        requests = [SelectionRequest(*payload) for payload in payloads]
+        return solve_many(requests, self.device)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A request waiting for (or in) a kernel call."""
+
+    request: SelectionRequest
+    payload: ray.ObjectRef
+    future: asyncio.Future[SelectionResult]
+    solo: bool = False  # must run alone (its batch failed; find out whether it is the cause)
+
+    @property
+    def rows(self) -> int:
+        return len(self.request.groups)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One actor of the pool and what is known of it."""
+
+    actor: Any  # ray.actor.ActorHandle
+    pid: int | None = None
+    device: str = "cpu"
+    task: asyncio.Task[None] | None = None
+    in_flight: int = 0  # requests in the batch it is working on
+    recovering: bool = False
+
+
+async def _resolve(ref: ray.ObjectRef) -> Any:
+    return await ref
+
+
+class RaySelector:
+    """Selection on a pool of Ray actors (see the module docstring).
+
+    Ray must be initialised (:func:`init_ray`). The constructor blocks until every actor
+    answers, at most ``ready_timeout_s``; inside a running event loop use :meth:`create`.
+
+    Args:
+        num_actors: actors in the pool; default one per GPU of the cluster, or 1 without GPUs.
+        gpu_share: GPUs each actor requests where the cluster has GPUs (e.g. 0.5 leaves half
+            of each to other work); never requested on a cluster without GPUs.
+        cpus_per_actor: CPUs each actor requests from Ray.
+        threads: torch intra-op threads in each actor.
+        deadline_s: longest time :meth:`select` may take before :class:`SelectionTimeout`
+            (an attribute: may be changed at any time, e.g. per region).
+        ready_timeout_s: longest wait for the actors to start; past it, the actors are
+            removed and :class:`PoolUnavailable` says what could not be scheduled.
+        ping_timeout_s: how long :meth:`healthy` and recovery wait for an actor's answer.
+        max_restarts: Ray restarts of each actor (-1: unlimited); one still dead after them
+            is replaced by a new actor.
+        max_batch_rows: candidate rows of one kernel call (a larger request runs alone).
+
+    Raises:
+        PoolUnavailable: Ray is not initialised, or the actors did not start in time.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_actors: int | None = None,
+        gpu_share: float = 1.0,
+        cpus_per_actor: float = 1.0,
+        threads: int = 1,
+        deadline_s: float = 30.0,
+        ready_timeout_s: float = 60.0,
+        ping_timeout_s: float = 1.0,
+        max_restarts: int = -1,
+        max_batch_rows: int = 1 << 20,
+    ) -> None:
+        if not ray.is_initialized():
+            raise PoolUnavailable("Ray is not initialised: call crest.worker.init_ray() first")
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        self.gpu_share = gpu_share if gpus > 0 else 0.0
+        if num_actors is None:
+            num_actors = max(1, math.floor(gpus)) if self.gpu_share else 1
+        if num_actors < 1 or threads < 1 or deadline_s <= 0 or max_batch_rows < 1:
+            raise ValueError("num_actors, threads, deadline_s and max_batch_rows must be > 0")
+        self.deadline_s = deadline_s
+        self.ping_timeout_s = ping_timeout_s
+        self.max_batch_rows = max_batch_rows
+        self.resources = {"num_cpus": cpus_per_actor, "num_gpus": self.gpu_share}
+        self._actor_class = ray.remote(SelectorActor).options(
+            **self.resources, max_restarts=max_restarts, max_task_retries=0, max_concurrency=2
+        )
+        self._actor_args = (threads, self.gpu_share > 0)
+        self._slots = [_Slot(self._new_actor()) for _ in range(num_actors)]
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: FairQueue[_Pending] = FairQueue(size=lambda item: item.rows, key=_batch_key)
+        self._wake: asyncio.Condition | None = None
+        self._wait_ready(ready_timeout_s)
+
+    @classmethod
+    async def create(cls, **kwargs: Any) -> RaySelector:
+        """Construct from inside an event loop without blocking it (same arguments)."""
+        return await asyncio.to_thread(cls, **kwargs)
+
+    def _new_actor(self) -> Any:
+        return self._actor_class.remote(*self._actor_args)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        pings = [slot.actor.ping.remote() for slot in self._slots]
+        ready, _ = ray.wait(pings, num_returns=len(pings), timeout=timeout_s)
+        try:
+            if len(ready) < len(pings):
+                raise PoolUnavailable(
+                    f"{len(pings) - len(ready)} of {len(pings)} selector actors did not start "
+                    f"within {timeout_s:g} s; each asks Ray for {self.resources}, the cluster "
+                    f"has {ray.available_resources()} free"
+                )
+            for slot, (pid, device) in zip(self._slots, ray.get(pings), strict=True):
+                slot.pid, slot.device = pid, device
+        except RayActorError as err:
+            self.close()
+            raise PoolUnavailable(f"a selector actor failed to start: {err}") from err
+        except PoolUnavailable:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ public surface
+    @property
+    def actor_pids(self) -> list[int | None]:
+        """Process id of each actor as last seen (for operators and fault tests)."""
+        return [slot.pid for slot in self._slots]
+
+    @property
+    def in_flight(self) -> list[int]:
+        """Requests each actor is working on now (0: idle or recovering)."""
+        return [slot.in_flight for slot in self._slots]
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for an actor."""
+        return len(self._queue)
+
+    @property
+    def actors(self) -> list[Any]:
+        """The actor handles, in slot order (they change when an actor is replaced)."""
+        return [slot.actor for slot in self._slots]
+
+    async def select(self, request: SelectionRequest) -> SelectionResult:
+        """Solve one request on the pool; what :func:`run_selection` would return.
+
+        Raises:
+            SelectionTimeout: no result within ``deadline_s``.
+            PoolUnavailable: the pool is closed.
+            InvalidArgument: the kernel rejected the request.
+        """
+        if self._closed:
+            raise PoolUnavailable("the selector pool is closed")
+        try:
+            check_request(request)  # here, so that a bad request never reaches a batch
+        except ValueError as err:
+            raise InvalidArgument(f"bad selection request: {err}") from None
+        wake = self._start()
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                payload = (request.embeddings, request.groups, request.budgets)
+                if request.embeddings.nbytes > _PUT_IN_THREAD_BYTES:
+                    ref = await asyncio.to_thread(ray.put, payload)
+                else:
+                    ref = ray.put(payload)
+                item = _Pending(request, ref, asyncio.get_running_loop().create_future())
+                async with wake:
+                    self._queue.put(request.job_id, item)
+                    wake.notify()
+                return await item.future
+        except TimeoutError:
+            raise SelectionTimeout(
+                f"no selection within {self.deadline_s:g} s from {len(self._slots)} actor(s) "
+                f"(pids {self.actor_pids})"
+            ) from None
+
+    async def healthy(self) -> bool:
+        """True when at least one actor answers a ping within ``ping_timeout_s``."""
+        if self._closed:
+            return False
+        pings = [asyncio.ensure_future(_resolve(s.actor.ping.remote())) for s in self._slots]
+        try:
+            for next_done in asyncio.as_completed(pings, timeout=self.ping_timeout_s):
+                try:
+                    await next_done
+                    return True
+                except RayActorError:
+                    continue
+            return False
+        except TimeoutError:
+            return False
+        finally:
+            for ping in pings:
+                ping.cancel()
+
+    def close(self) -> None:
+        """Stop serving, fail waiting requests, and kill the actors. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        loop_alive = self._loop is not None and not self._loop.is_closed()
+        for slot in self._slots:
+            if slot.task is not None and loop_alive:
+                slot.task.cancel()
+            slot.task = None
+            ray.kill(slot.actor, no_restart=True)
+        if loop_alive:
+            for item in self._queue:
+                if not item.future.done():
+                    item.future.set_exception(PoolUnavailable("the selector pool closed"))
+        self._queue.discard(lambda item: False)
+
+    # ------------------------------------------------------------------------ serving
+    def _start(self) -> asyncio.Condition:
+        """Start the serving tasks in the running loop (again, if the loop changed)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._wake is None:
+            self._loop, self._wake = loop, asyncio.Condition()
+            self._queue.discard(lambda item: False)  # futures of another loop
+            for slot in self._slots:
+                slot.task = loop.create_task(self._serve(slot), name="crest-selector")
+        return self._wake
+
+    async def _serve(self, slot: _Slot) -> None:
+        while True:
+            batch = await self._next_batch()
+            slot.in_flight = len(batch)
+            # Past the deadline every request of the batch has given up: an actor still busy
+            # then is hung or hopelessly slow, and is restarted rather than left stuck.
+            watchdog = self.deadline_s + self.ping_timeout_s
+            try:
+                call = _resolve(slot.actor.select.remote(*[item.payload for item in batch]))
+                results = await asyncio.wait_for(call, watchdog)
+            except TimeoutError:
+                log.warning("selector actor %s busy past %.0f s; restarting it", slot.pid, watchdog)
+                ray.kill(slot.actor, no_restart=False)
+                await self._requeue(batch)
+                await self._recover(slot)
+                continue
+            except RayTaskError as err:  # the kernel raised: some request of the batch is bad
+                await self._fail_or_split(batch, err)
+                continue
+            except RayActorError as err:  # the actor died: another one (or it, back) retries
+                log.warning("selector actor %s lost (%s); retrying its batch", slot.pid, err)
+                await self._requeue(batch)
+                await self._recover(slot)
+                continue
+            except Exception as err:  # never let a serving task die: fail this batch only
+                log.exception("selection batch failed")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(PoolUnavailable(f"selection failed: {err}"))
+                continue
+            finally:
+                slot.in_flight = 0
+            for item, result in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    async def _next_batch(self) -> list[_Pending]:
+        """Wait for work; take this actor's share of it, fairly across jobs."""
+        assert self._wake is not None
+        async with self._wake:
+            while True:
+                self._queue.discard(lambda item: not item.future.done())
+                if len(self._queue):
+                    # Idle actors split what waits; a busy pool gives one actor all of it.
+                    idle = sum(1 for s in self._slots if not (s.in_flight or s.recovering))
+                    waiting = sum(item.rows for item in self._queue)
+                    share = min(self.max_batch_rows, math.ceil(waiting / max(1, idle)))
+                    return self._queue.take(share)
+                await self._wake.wait()
+
+    async def _requeue(self, batch: list[_Pending], solo: bool = False) -> None:
+        assert self._wake is not None
+        async with self._wake:
+            for item in reversed(batch):  # front of their queues, in their order
+                item.solo = item.solo or solo
+                if not item.future.done():
+                    self._queue.put(item.request.job_id, item, front=True)
+            self._wake.notify_all()
+
+    async def _fail_or_split(self, batch: list[_Pending], err: RayTaskError) -> None:
+        if len(batch) > 1:  # run each alone, so that only the bad one fails
+            await self._requeue(batch, solo=True)
+            return
+        cause = err.cause if isinstance(err.cause, Exception) else err
+        error: Exception = (
+            InvalidArgument(f"selection rejected: {cause}")
+            if isinstance(cause, ValueError)
+            else PoolUnavailable(f"selection failed: {cause}")
+        )
+        if not batch[0].future.done():
+            batch[0].future.set_exception(error)
+
+    async def _recover(self, slot: _Slot) -> None:
+        """Wait until the slot's actor answers again; replace it if it stays dead."""
+        slot.recovering = True
+        try:
+            await self._reach(slot)
+        finally:
+            slot.recovering = False
+
+    async def _reach(self, slot: _Slot) -> None:
+        delay = 0.05
+        while True:
+            try:
+                ping = _resolve(slot.actor.ping.remote())
+                slot.pid, slot.device = await asyncio.wait_for(ping, self.ping_timeout_s)
+                log.info("selector actor back as pid %s", slot.pid)
+                return
+            except ActorDiedError:  # out of restarts, or killed for good: a new actor
+                ray.kill(slot.actor, no_restart=True)
+                slot.actor = self._new_actor()
+            except (RayActorError, TimeoutError):
+                pass  # restarting, or hung: keep asking
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
+
+
+def _batch_key(item: _Pending) -> object:
+    """Requests share a kernel call only with the same embedding dimension (never solo ones)."""
+    return item if item.solo else item.request.embeddings.shape[1]
