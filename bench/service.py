@@ -36,8 +36,8 @@ from crest.service.server import CHANNEL_OPTIONS
 def coordinator_process(*args: str):
     """``crest serve`` on a free port in a subprocess; yields its address."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "crest.cli", "serve", "--port", "0", "--log-level", "WARNING",
-         *args],
+        [sys.executable, "-m", "crest.cli", "serve", "--port", "0", "--dashboard-port", "-1",
+         "--log-level", "WARNING", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:

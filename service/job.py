@@ -506,6 +506,7 @@ class JobState:
         assert region.embeddings is not None
         num_problems = self.config.world_size * region.num_coresets * self.config.num_classes
         return SelectionRequest(
+            job_id=self.job_id,
             embeddings=region.embeddings[region.members],
             groups=region.member_groups,
             budgets=np.full(num_problems, self.config.per_class_budget, dtype=np.int64),

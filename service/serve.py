@@ -17,10 +17,29 @@ from crest.worker.selector import InProcessSelector, Selector
 log = logging.getLogger(__name__)
 
 
-def build_selector(settings: ServeSettings) -> Selector:
+# The manager's own deadline on a selection sits just above the pool's, so the pool's clear
+# SelectionTimeout (and its actor restart) comes first; both end in random batches.
+MANAGER_DEADLINE_MARGIN_S = 5.0
+
+
+async def build_selector(settings: ServeSettings) -> Selector:
+    """The in-process selector, or the Ray pool (joining ``ray_address`` or a local Ray)."""
     if settings.selector == "inprocess":
         return InProcessSelector(settings.device)
-    raise NotImplementedError(f"selector {settings.selector!r} is not available yet")
+    from crest.worker.ray_pool import RaySelector, init_ray
+
+    # ray.init must run on the main thread (it installs signal handlers); nothing else runs
+    # yet, so blocking the loop here costs nothing.
+    init_ray(
+        settings.ray_address,
+        num_cpus=settings.ray_num_cpus,
+        object_store_bytes=settings.ray_object_store_mb * 2**20,
+    )
+    return await RaySelector.create(
+        num_actors=settings.selector_actors,
+        gpu_share=settings.gpu_share,
+        deadline_s=settings.selection_timeout_s,
+    )
 
 
 async def serve(settings: ServeSettings) -> None:
@@ -29,12 +48,12 @@ async def serve(settings: ServeSettings) -> None:
     In-flight RPCs get ``grace_s`` to finish; every acknowledged change is already in the
     store (the journal is written before each reply), so stopping loses nothing.
     """
-    selector = build_selector(settings)
+    selector = await build_selector(settings)
     manager = JobManager(
         selector,
         open_store(settings.store),
         wait_s=settings.wait_s,
-        selection_timeout_s=settings.selection_timeout_s,
+        selection_timeout_s=settings.selection_timeout_s + MANAGER_DEADLINE_MARGIN_S,
     )
     await manager.start()
     tls = None

@@ -40,7 +40,7 @@ class ServeSettings(BaseSettings):
     )
     grace_s: float = Field(10.0, ge=0, description="SIGTERM: time for in-flight RPCs to finish")
     selector: Literal["inprocess", "ray"] = Field(
-        "inprocess", description="where selection runs: this process or a Ray actor pool"
+        "ray", description="where selection runs: a Ray actor pool, or this process (tiny jobs)"
     )
     device: str = Field("cpu", description="torch device of the in-process selector")
     ray_address: str | None = Field(

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -167,3 +168,50 @@ def test_connect_sends_the_token_from_crest_token(monkeypatch: pytest.MonkeyPatc
         assert remote._metadata == ()
     with connect("127.0.0.1:1", token="given") as remote:
         assert remote._metadata == (("authorization", "Bearer given"),)
+
+
+@pytest.mark.integration
+def test_ray_head_and_a_coordinator_that_joins_it(tmp_path: Path) -> None:
+    """`ray start --head` (as the ray-head service, on a free port, not 6379), `crest serve
+    --selector ray --ray-address` joining it, and a short trainer job selected by its actors."""
+    token = "ray-test-token"
+    env = {**clean_environ(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    ray_port, grpc_port = free_port(), free_port()
+    # Short: Ray's Unix sockets live under it, and socket paths are limited to 107 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="crest-ray-", dir="/tmp"))
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--port", str(ray_port), "--num-cpus", "1", "--block",
+         "--temp-dir", str(temp_dir), "--disable-usage-stats", "--include-dashboard", "false"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    coordinator = None
+    try:
+        wait_for_port(ray_port, timeout=120)
+        assert head.poll() is None, "ray start --head exited"
+        coordinator = subprocess.Popen(
+            ["crest", "serve", "--selector", "ray", "--ray-address", f"127.0.0.1:{ray_port}",
+             "--port", str(grpc_port), "--dashboard-port", "-1", "--log-level", "WARNING"],
+            env=env, cwd=ROOT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 180
+        health = ["crest", "health", "--address", f"127.0.0.1:{grpc_port}"]
+        while subprocess.run(health, env=env, capture_output=True).returncode != 0:
+            assert coordinator.poll() is None, "crest serve exited"
+            assert time.monotonic() < deadline, "the coordinator never became healthy"
+            time.sleep(1)
+        result = subprocess.run(
+            [sys.executable, "examples/train_digits.py", "--address", f"127.0.0.1:{grpc_port}",
+             "--epochs", "4"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "test accuracy" in result.stdout
+        coordinator.send_signal(signal.SIGTERM)
+        assert coordinator.wait(timeout=120) == 0
+    finally:
+        stop(coordinator)
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        head.wait(timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    leftovers = subprocess.run(["pgrep", "-f", str(temp_dir)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "Ray processes outlived the test"

@@ -26,7 +26,10 @@ class CoordinatorProcess:
 
     def __init__(self, *args: str) -> None:
         self.port = free_port()
-        self.args = ["serve", "--port", str(self.port), "--log-level", "WARNING", *args]
+        self.args = ["serve", "--port", str(self.port), "--dashboard-port", "-1",
+                     "--log-level", "WARNING", *args]  # fmt: skip
+        if "--selector" not in args:
+            self.args += ["--selector", "inprocess"]
         self.process: subprocess.Popen | None = None
 
     @property
