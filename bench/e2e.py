@@ -276,6 +276,7 @@ def run_crest(
         "coreset_error": _mean(r.coreset_error for r in regions if r.coreset_error is not None),
         "random_error": _mean(r.random_error for r in regions if r.random_error is not None),
         "selection_share": sessions[0].timings.selection_share,
+        "timings": asdict(sessions[0].timings),
     }
     return result
 

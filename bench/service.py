@@ -8,16 +8,21 @@ Measures, against ``crest serve`` in its own process on loopback (in-memory stor
 * the time to deliver 62,500 indices with weights in one region;
 * embedding ingest in MB/s (``UploadEmbeddings``, float32);
 * the wall-clock overhead of the remote coordinator over the in-process one on the MNIST-1D
-  CREST run (same seed, so both serve identical batches).
+  CREST run (same seed, so both serve identical batches), with selection on the Ray pool;
+* on that run, the region-switch latency a trainer sees, per region: its candidate forward
+  pass, the upload, the coordinator's selection (queueing, object store and kernel on an actor:
+  from the last embedding received to coresets ready) and the delivery of the new region.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,17 +39,19 @@ from crest.service.server import CHANNEL_OPTIONS
 
 @contextmanager
 def coordinator_process(*args: str):
-    """``crest serve`` on a free port in a subprocess; yields its address."""
+    """``crest serve`` (Ray selector, dashboard on a free port) in a subprocess; yields
+    ``(grpc address, dashboard url)``."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "crest.cli", "serve", "--port", "0", "--dashboard-port", "-1",
+        [sys.executable, "-m", "crest.cli", "serve", "--port", "0", "--dashboard-port", "0",
          "--log-level", "WARNING", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        line = process.stdout.readline() if process.stdout else ""
-        if "listening on" not in line:
-            raise RuntimeError(f"crest serve did not start: {line}")
-        yield line.split("listening on ")[1].strip()
+        lines = [process.stdout.readline() if process.stdout else "" for _ in range(2)]
+        if "listening on" not in lines[0]:
+            raise RuntimeError(f"crest serve did not start: {''.join(lines)}")
+        yield (lines[0].split("listening on ")[1].strip(),
+               lines[1].split(" on ")[1].strip().rstrip("/"))  # fmt: skip
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -141,8 +148,9 @@ def ingest(address: str, dim: int, rows: int) -> dict[str, float]:
             "mb_per_s": megabytes / seconds}  # fmt: skip
 
 
-def remote_overhead(address: str, repeats: int) -> dict[str, Any]:
-    """MNIST-1D CREST run (f=0.1, seed 0): in-process vs remote coordinator, same batches."""
+def remote_overhead(address: str, dashboard: str, repeats: int) -> dict[str, Any]:
+    """MNIST-1D CREST run (f=0.1, seed 0): in-process vs remote coordinator, same batches;
+    and the region-switch latency of the remote runs."""
     from crest.bench.data import mnist1d
     from crest.bench.e2e import CrestSetup, TrainSetup, run_crest, warm_up
     from crest.embedded import local_coordinator
@@ -161,22 +169,50 @@ def remote_overhead(address: str, repeats: int) -> dict[str, Any]:
             result = run_crest(data, train, CrestSetup(), 0.1, 0, remote, progress=False)
             totals["remote"].append(result.seconds["total"])
             accuracy["remote"] = result.final_acc
+            switch = region_switch(result.extra["timings"], _selections(dashboard, remote))
     best = {kind: min(values) for kind, values in totals.items()}
     return {
         "seconds": totals,
         "best_seconds": best,
         "overhead_pct": 100 * (best["remote"] / best["in-process"] - 1),
         "final_acc": accuracy,
+        "region_switch_ms": switch,
+    }
+
+
+def _selections(dashboard: str, remote: RemoteCoordinator) -> list[dict[str, Any]]:
+    """The coordinator's selection events of the newest job (its dashboard's JSON API)."""
+    with urllib.request.urlopen(f"{dashboard}/api/jobs", timeout=30) as reply:
+        jobs = json.loads(reply.read())
+    newest = jobs[-1]["job_id"]
+    with urllib.request.urlopen(f"{dashboard}/api/jobs/{newest}", timeout=30) as reply:
+        return json.loads(reply.read())["selections"]
+
+
+def region_switch(timings: dict[str, float], selections: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean milliseconds per region switch, split as the trainer and coordinator saw it."""
+    regions = max(1, timings["regions"])
+    selection = [s["seconds"] for s in selections if not s["fallback"]]
+    server = statistics.fmean(selection) if selection else 0.0
+    forward = timings["embed"] / regions
+    upload = timings["upload"] / regions
+    wait = timings["select"] / regions
+    return {
+        "candidate_forward": 1e3 * forward,
+        "upload": 1e3 * upload,
+        "selection": 1e3 * server,  # queueing + object store + kernel on an actor
+        "delivery": 1e3 * max(0.0, wait - server),
+        "total_without_forward": 1e3 * (upload + wait),
     }
 
 
 def run_service_bench(quick: bool = False) -> dict[str, Any]:
     seconds = 2.0 if quick else 8.0
-    with coordinator_process() as address:
+    with coordinator_process() as (address, dashboard):
         latency = [fetch_latency(address, n, seconds) for n in (1, 8, 32)]
         delivery = big_region_delivery(address, 5 if quick else 30)
         throughput = ingest(address, dim=256, rows=20_000 if quick else 100_000)
-        overhead = remote_overhead(address, 1 if quick else 2)
+        overhead = remote_overhead(address, dashboard, 1 if quick else 2)
     return {
         "benchmark": "service",
         "quick": quick,
@@ -209,5 +245,12 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(
         f"| MNIST-1D CREST run, remote vs in-process | {o['best_seconds']['remote']:.2f} s vs "
         f"{o['best_seconds']['in-process']:.2f} s ({o['overhead_pct']:+.1f}%) | <= 5% |"
+    )
+    r = o["region_switch_ms"]
+    lines.append(
+        f"| region switch seen by the trainer, per region | forward {r['candidate_forward']:.1f} "
+        f"+ upload {r['upload']:.1f} + selection {r['selection']:.1f} + delivery "
+        f"{r['delivery']:.1f} ms ({r['total_without_forward']:.1f} ms without the forward pass) "
+        f"| <= 20 ms without the forward pass |"
     )
     return "\n".join(lines)

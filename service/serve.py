@@ -38,6 +38,7 @@ async def build_selector(settings: ServeSettings) -> Selector:
     return await RaySelector.create(
         num_actors=settings.selector_actors,
         gpu_share=settings.gpu_share,
+        threads=settings.selector_threads,
         deadline_s=settings.selection_timeout_s,
     )
 
