@@ -770,8 +770,11 @@ def coreset_quality(
     num_subsets = int(member_groups.max()) // classes + 1 if len(member_groups) else 0
 
     def subset_means(subset: np.ndarray, vectors: np.ndarray, w: np.ndarray) -> np.ndarray:
-        sums = np.zeros((num_subsets, vectors.shape[1]))
-        np.add.at(sums, subset, w[:, None] * vectors)
+        # One bincount per dimension: much faster than np.add.at on (rows, d).
+        sums = np.stack(
+            [np.bincount(subset, w * vectors[:, j], num_subsets) for j in range(vectors.shape[1])],
+            axis=1,
+        )  # (S, d)
         return sums / np.maximum(np.bincount(subset, w, minlength=num_subsets), 1e-12)[:, None]
 
     def relative_errors(estimate: np.ndarray) -> np.ndarray:  # (S,) one per subset
@@ -787,7 +790,7 @@ def coreset_quality(
     group_start = np.searchsorted(member_groups[order_in_group], member_groups)
     random_errors = []
     for _ in range(draws):
-        order = np.lexsort((rng.random(len(member_groups)), member_groups))
+        order = np.argsort(member_groups + rng.random(len(member_groups)))  # by group, shuffled
         position = np.arange(len(order)) - group_start[order]
         chosen = order[position < take[member_groups[order]]]
         estimate = subset_means(member_subset[chosen], embeddings[chosen], np.ones(len(chosen)))

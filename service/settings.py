@@ -58,9 +58,7 @@ class ServeSettings(BaseSettings):
     gpu_share: float = Field(
         1.0, gt=0, le=1, description="GPUs per selector actor where GPUs exist"
     )
-    selector_threads: int = Field(
-        2, ge=1, description="torch threads per selector actor (trainers wait during selection)"
-    )
+    selector_threads: int = Field(1, ge=1, description="torch threads per selector actor")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:
