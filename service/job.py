@@ -479,6 +479,8 @@ class JobState:
                 f"indices {bad.tolist()} are not candidates of rank {rank} in region {region_id}"
             )
         slots = span.start + pos
+        if len(slots) and slots[-1] - slots[0] == len(slots) - 1:
+            slots = slice(int(slots[0]), int(slots[-1]) + 1)  # in order: a plain copy
         if region.embeddings is None:
             region.embeddings = np.zeros((len(region.candidates), embeddings.shape[1]), np.float32)
         region.embeddings[slots] = embeddings
@@ -831,11 +833,13 @@ def _validate_upload(
         raise InvalidArgument("losses must be finite and >= 0")
     if len(np.unique(indices)) != n:
         raise InvalidArgument("indices contain duplicates")
-    order = np.argsort(indices, kind="stable")
+    if n > 1 and not np.all(indices[1:] > indices[:-1]):  # clients usually send them sorted
+        order = np.argsort(indices, kind="stable")
+        indices, embeddings, losses = indices[order], embeddings[order], losses[order]
     return (
-        indices[order].astype(np.int64),
-        embeddings[order].astype(np.float32),
-        losses[order].astype(np.float32),
+        np.asarray(indices, dtype=np.int64),
+        np.asarray(embeddings, dtype=np.float32),
+        np.asarray(losses, dtype=np.float32),
     )
 
 
