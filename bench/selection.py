@@ -267,6 +267,8 @@ def run_selection_bench(plan: SelectionPlan, *, ray_pool: bool = True) -> dict[s
                     "cpus": torch.get_num_threads(), "processor": platform.processor()},
     }  # fmt: skip
     result["default"] = {}
+    with torch_threads(1):
+        kernel_time(region, plan.repeats)  # discarded: the first timed configuration ran slow
     for threads in plan.threads:
         with torch_threads(threads):
             result["default"][f"{threads}_threads"] = {
