@@ -71,13 +71,30 @@ class JobConfig(BaseModel):
         "path; auto: coresets while the monitor says they beat random batches",
     )
     random_batches: Literal["stratified", "uniform"] = Field(
-        "stratified", description="random batches: ceil(B/C) per class, or B uniformly"
+        "stratified",
+        description="random batches: stratified by class as class_weighting says, or B uniformly",
     )
     auto_min_gain: float = Field(
         1.5, gt=0, description="auto keeps coresets while random error / coreset error >= it"
     )
     auto_retest_epochs: float = Field(
         1.0, gt=0, description="auto: virtual epochs of random batches before re-testing"
+    )
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="a human name for the dashboard (printable, <= 128 characters)",
+    )
+    class_weighting: Literal["proportional", "balanced"] = Field(
+        "proportional",
+        description="proportional: subsets, budgets and weights follow the pool's class shares, "
+        "so a batch estimates the loss over the data's class mix; balanced: every class gets "
+        "the same share (the reference code's equal_num, a class-balanced objective)",
+    )
+    allow_empty_classes: bool = Field(
+        False, description="accept labels that leave a class in [0, C) without any example"
     )
 
     @model_validator(mode="after")
@@ -122,12 +139,12 @@ class JobConfig(BaseModel):
 
     @property
     def per_class_candidates(self) -> int:
-        """Candidates of each class in one random subset: ceil(r / C)."""
+        """Balanced weighting: candidates of each class in one random subset, ceil(r / C)."""
         return math.ceil(self.resolved_subset_size / self.num_classes)
 
     @property
     def per_class_budget(self) -> int:
-        """Examples selected per class and subset: ceil(B / C)."""
+        """Balanced weighting: examples selected per class and subset, ceil(B / C)."""
         return math.ceil(self.batch_size / self.num_classes)
 
 

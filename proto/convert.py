@@ -77,13 +77,12 @@ def from_array(message: pb.Array, name: str, dtypes: tuple[int, ...], ndim: int)
 
 
 # ------------------------------------------------------------------------------ config
-_OPTIONAL_CONFIG_FIELDS = (
-    "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau",
-    "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval",
-    "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval",
-    "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches",
-    "auto_min_gain", "auto_retest_epochs",
-)  # fmt: skip
+# Derived from the wire message, so a field added to the proto travels without an edit here;
+# tests/test_contract.py checks that these are exactly JobConfig's optional fields.
+_REQUIRED_CONFIG_FIELDS = ("num_examples", "num_classes")
+_OPTIONAL_CONFIG_FIELDS = tuple(
+    f.name for f in pb.JobConfig.DESCRIPTOR.fields if f.name not in _REQUIRED_CONFIG_FIELDS
+)
 
 
 def config_to_pb(config: JobConfig) -> pb.JobConfig:

@@ -78,6 +78,10 @@ class Region:
     members: np.ndarray  # (M,) int64 slot of each subset member, subset-major then class
     member_groups: np.ndarray  # (M,) int64 problem id = subset * C + class
     check_slots: np.ndarray  # (S,) int64 slots measured by checks, sorted
+    # (C,) int64 examples of each class selected per coreset (sum B), and (C,) float64 each
+    # class's share of the objective, both fixed from the pool when the region opens.
+    class_budgets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    class_shares: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     phase: Phase = Phase.EMBED
     embeddings: np.ndarray | None = None  # (U, d) float32 while collecting
     losses: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (U,)
@@ -158,7 +162,19 @@ class JobState:
         if labels.size and not np.issubdtype(labels.dtype, np.integer):
             raise InvalidArgument(f"labels must be integers, got {labels.dtype}")
         if labels.size and (labels.min() < 0 or labels.max() >= config.num_classes):
-            raise InvalidArgument(f"labels must lie in [0, {config.num_classes})")
+            raise InvalidArgument(
+                f"labels must be integers in [0, {config.num_classes}) (num_classes="
+                f"{config.num_classes}), got values in [{labels.min()}, {labels.max()}]; map "
+                "string or sparse labels to 0..C-1 first"
+            )
+        empty = np.flatnonzero(np.bincount(labels, minlength=config.num_classes) == 0)
+        if len(empty) and not config.allow_empty_classes:
+            shown = ", ".join(str(c) for c in empty[:10]) + (", ..." if len(empty) > 10 else "")
+            raise InvalidArgument(
+                f"{len(empty)} of num_classes={config.num_classes} classes have no example "
+                f"(classes {shown}); set num_classes to the number of distinct labels, or "
+                "allow_empty_classes=True if that is expected"
+            )
         self.job_id = job_id
         self.config = config
         self.pool = ExamplePool(labels, config.num_classes, config.loss_window)
@@ -273,7 +289,11 @@ class JobState:
         cfg = self.config
         num_coresets = self.next_num_coresets
         world = cfg.world_size
-        subsets = self.pool.draw_subsets(rng, world, num_coresets, cfg.per_class_candidates)
+        budgets = self.pool.class_quotas(cfg.batch_size, cfg.class_weighting)
+        per_class = np.maximum(
+            self.pool.class_quotas(cfg.resolved_subset_size, cfg.class_weighting), budgets
+        )
+        subsets = self.pool.draw_subsets(rng, world, num_coresets, per_class)
 
         # Slots: each rank's distinct candidates, sorted; members point at slots.
         candidates, rank_offsets, members, member_groups = [], [0], [], []
@@ -306,6 +326,8 @@ class JobState:
             members=np.concatenate(members).astype(np.int64),
             member_groups=np.concatenate(member_groups),
             check_slots=check_slots,
+            class_budgets=budgets,
+            class_shares=self.pool.class_shares(cfg.class_weighting),
             losses=np.zeros(num_slots, np.float32),
             received=np.zeros(num_slots, bool),
             last_decided=start - 1,
@@ -322,8 +344,10 @@ class JobState:
         if cfg.strategy == "auto":
             steps = max(1, min(steps, math.ceil(self.auto_random_until) - start))
         batches: list[np.ndarray] = []  # rank-major: rank q's batches are [q*steps, (q+1)*steps)
+        shares = self.pool.class_shares(cfg.class_weighting)
         if cfg.random_batches == "stratified":
-            subsets = self.pool.draw_subsets(rng, world, steps, cfg.per_class_budget)
+            budgets = self.pool.class_quotas(cfg.batch_size, cfg.class_weighting)
+            subsets = self.pool.draw_subsets(rng, world, steps, budgets)
             batches = [np.sort(np.concatenate(parts)) for parts in subsets]
         else:
             shares = np.array_split(rng.permutation(np.flatnonzero(self.pool.in_pool)), world)
@@ -337,6 +361,12 @@ class JobState:
                     ]
         end, reason = self._region_end(start, steps)
         sizes = [len(b) for b in batches]
+        indices = np.concatenate(batches).astype(np.int64)
+        weights = np.ones(len(indices))
+        if cfg.random_batches == "stratified":  # each class's share of the loss, as coresets
+            subset = np.repeat(np.arange(len(batches)), sizes)
+            labels = self.pool.labels[indices]
+            weights = class_weights(np.ones(len(indices)), subset, labels, shares)
         empty = np.zeros(0, np.int64)
         return Region(
             region_id=region_id,
@@ -350,9 +380,10 @@ class JobState:
             members=empty,
             member_groups=empty,
             check_slots=empty,
+            class_shares=shares,
             phase=Phase.READY,
-            coreset_indices=np.concatenate(batches).astype(np.int64),
-            coreset_weights=np.ones(sum(sizes), np.float32),
+            coreset_indices=indices,
+            coreset_weights=weights.astype(np.float32),
             coreset_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
             last_decided=start - 1,
             mode="random",
@@ -417,11 +448,13 @@ class JobState:
             f"random until step {math.ceil(self.auto_random_until)}"
         )
 
-    def _pool_floor(self) -> int:
+    def _pool_floor(self) -> np.ndarray:
+        """``(C,)`` pool members each class keeps: enough for P x W disjoint subsets."""
         cfg = self.config
         if cfg.min_pool_per_class is not None:
-            return cfg.min_pool_per_class
-        return cfg.per_class_candidates * cfg.num_coresets * cfg.world_size
+            return np.full(cfg.num_classes, cfg.min_pool_per_class, np.int64)
+        per_class = self.pool.class_quotas(cfg.resolved_subset_size, cfg.class_weighting)
+        return per_class * cfg.num_coresets * cfg.world_size
 
     def _drop_every(self) -> float:
         return max(1.0, self.config.drop_interval * self.config.steps_per_virtual_epoch)
@@ -506,12 +539,12 @@ class JobState:
         if region is None or region.phase is not Phase.SELECTING:
             raise FailedPrecondition("no region is waiting for selection")
         assert region.embeddings is not None
-        num_problems = self.config.world_size * region.num_coresets * self.config.num_classes
+        num_subsets = self.config.world_size * region.num_coresets
         return SelectionRequest(
             job_id=self.job_id,
             embeddings=region.embeddings[region.members],
             groups=region.member_groups,
-            budgets=np.full(num_problems, self.config.per_class_budget, dtype=np.int64),
+            budgets=np.tile(region.class_budgets, num_subsets),  # problem = subset * C + class
         )
 
     def complete_selection(self, region_id: int, result: SelectionResult) -> None:
@@ -541,16 +574,18 @@ class JobState:
         """Complete a region without selection: stratified random batches of weight 1.
 
         For when the selector failed or missed its deadline. Each subset yields one batch of
-        ``ceil(B / C)`` random members per class, drawn reproducibly for the seed and region.
+        the region's class budgets in random members, drawn reproducibly for the seed and
+        region, weighted like random batches (each class's share of the objective).
         """
         region = self._current(region_id)
         if region.phase is not Phase.SELECTING:
             raise FailedPrecondition(f"region {region_id} is not waiting for selection")
         rng = np.random.default_rng([self.config.seed, region_id, 1])
-        budget = self.config.per_class_budget
+        classes = self.config.num_classes
         rows = []
         for problem in np.unique(region.member_groups):
             members = np.flatnonzero(region.member_groups == problem)
+            budget = int(region.class_budgets[problem % classes])
             rows.append(np.sort(rng.choice(members, min(budget, len(members)), replace=False)))
         chosen = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         self.stats[region_id].fallback = True
@@ -565,13 +600,17 @@ class JobState:
         weights: np.ndarray,
         monitor: bool = True,
     ) -> None:
-        """Turn chosen subset members into the region's coresets and record statistics."""
+        """Turn chosen subset members into the region's coresets and record statistics.
+
+        ``weights`` are raw (cluster sizes, or ones): within each (subset, class) they are
+        rescaled to sum to the class's share of the objective, then to mean 1 over the region.
+        """
         classes = self.config.num_classes
         num_subsets = self.config.world_size * region.num_coresets
         slots = region.members[rows]
         region.coreset_indices = region.candidates[slots]
-        mean = float(weights.mean()) if weights.size else 1.0
-        region.coreset_weights = (weights / mean).astype(np.float32)
+        weights = class_weights(weights, groups // classes, groups % classes, region.class_shares)
+        region.coreset_weights = weights.astype(np.float32)
         counts = np.bincount(groups // classes, minlength=num_subsets)
         region.coreset_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         region.initial_loss = float(region.losses[region.check_slots].mean())
@@ -761,9 +800,10 @@ def coreset_quality(
 ) -> tuple[float, float]:
     """The monitor: how well each batch's mean embedding-gradient matches its subset's.
 
-    For every subset V, ``‖ḡ_S − ḡ_V‖² / ‖ḡ_V‖²`` for the weighted coreset S (weights are the
-    cluster sizes) and, averaged over ``draws`` draws, for stratified random batches with the
-    coreset's per-class sizes drawn from V. Returns both errors averaged over the subsets.
+    For every subset V, ``‖ḡ_S − ḡ_V‖² / ‖ḡ_V‖²`` for the weighted coreset S (its class-weighted
+    cluster sizes; ḡ_V is V's mean over the objective's class mix) and, averaged over ``draws``
+    draws, for stratified random batches with the coreset's per-class sizes drawn from V.
+    Returns both errors averaged over the subsets.
     """
     assert region.embeddings is not None
     classes = config.num_classes
@@ -783,8 +823,16 @@ def coreset_quality(
         return ((estimate - target) ** 2).sum(1) / ((target**2).sum(1) + 1e-12)
 
     member_subset = member_groups // classes
-    target = subset_means(member_subset, embeddings, np.ones(len(embeddings)))  # (S, d)
-    coreset = subset_means(groups // classes, embeddings[rows], weights.astype(np.float64))
+    member_labels = member_groups % classes
+    shares = region.class_shares
+
+    def stratified(rows: np.ndarray) -> np.ndarray:  # weights: each class its share
+        return class_weights(np.ones(len(rows)), member_subset[rows], member_labels[rows], shares)
+
+    # The subset's mean over the objective's class mix (what a coreset batch estimates).
+    target = subset_means(member_subset, embeddings, stratified(np.arange(len(embeddings))))
+    weights = class_weights(weights, groups // classes, groups % classes, shares)  # idempotent
+    coreset = subset_means(groups // classes, embeddings[rows], weights)
     # Stratified random batches of the coreset's per-(subset, class) sizes: rank members by a
     # random key within their (subset, class) problem and keep the first ones.
     take = np.bincount(groups, minlength=int(member_groups.max()) + 1)
@@ -795,19 +843,47 @@ def coreset_quality(
         order = np.argsort(member_groups + rng.random(len(member_groups)))  # by group, shuffled
         position = np.arange(len(order)) - group_start[order]
         chosen = order[position < take[member_groups[order]]]
-        estimate = subset_means(member_subset[chosen], embeddings[chosen], np.ones(len(chosen)))
+        estimate = subset_means(member_subset[chosen], embeddings[chosen], stratified(chosen))
         random_errors.append(relative_errors(estimate))
     return float(relative_errors(coreset).mean()), float(np.mean(random_errors))
 
 
+def class_weights(
+    raw: np.ndarray, subset: np.ndarray, labels: np.ndarray, shares: np.ndarray
+) -> np.ndarray:
+    """Batch weights under which each class carries its share of the objective.
+
+    Within each (batch, class), ``raw`` (cluster sizes, or ones) is rescaled to sum to the
+    class's share, so a weighted batch estimates the loss over the objective's class mix
+    whatever rounding did to the class counts; then all weights are rescaled to mean 1.
+
+    Args:
+        raw: ``(n,)`` positive raw weights. subset: ``(n,)`` int64 batch of each row.
+        labels: ``(n,)`` int64 class of each row. shares: ``(C,)`` float64, sums to 1.
+
+    Returns:
+        ``(n,)`` float64 weights with mean 1 (empty for ``n = 0``).
+    """
+    if len(raw) == 0:
+        return np.zeros(0, np.float64)
+    raw = np.asarray(raw, dtype=np.float64)
+    problem = np.asarray(subset, np.int64) * len(shares) + labels  # (n,) (batch, class) id
+    totals = np.bincount(problem, raw)  # (batches * C,) raw weight per (batch, class)
+    weights = raw * shares[labels] / totals[problem]
+    return weights / weights.mean()
+
+
 def monitor_gain(coreset_error: float | None, random_error: float | None) -> float | None:
     """How many times smaller the coreset's gradient error is than a random batch's (1 when
-    both are 0: coresets are then no better; None when not measured)."""
+    both are 0 to rounding: coresets are then no better; None when not measured)."""
     if coreset_error is None or random_error is None:
         return None
-    if coreset_error <= 0:
-        return math.inf if random_error > 0 else 1.0
+    if coreset_error <= _EXACT:
+        return math.inf if random_error > _EXACT else 1.0
     return random_error / coreset_error
+
+
+_EXACT = 1e-12  # a relative squared error this small is float64 rounding: an exact estimate
 
 
 def _validate_upload(
@@ -844,8 +920,9 @@ def _validate_upload(
 
 
 _REGION_ARRAYS = (
-    "candidates", "rank_offsets", "members", "member_groups", "check_slots", "losses",
-    "received", "coreset_indices", "coreset_weights", "coreset_offsets",
+    "candidates", "rank_offsets", "members", "member_groups", "check_slots", "class_budgets",
+    "class_shares", "losses", "received", "coreset_indices", "coreset_weights",
+    "coreset_offsets",
 )  # fmt: skip
 _REGION_SCALARS = (
     "region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval",

@@ -14,6 +14,36 @@ from typing import Any
 import numpy as np
 
 
+def largest_remainder(shares: np.ndarray, total: int, at_least_one: bool = True) -> np.ndarray:
+    """Split ``total`` seats between classes in proportion to ``shares`` (Hamilton's method).
+
+    Each class gets the floor of its exact quota and the seats left over go to the largest
+    fractional parts (ties to the lower class index). With ``at_least_one``, every class with a
+    positive share gets a seat while ``total`` allows, taken from the classes with the most.
+
+    Args:
+        shares: ``(C,)`` non-negative weights (class sizes or fractions), not all zero.
+        total: seats to hand out, >= 0.
+
+    Returns:
+        ``(C,)`` int64 seats summing to ``total``; zero where the share is zero.
+    """
+    shares = np.asarray(shares, dtype=np.float64)
+    exact = total * shares / shares.sum()  # (C,)
+    seats = np.floor(exact).astype(np.int64)
+    order = np.lexsort((np.arange(len(shares)), -(exact - seats)))  # largest remainder first
+    seats[order[: total - int(seats.sum())]] += 1
+    present = shares > 0
+    if at_least_one and total >= int(present.sum()):
+        for label in np.flatnonzero(present & (seats == 0)):
+            donor = int(np.argmax(seats - exact))  # the class the rounding favoured most
+            if seats[donor] <= 1:
+                donor = int(np.argmax(seats))
+            seats[donor] -= 1
+            seats[label] += 1
+    return seats
+
+
 @dataclass
 class DropOutcome:
     dropped: int
@@ -52,10 +82,32 @@ class ExamplePool:
     def sizes_per_class(self) -> np.ndarray:
         return np.bincount(self.labels[self.in_pool], minlength=self.num_classes)
 
+    def class_quotas(self, total: int, weighting: str) -> np.ndarray:
+        """Seats per class out of ``total`` (a subset's candidates or a batch's examples).
+
+        In proportion to :meth:`class_shares` (:func:`largest_remainder`: exactly ``total``
+        seats, and every class in the pool gets one while ``total`` allows).
+
+        Returns:
+            ``(C,)`` int64 seats; zero for classes with no member in the pool.
+        """
+        return largest_remainder(self.class_shares(weighting), total)
+
+    def class_shares(self, weighting: str) -> np.ndarray:
+        """``(C,)`` float64: each class's share of the training objective (sums to 1).
+
+        ``proportional``: its share of the pool. ``balanced``: ``1 / C'`` for each of the C'
+        classes in the pool (the reference code's ``equal_num``, a class-balanced objective).
+        """
+        sizes = self.sizes_per_class().astype(np.float64)
+        if weighting == "balanced":
+            sizes = (sizes > 0).astype(np.float64)
+        return sizes / max(sizes.sum(), 1.0)
+
     def draw_subsets(
-        self, rng: np.random.Generator, ranks: int, per_rank: int, per_class: int
+        self, rng: np.random.Generator, ranks: int, per_rank: int, per_class: int | np.ndarray
     ) -> list[list[np.ndarray]]:
-        """Stratified random subsets: ``per_class`` pool members of every class in each.
+        """Stratified random subsets: ``per_class[c]`` pool members of class ``c`` in each.
 
         Each class's members are shuffled and split between the ranks, so different ranks'
         subsets never share an example (while a class has at least one member per rank).
@@ -67,13 +119,15 @@ class ExamplePool:
             ``subsets[s][c]`` (``s = rank * per_rank + p``): int64 indices of class ``c``.
         """
         subsets: list[list[np.ndarray]] = [[] for _ in range(ranks * per_rank)]
+        wanted = np.broadcast_to(per_class, (self.num_classes,))
         for label in range(self.num_classes):
+            want = int(wanted[label])
             shares = np.array_split(rng.permutation(self.class_members(label)), ranks)
             for rank, share in enumerate(shares):
-                if len(share) >= per_rank * per_class:
-                    parts = list(share[: per_rank * per_class].reshape(per_rank, per_class))
+                if len(share) >= per_rank * want:
+                    parts = list(share[: per_rank * want].reshape(per_rank, want))
                 else:
-                    take = min(per_class, len(share))
+                    take = min(want, len(share))
                     parts = [rng.choice(share, take, replace=False) for _ in range(per_rank)]
                 for offset, part in enumerate(parts):
                     subsets[rank * per_rank + offset].append(np.sort(part))
@@ -94,7 +148,7 @@ class ExamplePool:
         self,
         evaluation: int,
         learned_loss: float,
-        floor_per_class: int,
+        floor_per_class: np.ndarray,
         max_dropped: int,
         readmit_after: int,
     ) -> DropOutcome:

@@ -148,7 +148,7 @@ def test_selection_failures_fall_back_to_random_batches_then_recover(mode: str) 
         served = await drive(manager, job_id, 0, 40, [0])
         status = await manager.job_status(job_id)
         assert status.regions[0].fallback
-        assert all(w == 1.0 for step, region, _, ws in served if region == 0 for w in ws)
+        assert all(abs(w - 1.0) < 0.1 for step, region, _, ws in served if region == 0 for w in ws)
         assert len(status.regions) > 1 and not status.regions[1].fallback, "selection resumes"
         telemetry = manager.telemetry(job_id)
         assert telemetry.fallbacks == 1
