@@ -12,8 +12,13 @@ from crest.worker.selector import InProcessSelector
 
 
 def local_coordinator(device: str = "cpu") -> LocalCoordinator:
-    """An in-process coordinator with an in-process selector on ``device``."""
-    return LocalCoordinator(JobManager(InProcessSelector(device)))
+    """An in-process coordinator with an in-process selector on ``device``.
+
+    ``CREST_STRICT=1`` (as for ``crest serve``'s ``strict`` setting) makes a selection bug fail
+    the job's calls instead of falling back to random batches; the test suite sets it.
+    """
+    strict = os.environ.get("CREST_STRICT", "").lower() in ("1", "true")
+    return LocalCoordinator(JobManager(InProcessSelector(device), strict=strict))
 
 
 def connect(address: str | None = None, **remote_args: object) -> Coordinator:

@@ -10,7 +10,8 @@
      │                        wrong region, wrong phase
      ├── ResourceExhausted    message or job too large
      ├── Unauthenticated      missing or wrong token
-     └── Unavailable          the coordinator or its selector cannot answer now
+     ├── Unavailable          the coordinator or its selector cannot answer now
+     └── SelectionCrashed     selection hit a bug (coordinators in strict mode only)
 
 Every handler maps an error through :data:`STATUS_OF` (a gRPC status name), and the client maps
 statuses back through :func:`error_for_status`, so both sides raise the same classes.
@@ -50,6 +51,11 @@ class Unavailable(CrestError):
     """The coordinator or its selector cannot answer now; retrying later may succeed."""
 
 
+class SelectionCrashed(CrestError):
+    """Selection failed with an unexpected error (a bug); strict coordinators report it
+    instead of falling back to random batches. Not retryable."""
+
+
 # gRPC status code names (grpc.StatusCode[name]) of each error class.
 STATUS_OF: dict[type[CrestError], str] = {
     InvalidArgument: "INVALID_ARGUMENT",
@@ -58,6 +64,7 @@ STATUS_OF: dict[type[CrestError], str] = {
     ResourceExhausted: "RESOURCE_EXHAUSTED",
     Unauthenticated: "UNAUTHENTICATED",
     Unavailable: "UNAVAILABLE",
+    SelectionCrashed: "INTERNAL",
 }
 
 

@@ -13,11 +13,11 @@ import numpy as np
 from crest.proto.contract import CheckReport
 from crest.service.codec import pack, unpack
 from crest.service.job import JobState
-from crest.worker.selector import SelectionResult
+from crest.worker.problems import SelectionResult
 
 
 def opened(rank: int, step: int) -> bytes:
-    """A ``view`` that opened a region."""
+    """A region opened at ``step`` (asked for by ``rank``)."""
     return pack({"op": "open", "rank": rank, "step": step})
 
 
@@ -67,7 +67,7 @@ def replay(state: JobState, blob: bytes) -> None:
     event: dict[str, Any] = unpack(blob)
     op = event["op"]
     if op == "open":
-        state.view(event["rank"], event["step"])
+        state.open_region(event["rank"], event["step"])
     elif op == "embed":
         state.receive_embeddings(
             event["rank"], event["region_id"], event["indices"], event["embeddings"],

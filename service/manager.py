@@ -34,13 +34,20 @@ from crest.proto.contract import (
     RegionView,
     SessionInfo,
 )
-from crest.proto.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from crest.proto.errors import (
+    CrestError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SelectionCrashed,
+    Unavailable,
+)
 from crest.service import journal
 from crest.service.codec import pack, unpack
 from crest.service.job import JobState, Phase, Upload
 from crest.service.store import MemoryStore, StateStore
 from crest.service.telemetry import JobTelemetry, SelectionEvent
-from crest.worker.selector import SelectionResult, Selector
+from crest.worker.problems import SelectionResult, Selector
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,7 @@ class _Job:
     embedded_at: float = 0.0  # monotonic time the current region's last embedding arrived
     journal_length: int = 0
     stale: bool = False  # memory may hold changes the store does not: reload first
+    crashed: CrestError | None = None  # strict mode: selection hit a bug; calls fail with it
 
     def __post_init__(self) -> None:
         self.changed = asyncio.Condition(self.lock)
@@ -79,8 +87,12 @@ class JobManager:
         store: where jobs are journaled (default: this process's memory).
         wait_s: the longest a call waits for peers or for selection before it fails with
             :class:`Unavailable` (callers retry; every call is idempotent).
-        selection_timeout_s: past this, a region gets stratified random batches instead of
-            coresets (flagged in its statistics): no job ever hangs on the selector.
+        selection_timeout_s: the deadline of each selection, passed to the selector; past it,
+            a region gets stratified random batches instead of coresets (flagged in its
+            statistics): no job ever hangs on the selector.
+        strict: an unexpected selection error (a bug, not a timeout or a lost worker) fails
+            the job's waiting calls with :class:`SelectionCrashed` instead of falling back.
+            Either way it is logged with its type and counted in the job's telemetry.
         snapshot_every: journal events between snapshots (bounds replay at restart).
     """
 
@@ -92,12 +104,14 @@ class JobManager:
         wait_s: float = DEFAULT_WAIT_S,
         selection_timeout_s: float = DEFAULT_SELECTION_TIMEOUT_S,
         snapshot_every: int = SNAPSHOT_EVERY,
+        strict: bool = False,
     ) -> None:
         self.selector = selector
         self.store = store if store is not None else MemoryStore()
         self.wait_s = wait_s
         self.selection_timeout_s = selection_timeout_s
         self.snapshot_every = snapshot_every
+        self.strict = strict
         self._jobs: dict[str, _Job] = {}
 
     async def start(self) -> None:
@@ -168,7 +182,10 @@ class JobManager:
             raise NotFound(f"unknown job {job_id!r}") from None
 
     async def _fresh(self, job: _Job) -> None:
-        """Rebuild a stale job from the store (call with the job's lock held)."""
+        """Rebuild a stale job from the store (call with the job's lock held); fail the call
+        when strict mode stopped the job on a selection bug."""
+        if job.crashed is not None:
+            raise job.crashed
         if job.stale:
             try:
                 job.state, job.journal_length = await self._load(job.state.job_id)
@@ -239,12 +256,10 @@ class JobManager:
             return view
 
     async def _view(self, job: _Job, rank: int, step: int) -> RegionView:
-        before = None if job.state.region is None else job.state.region.region_id
-        view = job.state.view(rank, step)
-        after = None if job.state.region is None else job.state.region.region_id
-        if after != before:
+        """The view of ``step``, opening (and journaling) its region first when it is due."""
+        if job.state.open_region(rank, step):
             await self._journal(job, journal.opened(rank, step))
-        return view
+        return job.state.view(rank, step)
 
     async def submit_embeddings(
         self,
@@ -285,11 +300,18 @@ class JobManager:
             region_id = region.region_id
             request = job.state.selection_request()
         result: SelectionResult | None = None
+        limit = self.selection_timeout_s
         try:
-            result = await asyncio.wait_for(self.selector.select(request), self.selection_timeout_s)
-        except Exception as err:  # the region falls back to random batches; never hang
+            # One deadline: passed down, and enforced here too for a selector that ignores it.
+            async with asyncio.timeout(limit):
+                result = await self.selector.select(request, timeout_s=limit)
+        except (TimeoutError, Unavailable) as err:  # slow, busy or lost workers: expected
+            reason = f"{type(err).__name__}: {err}" if str(err) else f"no answer in {limit:g} s"
             log.warning("selection of job %s region %d failed (%s): random batches instead",
-                        job.state.job_id, region_id, err or type(err).__name__)  # fmt: skip
+                        job.state.job_id, region_id, reason)  # fmt: skip
+        except Exception as err:  # a bug in the kernel, the request or the selector
+            if await self._selection_bug(job, region_id, err, "raised"):
+                return
         async with job.changed:
             region = job.state.region
             if job.stale or region is None or region.region_id != region_id:
@@ -302,8 +324,10 @@ class JobManager:
                     try:
                         job.state.complete_selection(region_id, result)
                         await self._journal(job, journal.selected(region_id, result))
-                    except InvalidArgument as err:
-                        log.error("selector answered region %d wrongly (%s)", region_id, err)
+                    except InvalidArgument as err:  # the selector's answer does not fit
+                        if self._crash(job, region_id, err, "answered wrongly"):
+                            job.changed.notify_all()
+                            return
                         fallback = True
                 if fallback:
                     job.state.complete_fallback(region_id)
@@ -321,6 +345,25 @@ class JobManager:
                 )
             )
             job.changed.notify_all()
+
+    async def _selection_bug(self, job: _Job, region_id: int, error: Exception, what: str) -> bool:
+        """Record an unexpected selection error; True when strict mode stops the region."""
+        async with job.changed:
+            crashed = self._crash(job, region_id, error, what)
+            job.changed.notify_all()
+            return crashed
+
+    def _crash(self, job: _Job, region_id: int, error: Exception, what: str) -> bool:
+        """Log and count a selection bug; in strict mode, make the job's calls fail with it."""
+        job.telemetry.record_error(error)
+        log.error("selection of job %s region %d %s: %s: %s", job.state.job_id, region_id, what,
+                  type(error).__name__, error, exc_info=error)  # fmt: skip
+        if not self.strict:
+            return False
+        job.crashed = SelectionCrashed(
+            f"selection of region {region_id} {what}: {type(error).__name__}: {error}"
+        )
+        return True
 
     # -------------------------------------------------------------------------- checks
     async def report_check(
@@ -350,6 +393,9 @@ class JobManager:
     ) -> None:
         limit = self.wait_s if timeout is None else min(timeout, self.wait_s)
         try:
-            await asyncio.wait_for(job.changed.wait_for(ready), limit)
+            done = job.changed.wait_for(lambda: ready() or job.crashed is not None)
+            await asyncio.wait_for(done, limit)
         except TimeoutError:
             raise Unavailable(f"timed out after {limit:.1f} s waiting for {what}") from None
+        if job.crashed is not None:
+            raise job.crashed

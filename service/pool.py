@@ -8,10 +8,13 @@ evaluations they return with an empty history and must be seen learned again to 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from crest.proto.contract import JobConfig
 
 
 def largest_remainder(shares: np.ndarray, total: int, at_least_one: bool = True) -> np.ndarray:
@@ -44,10 +47,60 @@ def largest_remainder(shares: np.ndarray, total: int, at_least_one: bool = True)
     return seats
 
 
+def class_weights(
+    raw: np.ndarray, subset: np.ndarray, labels: np.ndarray, shares: np.ndarray
+) -> np.ndarray:
+    """Batch weights under which each class carries its share of the objective.
+
+    Within each (batch, class), ``raw`` (cluster sizes, or ones) is rescaled to sum to the
+    class's share, so a weighted batch estimates the loss over the objective's class mix
+    whatever rounding did to the class counts; then all weights are rescaled to mean 1.
+
+    Args:
+        raw: ``(n,)`` positive raw weights. subset: ``(n,)`` int64 batch of each row.
+        labels: ``(n,)`` int64 class of each row. shares: ``(C,)`` float64, sums to 1.
+
+    Returns:
+        ``(n,)`` float64 weights with mean 1 (empty for ``n = 0``).
+    """
+    if len(raw) == 0:
+        return np.zeros(0, np.float64)
+    raw = np.asarray(raw, dtype=np.float64)
+    problem = np.asarray(subset, np.int64) * len(shares) + labels  # (n,) (batch, class) id
+    totals = np.bincount(problem, raw)  # (batches * C,) raw weight per (batch, class)
+    weights = raw * shares[labels] / totals[problem]
+    return weights / weights.mean()
+
+
 @dataclass
 class DropOutcome:
     dropped: int
     readmitted: int
+
+
+@dataclass
+class DropSchedule:
+    """When the pool is next evaluated for learned examples: every ``drop_interval``
+    virtual epochs (never when it is 0)."""
+
+    evaluations: int = 0  # evaluations so far
+    next_step: float = math.inf  # the first region opening at or after it evaluates
+
+    @classmethod
+    def start(cls, config: JobConfig) -> DropSchedule:
+        return cls(next_step=cls.every(config) if config.drop_interval > 0 else math.inf)
+
+    @staticmethod
+    def every(config: JobConfig) -> float:
+        return max(1.0, config.drop_interval * config.steps_per_virtual_epoch)
+
+    def due(self, start: int) -> bool:
+        return start >= self.next_step
+
+    def advance(self, start: int, config: JobConfig) -> None:
+        self.evaluations += 1
+        while self.next_step <= start:
+            self.next_step += self.every(config)
 
 
 class ExamplePool:

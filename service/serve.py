@@ -17,11 +17,6 @@ from crest.worker.selector import InProcessSelector, Selector
 log = logging.getLogger(__name__)
 
 
-# The manager's own deadline on a selection sits just above the pool's, so the pool's clear
-# SelectionTimeout (and its actor restart) comes first; both end in random batches.
-MANAGER_DEADLINE_MARGIN_S = 5.0
-
-
 async def build_selector(settings: ServeSettings) -> Selector:
     """The in-process selector, or the Ray pool (joining ``ray_address`` or a local Ray)."""
     if settings.selector == "inprocess":
@@ -54,7 +49,8 @@ async def serve(settings: ServeSettings) -> None:
         selector,
         open_store(settings.store),
         wait_s=settings.wait_s,
-        selection_timeout_s=settings.selection_timeout_s + MANAGER_DEADLINE_MARGIN_S,
+        selection_timeout_s=settings.selection_timeout_s,
+        strict=settings.strict,
     )
     await manager.start()
     tls = None

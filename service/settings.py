@@ -39,6 +39,12 @@ class ServeSettings(BaseSettings):
         30.0, gt=0, description="past this a region gets random batches (flagged)"
     )
     grace_s: float = Field(10.0, ge=0, description="SIGTERM: time for in-flight RPCs to finish")
+    strict: bool = Field(
+        False,
+        description="an unexpected selection error (a bug) fails the job's calls with INTERNAL "
+        "instead of falling back to random batches (tests, debugging); it is always logged "
+        "and counted",
+    )
     selector: Literal["inprocess", "ray"] = Field(
         "ray", description="where selection runs: a Ray actor pool, or this process (tiny jobs)"
     )

@@ -71,9 +71,15 @@ class JobTelemetry:
     # Prometheus gets proper counters.
     selections_total: int = 0
     selection_seconds_total: float = 0.0
+    # Selections that failed with an unexpected error (a bug), by exception type.
+    selection_errors: dict[str, int] = field(default_factory=dict)
 
     def rank(self, rank: int) -> RankProgress:
         return self.ranks.setdefault(rank, RankProgress())
+
+    def record_error(self, error: BaseException) -> None:
+        kind = type(error).__name__
+        self.selection_errors[kind] = self.selection_errors.get(kind, 0) + 1
 
     def record_selection(self, event: SelectionEvent) -> None:
         self.selections.append(event)

@@ -7,6 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+# A selection bug fails loudly in tests (in-process coordinators and `crest serve` children
+# read it) instead of falling back to random batches, as production does.
+os.environ.setdefault("CREST_STRICT", "1")
+
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:

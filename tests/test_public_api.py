@@ -28,6 +28,7 @@ def test_worker_exports_are_pinned() -> None:
 
     assert sorted(crest.worker.__all__) == [
         "InProcessSelector",
+        "KernelError",
         "PoolUnavailable",
         "RaySelector",
         "SelectionRequest",

@@ -1,16 +1,18 @@
 """Selection: facility-location kernels, and the selectors that run them.
 
-The Ray pool's names are imported on first use, so that importing ``crest.worker`` (the
-kernel, the in-process selector) does not import Ray.
+Only the problem types (:mod:`crest.worker.problems`, numpy) load with the package: the
+kernel and the in-process selector (torch) and the Ray pool (Ray) are imported on first use,
+so that the coordinator's state machine can use ``crest.worker.problems`` without either.
 """
 
+from importlib import import_module
 from typing import Any
 
-from crest.worker.selection import select_coreset, select_groups
-from crest.worker.selector import InProcessSelector, SelectionRequest, SelectionResult, Selector
+from crest.worker.problems import SelectionRequest, SelectionResult, Selector
 
 __all__ = [
     "InProcessSelector",
+    "KernelError",
     "PoolUnavailable",
     "RaySelector",
     "SelectionRequest",
@@ -22,12 +24,19 @@ __all__ = [
     "select_groups",
 ]
 
-_RAY_NAMES = {"PoolUnavailable", "RaySelector", "SelectionTimeout", "init_ray"}
+_LAZY = {  # name -> module that defines it
+    "InProcessSelector": "crest.worker.selector",
+    "select_coreset": "crest.worker.selection",
+    "select_groups": "crest.worker.selection",
+    "KernelError": "crest.worker.ray_pool",
+    "PoolUnavailable": "crest.worker.ray_pool",
+    "RaySelector": "crest.worker.ray_pool",
+    "SelectionTimeout": "crest.worker.ray_pool",
+    "init_ray": "crest.worker.ray_pool",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _RAY_NAMES:
-        from crest.worker import ray_pool
-
-        return getattr(ray_pool, name)
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'crest.worker' has no attribute {name!r}")

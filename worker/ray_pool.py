@@ -12,17 +12,20 @@ coordinator's asyncio loop:
   read-only numpy views; a retry on another actor reuses the stored copy.
 * Actors hold nothing that cannot be rebuilt. A dead actor's batch goes back to the front of
   the queue for another actor; Ray restarts the actor (``max_restarts``), and the pool
-  replaces one that stays dead. ``select`` never waits past ``deadline_s``: then it raises
+  replaces one that stays dead. ``select`` never waits past its caller's deadline (default
+  ``deadline_s``): then it raises
   :class:`SelectionTimeout` and the caller falls back (random batches for the region). An
   actor still busy when its whole batch has timed out is hung (or hopelessly slow): it is
   killed and restarted, so that it cannot stay stuck.
 * Nothing here blocks the event loop: ObjectRefs are awaited, never ``ray.get``.
 
-Exceptions (both :class:`~crest.proto.errors.Unavailable`, gRPC ``UNAVAILABLE``)::
+Exceptions (the first two :class:`~crest.proto.errors.Unavailable`: expected, the caller
+falls back; a :class:`KernelError` is a bug)::
 
     Unavailable
      ├── SelectionTimeout   no result within the per-selection deadline
      └── PoolUnavailable    actors cannot be scheduled or started, or the pool is closed
+    KernelError             the kernel raised on a valid request
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import ray
 import torch
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
-from crest.proto.errors import InvalidArgument, Unavailable
+from crest.proto.errors import CrestError, InvalidArgument, Unavailable
 from crest.worker.fair_queue import FairQueue
 from crest.worker.selector import SelectionRequest, SelectionResult, check_request, solve_many
 
@@ -56,6 +59,10 @@ class SelectionTimeout(Unavailable):
 
 class PoolUnavailable(Unavailable):
     """The pool cannot serve: its actors cannot be scheduled or started, or it is closed."""
+
+
+class KernelError(CrestError):
+    """The kernel raised on a request for a reason other than invalid input: a bug."""
 
 
 def init_ray(
@@ -123,6 +130,7 @@ class _Pending:
     request: SelectionRequest
     payload: ray.ObjectRef
     future: asyncio.Future[SelectionResult]
+    deadline: float  # loop time past which its caller has given up
     solo: bool = False  # must run alone (its batch failed; find out whether it is the cause)
 
     @property
@@ -159,7 +167,7 @@ class RaySelector:
         cpus_per_actor: CPUs each actor requests from Ray.
         threads: torch intra-op threads in each actor.
         deadline_s: longest time :meth:`select` may take before :class:`SelectionTimeout`
-            (an attribute: may be changed at any time, e.g. per region).
+            when its caller passes no ``timeout_s`` (the coordinator always passes one).
         ready_timeout_s: longest wait for the actors to start; past it, the actors are
             removed and :class:`PoolUnavailable` says what could not be scheduled.
         ping_timeout_s: how long :meth:`healthy` and recovery wait for an actor's answer.
@@ -255,14 +263,22 @@ class RaySelector:
         """The actor handles, in slot order (they change when an actor is replaced)."""
         return [slot.actor for slot in self._slots]
 
-    async def select(self, request: SelectionRequest) -> SelectionResult:
+    async def select(
+        self, request: SelectionRequest, timeout_s: float | None = None
+    ) -> SelectionResult:
         """Solve one request on the pool; what :func:`run_selection` would return.
 
+        Args:
+            request: the region's problems.
+            timeout_s: the caller's deadline for this request (default ``deadline_s``).
+
         Raises:
-            SelectionTimeout: no result within ``deadline_s``.
+            SelectionTimeout: no result within the deadline.
             PoolUnavailable: the pool is closed.
             InvalidArgument: the kernel rejected the request.
+            KernelError: the kernel raised anything else (a bug).
         """
+        limit = self.deadline_s if timeout_s is None else timeout_s
         if self._closed:
             raise PoolUnavailable("the selector pool is closed")
         try:
@@ -271,20 +287,21 @@ class RaySelector:
             raise InvalidArgument(f"bad selection request: {err}") from None
         wake = self._start()
         try:
-            async with asyncio.timeout(self.deadline_s):
+            async with asyncio.timeout(limit):
                 payload = (request.embeddings, request.groups, request.budgets)
                 if request.embeddings.nbytes > _PUT_IN_THREAD_BYTES:
                     ref = await asyncio.to_thread(ray.put, payload)
                 else:
                     ref = ray.put(payload)
-                item = _Pending(request, ref, asyncio.get_running_loop().create_future())
+                loop = asyncio.get_running_loop()
+                item = _Pending(request, ref, loop.create_future(), loop.time() + limit)
                 async with wake:
                     self._queue.put(request.job_id, item)
                     wake.notify()
                 return await item.future
         except TimeoutError:
             raise SelectionTimeout(
-                f"no selection within {self.deadline_s:g} s from {len(self._slots)} actor(s) "
+                f"no selection within {limit:g} s from {len(self._slots)} actor(s) "
                 f"(pids {self.actor_pids})"
             ) from None
 
@@ -341,7 +358,8 @@ class RaySelector:
             slot.in_flight = len(batch)
             # Past the deadline every request of the batch has given up: an actor still busy
             # then is hung or hopelessly slow, and is restarted rather than left stuck.
-            watchdog = self.deadline_s + self.ping_timeout_s
+            last = max(item.deadline for item in batch)
+            watchdog = max(last - asyncio.get_running_loop().time(), 0.0) + self.ping_timeout_s
             try:
                 call = _resolve(slot.actor.select.remote(*[item.payload for item in batch]))
                 results = await asyncio.wait_for(call, watchdog)
@@ -402,7 +420,7 @@ class RaySelector:
         error: Exception = (
             InvalidArgument(f"selection rejected: {cause}")
             if isinstance(cause, ValueError)
-            else PoolUnavailable(f"selection failed: {cause}")
+            else KernelError(f"the selection kernel raised {type(cause).__name__}: {cause}")
         )
         if not batch[0].future.done():
             batch[0].future.set_exception(error)

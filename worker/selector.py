@@ -13,77 +13,22 @@ import asyncio
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 
+from crest.worker.problems import SelectionRequest, SelectionResult, Selector, check_request
 from crest.worker.selection import select_groups
 
-
-@dataclass(frozen=True)
-class SelectionRequest:
-    """All facility-location problems of one region.
-
-    Attributes:
-        embeddings: ``(M, d)`` float32, one row per candidate of a problem.
-        groups: ``(M,)`` int64 problem id of each row in ``[0, G)``; a problem's rows are in
-            the order that breaks ties (lowest first).
-        budgets: ``(G,)`` int64 how many rows to choose per problem.
-        job_id: whose request this is; selectors that batch requests share their kernel
-            calls fairly between jobs. Never changes the result.
-    """
-
-    embeddings: np.ndarray
-    groups: np.ndarray
-    budgets: np.ndarray
-    job_id: str = ""
-
-
-@dataclass(frozen=True)
-class SelectionResult:
-    """Chosen rows of a request: ``rows``/``groups`` int64 and raw cluster-size ``weights``
-    float32, all ``(K,)``, problem by problem in increasing id, greedy order within one."""
-
-    rows: np.ndarray
-    groups: np.ndarray
-    weights: np.ndarray
-
-
-class Selector(Protocol):
-    """Solves regions' selection problems for the coordinator."""
-
-    async def select(self, request: SelectionRequest) -> SelectionResult:
-        """Solve one request. Raises on failure; the coordinator retries or falls back."""
-        ...
-
-    async def healthy(self) -> bool:
-        """Whether the selector can take work now (health checks; must not block long)."""
-        ...
-
-    def close(self) -> None:
-        """Release threads, actors or processes. Idempotent."""
-        ...
-
-
-def check_request(request: SelectionRequest) -> None:
-    """Raise ``ValueError`` unless ``request`` is well-formed (shapes, ids, budgets, finite)."""
-    embeddings, groups, budgets = request.embeddings, request.groups, request.budgets
-    if embeddings.ndim != 2 or embeddings.dtype.kind != "f":
-        raise ValueError(
-            f"embeddings must be (M, d) floats, got {embeddings.dtype}{embeddings.shape}"
-        )
-    if groups.shape != embeddings.shape[:1] or groups.dtype.kind not in "iu":
-        raise ValueError(f"groups must be ({len(embeddings)},) integers, got {groups.shape}")
-    if budgets.ndim != 1 or budgets.dtype.kind not in "iu":
-        raise ValueError(f"budgets must be (G,) integers, got {budgets.dtype}{budgets.shape}")
-    if groups.size and (groups.min() < 0 or groups.max() >= len(budgets)):
-        raise ValueError(f"group ids must lie in [0, {len(budgets)})")
-    if budgets.size and budgets.min() < 0:
-        raise ValueError("budgets must be >= 0")
-    if not np.isfinite(embeddings).all():
-        raise ValueError("embeddings contain NaN or Inf")
+__all__ = [
+    "InProcessSelector",
+    "SelectionRequest",
+    "SelectionResult",
+    "Selector",
+    "check_request",
+    "run_selection",
+    "solve_many",
+]
 
 
 def run_selection(request: SelectionRequest, device: str | torch.device = "cpu") -> SelectionResult:
@@ -174,9 +119,12 @@ class InProcessSelector:
             initializer=torch.set_num_threads, initargs=(threads,),
         )  # fmt: skip
 
-    async def select(self, request: SelectionRequest) -> SelectionResult:
+    async def select(
+        self, request: SelectionRequest, timeout_s: float | None = None
+    ) -> SelectionResult:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, run_selection, request, self.device)
+        async with asyncio.timeout(timeout_s):  # the thread finishes its kernel call regardless
+            return await loop.run_in_executor(self._executor, run_selection, request, self.device)
 
     async def healthy(self) -> bool:
         return True

@@ -22,8 +22,8 @@ from crest.service.dashboard.models import (
     SelectionRecord,
     TrainerShare,
 )
-from crest.service.job import monitor_gain
 from crest.service.manager import JobManager
+from crest.service.strategy import monitor_gain
 from crest.service.telemetry import JobTelemetry
 
 RATE_WINDOW_S = 10.0  # trailing window of the steps-per-second figures

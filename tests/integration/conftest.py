@@ -86,7 +86,7 @@ class LoopbackCoordinator:
 def start_loopback(
     store: StateStore | None = None, token: str | None = None, tls=None, **manager_args
 ) -> tuple[LoopbackCoordinator, object, object]:
-    local = LocalCoordinator(JobManager(InProcessSelector(), store or MemoryStore(),
+    local = LocalCoordinator(JobManager(InProcessSelector(), store or MemoryStore(), strict=True,
                                         **manager_args))  # fmt: skip
     local.submit(local.manager.start()).result()
     server, port, health_task = local.submit(

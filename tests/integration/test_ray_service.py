@@ -23,7 +23,7 @@ def ray_coordinator(ray_session):
     from crest.worker.ray_pool import RaySelector
 
     selector = RaySelector(num_actors=1, deadline_s=2.0)
-    coordinator = LocalCoordinator(JobManager(selector, selection_timeout_s=10.0))
+    coordinator = LocalCoordinator(JobManager(selector, selection_timeout_s=10.0, strict=True))
     try:
         yield coordinator
     finally:

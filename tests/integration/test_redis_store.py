@@ -39,14 +39,15 @@ def test_key_layout_and_atomic_snapshot(redis_server: RedisServer) -> None:
 
 def test_a_manager_restarted_on_redis_resumes_the_job(redis_server: RedisServer) -> None:
     async def main() -> None:
-        first = JobManager(InProcessSelector(), open_store(redis_server.url), snapshot_every=5)
+        store = open_store(redis_server.url)
+        first = JobManager(InProcessSelector(), store, snapshot_every=5, strict=True)
         await first.create_job(CONFIG, LABELS, job_id="r")
         seq = [0]
         await drive(first, "r", 0, 20, seq)
         status = await first.job_status("r")
         await first.close()
 
-        second = JobManager(InProcessSelector(), open_store(redis_server.url))
+        second = JobManager(InProcessSelector(), open_store(redis_server.url), strict=True)
         await second.start()
         assert await second.job_status("r") == status
         assert (await second.open_session("r", 0)).committed_seq == seq[0]
@@ -58,7 +59,7 @@ def test_a_manager_restarted_on_redis_resumes_the_job(redis_server: RedisServer)
 
 def test_health_reports_a_dead_redis(redis_server: RedisServer) -> None:
     async def main() -> None:
-        manager = JobManager(InProcessSelector(), open_store(redis_server.url))
+        manager = JobManager(InProcessSelector(), open_store(redis_server.url), strict=True)
         assert await manager.healthy()
         redis_server.process.terminate()
         redis_server.process.wait(timeout=30)

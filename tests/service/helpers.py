@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crest.proto.contract import CheckReport, JobConfig, RegionStatus
+from crest.proto.contract import CheckReport, JobConfig, RegionStatus, RegionView
 from crest.service.job import JobState
 from crest.worker.selector import run_selection
 
@@ -18,6 +18,12 @@ def make_job(world_size: int = 1, n: int = 2000, classes: int = 4, **overrides) 
     return JobState("job", config, labels)
 
 
+def see(job: JobState, rank: int, step: int) -> RegionView:
+    """What the coordinator does for GetRegion: open the region when it is due, then view."""
+    job.open_region(rank, step)
+    return job.view(rank, step)
+
+
 def fake_embeddings(indices: np.ndarray, dim: int = 6) -> np.ndarray:
     """Deterministic per-example embeddings (the same index always gets the same vector)."""
     return np.stack([np.random.default_rng(int(i)).random(dim) for i in indices]).astype(np.float32)
@@ -26,7 +32,7 @@ def fake_embeddings(indices: np.ndarray, dim: int = 6) -> np.ndarray:
 def fill_region(job: JobState, step: int, loss: float = 1.0) -> None:
     """Embed every rank's candidates for the region at ``step`` and run selection."""
     for rank in range(job.config.world_size):
-        view = job.view(rank, step)
+        view = see(job, rank, step)
         if view.status is RegionStatus.EMBED:
             losses = np.full(len(view.candidates), loss, np.float32)
             job.receive_embeddings(
@@ -44,7 +50,7 @@ def report(
     assert region is not None
     answers = []
     for rank in range(job.config.world_size):
-        count = len(job.view(rank, step).check_indices)
+        count = len(see(job, rank, step).check_indices)
         answers.append(job.record_check(rank, CheckReport(
             region_id=region.region_id, step=step, loss_sum=loss * count, count=count,
             linear=linear, quadratic=0.0, curvature=curvature,

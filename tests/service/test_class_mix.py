@@ -7,7 +7,7 @@ from crest.proto.contract import JobConfig
 from crest.proto.errors import InvalidArgument
 from crest.service.job import JobState
 from crest.service.pool import largest_remainder
-from tests.service.helpers import fill_region
+from tests.service.helpers import fill_region, see
 
 SHARES = np.array([0.40, 0.25, 0.15, 0.10, 0.05, 0.03, 0.02])  # a 7-class tabular mix
 
@@ -43,7 +43,7 @@ def test_summed_weight_per_class_equals_the_class_share(strategy: str) -> None:
     job = imbalanced_job(strategy=strategy)
     if strategy == "crest":
         fill_region(job, 0)
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     pool_share = job.pool.sizes_per_class() / job.config.num_examples
     assert weight_per_class(job, view.batches) == pytest.approx(pool_share, abs=1e-6)
     for indices, _ in view.batches:
@@ -56,12 +56,12 @@ def test_summed_weight_per_class_equals_the_class_share(strategy: str) -> None:
 
 def test_fallback_batches_are_class_proportional_too() -> None:
     job = imbalanced_job()
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     rng = np.random.default_rng(0)
     embeddings = rng.random((len(view.candidates), 4), dtype=np.float32)
     job.receive_embeddings(0, 0, view.candidates, embeddings, np.ones(len(embeddings), np.float32))
     job.complete_fallback(0)
-    batches = job.view(0, 0).batches
+    batches = see(job, 0, 0).batches
     pool_share = job.pool.sizes_per_class() / job.config.num_examples
     assert weight_per_class(job, batches) == pytest.approx(pool_share, abs=1e-6)
     assert all(len(indices) == job.config.batch_size for indices, _ in batches)
@@ -70,7 +70,7 @@ def test_fallback_batches_are_class_proportional_too() -> None:
 def test_balanced_weighting_is_an_explicit_option() -> None:
     job = imbalanced_job(class_weighting="balanced")
     fill_region(job, 0)
-    batches = job.view(0, 0).batches
+    batches = see(job, 0, 0).batches
     assert weight_per_class(job, batches) == pytest.approx(np.full(7, 1 / 7), abs=1e-6)
     assert all(len(indices) == job.config.batch_size for indices, _ in batches)
 
@@ -82,5 +82,5 @@ def test_a_class_without_examples_is_an_error_unless_allowed() -> None:
         JobState("j", config, labels)
     allowed = config.model_copy(update={"allow_empty_classes": True})
     job = JobState("j", allowed, labels)
-    for indices, _ in job.view(0, 0).batches or [(np.zeros(0, np.int64), None)]:
+    for indices, _ in see(job, 0, 0).batches or [(np.zeros(0, np.int64), None)]:
         assert np.all(job.pool.labels[indices] < 3)

@@ -27,8 +27,8 @@ from crest.service.dashboard import (
     create_dashboard,
 )
 from crest.service.dashboard.metrics import MODES, QUANTILES
-from crest.service.job import monitor_gain
 from crest.service.local import LocalCoordinator
+from crest.service.strategy import monitor_gain
 from tests.service.dashboard_helpers import (
     WAIT_S,
     LiveJob,

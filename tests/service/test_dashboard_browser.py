@@ -21,7 +21,7 @@ from crest.embedded import local_coordinator
 from crest.proto.contract import JobStatus
 from crest.service.dashboard import create_dashboard
 from crest.service.dashboard.views import region_mode
-from crest.service.job import monitor_gain
+from crest.service.strategy import monitor_gain
 from tests.service.chromium import Chromium, find_chromium
 from tests.service.dashboard_helpers import WAIT_S, LiveJob, serving
 

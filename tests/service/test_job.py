@@ -9,7 +9,7 @@ from crest.service.codec import pack
 from crest.service.job import JobState, Upload
 from crest.service.pool import largest_remainder
 from crest.worker.selector import run_selection
-from tests.service.helpers import fake_embeddings, fill_region, make_job, report
+from tests.service.helpers import fake_embeddings, fill_region, make_job, report, see
 
 
 def snapshot(job: JobState) -> bytes:
@@ -19,7 +19,7 @@ def snapshot(job: JobState) -> bytes:
 def test_first_region_asks_for_stratified_disjoint_subsets() -> None:
     job = make_job()
     cfg = job.config
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     assert view.status is RegionStatus.EMBED
     region = job.region
     subsets = region.member_groups // cfg.num_classes
@@ -35,7 +35,7 @@ def test_first_region_asks_for_stratified_disjoint_subsets() -> None:
 def test_region_yields_p_coresets_of_a_batch_with_mean_one_weights() -> None:
     job = make_job()
     fill_region(job, 0)
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     cfg = job.config
     assert view.status is RegionStatus.READY
     assert len(view.batches) == cfg.num_coresets
@@ -53,7 +53,7 @@ def test_selection_is_deterministic_for_a_seed_and_changes_with_it() -> None:
     def coresets(seed: int) -> list[list[int]]:
         job = make_job(seed=seed)
         fill_region(job, 0)
-        return [b[0].tolist() for b in job.view(0, 0).batches]
+        return [b[0].tolist() for b in see(job, 0, 0).batches]
 
     assert coresets(3) == coresets(3)
     assert coresets(3) != coresets(4)
@@ -61,7 +61,7 @@ def test_selection_is_deterministic_for_a_seed_and_changes_with_it() -> None:
 
 def test_bad_uploads_are_rejected_and_change_nothing() -> None:
     job = make_job()
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     good = view.candidates[:10]
     emb, losses = fake_embeddings(good), np.ones(10, np.float32)
     before = snapshot(job)
@@ -88,24 +88,24 @@ def test_bad_uploads_are_rejected_and_change_nothing() -> None:
 
 def test_partial_uploads_then_selection() -> None:
     job = make_job()
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     halves = np.array_split(view.candidates, 2)
     outcome = job.receive_embeddings(
         0, 0, halves[0], fake_embeddings(halves[0]), np.ones(len(halves[0]), np.float32)
     )
     assert outcome is Upload.ACCEPTED
-    assert job.view(0, 0).status is RegionStatus.EMBED
+    assert see(job, 0, 0).status is RegionStatus.EMBED
     assert job.missing(0) == len(halves[1])
     outcome = job.receive_embeddings(
         0, 0, halves[1][::-1], fake_embeddings(halves[1][::-1]), np.ones(len(halves[1]), np.float32)
     )
     assert outcome is Upload.COMPLETE
-    assert job.view(0, 0).status is RegionStatus.SELECTING
+    assert see(job, 0, 0).status is RegionStatus.SELECTING
 
 
 def test_sequence_numbers_skip_committed_uploads_and_refuse_gaps() -> None:
     job = make_job()
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     parts = np.array_split(view.candidates, 3)
 
     def send(part: np.ndarray, seq: int) -> Upload:
@@ -126,7 +126,7 @@ def test_sequence_numbers_skip_committed_uploads_and_refuse_gaps() -> None:
 
 def test_fallback_serves_stratified_random_batches_of_weight_one() -> None:
     job = make_job()
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     job.receive_embeddings(
         0,
         0,
@@ -135,7 +135,7 @@ def test_fallback_serves_stratified_random_batches_of_weight_one() -> None:
         np.ones(len(view.candidates), np.float32),
     )
     job.complete_fallback(0)
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     cfg = job.config
     assert view.status is RegionStatus.READY
     budgets = largest_remainder(job.pool.sizes_per_class(), cfg.batch_size)
@@ -145,7 +145,7 @@ def test_fallback_serves_stratified_random_batches_of_weight_one() -> None:
         assert counts.tolist() == budgets.tolist()
     assert job.status().regions[0].fallback
     other = make_job()
-    other_view = other.view(0, 0)
+    other_view = see(other, 0, 0)
     other.receive_embeddings(
         0,
         0,
@@ -154,7 +154,7 @@ def test_fallback_serves_stratified_random_batches_of_weight_one() -> None:
         np.ones(len(other_view.candidates), np.float32),
     )
     other.complete_fallback(0)
-    assert [b[0].tolist() for b in other.view(0, 0).batches] == [
+    assert [b[0].tolist() for b in see(other, 0, 0).batches] == [
         b[0].tolist() for b in view.batches
     ], "fallback batches are reproducible"
 
@@ -168,8 +168,8 @@ def test_check_passes_while_the_model_holds_and_fails_when_it_does_not() -> None
     (decision,) = report(job, 1, loss=1.0, linear=-0.2)  # F = 1.8, error 0.8
     assert decision.new_region
     assert decision.relative_error == pytest.approx(0.8)
-    assert job.view(0, 2).region_id == 0  # step 2 trained while the report travelled
-    assert job.view(0, 3).region_id == 1  # step 3 opens the next region
+    assert see(job, 0, 2).region_id == 0  # step 2 trained while the report travelled
+    assert see(job, 0, 3).region_id == 1  # step 3 opens the next region
     assert job.status().regions[0].end_reason == "check"
     assert job.status().regions[0].end_step == 3
 
@@ -177,9 +177,9 @@ def test_check_passes_while_the_model_holds_and_fails_when_it_does_not() -> None
 def test_checks_must_come_in_order_and_steps_wait_for_them() -> None:
     job = make_job()
     fill_region(job, 0)
-    assert job.view(0, 1).region_id == 0  # one step may run ahead of an undecided check
+    assert see(job, 0, 1).region_id == 0  # one step may run ahead of an undecided check
     with pytest.raises(FailedPrecondition, match="needs the check after step 0"):
-        job.view(0, 2)
+        see(job, 0, 2)
     before = snapshot(job)
     with pytest.raises(FailedPrecondition, match=r"next check .* after step 0, not 1"):
         job.record_check(0, CheckReport(0, 1, 1.0, 1, 0.0, 0.0, 1.0))
@@ -213,11 +213,11 @@ def test_region_ends_at_its_coreset_use_bound() -> None:
     job = make_job(max_coreset_uses=2, adaptive=False)
     fill_region(job, 0)
     end = job.config.num_coresets * 2
-    assert job.view(0, 0).end_step == end
+    assert see(job, 0, 0).end_step == end
     for step in range(end - 2):  # checks after steps end-2 and end-1 could not matter
         (decision,) = report(job, step, loss=1.0)
         assert not decision.new_region
-    assert job.view(0, end).region_id == 1
+    assert see(job, 0, end).region_id == 1
     assert job.status().regions[0].end_reason == "bound"
 
 
@@ -233,15 +233,15 @@ def test_adaptive_interval_and_coresets_follow_curvature() -> None:
     region = job.region
     assert region.check_interval == 4
     assert region.num_coresets == min(5 * 4, job.config.resolved_max_coresets)
-    assert job.view(0, 4 + 4).region_id == region.region_id  # steps 4..7, check, one more
+    assert see(job, 0, 4 + 4).region_id == region.region_id  # steps 4..7, check, one more
     with pytest.raises(FailedPrecondition):
-        job.view(0, 4 + 5)
+        see(job, 0, 4 + 5)
 
 
 def test_two_ranks_get_disjoint_coresets_and_one_decision() -> None:
     job = make_job(world_size=2)
     fill_region(job, 0)
-    views = [job.view(rank, 0) for rank in range(2)]
+    views = [see(job, rank, 0) for rank in range(2)]
     mine = [np.concatenate([b[0] for b in v.batches]) for v in views]
     assert len(np.intersect1d(mine[0], mine[1])) == 0
     assert len(views[0].batches) == len(views[1].batches)
@@ -264,7 +264,7 @@ def test_job_ends_with_its_budget() -> None:
     fill_region(job, 0)
     for step in range(total - 2):
         report(job, step, loss=1.0)
-    assert job.view(0, total).status is RegionStatus.DONE
+    assert see(job, 0, total).status is RegionStatus.DONE
     assert job.status().finished
 
 
@@ -283,11 +283,11 @@ def test_learned_examples_leave_the_pool_and_return_later() -> None:
     dropped_seen = 0
     for _ in range(6):
         fill_region(job, step, loss=0.1)  # every candidate looks learned
-        end = job.view(0, step).end_step
+        end = see(job, 0, step).end_step
         for s in range(step, end - 2):
             report(job, s, loss=0.1)
         step = end
-        job.view(0, step)
+        see(job, 0, step)
         dropped_seen = max(dropped_seen, job.status().dropped)
         sizes = job.pool.sizes_per_class()
         assert np.all(sizes >= np.minimum(floor, np.bincount(job.pool.labels)))
@@ -311,10 +311,10 @@ def test_state_round_trips_and_continues_identically() -> None:
 def _continue(job: JobState, start: int, stop: int) -> list[int]:
     seen = []
     for step in range(start, stop):
-        view = job.view(0, step)
+        view = see(job, 0, step)
         if view.status is RegionStatus.EMBED:
             fill_region(job, step, loss=0.5)
-            view = job.view(0, step)
+            view = see(job, 0, step)
         seen += view.batches[(step - view.start_step) % len(view.batches)][0].tolist()
         if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
             report(job, step, loss=0.5 + 0.1 * (step % 4))  # some checks fail, some pass
@@ -331,7 +331,7 @@ def test_invalid_labels_and_selection_answers_are_rejected() -> None:
     with pytest.raises(InvalidArgument, match="shape"):
         JobState("j", config, np.zeros(99, int))
     job = make_job()
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     job.receive_embeddings(
         0,
         0,
@@ -350,3 +350,21 @@ def test_invalid_labels_and_selection_answers_are_rejected() -> None:
             job.complete_selection(0, bad)
     assert snapshot(job) == before
     job.complete_selection(0, good)
+
+
+def test_the_state_machine_imports_without_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, crest.service.job, crest.service.journal; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_view_is_pure_and_opening_is_explicit() -> None:
+    job = make_job()
+    with pytest.raises(FailedPrecondition, match="not open yet"):
+        job.view(0, 0)
+    assert job.region is None, "a read changed nothing"
+    assert job.open_region(0, 0) and not job.open_region(0, 0)
+    assert job.view(0, 0).region_id == 0

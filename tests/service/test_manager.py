@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from crest.proto.contract import CheckReport, JobConfig, RegionStatus
-from crest.proto.errors import Unavailable
+from crest.proto.errors import SelectionCrashed, Unavailable
 from crest.service.codec import unpack
 from crest.service.manager import JobManager
 from crest.service.store import MemoryStore
@@ -43,8 +43,8 @@ async def drive(manager: JobManager, job_id: str, start: int, stop: int, seq: li
     return served
 
 
-def new_manager(store, selector=None, **kwargs) -> JobManager:
-    return JobManager(selector or InProcessSelector(), store, **kwargs)
+def new_manager(store, selector=None, strict: bool = True, **kwargs) -> JobManager:
+    return JobManager(selector or InProcessSelector(), store, strict=strict, **kwargs)
 
 
 def test_a_restarted_manager_resumes_the_exact_job() -> None:
@@ -127,23 +127,28 @@ class BrokenSelector(InProcessSelector):
         self.mode = mode
         self.calls = 0
 
-    async def select(self, request: SelectionRequest) -> SelectionResult:
+    async def select(
+        self, request: SelectionRequest, timeout_s: float | None = None
+    ) -> SelectionResult:
         self.calls += 1
         if self.calls == 1 and self.mode == "hang":
-            await asyncio.sleep(3600)
-        if self.calls == 1 and self.mode == "raise":
-            raise RuntimeError("no actors")
-        result = await super().select(request)
+            await asyncio.sleep(3600)  # ignores its deadline: the manager enforces it
+        if self.calls == 1 and self.mode == "unavailable":
+            raise Unavailable("no actors")
+        if self.calls == 1 and self.mode == "bug":
+            raise IndexError("kernel bug")
+        result = await super().select(request, timeout_s)
         if self.calls == 1 and self.mode == "wrong":
             return SelectionResult(result.rows + 10**6, result.groups, result.weights)
         return result
 
 
-@pytest.mark.parametrize("mode", ["hang", "raise", "wrong"])
+@pytest.mark.parametrize("mode", ["hang", "unavailable", "bug", "wrong"])
 def test_selection_failures_fall_back_to_random_batches_then_recover(mode: str) -> None:
     async def main() -> None:
         selector = BrokenSelector(mode)
-        manager = new_manager(MemoryStore(), selector, selection_timeout_s=0.5)
+        # 2 s: the hung first call waits it out; the real kernel's later calls take ms.
+        manager = new_manager(MemoryStore(), selector, strict=False, selection_timeout_s=2.0)
         job_id = await manager.create_job(CONFIG, LABELS)
         served = await drive(manager, job_id, 0, 40, [0])
         status = await manager.job_status(job_id)
@@ -153,6 +158,24 @@ def test_selection_failures_fall_back_to_random_batches_then_recover(mode: str) 
         telemetry = manager.telemetry(job_id)
         assert telemetry.fallbacks == 1
         assert [e.fallback for e in telemetry.selections][:2] == [True, False]
+        bugs = {"bug": {"IndexError": 1}, "wrong": {"InvalidArgument": 1}}
+        assert telemetry.selection_errors == bugs.get(mode, {}), "bugs are counted by type"
+        selector.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("mode", ["bug", "wrong"])
+def test_a_strict_manager_fails_loudly_on_a_selection_bug(mode: str) -> None:
+    async def main() -> None:
+        selector = BrokenSelector(mode)
+        manager = new_manager(MemoryStore(), selector, strict=True)
+        job_id = await manager.create_job(CONFIG, LABELS)
+        with pytest.raises(SelectionCrashed, match=r"IndexError: kernel bug|answered wrongly"):
+            await drive(manager, job_id, 0, 5, [0])
+        with pytest.raises(SelectionCrashed):  # every later call of the job, too
+            await manager.job_status(job_id)
+        assert selector.calls == 1, "no silent retry"
         selector.close()
 
     asyncio.run(main())

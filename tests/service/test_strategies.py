@@ -6,22 +6,23 @@ import numpy as np
 import pytest
 
 from crest.proto.contract import RegionStatus
-from crest.service.job import JobState, coreset_quality, monitor_gain
+from crest.service.job import JobState
 from crest.service.pool import largest_remainder
+from crest.service.strategy import coreset_quality, monitor_gain
 from crest.worker.selector import run_selection
-from tests.service.helpers import fake_embeddings, fill_region, make_job, report
+from tests.service.helpers import fake_embeddings, fill_region, make_job, report, see
 
 
 def walk(job: JobState, steps: int, embed=fake_embeddings) -> list[str]:
     """Play rank 0 for ``steps`` steps (embeddings from ``embed``); returns each step's mode."""
     modes = []
     for step in range(steps):
-        view = job.view(0, step)
+        view = see(job, 0, step)
         if view.status is RegionStatus.EMBED:
             job.receive_embeddings(0, view.region_id, view.candidates, embed(view.candidates),
                                    np.ones(len(view.candidates), np.float32))  # fmt: skip
             job.complete_selection(view.region_id, run_selection(job.selection_request()))
-            view = job.view(0, step)
+            view = see(job, 0, step)
         modes.append(job.status().regions[view.region_id].mode)
         if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
             report(job, step, loss=1.0, linear=5.0)  # every check fails: short regions
@@ -31,7 +32,7 @@ def walk(job: JobState, steps: int, embed=fake_embeddings) -> list[str]:
 def test_random_strategy_needs_no_embeddings_and_serves_class_proportional_batches() -> None:
     job = make_job(world_size=2, strategy="random")
     cfg = job.config
-    views = [job.view(rank, 0) for rank in range(2)]
+    views = [see(job, rank, 0) for rank in range(2)]
     for view in views:
         assert view.status is RegionStatus.READY
         assert len(view.candidates) == 0 and len(view.check_indices) == 0
@@ -49,7 +50,7 @@ def test_random_strategy_needs_no_embeddings_and_serves_class_proportional_batch
 
 def test_uniform_random_batches_have_the_batch_size() -> None:
     job = make_job(strategy="random", random_batches="uniform")
-    for indices, weights in job.view(0, 0).batches:
+    for indices, weights in see(job, 0, 0).batches:
         assert len(indices) == job.config.batch_size
         assert np.all(weights == 1.0)
 
@@ -79,7 +80,7 @@ def monitor_oracle(job: JobState) -> tuple[float, float]:
 
 def test_monitor_matches_a_looped_oracle_and_random_batches_do_worse() -> None:
     job = make_job()
-    view = job.view(0, 0)
+    view = see(job, 0, 0)
     job.receive_embeddings(0, 0, view.candidates, fake_embeddings(view.candidates),
                            np.ones(len(view.candidates), np.float32))  # fmt: skip
     expected, result = monitor_oracle(job)
@@ -141,7 +142,7 @@ def test_trainer_times_come_from_check_reports() -> None:
     fill_region(job, 0)
     from crest.proto.contract import CheckReport
 
-    count = len(job.view(0, 0).check_indices)
+    count = len(see(job, 0, 0).check_indices)
     job.record_check(0, CheckReport(0, 0, 1.0 * count, count, 0.0, 0.0, 1.0, 3.0, 1.0))
     (trainer,) = job.status().trainers
     assert (trainer.rank, trainer.train_seconds, trainer.selection_seconds) == (0, 3.0, 1.0)

@@ -1,0 +1,87 @@
+"""Checks of the quadratic model, and the adaptive schedule they drive (spec section 3).
+
+Every rank reports its check scalars after a check step; once all have, the relative error
+``|L_true - F(δ)| / L_true`` of the combined report decides whether the region goes on. The
+first reported curvature of a region sets the next region's check interval k and number of
+coresets P.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from crest.proto import steps
+from crest.proto.contract import CheckDecision, CheckRecord, CheckReport, JobConfig
+from crest.proto.errors import InvalidArgument
+from crest.service.region import Region
+
+
+def validate_report(report: CheckReport) -> None:
+    """Raise :class:`InvalidArgument` for scalars no trainer could have measured."""
+    values = (report.loss_sum, report.linear, report.quadratic, report.curvature)
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidArgument("check scalars must be finite")
+    if report.loss_sum < 0 or report.count < 0 or report.curvature < 0:
+        raise InvalidArgument("loss_sum, count and curvature must be >= 0")
+
+
+def decide(region: Region, tau: float) -> tuple[CheckDecision, CheckRecord]:
+    """Judge the region's pending reports (one per rank) and record the decision in it.
+
+    Losses combine as a sum over all ranks' check examples; the model terms as the mean over
+    ranks. A failed check after step ``t`` ends the region at ``t + DECISION_LAG``; a check
+    whose decision could not take effect before the region's end also ends it.
+    """
+    reports = list(region.pending.values())
+    step = reports[0].step
+    count = sum(r.count for r in reports)
+    loss = sum(r.loss_sum for r in reports) / max(count, 1)
+    linear = sum(r.linear for r in reports) / len(reports)
+    quadratic = sum(r.quadratic for r in reports) / len(reports)
+    predicted = region.initial_loss + linear + 0.5 * quadratic
+    error = abs(loss - predicted) / loss if loss > 0 else (0.0 if predicted == 0 else math.inf)
+    new_region = error > tau
+    if region.curvature is None:
+        region.curvature = sum(r.curvature for r in reports) / len(reports)
+    end = steps.end_after_failed_check(step)
+    if new_region and end < region.end_step:
+        region.end_step, region.end_reason = end, "check"
+    new_region = new_region or end >= region.end_step  # bound or budget ends it anyway
+    decision = CheckDecision(
+        region_id=region.region_id,
+        step=step,
+        new_region=new_region,
+        loss=loss,
+        predicted=predicted,
+        relative_error=error,
+    )
+    region.decisions[step] = decision
+    region.last_decided = step
+    region.pending = {}
+    record = CheckRecord(
+        step=step, loss=loss, predicted=predicted, relative_error=error, new_region=new_region
+    )
+    return decision, record
+
+
+@dataclass
+class Adaptivity:
+    """k and P for the next region: ``k = ceil(κ_ref / κ)`` with κ the closing region's
+    curvature and κ_ref the largest seen so far (the first region's is a poor reference:
+    curvature rises early in training), ``P = min(P_0 · k, max_coresets)``."""
+
+    check_interval: int
+    num_coresets: int
+    curvature_reference: float = 0.0
+
+    def after(self, region: Region, config: JobConfig) -> None:
+        if not config.adaptive or region.curvature is None or region.curvature <= 0:
+            return
+        self.curvature_reference = max(self.curvature_reference, region.curvature)
+        k = math.ceil(self.curvature_reference / region.curvature - 1e-9)
+        self.check_interval = min(max(k, 1), config.max_check_interval)
+        self.num_coresets = min(
+            config.num_coresets * self.check_interval,
+            max(config.resolved_max_coresets, config.num_coresets),
+        )

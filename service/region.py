@@ -1,0 +1,266 @@
+"""Regions: what one quadratic region holds, how it is drawn, and how it is stored.
+
+A CREST region draws ``W x P`` class-stratified random subsets from the pool (P per rank),
+collects every rank's embeddings of its own candidates, and becomes ``P`` weighted mini-batch
+coresets per rank once selection answers. A random region holds stratified (or uniform)
+random batches and is ready at once. Arrays over *candidate slots* are rank-major.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from crest.proto import steps
+from crest.proto.contract import CheckDecision, CheckReport, JobConfig, RegionStatus, RegionView
+from crest.service.pool import ExamplePool, class_weights
+
+
+class Phase(StrEnum):
+    EMBED = "embed"
+    SELECTING = "selecting"
+    READY = "ready"
+
+
+@dataclass
+class Region:
+    """One quadratic region. Arrays over *candidate slots* are rank-major."""
+
+    region_id: int
+    start_step: int
+    end_step: int  # exclusive
+    end_reason: str  # "bound", "budget" or "check"
+    num_coresets: int  # P per rank
+    check_interval: int  # k
+    candidates: np.ndarray  # (U,) int64 example of each slot; unique and sorted within a rank
+    rank_offsets: np.ndarray  # (W + 1,) slots of rank q are [rank_offsets[q], rank_offsets[q+1])
+    members: np.ndarray  # (M,) int64 slot of each subset member, subset-major then class
+    member_groups: np.ndarray  # (M,) int64 problem id = subset * C + class
+    check_slots: np.ndarray  # (S,) int64 slots measured by checks, sorted
+    # (C,) int64 examples of each class selected per coreset (sum B), and (C,) float64 each
+    # class's share of the objective, both fixed from the pool when the region opens.
+    class_budgets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    class_shares: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    phase: Phase = Phase.EMBED
+    embeddings: np.ndarray | None = None  # (U, d) float32 while collecting
+    losses: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # (U,)
+    received: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (U,)
+    coreset_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    coreset_weights: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    coreset_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    initial_loss: float = 0.0
+    last_decided: int = -1  # last step whose check is decided (start_step - 1 before any)
+    pending: dict[int, CheckReport] = field(default_factory=dict)  # rank -> report
+    decisions: dict[int, CheckDecision] = field(default_factory=dict)  # step -> decision
+    curvature: float | None = None
+    mode: str = "crest"  # "crest": coresets from embeddings; "random": random batches
+
+    def rank_slots(self, rank: int) -> slice:
+        return slice(int(self.rank_offsets[rank]), int(self.rank_offsets[rank + 1]))
+
+    def next_check(self) -> int:
+        """The step after which the next undecided check is due."""
+        return self.last_decided + self.check_interval
+
+    def can_close(self) -> bool:
+        """True when nothing undecided could still move ``end_step`` earlier (a check after
+        step ``t`` could end the region at ``t + DECISION_LAG`` at the earliest)."""
+        latest = self.end_step - steps.DECISION_LAG
+        return self.end_reason == "check" or self.next_check() >= latest
+
+    def coreset(self, subset: int) -> tuple[np.ndarray, np.ndarray]:
+        span = slice(int(self.coreset_offsets[subset]), int(self.coreset_offsets[subset + 1]))
+        return self.coreset_indices[span], self.coreset_weights[span]
+
+    def view(self, rank: int) -> RegionView:
+        slots = self.rank_slots(rank)
+        in_rank = (self.check_slots >= slots.start) & (self.check_slots < slots.stop)
+        batches: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+        if self.phase is Phase.READY:
+            status = RegionStatus.READY
+            first = rank * self.num_coresets
+            batches = tuple(self.coreset(s) for s in range(first, first + self.num_coresets))
+        elif self.phase is Phase.EMBED and not self.received[slots].all():
+            status = RegionStatus.EMBED
+        else:
+            status = RegionStatus.SELECTING  # this rank's part is in: wait for the rest
+        return RegionView(
+            region_id=self.region_id,
+            status=status,
+            start_step=self.start_step,
+            end_step=self.end_step,
+            check_interval=self.check_interval,
+            candidates=self.candidates[slots],
+            check_indices=self.candidates[self.check_slots[in_rank]],
+            batches=batches,
+            initial_loss=self.initial_loss,
+        )
+
+
+# ----------------------------------------------------------------------------- drawing
+def region_end(config: JobConfig, start: int, length: int | None) -> tuple[int, str]:
+    """End step and reason of a region of at most ``length`` steps (None: unbounded)."""
+    end = config.total_steps if length is None else start + length
+    return (end, "bound") if end < config.total_steps else (config.total_steps, "budget")
+
+
+def crest_region(
+    region_id: int,
+    start: int,
+    pool: ExamplePool,
+    config: JobConfig,
+    num_coresets: int,
+    check_interval: int,
+    rng: np.random.Generator,
+) -> Region:
+    """A region that asks for embeddings: W x P stratified random subsets to select from.
+
+    Subsets hold each class in proportion to its share of the objective (``class_weighting``);
+    each coreset will hold the class budgets, exactly ``batch_size`` examples.
+    """
+    world, classes = config.world_size, config.num_classes
+    budgets = pool.class_quotas(config.batch_size, config.class_weighting)
+    per_class = np.maximum(
+        pool.class_quotas(config.resolved_subset_size, config.class_weighting), budgets
+    )
+    subsets = pool.draw_subsets(rng, world, num_coresets, per_class)
+
+    # Slots: each rank's distinct candidates, sorted; members point at slots.
+    candidates, rank_offsets, members, member_groups = [], [0], [], []
+    for rank in range(world):
+        mine = subsets[rank * num_coresets : (rank + 1) * num_coresets]
+        unique = np.unique(np.concatenate([part for subset in mine for part in subset]))
+        base = rank_offsets[-1]
+        for offset, subset in enumerate(mine):
+            for label, part in enumerate(subset):
+                members.append(base + np.searchsorted(unique, part))
+                problem = (rank * num_coresets + offset) * classes + label
+                member_groups.append(np.full(len(part), problem, dtype=np.int64))
+        candidates.append(unique)
+        rank_offsets.append(base + len(unique))
+    num_slots = rank_offsets[-1]
+    offsets = np.asarray(rank_offsets, dtype=np.int64)
+    uses = config.max_coreset_uses
+    end, reason = region_end(config, start, None if uses is None else num_coresets * uses)
+    return Region(
+        region_id=region_id,
+        start_step=start,
+        end_step=end,
+        end_reason=reason,
+        num_coresets=num_coresets,
+        check_interval=check_interval,
+        candidates=np.concatenate(candidates).astype(np.int64),
+        rank_offsets=offsets,
+        members=np.concatenate(members).astype(np.int64),
+        member_groups=np.concatenate(member_groups),
+        check_slots=draw_check_slots(rng, offsets, config.check_sample_size, world),
+        class_budgets=budgets,
+        class_shares=pool.class_shares(config.class_weighting),
+        losses=np.zeros(num_slots, np.float32),
+        received=np.zeros(num_slots, bool),
+        last_decided=start - 1,
+    )
+
+
+def random_region(
+    region_id: int,
+    start: int,
+    pool: ExamplePool,
+    config: JobConfig,
+    num_steps: int,
+    rng: np.random.Generator,
+) -> Region:
+    """A region of ``num_steps`` random batches per rank, ready at once: no embeddings, no
+    checks. Stratified batches hold the class budgets and weigh each class by its share of
+    the objective (about 1 each); uniform batches are ``batch_size`` pool members of weight 1.
+    """
+    world = config.world_size
+    batches: list[np.ndarray] = []  # rank-major: rank q's are [q * steps, (q + 1) * steps)
+    shares = pool.class_shares(config.class_weighting)
+    if config.random_batches == "stratified":
+        budgets = pool.class_quotas(config.batch_size, config.class_weighting)
+        subsets = pool.draw_subsets(rng, world, num_steps, budgets)
+        batches = [np.sort(np.concatenate(parts)) for parts in subsets]
+    else:
+        for share in np.array_split(rng.permutation(np.flatnonzero(pool.in_pool)), world):
+            if len(share) >= num_steps * config.batch_size:
+                batches += list(
+                    np.sort(share[: num_steps * config.batch_size].reshape(num_steps, -1))
+                )
+            else:
+                size = min(config.batch_size, len(share))
+                batches += [
+                    np.sort(rng.choice(share, size, replace=False)) for _ in range(num_steps)
+                ]
+    end, reason = region_end(config, start, num_steps)
+    sizes = [len(b) for b in batches]
+    indices = np.concatenate(batches).astype(np.int64)
+    weights = np.ones(len(indices))
+    if config.random_batches == "stratified":  # each class's share of the loss, as coresets
+        subset = np.repeat(np.arange(len(batches)), sizes)
+        weights = class_weights(weights, subset, pool.labels[indices], shares)
+    empty = np.zeros(0, np.int64)
+    return Region(
+        region_id=region_id,
+        start_step=start,
+        end_step=end,
+        end_reason=reason,
+        num_coresets=num_steps,
+        check_interval=num_steps,  # no check is due inside the region
+        candidates=empty,
+        rank_offsets=np.zeros(world + 1, np.int64),
+        members=empty,
+        member_groups=empty,
+        check_slots=empty,
+        class_shares=shares,
+        phase=Phase.READY,
+        coreset_indices=indices,
+        coreset_weights=weights.astype(np.float32),
+        coreset_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        last_decided=start - 1,
+        mode="random",
+    )
+
+
+def draw_check_slots(
+    rng: np.random.Generator, rank_offsets: np.ndarray, sample_size: int, world: int
+) -> np.ndarray:
+    """A bounded sample of each rank's candidates (an equal share per rank; 0 = all)."""
+    if sample_size == 0:
+        return np.arange(rank_offsets[-1], dtype=np.int64)
+    share = math.ceil(sample_size / world)
+    picks = []
+    for lo, hi in itertools.pairwise(rank_offsets):
+        picks.append(np.sort(rng.choice(np.arange(lo, hi), min(share, hi - lo), replace=False)))
+    return np.concatenate(picks).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- storage
+_ENCODE: dict[str, Any] = {  # fields that are not plain scalars or arrays
+    "phase": lambda phase: phase.value,
+    "pending": lambda pending: {str(rank): vars(r) for rank, r in pending.items()},
+    "decisions": lambda decisions: [vars(d) for d in decisions.values()],
+}
+_DECODE: dict[str, Any] = {
+    "phase": Phase,
+    "pending": lambda state: {int(rank): CheckReport(**r) for rank, r in state.items()},
+    "decisions": lambda state: {d["step"]: CheckDecision(**d) for d in state},
+}
+
+
+def region_to_state(region: Region) -> dict[str, Any]:
+    """Every field of ``region`` as scalars, strings and arrays (:mod:`crest.service.codec`)."""
+    return {f.name: _ENCODE.get(f.name, _same)(getattr(region, f.name)) for f in fields(Region)}
+
+
+def region_from_state(state: dict[str, Any]) -> Region:
+    return Region(**{f.name: _DECODE.get(f.name, _same)(state[f.name]) for f in fields(Region)})
+
+
+def _same(value: Any) -> Any:
+    return value
