@@ -312,12 +312,11 @@ class JobState:
         if region is None or region.phase is not Phase.SELECTING:
             raise FailedPrecondition("no region is waiting for selection")
         assert region.embeddings is not None
-        num_subsets = self.config.world_size * region.num_coresets
         return SelectionRequest(
             job_id=self.job_id,
             embeddings=region.embeddings[region.members],
             groups=region.member_groups,
-            budgets=np.tile(region.class_budgets, num_subsets),  # problem = subset * C + class
+            budgets=region.class_budgets.reshape(-1),  # problem = subset * C + class
         )
 
     def complete_selection(self, region_id: int, result: SelectionResult) -> None:
@@ -354,11 +353,10 @@ class JobState:
         if region.phase is not Phase.SELECTING:
             raise FailedPrecondition(f"region {region_id} is not waiting for selection")
         rng = np.random.default_rng([self.config.seed, region_id, 1])
-        classes = self.config.num_classes
         rows = []
         for problem in np.unique(region.member_groups):
             members = np.flatnonzero(region.member_groups == problem)
-            budget = int(region.class_budgets[problem % classes])
+            budget = int(region.class_budgets.reshape(-1)[problem])
             rows.append(np.sort(rng.choice(members, min(budget, len(members)), replace=False)))
         chosen = np.concatenate(rows) if rows else np.zeros(0, np.int64)
         self.stats[region_id].fallback = True

@@ -122,6 +122,7 @@ class ExamplePool:
         # Examples of each class in index order; class c is by_class[starts[c]:starts[c + 1]].
         self._by_class = np.argsort(self.labels, kind="stable")
         self._starts = np.searchsorted(self.labels[self._by_class], np.arange(num_classes + 1))
+        self._sizes: np.ndarray | None = None  # pool members per class, counted on demand
 
     @property
     def window(self) -> int:
@@ -133,7 +134,10 @@ class ExamplePool:
         return members[self.in_pool[members]]
 
     def sizes_per_class(self) -> np.ndarray:
-        return np.bincount(self.labels[self.in_pool], minlength=self.num_classes)
+        """``(C,)`` int64 pool members per class (kept up to date, not recounted: O(C))."""
+        if self._sizes is None:
+            self._sizes = np.bincount(self.labels[self.in_pool], minlength=self.num_classes)
+        return self._sizes.copy()
 
     def class_quotas(self, total: int, weighting: str) -> np.ndarray:
         """Seats per class out of ``total`` (a subset's candidates or a batch's examples).
@@ -145,6 +149,35 @@ class ExamplePool:
             ``(C,)`` int64 seats; zero for classes with no member in the pool.
         """
         return largest_remainder(self.class_shares(weighting), total)
+
+    def quota_rows(
+        self, total: int, weighting: str, rows: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """``(rows, C)`` int64 seats per class for ``rows`` subsets or batches of ``total``.
+
+        While ``total`` covers every class in the pool, each row is :meth:`class_quotas`.
+        With more classes than seats (e.g. 1,000 classes, batches of 128) a fixed rounding
+        would leave the same classes out of every batch, so each row rounds at random
+        instead: the floor of each class's exact quota, plus one seat with probability equal
+        to its fractional part (systematic sampling over a shuffled class order). A class's
+        expected seats are then exactly its quota, and every row sums to ``total``.
+        """
+        shares = self.class_shares(weighting)
+        if total >= int((shares > 0).sum()):
+            return np.tile(largest_remainder(shares, total), (rows, 1))
+        exact = total * shares
+        base = np.floor(exact).astype(np.int64)
+        fraction = exact - base
+        extra = total - int(base.sum())
+        quotas = np.tile(base, (rows, 1))
+        if extra > 0:
+            for row in quotas:
+                order = rng.permutation(len(shares))
+                ends = np.cumsum(fraction[order])  # each class an interval of its fraction
+                ends *= extra / ends[-1]  # exactly ``extra`` long despite rounding
+                points = rng.random() + np.arange(extra)  # one per unit: distinct classes
+                row[order[np.searchsorted(ends, points, side="right")]] += 1
+        return quotas
 
     def class_shares(self, weighting: str) -> np.ndarray:
         """``(C,)`` float64: each class's share of the training objective (sums to 1).
@@ -158,33 +191,70 @@ class ExamplePool:
         return sizes / max(sizes.sum(), 1.0)
 
     def draw_subsets(
-        self, rng: np.random.Generator, ranks: int, per_rank: int, per_class: int | np.ndarray
+        self, rng: np.random.Generator, ranks: int, per_rank: int, counts: int | np.ndarray
     ) -> list[list[np.ndarray]]:
-        """Stratified random subsets: ``per_class[c]`` pool members of class ``c`` in each.
+        """Stratified random subsets: ``counts[s, c]`` pool members of class ``c`` in subset s.
 
-        Each class's members are shuffled and split between the ranks, so different ranks'
-        subsets never share an example (while a class has at least one member per rank).
-        Within a rank, subsets are disjoint while its share of the class is large enough;
-        a smaller share is sampled without replacement inside each subset. Members of a
-        (subset, class) are sorted by index, which fixes tie-breaking.
+        Subsets are disjoint (across ranks and within a rank) while a class has members
+        enough for all of them: the members are drawn at once, without replacement, so the
+        cost grows with the subsets, not with the class. A class too small for that is
+        shuffled and split between the ranks (different ranks' subsets never share an example
+        while it has a member per rank), and each subset samples its rank's share without
+        replacement. Members of a (subset, class) are sorted by index, which fixes
+        tie-breaking.
+
+        Args:
+            counts: ``(ranks * per_rank, C)`` int64, or anything that broadcasts to it
+                (a ``(C,)`` row for every subset, or one int for every class).
 
         Returns:
             ``subsets[s][c]`` (``s = rank * per_rank + p``): int64 indices of class ``c``.
         """
-        subsets: list[list[np.ndarray]] = [[] for _ in range(ranks * per_rank)]
-        wanted = np.broadcast_to(per_class, (self.num_classes,))
+        num_subsets = ranks * per_rank
+        wanted = np.broadcast_to(counts, (num_subsets, self.num_classes))
+        subsets: list[list[np.ndarray]] = [[] for _ in range(num_subsets)]
+        sizes = self.sizes_per_class()
         for label in range(self.num_classes):
-            want = int(wanted[label])
-            shares = np.array_split(rng.permutation(self.class_members(label)), ranks)
-            for rank, share in enumerate(shares):
-                if len(share) >= per_rank * want:
-                    parts = list(share[: per_rank * want].reshape(per_rank, want))
-                else:
-                    take = min(want, len(share))
-                    parts = [rng.choice(share, take, replace=False) for _ in range(per_rank)]
-                for offset, part in enumerate(parts):
-                    subsets[rank * per_rank + offset].append(np.sort(part))
+            want = wanted[:, label]
+            if not want.any():
+                for subset in subsets:
+                    subset.append(np.zeros(0, np.int64))
+                continue
+            if int(want.sum()) <= sizes[label]:
+                drawn = self._sample_class(label, int(want.sum()), rng)
+                parts = np.split(drawn, np.cumsum(want)[:-1])
+            else:
+                parts = []
+                for rank, share in enumerate(
+                    np.array_split(rng.permutation(self.class_members(label)), ranks)
+                ):
+                    for subset in range(rank * per_rank, (rank + 1) * per_rank):
+                        take = min(int(want[subset]), len(share))
+                        parts.append(rng.choice(share, take, replace=False))
+            for subset, part in zip(subsets, parts, strict=True):
+                subset.append(np.sort(part))
         return subsets
+
+    def _sample_class(self, label: int, k: int, rng: np.random.Generator) -> np.ndarray:
+        """``k`` distinct pool members of a class, uniformly, in random order (k <= size).
+
+        Draws positions in the whole class (pool or not) and keeps the pool members: those
+        are a uniform sample of the pool's part of the class. Cost O(k / pool fraction)
+        rather than O(class size); a small class is filtered whole instead.
+        """
+        first, last = int(self._starts[label]), int(self._starts[label + 1])
+        total = last - first
+        if total <= 64 * k:
+            return rng.permutation(self.class_members(label))[:k]
+        kept = np.zeros(0, np.int64)
+        draw = k
+        while True:
+            fraction = max(self.sizes_per_class()[label] / total, 1e-3)  # in the pool
+            draw = min(total, math.ceil(1.25 * draw / fraction) + 16)
+            members = self._by_class[first + rng.choice(total, draw, replace=False)]
+            kept = members[self.in_pool[members]]
+            if len(kept) >= k or draw == total:
+                return kept[:k]
 
     def record_losses(self, indices: np.ndarray, losses: np.ndarray) -> None:
         """Append one loss observation per (unique) index to its ring buffer."""
@@ -214,6 +284,7 @@ class ExamplePool:
         if readmit_after > 0:
             readmit = (self.dropped_at >= 0) & (evaluation - self.dropped_at >= readmit_after)
             self.in_pool[readmit] = True
+            self._sizes = None
             self.dropped_at[readmit] = -1
             self.observed[readmit] = 0
 
@@ -232,6 +303,7 @@ class ExamplePool:
             rank_in_class[mine] = np.arange(mine.sum())
         drop = order[rank_in_class < spare[labels]][:room]
         self.in_pool[drop] = False
+        self._sizes = None
         self.dropped_at[drop] = evaluation
         return DropOutcome(dropped=len(drop), readmitted=int(readmit.sum()))
 

@@ -42,8 +42,8 @@ class Region:
     members: np.ndarray  # (M,) int64 slot of each subset member, subset-major then class
     member_groups: np.ndarray  # (M,) int64 problem id = subset * C + class
     check_slots: np.ndarray  # (S,) int64 slots measured by checks, sorted
-    # (C,) int64 examples of each class selected per coreset (sum B), and (C,) float64 each
-    # class's share of the objective, both fixed from the pool when the region opens.
+    # (S, C) int64 examples of each class selected per coreset (rows sum to B), and (C,)
+    # float64 each class's share of the objective, both fixed when the region opens.
     class_budgets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     class_shares: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
     phase: Phase = Phase.EMBED
@@ -124,11 +124,10 @@ def crest_region(
     each coreset will hold the class budgets, exactly ``batch_size`` examples.
     """
     world, classes = config.world_size, config.num_classes
-    budgets = pool.class_quotas(config.batch_size, config.class_weighting)
-    per_class = np.maximum(
-        pool.class_quotas(config.resolved_subset_size, config.class_weighting), budgets
-    )
-    subsets = pool.draw_subsets(rng, world, num_coresets, per_class)
+    num_subsets, weighting = world * num_coresets, config.class_weighting
+    budgets = pool.quota_rows(config.batch_size, weighting, num_subsets, rng)  # (S, C)
+    per_class = pool.quota_rows(config.resolved_subset_size, weighting, num_subsets, rng)
+    subsets = pool.draw_subsets(rng, world, num_coresets, np.maximum(per_class, budgets))
 
     # Slots: each rank's distinct candidates, sorted; members point at slots.
     candidates, rank_offsets, members, member_groups = [], [0], [], []
@@ -183,7 +182,7 @@ def random_region(
     batches: list[np.ndarray] = []  # rank-major: rank q's are [q * steps, (q + 1) * steps)
     shares = pool.class_shares(config.class_weighting)
     if config.random_batches == "stratified":
-        budgets = pool.class_quotas(config.batch_size, config.class_weighting)
+        budgets = pool.quota_rows(config.batch_size, config.class_weighting, world * num_steps, rng)
         subsets = pool.draw_subsets(rng, world, num_steps, budgets)
         batches = [np.sort(np.concatenate(parts)) for parts in subsets]
     else:

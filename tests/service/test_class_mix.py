@@ -84,3 +84,49 @@ def test_a_class_without_examples_is_an_error_unless_allowed() -> None:
     job = JobState("j", allowed, labels)
     for indices, _ in see(job, 0, 0).batches or [(np.zeros(0, np.int64), None)]:
         assert np.all(job.pool.labels[indices] < 3)
+
+
+def test_more_classes_than_the_batch_still_gives_batches_of_batch_size() -> None:
+    """C > B (1,000 classes, batches of 128): classes are sampled in proportion, per batch."""
+    n, classes = 20_000, 1000
+    rng = np.random.default_rng(3)
+    labels = np.concatenate([np.arange(classes), rng.integers(0, classes, n - classes)])
+    config = JobConfig(num_examples=n, num_classes=classes, batch_size=128, epochs=10,
+                       subset_size=400, num_coresets=8)  # fmt: skip
+    job = JobState("many", config, labels)
+    fill_region(job, 0)
+    batches = job.view(0, 0).batches
+    assert len(batches) == 8 and all(len(i) == 128 for i, _ in batches)
+    seen = np.concatenate([job.pool.labels[i] for i, _ in batches])
+    # 1,024 draws over 1,000 classes: ~640 distinct expected (a fixed rounding gives 128)
+    assert len(np.unique(seen)) > 500, "different batches hold different classes"
+    region = job.region
+    assert region is not None and region.class_budgets.shape == (8, classes)
+    assert np.all(region.class_budgets.sum(1) == 128)
+
+
+def test_random_rounding_follows_the_class_shares_across_batches() -> None:
+    sizes = np.array([500, 300, 150, 50])  # shares 0.5, 0.3, 0.15, 0.05 of 3 seats
+    labels = np.repeat(np.arange(4), sizes)
+    config = JobConfig(num_examples=len(labels), num_classes=4, batch_size=3)
+    pool = JobState("j", config, labels).pool
+    rows = pool.quota_rows(3, "proportional", 4000, np.random.default_rng(0))
+    assert np.all(rows.sum(1) == 3)
+    assert rows.mean(0) == pytest.approx(3 * sizes / sizes.sum(), abs=0.05)
+
+
+def test_large_classes_are_drawn_without_touching_the_whole_class() -> None:
+    """Subsets of a big class are disjoint, in the pool, and uniform over it."""
+    n = 200_000
+    labels = np.zeros(n, np.int64)
+    labels[::2] = 1
+    config = JobConfig(num_examples=n, num_classes=2, batch_size=16)
+    pool = JobState("big", config, labels).pool
+    pool.in_pool[: n // 2] = False  # half of each class dropped
+    pool._sizes = None
+    subsets = pool.draw_subsets(np.random.default_rng(0), 2, 3, np.array([40, 20]))
+    drawn = np.concatenate([part for subset in subsets for part in subset])
+    assert len(drawn) == 6 * 60 and len(np.unique(drawn)) == len(drawn), "disjoint"
+    assert np.all(pool.in_pool[drawn]) and np.all(drawn >= n // 2)
+    assert all(np.all(labels[subset[c]] == c) and len(subset[c]) == (40, 20)[c]
+               for subset in subsets for c in (0, 1))  # fmt: skip
