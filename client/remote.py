@@ -33,7 +33,7 @@ from crest.proto.contract import (
     RegionView,
     SessionInfo,
 )
-from crest.proto.errors import Unavailable, error_for_status
+from crest.proto.errors import InvalidArgument, Unavailable, error_for_status
 from crest.proto.v1 import coordinator_pb2 as pb
 from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -198,7 +198,29 @@ class RemoteCoordinator:
 
     # --------------------------------------------------------------------- coordinator
     def create_job(self, config: JobConfig, labels: np.ndarray, job_id: str | None = None) -> str:
-        labels = np.asarray(labels, dtype=np.int64)
+        """Create a job on the coordinator, or find the job ``job_id`` names.
+
+        As :meth:`crest.proto.contract.Coordinator.create_job`: ``labels`` are ``(N,)``
+        integers in ``[0, num_classes)`` (numpy or a CPU tensor; map string or sparse labels
+        with ``np.unique(raw, return_inverse=True)``), every class has an example unless
+        ``config.allow_empty_classes``, and with ``job_id`` the call is idempotent, so a
+        restarted trainer passes the id it saved to find its job again (with a Redis store,
+        jobs outlive coordinator restarts too).
+
+        Raises:
+            InvalidArgument: an invalid config, ``job_id`` or labels.
+            FailedPrecondition: ``job_id`` exists with another config or other labels.
+            Unavailable: no coordinator reachable at :attr:`address` within
+                ``connect_timeout_s`` (first call) or ``retry_s`` (later).
+        """
+        labels = np.asarray(labels)
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            # Checked here too: the wire carries int64, and casting would hide the mistake.
+            raise InvalidArgument(
+                f"labels must be integers in [0, num_classes), got {labels.dtype}; map string "
+                "or sparse labels to 0..C-1 first, e.g. np.unique(labels, return_inverse=True)"
+            )
+        labels = labels.astype(np.int64, copy=False)
 
         def messages() -> Iterator[pb.CreateJobRequest]:
             header = pb.JobHeader(job_id=job_id or "", config=convert.config_to_pb(config))
