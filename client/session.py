@@ -378,7 +378,7 @@ class Session:
         opened = len(self.coordinator.job_status(self.job_id).regions)
         if opened <= saved["region_id"]:
             where = (
-                "it was made with another in-process coordinator and carries no job state"
+                "the checkpoint carries no job state to rebuild it from"
                 if isinstance(self.coordinator, JobSnapshots)
                 else "a coordinator that lost the job's progress cannot continue it"
             )
