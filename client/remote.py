@@ -33,7 +33,7 @@ from crest.proto.contract import (
     RegionView,
     SessionInfo,
 )
-from crest.proto.errors import Unavailable, error_for_status
+from crest.proto.errors import InvalidArgument, Unavailable, error_for_status
 from crest.proto.v1 import coordinator_pb2 as pb
 from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -45,7 +45,15 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", convert.MAX_MESSAGE_BYTES + convert.MESSAGE_OVERHEAD_BYTES),
     ("grpc.max_send_message_length", convert.MAX_MESSAGE_BYTES + convert.MESSAGE_OVERHEAD_BYTES),
+    # gRPC's own reconnect backoff (1 s growing 1.6x to 120 s) would decide when a call
+    # after an outage can succeed: a 70 s outage cost 40 s more. Capped at 1 s, the client's
+    # retry policy (retry_s) is what bounds an outage. min_reconnect_backoff_ms is also the
+    # shortest time gRPC gives one connection attempt (TCP and TLS handshake).
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.min_reconnect_backoff_ms", 2000),
 ]
+WARN_EVERY_S = 5.0  # while retrying, one WARNING line per this many seconds of outage
 LABELS_PER_CHUNK = (convert.MAX_MESSAGE_BYTES - convert.MESSAGE_OVERHEAD_BYTES) // 8
 
 
@@ -58,10 +66,16 @@ class RemoteCoordinator:
         tls_ca: PEM file of the CA that signed the server's certificate (enables TLS).
         call_timeout_s: deadline of each call (calls that wait for peers or selection wait
             at most this long, then retry).
-        retry_s: how long to keep retrying an unreachable coordinator before giving up with
-            :class:`Unavailable`.
+        connect_timeout_s: how long the first call waits for a connection before it fails
+            with :class:`Unavailable` naming the address (a wrong address fails fast).
+        retry_s: once the coordinator has been reached, how long to keep retrying while it
+            is unreachable (e.g. restarting) before giving up with :class:`Unavailable`; a
+            WARNING is logged every few seconds meanwhile.
         embedding_dtype: ``"float32"`` or ``"float16"`` on the wire (half the bytes; the
             coordinator computes in float32 either way).
+
+    Raises:
+        ValueError: an unknown ``embedding_dtype`` or a timeout that is not positive.
     """
 
     def __init__(
@@ -71,11 +85,19 @@ class RemoteCoordinator:
         token: str | None = None,
         tls_ca: str | Path | None = None,
         call_timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
         retry_s: float = 300.0,
         embedding_dtype: str = "float32",
     ) -> None:
         if embedding_dtype not in ("float32", "float16"):
             raise ValueError(f"embedding_dtype must be float32 or float16, got {embedding_dtype}")
+        for name, value in [
+            ("call_timeout_s", call_timeout_s),
+            ("connect_timeout_s", connect_timeout_s),
+            ("retry_s", retry_s),
+        ]:
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")  # fmt: skip
         self._credentials = (
             grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()) if tls_ca is not None else None
         )
@@ -84,7 +106,11 @@ class RemoteCoordinator:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.address = address
         self.call_timeout_s = call_timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.retry_s = retry_s
+        # Set once any process of this client has reached the coordinator: from then on an
+        # unreachable coordinator is an outage to ride out, not a wrong address.
+        self._reached = False
         self._embedding_dtype = np.dtype(embedding_dtype)
         self._seq: dict[tuple[str, int], int] = {}  # last sequence number sent per session
         self._lock = threading.Lock()
@@ -93,7 +119,8 @@ class RemoteCoordinator:
     @property
     def _stub(self) -> pb_grpc.CoordinatorStub:
         """The stub of this process's channel: a forked child (a DataLoader worker) opens its
-        own instead of using the parent's."""
+        own instead of using the parent's. The first connection must succeed within
+        ``connect_timeout_s``."""
         if self._pid != os.getpid():
             with self._connect_lock:
                 if self._pid != os.getpid():
@@ -103,13 +130,39 @@ class RemoteCoordinator:
                         )
                     else:
                         channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+                    if not self._reached:
+                        self._first_connection(channel)
                     self._channel, self._stub_ = channel, pb_grpc.CoordinatorStub(channel)
                     self._pid = os.getpid()
         return self._stub_
 
+    def _first_connection(self, channel: grpc.Channel) -> None:
+        """Wait until ``channel`` connects, or close it and fail with a precise error."""
+        ready = grpc.channel_ready_future(channel)
+        try:
+            ready.result(timeout=self.connect_timeout_s)
+        except grpc.FutureTimeoutError:
+            ready.cancel()
+            channel.close()
+            tls = "with TLS (tls_ca=...)" if self._credentials is not None else "without TLS"
+            raise Unavailable(
+                f"could not connect to the crest coordinator at {self.address} within "
+                f"{self.connect_timeout_s:g} s: check that `crest serve` runs there and that "
+                f"the host and port are right (its gRPC port, 50051 unless --port says "
+                f"otherwise; not the dashboard's), that no firewall blocks it, and that it "
+                f"serves {tls} as this client expects"
+            ) from None
+        self._reached = True
+
     def _call(self, name: str, attempt: Callable[[], T]) -> T:
-        """Run one idempotent call, retrying while the coordinator is unreachable."""
-        deadline = time.monotonic() + self.retry_s
+        """Run one idempotent call, retrying while the coordinator is unreachable.
+
+        Retries last up to ``retry_s``, with a WARNING every :data:`WARN_EVERY_S` seconds that
+        names the address and the outage so far.
+        """
+        started = time.monotonic()
+        deadline = started + self.retry_s
+        warn_at = started  # the first retry warns: a trainer should not stall silently
         delay = 0.05
         while True:
             try:
@@ -118,12 +171,20 @@ class RemoteCoordinator:
                 code = err.code()
                 if code not in RETRYABLE:
                     raise error_for_status(code.name, err.details() or "") from None
-                if time.monotonic() + delay > deadline:
+                now = time.monotonic()
+                if now + delay > deadline:
                     raise Unavailable(
                         f"{name}: coordinator at {self.address} unavailable for "
                         f"{self.retry_s:.0f} s: {err.details()}"
                     ) from None
-                log.info("%s: %s; retrying in %.2f s", name, code.name, delay)
+                if now >= warn_at:
+                    log.warning(
+                        "%s: crest coordinator at %s unavailable for %.1f s so far (%s: %s); "
+                        "retrying for up to %.0f s",
+                        name, self.address, now - started, code.name, err.details(),
+                        self.retry_s,
+                    )  # fmt: skip
+                    warn_at = now + WARN_EVERY_S
                 time.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 2.0)
 
@@ -137,7 +198,29 @@ class RemoteCoordinator:
 
     # --------------------------------------------------------------------- coordinator
     def create_job(self, config: JobConfig, labels: np.ndarray, job_id: str | None = None) -> str:
-        labels = np.asarray(labels, dtype=np.int64)
+        """Create a job on the coordinator, or find the job ``job_id`` names.
+
+        As :meth:`crest.proto.contract.Coordinator.create_job`: ``labels`` are ``(N,)``
+        integers in ``[0, num_classes)`` (numpy or a CPU tensor; map string or sparse labels
+        with ``np.unique(raw, return_inverse=True)``), every class has an example unless
+        ``config.allow_empty_classes``, and with ``job_id`` the call is idempotent, so a
+        restarted trainer passes the id it saved to find its job again (with a Redis store,
+        jobs outlive coordinator restarts too).
+
+        Raises:
+            InvalidArgument: an invalid config, ``job_id`` or labels.
+            FailedPrecondition: ``job_id`` exists with another config or other labels.
+            Unavailable: no coordinator reachable at :attr:`address` within
+                ``connect_timeout_s`` (first call) or ``retry_s`` (later).
+        """
+        labels = np.asarray(labels)
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            # Checked here too: the wire carries int64, and casting would hide the mistake.
+            raise InvalidArgument(
+                f"labels must be integers in [0, num_classes), got {labels.dtype}; map string "
+                "or sparse labels to 0..C-1 first, e.g. np.unique(labels, return_inverse=True)"
+            )
+        labels = labels.astype(np.int64, copy=False)
 
         def messages() -> Iterator[pb.CreateJobRequest]:
             header = pb.JobHeader(job_id=job_id or "", config=convert.config_to_pb(config))

@@ -48,10 +48,12 @@ from crest.proto.contract import (
     CheckDecision,
     CheckReport,
     Coordinator,
+    JobSnapshots,
     RegionStatus,
     RegionView,
     SessionInfo,
 )
+from crest.proto.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +269,13 @@ class Session:
         """What a checkpoint needs to continue with exactly the batches an uninterrupted run
         would have seen. Take it after a step's optimizer step (next to the model's and
         optimizer's state dicts) or before the first batch. Tensors and plain values only, so
-        ``torch.load(..., weights_only=True)`` reads it back."""
+        ``torch.load(..., weights_only=True)`` reads it back.
+
+        ``"job_id"`` is the job's id (pass it to ``create_job`` when resuming). With an
+        in-process coordinator, whose jobs die with this process, ``"job"`` also holds the
+        job's whole state (a uint8 tensor; its size grows with N and the region's
+        embeddings), from which a new in-process coordinator rebuilds the job.
+        """
         run = self._run
         region = None
         if run is not None:
@@ -297,17 +305,37 @@ class Session:
             "trained": self._trained,
             "region": region,
             "pending_check": None if self._pending is None else dict(vars(self._pending[1])),
+            **self._job_snapshot(),
         }
 
+    def _job_snapshot(self) -> dict[str, Tensor]:
+        if not isinstance(self.coordinator, JobSnapshots):
+            return {}
+        blob = self.coordinator.export_job(self.job_id)
+        return {"job": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (restore the model's parameters first)."""
+        """Continue from :meth:`state_dict` (restore the model's parameters first).
+
+        The session must be on the checkpoint's job (create it with
+        ``job_id=state["job_id"]``) and rank. The coordinator must know the job's progress
+        up to the checkpoint: a coordinator that outlived the trainer does, and an in-process
+        one adopts the job state the checkpoint carries.
+
+        Raises:
+            ValueError: a state of another version, job or rank.
+            FailedPrecondition: the coordinator does not hold the job's progress (e.g. a
+                ``crest serve`` restarted without a durable store) and cannot adopt it.
+        """
         if state.get("version") != 1:
             raise ValueError(f"unknown session state version {state.get('version')}")
         if (state["job_id"], state["rank"]) != (self.job_id, self.rank):
             raise ValueError(
                 f"state of job {state['job_id']!r} rank {state['rank']} cannot resume job "
-                f"{self.job_id!r} rank {self.rank}"
+                f"{self.job_id!r} rank {self.rank}; open the session on the checkpoint's job: "
+                "create_job(config, labels, job_id=state['job_id'])"
             )
+        self._restore_job(state)
         self.step, self._trained = state["step"], state["trained"]
         self._handed_out = time.perf_counter()
         self._run = None
@@ -338,6 +366,29 @@ class Session:
                 self.coordinator.report_check, self.job_id, self.rank, report
             )
             self._pending = (self._run, report, future)
+
+    def _restore_job(self, state: dict[str, Any]) -> None:
+        """Make sure the coordinator holds the job as far as the checkpoint got."""
+        snapshot = state.get("job")
+        if snapshot is not None and isinstance(self.coordinator, JobSnapshots):
+            self.coordinator.restore_job(self.job_id, snapshot.numpy().tobytes())
+        saved = state["region"]
+        if saved is None:
+            return
+        opened = len(self.coordinator.job_status(self.job_id).regions)
+        if opened <= saved["region_id"]:
+            where = (
+                "the checkpoint carries no job state to rebuild it from"
+                if isinstance(self.coordinator, JobSnapshots)
+                else "a coordinator that lost the job's progress cannot continue it"
+            )
+            raise FailedPrecondition(
+                f"the coordinator knows {opened} regions of job {self.job_id!r}, but the "
+                f"checkpoint is in region {saved['region_id']} (step {state['step']}): {where}. "
+                "Resuming needs the job's progress: a coordinator that outlives the trainer "
+                "(`crest serve`, with --store redis://... to survive its own restarts), or an "
+                "in-process coordinator with a checkpoint taken through it"
+            )
 
     # ------------------------------------------------------------------------- regions
     def _region_for(self, step: int) -> _RegionRun | None:

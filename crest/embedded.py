@@ -27,7 +27,11 @@ def connect(address: str | None = None, **remote_args: object) -> Coordinator:
 
     The remote coordinator's ``token`` defaults to ``$CREST_TOKEN`` (as for ``crest health``),
     so a script runs unchanged against a coordinator that requires one (docker-compose.yml
-    and deploy/k8s give trainers the token that way).
+    and deploy/k8s give trainers the token that way). ``remote_args`` are
+    :class:`RemoteCoordinator`'s keyword arguments (``token``, ``tls_ca``,
+    ``connect_timeout_s``, ``retry_s``, ...). Nothing connects here: the first call does, and
+    fails with :class:`crest.proto.errors.Unavailable` naming the address when nothing
+    answers there within ``connect_timeout_s``.
     """
     if address is None:
         return local_coordinator()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -226,7 +226,34 @@ class CheckDecision:
 class Coordinator(Protocol):
     """What a trainer needs from a coordinator, in-process or remote."""
 
-    def create_job(self, config: JobConfig, labels: np.ndarray) -> str: ...
+    def create_job(self, config: JobConfig, labels: np.ndarray, job_id: str | None = None) -> str:
+        """Create a job over a training set, or find the job ``job_id`` names.
+
+        Args:
+            config: the job's configuration, immutable once the job exists.
+            labels: ``(N,)`` class of every training example, ``N = config.num_examples``:
+                integers in ``[0, num_classes)`` as a numpy array or a CPU tensor. Map string
+                or sparse labels to ``0..C-1`` first, e.g. ``classes, labels =
+                np.unique(raw, return_inverse=True)``. ``num_classes`` must equal the number
+                of distinct labels (every class has an example) unless
+                ``config.allow_empty_classes``.
+            job_id: 1-128 printable characters. With an id the call is idempotent: for a job
+                that exists with the same config and labels it returns the id and changes
+                nothing, which is how a restarted trainer finds its job again (keep the id
+                with the checkpoint: ``Session.state_dict()["job_id"]``). Without one, the
+                coordinator picks the id.
+
+        Returns:
+            The job id.
+
+        Raises:
+            InvalidArgument: an invalid config or ``job_id``; labels of the wrong shape, not
+                integers, outside ``[0, num_classes)``, or leaving a class without examples.
+            FailedPrecondition: ``job_id`` exists with another config or other labels.
+            Unavailable: the coordinator or its state store cannot answer (a remote
+                coordinator: none reachable at its address); nothing was created.
+        """
+        ...
 
     def open_session(self, job_id: str, rank: int) -> SessionInfo: ...
 
@@ -243,6 +270,34 @@ class Coordinator(Protocol):
     ) -> None: ...
 
     def report_check(self, job_id: str, rank: int, report: CheckReport) -> CheckDecision: ...
+
+    def job_status(self, job_id: str) -> JobStatus: ...
+
+
+@runtime_checkable
+class JobSnapshots(Protocol):
+    """A coordinator whose jobs live only as long as the trainer's process (the in-process
+    one): a checkpoint carries the job's state, and a new coordinator adopts it on resume.
+
+    A coordinator with a life of its own (``crest serve``) keeps its jobs itself (durably with
+    a Redis store) and does not offer this.
+    """
+
+    def export_job(self, job_id: str) -> bytes:
+        """The job's whole state now (the store's snapshot encoding)."""
+        ...
+
+    def restore_job(self, job_id: str, snapshot: bytes) -> bool:
+        """Adopt :meth:`export_job`'s ``snapshot`` for the job ``job_id``, which must exist
+        with the same config and labels, if this coordinator's copy is behind it (has opened
+        fewer regions). Returns whether it was adopted.
+
+        Raises:
+            InvalidArgument: ``snapshot`` is no snapshot of job ``job_id``.
+            NotFound: no job ``job_id``.
+            FailedPrecondition: the job has another config or other labels.
+        """
+        ...
 
 
 class CheckRecord(BaseModel):

@@ -48,6 +48,20 @@ class LocalCoordinator:
         return self.submit(coro).result()
 
     def create_job(self, config: JobConfig, labels: np.ndarray, job_id: str | None = None) -> str:
+        """Create a job in this process, or find the job ``job_id`` names.
+
+        As :meth:`crest.proto.contract.Coordinator.create_job`: ``labels`` are ``(N,)``
+        integers in ``[0, num_classes)`` (numpy or a CPU tensor; map string or sparse labels
+        with ``np.unique(raw, return_inverse=True)``), every class has an example unless
+        ``config.allow_empty_classes``, and with ``job_id`` the call is idempotent. The job
+        lives as long as this coordinator; to resume after the process ended, create it again
+        with the checkpoint's ``job_id`` (and the same config and labels) and load the
+        session's state dict, which carries the job (:meth:`restore_job`).
+
+        Raises:
+            InvalidArgument: an invalid config, ``job_id`` or labels.
+            FailedPrecondition: ``job_id`` exists with another config or other labels.
+        """
         return self._call(self.manager.create_job(config, labels, job_id))
 
     def open_session(self, job_id: str, rank: int) -> SessionInfo:
@@ -74,6 +88,13 @@ class LocalCoordinator:
 
     def job_status(self, job_id: str) -> JobStatus:
         return self._call(self.manager.job_status(job_id))
+
+    # A job here dies with the trainer's process: checkpoints carry it (JobSnapshots).
+    def export_job(self, job_id: str) -> bytes:
+        return self._call(self.manager.export_job(job_id))
+
+    def restore_job(self, job_id: str, snapshot: bytes) -> bool:
+        return self._call(self.manager.restore_job(job_id, snapshot))
 
     def close(self) -> None:
         if self._loop.is_closed():

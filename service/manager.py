@@ -399,3 +399,49 @@ class JobManager:
             raise Unavailable(f"timed out after {limit:.1f} s waiting for {what}") from None
         if job.crashed is not None:
             raise job.crashed
+
+    # -------------------------------------------------------------- trainer checkpoints
+    async def export_job(self, job_id: str) -> bytes:
+        """The job's state now, for a checkpoint (an in-process job dies with its trainer)."""
+        job = self._job(job_id)
+        async with job.lock:
+            await self._fresh(job)
+            return pack(job.state.to_state())
+
+    async def restore_job(self, job_id: str, snapshot: bytes) -> bool:
+        """Adopt ``snapshot`` (from :meth:`export_job`) for an existing job with the same
+        config and labels when this manager's copy has opened fewer regions; returns whether
+        it did. A copy that is as far or further (the coordinator outlived the trainer) is
+        kept: it holds everything the trainer's checkpoint needs."""
+        job = self._job(job_id)
+        try:
+            state = JobState.from_state(unpack(snapshot))
+        except Exception as err:  # any malformed blob: it never becomes part of a job
+            raise InvalidArgument(f"not a job snapshot: {err}") from None
+        if state.job_id != job_id:
+            raise InvalidArgument(f"the snapshot is of job {state.job_id!r}, not {job_id!r}")
+        async with job.changed:
+            await self._fresh(job)
+            if state.config != job.state.config or _labels_digest(state.pool.labels) != (
+                job.labels_digest
+            ):
+                raise FailedPrecondition(
+                    f"job {job_id!r} was created with another config or other labels than the "
+                    "checkpoint's job: create it with the checkpoint's config and labels"
+                )
+            if _regions_opened(state) <= _regions_opened(job.state):
+                return False
+            try:
+                await self.store.snapshot(job_id, snapshot)
+            except Exception as err:
+                raise Unavailable(f"the state store failed: {err}") from None
+            if job.selecting is not None:
+                job.selecting.cancel()
+            job.state, job.journal_length, job.telemetry = state, 0, JobTelemetry()
+            job.changed.notify_all()
+            log.info("restored job %s from a checkpoint at step %d", job_id, state.status().step)
+            return True
+
+
+def _regions_opened(state: JobState) -> int:
+    return 0 if state.region is None else state.region.region_id + 1

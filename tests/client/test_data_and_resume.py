@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from crest.client import CrestLoader, Session, weighted_loss
 from crest.embedded import local_coordinator
+from crest.proto.errors import FailedPrecondition, InvalidArgument
 from tests.training import blobs, job_config, make_model, train, train_with_checkpoint
 
 
@@ -74,3 +75,72 @@ def test_resume_from_a_checkpoint_replays_exactly(save_at: int, tmp_path: Path) 
         assert first == expected[: save_at + 13]
         resumed = train_with_checkpoint(coordinator, job_id, checkpoint, save_at, None)
     assert resumed == expected[save_at + 1 :]
+
+
+def first_life(save_at: int, checkpoint: Path) -> str:
+    """Train with an in-process coordinator past a checkpoint, then die with it."""
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(job_config(seed=2), blobs()[1].numpy())
+        train_with_checkpoint(coordinator, job_id, checkpoint, save_at, save_at + 12)
+    return job_id
+
+
+@pytest.mark.parametrize("save_at", [0, 23])
+def test_resume_with_a_new_in_process_coordinator_replays_exactly(
+    save_at: int, tmp_path: Path
+) -> None:
+    expected = reference(2)
+    checkpoint = tmp_path / "ckpt.pt"
+    job_id = first_life(save_at, checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["crest"]["job_id"] == job_id
+    with local_coordinator() as coordinator:  # the trainer's second life
+        assert coordinator.create_job(job_config(seed=2), blobs()[1].numpy(), job_id) == job_id
+        resumed = train_with_checkpoint(coordinator, job_id, checkpoint, save_at, None)
+    assert resumed == expected[save_at + 1 :]
+
+
+def test_resume_without_the_job_progress_fails_at_load_and_says_why(tmp_path: Path) -> None:
+    """Regression: this failed later, from a background thread, with `FailedPrecondition:
+    region 2 is not current`."""
+    checkpoint = tmp_path / "ckpt.pt"
+    job_id = first_life(23, checkpoint)
+    state = torch.load(checkpoint, weights_only=True)["crest"]
+    del state["job"]  # e.g. a checkpoint taken through a remote coordinator that lost the job
+    with local_coordinator() as coordinator:
+        coordinator.create_job(job_config(seed=2), blobs()[1].numpy(), job_id)
+        with Session(coordinator, job_id, model=make_model()) as session:
+            with pytest.raises(FailedPrecondition, match="outlives the trainer"):
+                session.load_state_dict(state)
+            assert session.step == 0  # nothing changed
+        assert coordinator.job_status(job_id).regions == []
+
+
+def test_resume_refuses_a_job_created_with_other_labels(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "ckpt.pt"
+    job_id = first_life(6, checkpoint)
+    state = torch.load(checkpoint, weights_only=True)["crest"]
+    with local_coordinator() as coordinator:
+        coordinator.create_job(job_config(seed=2), blobs(seed=1)[1].numpy(), job_id)
+        other_job = coordinator.create_job(job_config(seed=2), blobs()[1].numpy())
+        with Session(coordinator, job_id, model=make_model()) as session:
+            with pytest.raises(FailedPrecondition, match="other labels"):
+                session.load_state_dict(state)
+            assert coordinator.job_status(job_id).regions == []
+        with Session(coordinator, other_job, model=make_model()) as other:
+            with pytest.raises(ValueError, match=r"job_id=state\['job_id'\]"):
+                other.load_state_dict(state)
+            assert other.step == 0
+
+
+def test_a_coordinator_that_is_ahead_keeps_its_job(tmp_path: Path) -> None:
+    """The coordinator outlived the trainer: the checkpoint's older job state is not adopted."""
+    checkpoint = tmp_path / "ckpt.pt"
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(job_config(seed=2), blobs()[1].numpy())
+        train_with_checkpoint(coordinator, job_id, checkpoint, 6, 40)
+        before = coordinator.job_status(job_id)
+        snapshot = torch.load(checkpoint, weights_only=True)["crest"]["job"]
+        assert not coordinator.restore_job(job_id, snapshot.numpy().tobytes())
+        assert coordinator.job_status(job_id) == before
+        with pytest.raises(InvalidArgument, match="not a job snapshot"):
+            coordinator.restore_job(job_id, b"garbage")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+import torch
 
+from crest.client import Session
 from crest.client.remote import RemoteCoordinator
 from crest.embedded import local_coordinator
 from crest.proto import convert
@@ -13,8 +15,8 @@ from crest.proto.errors import FailedPrecondition, InvalidArgument, NotFound
 from crest.proto.v1 import coordinator_pb2 as pb
 from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from crest.service.server import CHANNEL_OPTIONS
-from tests.integration.conftest import LoopbackCoordinator
-from tests.training import blobs, job_config, train
+from tests.integration.conftest import LoopbackCoordinator, start_loopback, stop_loopback
+from tests.training import blobs, job_config, make_model, train, train_with_checkpoint
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +154,28 @@ def test_checks_out_of_order_are_failed_precondition(loopback, stub) -> None:
     with pytest.raises(grpc.RpcError) as err:
         stub.ReportCheck(report, timeout=30)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_resume_against_a_coordinator_that_lost_the_job_fails_at_load(tmp_path) -> None:
+    """A `crest serve` restarted without a durable store lost the job's progress: loading the
+    checkpoint says so instead of failing later from a background thread."""
+    labels, checkpoint = blobs()[1].numpy(), tmp_path / "ckpt.pt"
+    first = start_loopback()
+    try:
+        with RemoteCoordinator(first[0].address) as remote:
+            job_id = remote.create_job(job_config(seed=2), labels, job_id="lost")
+            train_with_checkpoint(remote, job_id, checkpoint, 6, 10)
+    finally:
+        stop_loopback(*first)
+    state = torch.load(checkpoint, weights_only=True)["crest"]
+    assert "job" not in state  # only an in-process coordinator's jobs travel in checkpoints
+    second = start_loopback()
+    try:
+        with RemoteCoordinator(second[0].address) as remote:
+            assert remote.create_job(job_config(seed=2), labels, job_id=job_id) == job_id
+            with Session(remote, job_id, model=make_model()) as session:
+                with pytest.raises(FailedPrecondition, match="lost the job's progress"):
+                    session.load_state_dict(state)
+                assert session.step == 0
+    finally:
+        stop_loopback(*second)
