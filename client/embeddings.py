@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from crest.proto.errors import InvalidArgument
+
 __all__ = [
     "EmbeddingFn",
     "LastLayerEmbedding",
@@ -24,19 +26,50 @@ __all__ = [
 ]
 
 
-def gradient_embeddings(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def gradient_embeddings(
+    logits: Tensor, labels: Tensor, num_classes: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Loss gradients w.r.t. the logits, and the per-example cross-entropy.
 
     Args:
         logits: ``(n, C)`` float. labels: ``(n,)`` int64 in ``[0, C)``.
+        num_classes: the job's C, if known: the model must have exactly C outputs.
 
     Returns:
         ``(embeddings, losses)``: ``(n, C)`` float32 and ``(n,)`` float32.
+
+    Raises:
+        InvalidArgument: the model's output size is not the job's C (or, with C unknown,
+        is too small for the labels).
     """
+    check_outputs(logits, labels, num_classes)
     logits = logits.float()
     embeddings = logits.softmax(1)
     embeddings[torch.arange(len(labels), device=labels.device), labels] -= 1.0
     return embeddings, F.cross_entropy(logits, labels, reduction="none")
+
+
+def check_outputs(logits: Tensor, labels: Tensor, num_classes: int | None = None) -> None:
+    """Raise :class:`InvalidArgument` unless ``logits`` is ``(n, C)`` for the job's C.
+
+    A model with too few outputs would fail on a label index; one with too many would train
+    extra outputs silently. Either way the model does not fit the job: say so plainly.
+    """
+    if logits.ndim != 2 or logits.shape[0] != len(labels):
+        raise InvalidArgument(
+            f"the model's output must have shape ({len(labels)}, C), got {tuple(logits.shape)}"
+        )
+    outputs = logits.shape[1]
+    if num_classes is not None and outputs != num_classes:
+        raise InvalidArgument(
+            f"the model has {outputs} outputs, but the job has num_classes={num_classes}: "
+            f"its last layer must have {num_classes} outputs"
+        )
+    if len(labels) and int(labels.max()) >= outputs:
+        raise InvalidArgument(
+            f"the model has {outputs} outputs, too few for label {int(labels.max())}: "
+            "its last layer must have one output per class"
+        )
 
 
 class EmbeddingFn(Protocol):
@@ -48,10 +81,18 @@ class EmbeddingFn(Protocol):
 
 
 class LogitEmbedding:
-    """``softmax(z) - onehot(y)``: C floats per example."""
+    """``softmax(z) - onehot(y)``: C floats per example.
+
+    Args:
+        num_classes: the job's C, to check the model's output size against (a
+            :class:`~crest.client.Session` passes it for ``embedding="logits"``).
+    """
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        self.num_classes = num_classes
 
     def __call__(self, model: nn.Module, inputs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        return gradient_embeddings(model(inputs), labels)
+        return gradient_embeddings(model(inputs), labels, self.num_classes)
 
 
 class LastLayerEmbedding:
@@ -61,9 +102,21 @@ class LastLayerEmbedding:
         head: the model's final ``nn.Linear`` (its input features are captured by a hook).
         dim: projected dimension.
         seed: seed of the fixed Gaussian projection (the same on every rank).
+        num_classes: the job's C, to check the head's output size against.
+
+    Raises:
+        InvalidArgument: ``head`` does not have ``num_classes`` outputs.
     """
 
-    def __init__(self, head: nn.Linear, dim: int = 32, seed: int = 0) -> None:
+    def __init__(
+        self, head: nn.Linear, dim: int = 32, seed: int = 0, num_classes: int | None = None
+    ) -> None:
+        if num_classes is not None and head.out_features != num_classes:
+            raise InvalidArgument(
+                f"the head has {head.out_features} outputs, but the job has "
+                f"num_classes={num_classes}: it must have {num_classes} outputs"
+            )
+        self.num_classes = num_classes
         self.head = head
         self.dim = dim
         gen = torch.Generator().manual_seed(seed)
@@ -81,10 +134,11 @@ class LastLayerEmbedding:
             hook.remove()
         features = captured[-1].float().flatten(1)
         features = torch.cat([features, features.new_ones(len(features), 1)], 1)  # (n, H + 1)
-        error, losses = gradient_embeddings(logits, labels)  # (n, C)
+        error, losses = gradient_embeddings(logits, labels, self.num_classes)  # (n, C)
         projection = self.projection.to(features.device)
         embeddings = torch.einsum("nc,nh,chd->nd", error, features, projection)  # (n, dim)
         return embeddings, losses
 
 
-EMBEDDINGS: dict[str, Callable[[], EmbeddingFn]] = {"logits": LogitEmbedding}
+# Embeddings by name, each made for a job's number of classes.
+EMBEDDINGS: dict[str, Callable[[int], EmbeddingFn]] = {"logits": LogitEmbedding}

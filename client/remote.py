@@ -2,9 +2,12 @@
 
 Every RPC is idempotent (see ``proto/v1/coordinator.proto``), so every call is retried with
 exponential backoff while the coordinator is unreachable or restarting; a trainer rides out a
-coordinator restart by itself. Uploads are split into chunks under the message limit and
-numbered; after a broken stream the client asks which chunks were committed and resends only
-the rest.
+coordinator restart by itself. Job creation is made idempotent by naming the job: without a
+caller's id, :meth:`RemoteCoordinator.create_job` picks a random one and sends it on every
+attempt, so a retry after a lost reply finds the job instead of creating another. Uploads are
+split into chunks under the message limit and numbered, and sent in streams of at most
+``MAX_STREAM_CHUNKS`` chunks, each committed all or nothing; after a broken stream the client
+asks which chunks were committed and resends only the rest.
 
 Create one client per process, after any fork (a DataLoader's workers must not inherit a
 channel); it is thread-safe.
@@ -17,6 +20,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -205,7 +209,8 @@ class RemoteCoordinator:
         with ``np.unique(raw, return_inverse=True)``), every class has an example unless
         ``config.allow_empty_classes``, and with ``job_id`` the call is idempotent, so a
         restarted trainer passes the id it saved to find its job again (with a Redis store,
-        jobs outlive coordinator restarts too).
+        jobs outlive coordinator restarts too). Without ``job_id`` the client picks a random
+        one and sends it with every retry, so one call creates at most one job.
 
         Raises:
             InvalidArgument: an invalid config, ``job_id`` or labels.
@@ -221,9 +226,12 @@ class RemoteCoordinator:
                 "or sparse labels to 0..C-1 first, e.g. np.unique(labels, return_inverse=True)"
             )
         labels = labels.astype(np.int64, copy=False)
+        # Named here, so that every retry of this call names the same job: one call creates
+        # at most one job.
+        job_id = job_id or uuid.uuid4().hex
 
         def messages() -> Iterator[pb.CreateJobRequest]:
-            header = pb.JobHeader(job_id=job_id or "", config=convert.config_to_pb(config))
+            header = pb.JobHeader(job_id=job_id, config=convert.config_to_pb(config))
             yield pb.CreateJobRequest(header=header)
             for start in range(0, len(labels), LABELS_PER_CHUNK):
                 chunk = labels[start : start + LABELS_PER_CHUNK]
@@ -276,10 +284,14 @@ class RemoteCoordinator:
                 for seq, span in enumerate(spans, first + 1)
             ]
             self._seq[(job_id, rank)] = first + len(chunks)
+        for start in range(0, len(chunks), convert.MAX_STREAM_CHUNKS):
+            self._upload(job_id, rank, chunks[start : start + convert.MAX_STREAM_CHUNKS])
 
+    def _upload(self, job_id: str, rank: int, chunks: list[pb.EmbeddingChunk]) -> None:
+        """Send one stream of chunks (committed all or nothing), retrying until it is in."""
         retry = False
 
-        def attempt() -> pb.UploadAck:
+        def attempt() -> None:
             nonlocal retry
             pending = chunks
             if retry:  # after a broken stream, resend only what was not committed
@@ -288,9 +300,12 @@ class RemoteCoordinator:
                 ).committed_seq
                 pending = [c for c in chunks if c.seq > committed]
             retry = True
-            return self._stub.UploadEmbeddings(
-                iter(pending), timeout=self.call_timeout_s, metadata=self._metadata
-            )
+            for chunk in pending:  # so that a cut-off stream commits nothing
+                chunk.stream_chunks = len(pending)
+            if pending:  # else the lost reply was the only thing missing
+                self._stub.UploadEmbeddings(
+                    iter(pending), timeout=self.call_timeout_s, metadata=self._metadata
+                )
 
         self._call("UploadEmbeddings", attempt)
 

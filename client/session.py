@@ -153,10 +153,8 @@ class Session:
             raise ValueError(f"unknown gradient {gradient!r}; valid: {sorted(GRADIENTS)}")
         if gradient == "step" and hessian_probes:
             raise ValueError('gradient="step" has no graph for Hessian probes')
-        if isinstance(embedding, str):
-            if embedding not in EMBEDDINGS:
-                raise ValueError(f"unknown embedding {embedding!r}; valid: {sorted(EMBEDDINGS)}")
-            embedding = EMBEDDINGS[embedding]()
+        if isinstance(embedding, str) and embedding not in EMBEDDINGS:
+            raise ValueError(f"unknown embedding {embedding!r}; valid: {sorted(EMBEDDINGS)}")
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         self.coordinator = coordinator
@@ -164,12 +162,14 @@ class Session:
         self.model = model
         self.fetch = fetch
         self.rank = rank
-        self.embedding = embedding
         self.gradient = gradient
         self.hessian_probes = hessian_probes
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.info: SessionInfo = coordinator.open_session(job_id, rank)
+        if isinstance(embedding, str):  # made for the job's C: a model of the wrong width fails
+            embedding = EMBEDDINGS[embedding](self.info.num_classes)
+        self.embedding: EmbeddingFn = embedding
         self.timings = SelectionTimings()
         self.step = 0
         self._run: _RegionRun | None = None

@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from crest.proto.errors import invalid_fields
 
 
 class JobConfig(BaseModel):
@@ -25,6 +27,21 @@ class JobConfig(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Invalid values raise crest's InvalidArgument (listing the fields at fault), not
+    # pydantic's ValidationError: one exception tree, in-process and remote alike.
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise invalid_fields("job config", err) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> JobConfig:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as err:
+            raise invalid_fields("job config", err) from None
 
     num_examples: int = Field(gt=0, le=2**40, description="N, size of the training set")
     num_classes: int = Field(ge=2, le=100_000, description="C; labels lie in [0, C)")

@@ -22,6 +22,8 @@ from crest.proto.errors import InvalidArgument
 from crest.proto.v1 import coordinator_pb2 as pb
 
 MAX_MESSAGE_BYTES: int = pb.MAX_MESSAGE_BYTES
+# Chunks of one upload stream: the coordinator holds a stream whole until it commits it.
+MAX_STREAM_CHUNKS: int = pb.MAX_STREAM_CHUNKS
 # Room for a message's non-array fields when arrays are sized to fit one message.
 MESSAGE_OVERHEAD_BYTES = 4096
 

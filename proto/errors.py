@@ -19,6 +19,8 @@ statuses back through :func:`error_for_status`, so both sides raise the same cla
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CrestError(Exception):
     """Base class of every error crest raises on purpose."""
@@ -82,3 +84,26 @@ def error_for_status(status: str, message: str) -> CrestError:
         if name == status:
             return cls(message)
     return CrestError(f"{status}: {message}")
+
+
+def invalid_fields(what: str, error: Any) -> InvalidArgument:
+    """An :class:`InvalidArgument` listing each field at fault, from a pydantic
+    ``ValidationError`` (duck-typed: anything with ``errors()``).
+
+    Example: ``invalid job config: tau: must be >= 0 (got -1); bogus: unknown field``. Input
+    values are shown only when short, so a hostile value never swells the message.
+    """
+    parts = []
+    for item in error.errors():
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, InvalidArgument):  # raised by a nested crest model: already told
+            parts.append(str(cause).removeprefix(f"invalid {what}: "))
+            continue
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif len(shown := repr(item.get("input"))) <= 40 and item["loc"]:
+            message += f" (got {shown})"
+        field = ".".join(str(part) for part in item["loc"])
+        parts.append(f"{field}: {message}" if field else message)
+    return InvalidArgument(f"invalid {what}: " + "; ".join(parts))

@@ -30,7 +30,7 @@ an identical machine.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -60,7 +60,7 @@ from crest.service.region import (
 from crest.service.strategy import AutoPolicy, coreset_quality
 from crest.worker.problems import SelectionRequest, SelectionResult
 
-__all__ = ["MAX_EMBEDDING_DIM", "JobState", "Phase", "Region", "Upload"]
+__all__ = ["MAX_EMBEDDING_DIM", "JobState", "Phase", "Region", "Upload", "UploadChunk"]
 
 MAX_EMBEDDING_DIM = 1 << 16
 
@@ -71,6 +71,17 @@ class Upload(StrEnum):
     DUPLICATE = "duplicate"  # its sequence number was committed before: nothing changed
     ACCEPTED = "accepted"
     COMPLETE = "complete"  # accepted, and every rank's candidates are now in
+
+
+@dataclass(frozen=True)
+class UploadChunk:
+    """Embeddings and losses of some of a rank's candidates, with the chunk's sequence number
+    (None for an unsequenced in-process upload). Validated on receipt, not here."""
+
+    indices: np.ndarray
+    embeddings: np.ndarray
+    losses: np.ndarray
+    seq: int | None = None
 
 
 class JobState:
@@ -242,58 +253,90 @@ class JobState:
         losses: np.ndarray,
         seq: int | None = None,
     ) -> Upload:
-        """Store a rank's embeddings and losses for some of its candidates.
+        """Store a rank's embeddings and losses for some of its candidates: one chunk.
 
         Args:
-            indices: ``(n,)`` int64 example indices, distinct, all candidates of ``rank``.
+            indices: ``(n,)`` int64 example indices, ``n >= 1``, distinct, all candidates of
+                ``rank``.
             embeddings: ``(n, d)`` float32 or float16, finite.
             losses: ``(n,)`` float32, finite and >= 0 (eval-mode per-example loss).
-            seq: the upload's sequence number for this rank (counted from 1 over the whole
-                job), or None for an unsequenced in-process call. A committed number is
-                skipped; a gap is refused.
+            seq: the chunk's sequence number (see :meth:`receive_upload`), or None.
 
         Raises:
-            InvalidArgument: malformed arrays or indices. FailedPrecondition: a sequence gap,
-            or the region is not the current one or no longer collecting.
+            As :meth:`receive_upload`.
+        """
+        return self.receive_upload(rank, region_id, [UploadChunk(indices, embeddings, losses, seq)])
+
+    def receive_upload(self, rank: int, region_id: int, chunks: list[UploadChunk]) -> Upload:
+        """Store an upload of one or more chunks, all or nothing.
+
+        Every chunk is validated before any is stored, so a rejected upload changes nothing.
+        Chunks apply in order (a later one overwrites an earlier one's rows).
+
+        Sequence numbers count a rank's chunks from 1 over the whole job; ``None`` marks an
+        unsequenced in-process chunk. A chunk whose number is committed already (a resend) is
+        skipped; the others must continue the committed sequence without a gap.
+
+        Returns:
+            :attr:`Upload.DUPLICATE` when every chunk was committed before (nothing changed).
+
+        Raises:
+            InvalidArgument: malformed arrays or indices, or an empty chunk.
+            FailedPrecondition: a sequence gap, or the region is not the current one or no
+            longer collecting.
         """
         self._check_rank(rank)
-        if seq is not None:
-            committed = self.committed_seq[rank]
-            if seq <= committed:
-                return Upload.DUPLICATE
-            if seq != committed + 1:
-                expected = committed + 1
-                raise FailedPrecondition(
-                    f"upload sequence {seq} of rank {rank} is out of order: expected {expected}"
-                )
+        last = self.committed_seq[rank]
+        fresh: list[UploadChunk] = []
+        for chunk in chunks:
+            if chunk.seq is not None:
+                if chunk.seq <= last:
+                    continue
+                if chunk.seq != last + 1:
+                    raise FailedPrecondition(
+                        f"upload sequence {chunk.seq} of rank {rank} is out of order: "
+                        f"expected {last + 1}"
+                    )
+                last = chunk.seq
+            fresh.append(chunk)
+        if not fresh:
+            return Upload.DUPLICATE
         region = self._current(region_id)
         if region.phase is not Phase.EMBED:
             raise FailedPrecondition(f"region {region_id} is not collecting embeddings")
-        indices, embeddings, losses = _validate_upload(indices, embeddings, losses)
-        if region.embeddings is not None and embeddings.shape[1] != region.embeddings.shape[1]:
-            raise InvalidArgument(
-                f"embedding dim {embeddings.shape[1]} differs from this region's "
-                f"{region.embeddings.shape[1]}"
-            )
         span = region.rank_slots(rank)
         mine = region.candidates[span]
-        pos = np.searchsorted(mine, indices)
-        pos_clipped = np.minimum(pos, len(mine) - 1)
-        if len(mine) == 0 or not np.array_equal(mine[pos_clipped], indices):
-            bad = indices[(pos >= len(mine)) | (mine[pos_clipped] != indices)][:5]
-            raise InvalidArgument(
-                f"indices {bad.tolist()} are not candidates of rank {rank} in region {region_id}"
+        dim = None if region.embeddings is None else region.embeddings.shape[1]
+        writes = []
+        for chunk in fresh:
+            indices, embeddings, losses = _validate_upload(
+                chunk.indices, chunk.embeddings, chunk.losses
             )
-        slots = span.start + pos
-        if len(slots) and slots[-1] - slots[0] == len(slots) - 1:
-            slots = slice(int(slots[0]), int(slots[-1]) + 1)  # in order: a plain copy
+            if dim is not None and embeddings.shape[1] != dim:
+                raise InvalidArgument(
+                    f"embedding dim {embeddings.shape[1]} differs from this region's {dim}"
+                )
+            dim = embeddings.shape[1]
+            pos = np.searchsorted(mine, indices)
+            pos_clipped = np.minimum(pos, len(mine) - 1)
+            if len(mine) == 0 or not np.array_equal(mine[pos_clipped], indices):
+                bad = indices[(pos >= len(mine)) | (mine[pos_clipped] != indices)][:5]
+                raise InvalidArgument(
+                    f"indices {bad.tolist()} are not candidates of rank {rank} in region "
+                    f"{region_id}"
+                )
+            slots: np.ndarray | slice = span.start + pos
+            if slots[-1] - slots[0] == len(slots) - 1:
+                slots = slice(int(slots[0]), int(slots[-1]) + 1)  # in order: a plain copy
+            writes.append((slots, embeddings, losses))
+        # Everything is valid: commit.
         if region.embeddings is None:
-            region.embeddings = np.zeros((len(region.candidates), embeddings.shape[1]), np.float32)
-        region.embeddings[slots] = embeddings
-        region.losses[slots] = losses
-        region.received[slots] = True
-        if seq is not None:
-            self.committed_seq[rank] = seq
+            region.embeddings = np.zeros((len(region.candidates), dim), np.float32)
+        for slots, embeddings, losses in writes:
+            region.embeddings[slots] = embeddings
+            region.losses[slots] = losses
+            region.received[slots] = True
+        self.committed_seq[rank] = last
         if region.received.all():
             region.phase = Phase.SELECTING
             return Upload.COMPLETE
@@ -542,6 +585,8 @@ def _validate_upload(
             f"indices must be a 1-D integer array, got {indices.dtype}{list(indices.shape)}"
         )
     n = len(indices)
+    if n == 0:
+        raise InvalidArgument("an upload chunk must carry at least one example")
     if embeddings.ndim != 2 or embeddings.shape[0] != n:
         raise InvalidArgument(f"embeddings must have shape ({n}, d), got {embeddings.shape}")
     if embeddings.dtype not in (np.float32, np.float16):

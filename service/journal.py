@@ -12,7 +12,7 @@ import numpy as np
 
 from crest.proto.contract import CheckReport
 from crest.service.codec import pack, unpack
-from crest.service.job import JobState
+from crest.service.job import JobState, UploadChunk
 from crest.worker.problems import SelectionResult
 
 
@@ -21,23 +21,22 @@ def opened(rank: int, step: int) -> bytes:
     return pack({"op": "open", "rank": rank, "step": step})
 
 
-def embedded(
-    rank: int,
-    region_id: int,
-    seq: int | None,
-    indices: np.ndarray,
-    embeddings: np.ndarray,
-    losses: np.ndarray,
-) -> bytes:
+def uploaded(rank: int, region_id: int, chunks: list[UploadChunk]) -> bytes:
+    """An upload received as a whole (one event, so that it replays all or nothing too)."""
     return pack(
         {
-            "op": "embed",
+            "op": "upload",
             "rank": rank,
             "region_id": region_id,
-            "seq": seq,
-            "indices": np.asarray(indices),
-            "embeddings": np.asarray(embeddings),
-            "losses": np.asarray(losses),
+            "chunks": [
+                {
+                    "seq": chunk.seq,
+                    "indices": np.asarray(chunk.indices),
+                    "embeddings": np.asarray(chunk.embeddings),
+                    "losses": np.asarray(chunk.losses),
+                }
+                for chunk in chunks
+            ],
         }
     )
 
@@ -68,7 +67,11 @@ def replay(state: JobState, blob: bytes) -> None:
     op = event["op"]
     if op == "open":
         state.open_region(event["rank"], event["step"])
-    elif op == "embed":
+    elif op == "upload":
+        chunks = [UploadChunk(c["indices"], c["embeddings"], c["losses"], c["seq"])
+                  for c in event["chunks"]]  # fmt: skip
+        state.receive_upload(event["rank"], event["region_id"], chunks)
+    elif op == "embed":  # one chunk, as journals written before whole uploads hold them
         state.receive_embeddings(
             event["rank"], event["region_id"], event["indices"], event["embeddings"],
             event["losses"], event["seq"],

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
-from pydantic import ValidationError
 
 from crest.proto.contract import (
     CheckDecision,
@@ -44,7 +43,7 @@ from crest.proto.errors import (
 )
 from crest.service import journal
 from crest.service.codec import pack, unpack
-from crest.service.job import JobState, Phase, Upload
+from crest.service.job import JobState, Phase, Upload, UploadChunk
 from crest.service.store import MemoryStore, StateStore
 from crest.service.telemetry import JobTelemetry, SelectionEvent
 from crest.worker.problems import SelectionResult, Selector
@@ -56,6 +55,22 @@ T = TypeVar("T")
 DEFAULT_WAIT_S = 60.0
 DEFAULT_SELECTION_TIMEOUT_S = 30.0
 SNAPSHOT_EVERY = 64  # journal events between snapshots
+MAX_JOB_ID_LENGTH = 128
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it is 1-128 printable characters, else :class:`InvalidArgument`.
+
+    Every path by which a job id enters checks it before anything else, so a huge id is
+    refused early and never echoed into an error message (gRPC carries the message in
+    metadata of 8 KiB at most: an 8 KiB id would come back as RESOURCE_EXHAUSTED).
+    """
+    if not 0 < len(job_id) <= MAX_JOB_ID_LENGTH or not job_id.isprintable():
+        shown = job_id if len(job_id) <= 40 else f"{job_id[:20]}... ({len(job_id)} characters)"
+        raise InvalidArgument(
+            f"job_id must be 1-{MAX_JOB_ID_LENGTH} printable characters, got {shown!r}"
+        )
+    return job_id
 
 
 @dataclass
@@ -113,6 +128,9 @@ class JobManager:
         self.snapshot_every = snapshot_every
         self.strict = strict
         self._jobs: dict[str, _Job] = {}
+        # Held from "is the id free?" to "registered": a retried CreateJob that overtakes its
+        # own first attempt (which is still storing the job) must find it, not create it twice.
+        self._creating = asyncio.Lock()
 
     async def start(self) -> None:
         """Load every job the store holds (after a restart)."""
@@ -147,27 +165,35 @@ class JobManager:
     async def create_job(
         self, config: JobConfig | dict, labels: np.ndarray, job_id: str | None = None
     ) -> str:
-        """Create a job, or return ``job_id`` if it exists with the same config and labels."""
-        try:
-            config = config if isinstance(config, JobConfig) else JobConfig.model_validate(config)
-        except ValidationError as err:
-            raise InvalidArgument(f"invalid job config: {err}") from None
-        if job_id is not None and not (0 < len(job_id) <= 128 and job_id.isprintable()):
-            raise InvalidArgument("job_id must be 1-128 printable characters")
+        """Create a job, or return ``job_id`` if it exists with the same config and labels.
+
+        Creation is idempotent only for a named job: without ``job_id`` every call creates a
+        new job (the remote client therefore names every job it creates).
+
+        Raises:
+            InvalidArgument: a bad job id, config (listing the fields at fault) or labels.
+            FailedPrecondition: ``job_id`` exists with another config or labels.
+        """
+        if job_id is not None:
+            check_job_id(job_id)
+        # Validated again even when it is a JobConfig: model_copy(update=...) skips validation.
+        raw = config.model_dump() if isinstance(config, JobConfig) else config
+        config = JobConfig.model_validate(raw)  # raises InvalidArgument, not ValidationError
         labels = np.asarray(labels)
         digest = _labels_digest(labels) if np.issubdtype(labels.dtype, np.integer) else ""
-        if job_id is not None and job_id in self._jobs:
-            existing = self._jobs[job_id]
-            if existing.state.config != config or existing.labels_digest != digest:
-                raise FailedPrecondition(f"job {job_id!r} exists with another config or labels")
-            return job_id
-        job_id = job_id or uuid.uuid4().hex[:16]
-        state = JobState(job_id, config, labels)
-        try:
-            await self.store.create(job_id, pack(state.to_state()))
-        except Exception as err:
-            raise Unavailable(f"the state store failed: {err}") from None
-        self._jobs[job_id] = _Job(state, digest)
+        async with self._creating:
+            if job_id is not None and job_id in self._jobs:
+                existing = self._jobs[job_id]
+                if existing.state.config != config or existing.labels_digest != digest:
+                    raise FailedPrecondition(f"job {job_id!r} exists with another config or labels")
+                return job_id
+            job_id = job_id or uuid.uuid4().hex[:16]
+            state = JobState(job_id, config, labels)
+            try:
+                await self.store.create(job_id, pack(state.to_state()))
+            except Exception as err:
+                raise Unavailable(f"the state store failed: {err}") from None
+            self._jobs[job_id] = _Job(state, digest)
         log.info("created job %s: N=%d C=%d steps=%d", job_id, config.num_examples,
                  config.num_classes, config.total_steps)  # fmt: skip
         return job_id
@@ -177,7 +203,7 @@ class JobManager:
 
     def _job(self, job_id: str) -> _Job:
         try:
-            return self._jobs[job_id]
+            return self._jobs[check_job_id(job_id)]
         except KeyError:
             raise NotFound(f"unknown job {job_id!r}") from None
 
@@ -249,7 +275,7 @@ class JobManager:
                 await self._wait(
                     job,
                     lambda: job.state.view(rank, step).status is not RegionStatus.SELECTING,
-                    "selection",
+                    lambda: _awaited_by_region(job.state),
                     timeout,
                 )
                 view = job.state.view(rank, step)
@@ -271,16 +297,22 @@ class JobManager:
         losses: np.ndarray,
         seq: int | None = None,
     ) -> int:
-        """Store a chunk of a rank's embeddings; returns the rank's committed sequence."""
+        """Store one chunk of a rank's embeddings; returns the rank's committed sequence."""
+        chunk = UploadChunk(indices, embeddings, losses, seq)
+        return await self.submit_upload(job_id, rank, region_id, [chunk])
+
+    async def submit_upload(
+        self, job_id: str, rank: int, region_id: int, chunks: list[UploadChunk]
+    ) -> int:
+        """Store an upload (a stream's chunks) all or nothing, journaled as one event; returns
+        the rank's committed sequence (see :meth:`JobState.receive_upload`)."""
         job = self._job(job_id)
         async with job.changed:
             await self._fresh(job)
             state = job.state
-            outcome = state.receive_embeddings(rank, region_id, indices, embeddings, losses, seq)
+            outcome = state.receive_upload(rank, region_id, chunks)
             if outcome is not Upload.DUPLICATE:
-                await self._journal(
-                    job, journal.embedded(rank, region_id, seq, indices, embeddings, losses)
-                )
+                await self._journal(job, journal.uploaded(rank, region_id, chunks))
             if outcome is Upload.COMPLETE:
                 job.embedded_at = time.monotonic()
                 self._ensure_selection(job)
@@ -384,19 +416,24 @@ class JobManager:
                 return decision
             region = job.state.region
             assert region is not None
-            await self._wait(job, lambda: report.step in region.decisions, "the other ranks",
-                             timeout)  # fmt: skip
+            await self._wait(job, lambda: report.step in region.decisions,
+                             lambda: "the other ranks' check reports", timeout)  # fmt: skip
             return region.decisions[report.step]
 
     async def _wait(
-        self, job: _Job, ready: Callable[[], bool], what: str, timeout: float | None
+        self,
+        job: _Job,
+        ready: Callable[[], bool],
+        awaited: Callable[[], str],
+        timeout: float | None,
     ) -> None:
+        """Wait until ``ready()``; past the limit, fail naming what was still ``awaited()``."""
         limit = self.wait_s if timeout is None else min(timeout, self.wait_s)
         try:
             done = job.changed.wait_for(lambda: ready() or job.crashed is not None)
             await asyncio.wait_for(done, limit)
         except TimeoutError:
-            raise Unavailable(f"timed out after {limit:.1f} s waiting for {what}") from None
+            raise Unavailable(f"timed out after {limit:.1f} s waiting for {awaited()}") from None
         if job.crashed is not None:
             raise job.crashed
 
@@ -445,3 +482,17 @@ class JobManager:
 
 def _regions_opened(state: JobState) -> int:
     return 0 if state.region is None else state.region.region_id + 1
+
+
+def _awaited_by_region(state: JobState) -> str:
+    """What a rank whose part of the region is in waits for: other ranks' embeddings, or the
+    selection itself."""
+    region = state.region
+    if region is None:
+        return "the next region"
+    if region.phase is Phase.EMBED:
+        missing = [rank for rank in range(state.config.world_size) if state.missing(rank)]
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        plural = "s" if len(missing) > 1 else ""
+        return f"the embeddings of rank{plural} {shown} in region {region.region_id}"
+    return f"the selection of region {region.region_id}"

@@ -27,9 +27,16 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
 
 from crest.proto import convert
-from crest.proto.errors import CrestError, InvalidArgument, ResourceExhausted, status_of
+from crest.proto.errors import (
+    CrestError,
+    InvalidArgument,
+    ResourceExhausted,
+    invalid_fields,
+    status_of,
+)
 from crest.proto.v1 import coordinator_pb2 as pb
-from crest.service.manager import JobManager
+from crest.service.job import UploadChunk
+from crest.service.manager import JobManager, check_job_id
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +83,9 @@ def _handler(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
         except CrestError as err:
             await context.abort(grpc.StatusCode[status_of(err)], str(err))
         except ValidationError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {err}")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, str(invalid_fields("request", err))
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -109,6 +118,8 @@ class CoordinatorService:
                 if part != "header":
                     raise InvalidArgument("the first CreateJob message must carry the header")
                 header = request.header
+                if header.job_id:
+                    check_job_id(header.job_id)  # before any labels are buffered
                 limit = header.config.num_examples
             elif part == "labels":
                 labels = convert.from_array(request.labels, "labels", (pb.INT64, pb.INT32), 1)
@@ -148,19 +159,52 @@ class CoordinatorService:
 
     @_handler
     async def UploadEmbeddings(self, requests: AsyncIterator[Any], context) -> pb.UploadAck:
-        committed = 0
+        # The whole stream is read and checked before any of it is committed: a rejected
+        # stream changes nothing. A client's cancellation ends the request stream here like a
+        # proper end, so only the stated length tells a broken stream from a whole one.
+        first: pb.EmbeddingChunk | None = None
+        chunks: list[UploadChunk] = []
         async for request in requests:
             chunk = _checked(request)
+            if first is None:
+                first = chunk
+                check_job_id(chunk.job_id)
+                if not 0 <= chunk.stream_chunks <= convert.MAX_STREAM_CHUNKS:
+                    raise InvalidArgument(
+                        f"stream_chunks must lie in [0, {convert.MAX_STREAM_CHUNKS}], "
+                        f"got {chunk.stream_chunks}"
+                    )
+            elif (chunk.job_id, chunk.rank, chunk.region_id, chunk.stream_chunks) != (
+                first.job_id, first.rank, first.region_id, first.stream_chunks
+            ):  # fmt: skip
+                raise InvalidArgument(
+                    "an upload stream carries one rank's chunks of one region, and each states "
+                    "the same stream_chunks"
+                )
+            if len(chunks) == convert.MAX_STREAM_CHUNKS:
+                raise ResourceExhausted(
+                    f"an upload stream carries at most {convert.MAX_STREAM_CHUNKS} chunks"
+                )
+            if first.stream_chunks and len(chunks) == first.stream_chunks:
+                raise InvalidArgument(f"more chunks than stream_chunks={first.stream_chunks}")
+            if chunk.seq < 1:
+                raise InvalidArgument(f"seq must be >= 1, got {chunk.seq}")
             indices = convert.from_array(chunk.indices, "indices", (pb.INT64,), 1)
             embeddings = convert.from_array(
                 chunk.embeddings, "embeddings", (pb.FLOAT32, pb.FLOAT16), 2
             )
             losses = convert.from_array(chunk.losses, "losses", (pb.FLOAT32,), 1)
-            if chunk.seq < 1:
-                raise InvalidArgument(f"seq must be >= 1, got {chunk.seq}")
-            committed = await self.manager.submit_embeddings(
-                chunk.job_id, chunk.rank, chunk.region_id, indices, embeddings, losses, chunk.seq
+            chunks.append(UploadChunk(indices, embeddings, losses, chunk.seq))
+        if first is None:  # nothing to commit, and no session named
+            return pb.UploadAck(committed_seq=0)
+        if first.stream_chunks and len(chunks) != first.stream_chunks:
+            raise InvalidArgument(
+                f"the upload stream ended after {len(chunks)} of its {first.stream_chunks} "
+                "chunks: nothing was committed"
             )
+        committed = await self.manager.submit_upload(
+            first.job_id, first.rank, first.region_id, chunks
+        )
         return pb.UploadAck(committed_seq=committed)
 
     @_handler

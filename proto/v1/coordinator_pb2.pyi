@@ -11,6 +11,7 @@ class Limits(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LIMITS_UNSPECIFIED: _ClassVar[Limits]
     MAX_MESSAGE_BYTES: _ClassVar[Limits]
+    MAX_STREAM_CHUNKS: _ClassVar[Limits]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +30,7 @@ class RegionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DONE: _ClassVar[RegionStatus]
 LIMITS_UNSPECIFIED: Limits
 MAX_MESSAGE_BYTES: Limits
+MAX_STREAM_CHUNKS: Limits
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 FLOAT16: DType
@@ -203,7 +205,7 @@ class Region(_message.Message):
     def __init__(self, region_id: _Optional[int] = ..., status: _Optional[_Union[RegionStatus, str]] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., check_interval: _Optional[int] = ..., candidates: _Optional[_Union[Array, _Mapping]] = ..., check_indices: _Optional[_Union[Array, _Mapping]] = ..., batches: _Optional[_Iterable[_Union[WeightedBatch, _Mapping]]] = ..., initial_loss: _Optional[float] = ...) -> None: ...
 
 class EmbeddingChunk(_message.Message):
-    __slots__ = ("job_id", "rank", "region_id", "seq", "indices", "embeddings", "losses")
+    __slots__ = ("job_id", "rank", "region_id", "seq", "indices", "embeddings", "losses", "stream_chunks")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +213,7 @@ class EmbeddingChunk(_message.Message):
     INDICES_FIELD_NUMBER: _ClassVar[int]
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     region_id: int
@@ -218,7 +221,8 @@ class EmbeddingChunk(_message.Message):
     indices: Array
     embeddings: Array
     losses: Array
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., seq: _Optional[int] = ..., indices: _Optional[_Union[Array, _Mapping]] = ..., embeddings: _Optional[_Union[Array, _Mapping]] = ..., losses: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+    stream_chunks: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., seq: _Optional[int] = ..., indices: _Optional[_Union[Array, _Mapping]] = ..., embeddings: _Optional[_Union[Array, _Mapping]] = ..., losses: _Optional[_Union[Array, _Mapping]] = ..., stream_chunks: _Optional[int] = ...) -> None: ...
 
 class UploadAck(_message.Message):
     __slots__ = ("committed_seq",)

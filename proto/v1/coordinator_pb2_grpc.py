@@ -93,7 +93,10 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UploadEmbeddings(self, request_iterator, context):
-        """Embeddings and losses of the rank's candidates, streamed in chunks.
+        """Embeddings and losses of the rank's candidates, streamed in chunks: one rank's chunks of
+        one region, at most MAX_STREAM_CHUNKS of them. The stream is committed all or nothing
+        once it ends: a rejected stream, or a broken one that states its length
+        (EmbeddingChunk.stream_chunks), commits none of its chunks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,8 +1,10 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from crest.client import LastLayerEmbedding, gradient_embeddings, weighted_loss
+from crest.proto.errors import InvalidArgument
 
 
 def test_logit_embeddings_are_the_loss_gradient_wrt_logits() -> None:
@@ -41,3 +43,14 @@ def test_weighted_loss_is_the_weighted_mean() -> None:
     torch.testing.assert_close(weighted_loss(logits, targets, weights), expected)
     ones = weighted_loss(logits, targets, torch.ones(4))
     torch.testing.assert_close(ones, F.cross_entropy(logits, targets))
+
+
+def test_embeddings_refuse_a_model_of_the_wrong_width() -> None:
+    labels = torch.tensor([0, 3, 1])
+    for width in (3, 7):  # C - 1 and C + 3 for C = 4
+        with pytest.raises(InvalidArgument, match=f"has {width} outputs, but the job has num"):
+            gradient_embeddings(torch.randn(3, width), labels, num_classes=4)
+    with pytest.raises(InvalidArgument, match="3 outputs, too few for label 3"):
+        gradient_embeddings(torch.randn(3, 3), labels)  # C unknown: the labels still tell
+    with pytest.raises(InvalidArgument, match="head has 7 outputs, but the job has num"):
+        LastLayerEmbedding(nn.Linear(6, 7), num_classes=4)

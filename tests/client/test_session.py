@@ -6,7 +6,7 @@ import torch
 
 from crest.client import JobConfig, LastLayerEmbedding, Session, tensor_fetch, weighted_loss
 from crest.embedded import local_coordinator
-from crest.proto.errors import NotFound
+from crest.proto.errors import InvalidArgument, NotFound
 from tests.training import blobs, job_config, make_model, train
 
 
@@ -139,3 +139,17 @@ def test_strategies_run_through_the_same_session_path() -> None:
     (trainer,) = crest_status.trainers
     assert 0 < trainer.selection_share < 1
     assert crest_timings.train > 0
+
+
+@pytest.mark.parametrize("outputs", [3, 7])  # C - 1 and C + 3 for C = 4
+def test_a_model_whose_outputs_do_not_match_the_classes_is_refused(outputs: int) -> None:
+    x, y = blobs()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, outputs))  # fmt: skip
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(config(), y.numpy())
+        with Session(coordinator, job_id, model=model, fetch=tensor_fetch(x, y)) as session:
+            expected = f"the model has {outputs} outputs, but the job has num_classes=4"
+            with pytest.raises(InvalidArgument, match=expected):
+                next(iter(session.batches()))

@@ -179,3 +179,143 @@ def test_resume_against_a_coordinator_that_lost_the_job_fails_at_load(tmp_path) 
                 assert session.step == 0
     finally:
         stop_loopback(*second)
+
+
+class _LostReply(grpc.RpcError):
+    """What a client sees when its deadline passes after the coordinator did the work."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "deadline exceeded (injected after the call completed)"
+
+
+def test_a_retried_create_job_creates_one_job(loopback: LoopbackCoordinator) -> None:
+    labels = blobs()[1].numpy()
+    with RemoteCoordinator(loopback.address, retry_s=60) as remote:
+        stub = remote._stub
+        real, attempts = stub.CreateJob, []
+
+        def reply_lost_three_times(requests, **kwargs):
+            reply = real(requests, **kwargs)  # the coordinator creates (or finds) the job
+            attempts.append(reply.job_id)
+            if len(attempts) <= 3:
+                raise _LostReply()
+            return reply
+
+        stub.CreateJob = reply_lost_three_times
+        job_id = remote.create_job(job_config(), labels)
+    assert attempts == [job_id] * 4
+    assert loopback.manager.job_ids() == [job_id]
+
+
+def test_an_upload_stream_is_committed_all_or_nothing(loopback, stub) -> None:
+    job_id, view = make_job(loopback)
+    before = status_json(stub, job_id)
+    nan = np.ones((8, 4), np.float32)
+    nan[3, 1] = np.nan
+    later = chunk(job_id, view, seq=2, indices=convert.to_array(view.candidates[8:16]),
+                  embeddings=convert.to_array(nan))  # fmt: skip
+    empty = chunk(job_id, view, indices=convert.to_array(np.zeros(0, np.int64)),
+                  embeddings=convert.to_array(np.zeros((0, 4), np.float32)),
+                  losses=convert.to_array(np.zeros(0, np.float32)))  # fmt: skip
+    other_rank = chunk(job_id, view, seq=2, rank=1)
+    too_many = [chunk(job_id, view, seq=s) for s in range(1, convert.MAX_STREAM_CHUNKS + 2)]
+    assert upload_code(stub, chunk(job_id, view), later) == grpc.StatusCode.INVALID_ARGUMENT
+    assert upload_code(stub, empty) == grpc.StatusCode.INVALID_ARGUMENT
+    assert upload_code(stub, chunk(job_id, view), other_rank) == grpc.StatusCode.INVALID_ARGUMENT
+    assert upload_code(stub, *too_many) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    stated = [chunk(job_id, view, seq=s, stream_chunks=3) for s in (1, 2, 3)]
+    for chunk_i, seq in zip(stated, (1, 2, 3), strict=True):
+        chunk_i.indices.CopyFrom(convert.to_array(view.candidates[8 * seq : 8 * seq + 8]))
+    assert upload_code(stub, *stated[:2]) == grpc.StatusCode.INVALID_ARGUMENT  # cut short
+    assert upload_code(stub, *stated, stated[2]) == grpc.StatusCode.INVALID_ARGUMENT  # 4 of 3
+    assert status_json(stub, job_id) == before
+    session = stub.OpenSession(pb.OpenSessionRequest(job_id=job_id, rank=0), timeout=30)
+    assert session.committed_seq == 0  # the valid first chunks were not kept
+    assert stub.UploadEmbeddings(iter(stated), timeout=30).committed_seq == 3  # still 1 next
+
+
+class _BrokenStream(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "stream broken (injected)"
+
+
+def _upload_and_select(remote: RemoteCoordinator, job_id: str) -> tuple[int, list]:
+    view = remote.get_region(job_id, 0, 0)
+    embeddings = np.random.default_rng(1).random((len(view.candidates), 6)).astype(np.float32)
+    losses = np.linspace(0.5, 2.0, len(view.candidates)).astype(np.float32)
+    remote.submit_embeddings(job_id, 0, view.region_id, view.candidates, embeddings, losses)
+    ready = remote.get_region(job_id, 0, 0)
+    committed = remote.open_session(job_id, 0).committed_seq
+    return committed, [(i.tolist(), w.tolist()) for i, w in ready.batches]
+
+
+def test_a_stream_broken_midway_and_resent_gives_the_same_state(loopback, monkeypatch) -> None:
+    monkeypatch.setattr(convert, "rows_per_chunk", lambda dim, itemsize: 40)  # many chunks
+    monkeypatch.setattr(convert, "MAX_STREAM_CHUNKS", 4)  # several streams per upload
+    labels = blobs()[1].numpy()
+    with RemoteCoordinator(loopback.address, retry_s=60) as remote:
+        remote.create_job(job_config(), labels, job_id="whole")
+        expected = _upload_and_select(remote, "whole")
+
+        remote.create_job(job_config(), labels, job_id="broken")
+        stub = remote._stub
+        real, sent = stub.UploadEmbeddings, []
+
+        def flaky(requests, **kwargs):
+            chunks = list(requests)
+            sent.append([c.seq for c in chunks])
+            if len(sent) == 2:  # the second stream breaks after two of its chunks
+
+                def two_then_break():
+                    yield from chunks[:2]
+                    raise RuntimeError("connection lost")
+
+                with pytest.raises(grpc.RpcError):
+                    real(two_then_break(), **kwargs)
+                raise _BrokenStream()
+            return real(iter(chunks), **kwargs)
+
+        stub.UploadEmbeddings = flaky
+        got = _upload_and_select(remote, "broken")
+    assert sent[1] == sent[2] == [5, 6, 7, 8]  # nothing of the broken stream was committed
+    assert got == expected
+
+
+def test_an_oversized_job_id_is_invalid_argument_on_every_rpc(loopback, stub) -> None:
+    huge = "j" * 9000  # echoed into a status message, it overflowed gRPC's 8 KiB metadata
+    _, view = make_job(loopback)
+    header = pb.JobHeader(job_id=huge, config=convert.config_to_pb(job_config()))
+    calls = {
+        "CreateJob": lambda: stub.CreateJob(iter([pb.CreateJobRequest(header=header)]),
+                                            timeout=30),
+        "OpenSession": lambda: stub.OpenSession(pb.OpenSessionRequest(job_id=huge), timeout=30),
+        "GetRegion": lambda: stub.GetRegion(pb.GetRegionRequest(job_id=huge), timeout=30),
+        "UploadEmbeddings": lambda: stub.UploadEmbeddings(iter([chunk(huge, view)]), timeout=30),
+        "ReportCheck": lambda: stub.ReportCheck(pb.CheckReport(job_id=huge), timeout=30),
+        "GetJobStatus": lambda: stub.GetJobStatus(pb.JobStatusRequest(job_id=huge), timeout=30),
+    }  # fmt: skip
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert "1-128 printable characters" in err.value.details(), name
+        assert len(err.value.details()) < 200, name
+
+
+def test_config_errors_are_invalid_argument_listing_the_fields(loopback) -> None:
+    labels = blobs()[1].numpy()
+    bad = job_config().model_copy(update={"tau": -1.0, "batch_size": 0})  # skips validation
+    expected = "invalid job config: batch_size: .* tau: Input should be greater than or equal"
+    remote = RemoteCoordinator(loopback.address, retry_s=5)
+    with remote, pytest.raises(InvalidArgument, match=expected):
+        remote.create_job(bad, labels)
+    with local_coordinator() as local, pytest.raises(InvalidArgument, match=expected):
+        local.create_job(bad, labels)
+    with pytest.raises(InvalidArgument, match=r"^invalid job config: num_classes: .*\(got 1\)"):
+        job_config(num_classes=1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from crest.proto.contract import CheckReport, JobConfig, RegionStatus
-from crest.proto.errors import SelectionCrashed, Unavailable
+from crest.proto.errors import InvalidArgument, SelectionCrashed, Unavailable
 from crest.service.codec import unpack
 from crest.service.manager import JobManager
 from crest.service.store import MemoryStore
@@ -198,7 +198,60 @@ def test_journal_holds_changes_not_duplicates() -> None:
         await manager.get_region(job_id, 0, 0)  # waits for selection
         ops = (await store.load(job_id)).log
 
-        assert [unpack(e)["op"] for e in ops] == ["open", "embed", "select"]
+        assert [unpack(e)["op"] for e in ops] == ["open", "upload", "select"]
         manager.selector.close()
+
+    asyncio.run(main())
+
+
+def test_a_create_job_retry_that_overtakes_the_first_attempt_finds_its_job() -> None:
+    class SlowStore(MemoryStore):
+        creates = 0
+
+        async def create(self, job_id: str, snapshot: bytes) -> None:
+            SlowStore.creates += 1
+            await asyncio.sleep(0.2)  # the first attempt is still storing the job
+            await super().create(job_id, snapshot)
+
+    async def main() -> None:
+        manager = new_manager(SlowStore())
+        ids = await asyncio.gather(
+            *(manager.create_job(CONFIG, LABELS, job_id="named") for _ in range(3))
+        )
+        assert ids == ["named"] * 3
+        assert SlowStore.creates == 1
+        assert manager.job_ids() == ["named"]
+        await manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_rank_waiting_on_another_rank_is_told_whose_embeddings_are_missing() -> None:
+    async def main() -> None:
+        manager = new_manager(MemoryStore(), wait_s=0.2)
+        config = CONFIG.model_copy(update={"world_size": 3})
+        job_id = await manager.create_job(config, LABELS)
+        view = await manager.get_region(job_id, 0, 0)
+        embeddings = fake_embeddings(view.candidates)
+        losses = np.ones(len(view.candidates), np.float32)
+        await manager.submit_embeddings(job_id, 0, 0, view.candidates, embeddings, losses)
+        with pytest.raises(Unavailable, match="waiting for the embeddings of ranks 1, 2 in"):
+            await manager.get_region(job_id, 0, 0)
+        await manager.close()
+
+    asyncio.run(main())
+
+
+def test_an_oversized_job_id_is_refused_in_process_too() -> None:
+    async def main() -> None:
+        manager = new_manager(MemoryStore())
+        for call in (
+            manager.create_job(CONFIG, LABELS, job_id="j" * 129),
+            manager.open_session("j" * 9000, 0),
+            manager.job_status("bad\nid"),
+        ):
+            with pytest.raises(InvalidArgument, match="1-128 printable characters"):
+                await call
+        await manager.close()
 
     asyncio.run(main())
