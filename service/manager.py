@@ -181,6 +181,8 @@ class JobManager:
         state = JobState(job_id, config, labels)
         try:
             await self.store.create(job_id, pack(state.to_state()))
+        except ResourceExhausted:  # too large to store: permanent, and nothing was created
+            raise
         except Exception as err:
             raise Unavailable(f"the state store failed: {err}") from None
         self._jobs[job_id] = _Job(state, digest)

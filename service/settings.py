@@ -25,7 +25,7 @@ class ServeSettings(BaseSettings):
         "memory://", description="job state: memory:// or redis://host:port/db (durable)"
     )
     store_max_value_mb: int = Field(
-        64, ge=1, le=511, description="largest job snapshot or event written to the store, MiB"
+        64, ge=1, le=511, description="largest job snapshot or event written to Redis, MiB"
     )
     finished_job_ttl_s: float = Field(
         7 * 86400.0, ge=0, description="delete finished jobs this long after they finish; 0 never"

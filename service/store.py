@@ -18,8 +18,8 @@ key                   type    content
 ``P finished``        hash    job id -> Unix time the job finished (drives expiry)
 ====================  ======  =============================================================
 
-Both stores refuse a value over ``max_value_bytes`` with :class:`ResourceExhausted` before
-sending it: Redis itself drops the connection on a value past its ``proto-max-bulk-len``
+:class:`RedisStore` refuses a value over ``max_value_bytes`` with :class:`ResourceExhausted`
+before sending it: Redis itself drops the connection on a value past its ``proto-max-bulk-len``
 (indistinguishable from an outage, so the write would be retried forever), and a value of a
 few hundred MB already outlasts the socket timeout. Writing to a job the store no longer
 holds (a Redis restarted without its data) raises :class:`DataLoss` rather than recreating
@@ -89,8 +89,8 @@ class StateStore(Protocol):
     async def close(self) -> None: ...
 
 
-def _check_size(job_id: str, what: str, value: bytes, limit: int) -> None:
-    if len(value) > limit:
+def _check_size(job_id: str, what: str, value: bytes, limit: int | None) -> None:
+    if limit is not None and len(value) > limit:
         raise ResourceExhausted(
             f"job {job_id!r}: its {what} is {len(value)} bytes, over the store's "
             f"{limit}-byte value limit (CREST_STORE_MAX_VALUE_MB): lower num_examples, "
@@ -109,10 +109,11 @@ class MemoryStore:
     """Jobs in this process's memory: fast, and gone with the process.
 
     Args:
-        max_value_bytes: the largest snapshot or event accepted.
+        max_value_bytes: the largest snapshot or event accepted (default: no limit, as
+            nothing is sent anywhere).
     """
 
-    def __init__(self, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> None:
+    def __init__(self, max_value_bytes: int | None = None) -> None:
         self.max_value_bytes = max_value_bytes
         self._jobs: dict[str, StoredJob] = {}
         self._finished: dict[str, float] = {}
@@ -262,10 +263,11 @@ class RedisStore:
 
 
 def open_store(url: str, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> StateStore:
-    """A store from a URL: ``memory://`` or ``redis://host:port/db`` (``rediss://`` too)."""
+    """A store from a URL: ``memory://`` or ``redis://host:port/db`` (``rediss://`` too);
+    ``max_value_bytes`` applies to Redis."""
     scheme = urlparse(url).scheme
     if scheme == "memory":
-        return MemoryStore(max_value_bytes)
+        return MemoryStore()
     if scheme in ("redis", "rediss", "unix"):
         return RedisStore(url, max_value_bytes=max_value_bytes)
     raise InvalidArgument(f"unknown store URL {url!r}: use memory:// or redis://host:port/db")

@@ -172,3 +172,15 @@ def test_state_over_the_value_limit_is_resource_exhausted_and_unhealthy() -> Non
         manager.selector.close()
 
     asyncio.run(main())
+
+
+def test_a_job_too_large_to_store_is_not_created() -> None:
+    async def main() -> None:
+        manager = manager_on(MemoryStore(max_value_bytes=1000))
+        with pytest.raises(ResourceExhausted, match="value limit"):
+            await manager.create_job(CONFIG, LABELS, job_id="huge")
+        assert manager.job_ids() == []
+        assert await manager.healthy(), "nothing lasting: nothing to report"
+        manager.selector.close()
+
+    asyncio.run(main())
