@@ -37,7 +37,13 @@ from crest.proto.contract import (
     RegionView,
     SessionInfo,
 )
-from crest.proto.errors import InvalidArgument, Unavailable, error_for_status
+from crest.proto.errors import (
+    CrestError,
+    InvalidArgument,
+    Unauthenticated,
+    Unavailable,
+    error_for_status,
+)
 from crest.proto.v1 import coordinator_pb2 as pb
 from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
 
@@ -45,7 +51,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Transient failures only: every other status (NOT_FOUND, DATA_LOSS, RESOURCE_EXHAUSTED, ...)
+# is permanent for the same request and raised at once.
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# gRPC reports a server certificate the client does not trust as UNAVAILABLE (a failed
+# connection); no retry can cure it.
+_UNTRUSTED_CERTIFICATE = "CERTIFICATE_VERIFY_FAILED"
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", convert.MAX_MESSAGE_BYTES + convert.MESSAGE_OVERHEAD_BYTES),
     ("grpc.max_send_message_length", convert.MAX_MESSAGE_BYTES + convert.MESSAGE_OVERHEAD_BYTES),
@@ -173,8 +184,8 @@ class RemoteCoordinator:
                 return attempt()
             except grpc.RpcError as err:
                 code = err.code()
-                if code not in RETRYABLE:
-                    raise error_for_status(code.name, err.details() or "") from None
+                if code not in RETRYABLE or _UNTRUSTED_CERTIFICATE in (err.details() or ""):
+                    raise self._permanent(err) from None
                 now = time.monotonic()
                 if now + delay > deadline:
                     raise Unavailable(
@@ -191,6 +202,16 @@ class RemoteCoordinator:
                     warn_at = now + WARN_EVERY_S
                 time.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, 2.0)
+
+    def _permanent(self, err: grpc.RpcError) -> CrestError:
+        """The crest error of a failure that retrying cannot cure."""
+        details = err.details() or ""
+        if _UNTRUSTED_CERTIFICATE in details:
+            return Unauthenticated(
+                f"the coordinator at {self.address} presented a TLS certificate that tls_ca "
+                f"does not verify (wrong CA, or a certificate not for this host): {details}"
+            )
+        return error_for_status(err.code().name, details)
 
     def _unary(self, name: str, request, timeout: float | None = None):
         method = getattr(self._stub, name)

@@ -91,15 +91,26 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _health(args: argparse.Namespace) -> int:
+def _channel(args: argparse.Namespace):
+    """A channel to ``args.address`` (TLS with ``--tls-ca``) and the token's metadata."""
     import os
 
     import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     token = args.token or os.environ.get("CREST_TOKEN")
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    with grpc.insecure_channel(args.address) as channel:
+    if args.tls_ca:
+        credentials = grpc.ssl_channel_credentials(Path(args.tls_ca).read_bytes())
+        return grpc.secure_channel(args.address, credentials), metadata
+    return grpc.insecure_channel(args.address), metadata
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel, metadata = _channel(args)
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=args.timeout,
@@ -111,6 +122,51 @@ def _health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(f"{args.address}: {status}")
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _when(unix_time: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(unix_time)) if unix_time else "-"
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    import grpc
+
+    from crest.proto.v1 import coordinator_pb2 as pb
+    from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
+
+    channel, metadata = _channel(args)
+    with channel:
+        stub = pb_grpc.CoordinatorStub(channel)
+        try:
+            if args.action == "list":
+                jobs = stub.ListJobs(pb.ListJobsRequest(), timeout=args.timeout,
+                                     metadata=metadata).jobs  # fmt: skip
+                rows = [("JOB", "NAME", "STEP", "FINISHED", "EXPIRES")]
+                rows += [(j.job_id, j.name or "-", f"{j.step}/{j.total_steps}",
+                          _when(j.finished_at), _when(j.expires_at)) for j in jobs]  # fmt: skip
+                widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+                for row in rows:
+                    line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+                    print(line.rstrip())
+                return 0
+            for job_id in args.job_ids:
+                reply = stub.DeleteJob(pb.DeleteJobRequest(job_id=job_id), timeout=args.timeout,
+                                       metadata=metadata)  # fmt: skip
+                print(f"deleted {job_id}" if reply.deleted else f"no job {job_id} (nothing to do)")
+        except grpc.RpcError as err:
+            print(f"{args.address}: {err.code().name} {err.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    """How the operator commands reach ``crest serve``."""
+    parser.add_argument("--address", default="127.0.0.1:50051")
+    parser.add_argument("--token", help="default: $CREST_TOKEN")
+    parser.add_argument("--tls-ca", help="PEM of the CA that signed the coordinator's certificate")
+    parser.add_argument("--timeout", type=float, default=5.0)
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -145,10 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     health = commands.add_parser("health", help="ask a coordinator's health service")
-    health.add_argument("--address", default="127.0.0.1:50051")
-    health.add_argument("--token", help="default: $CREST_TOKEN")
-    health.add_argument("--timeout", type=float, default=5.0)
+    _add_client_flags(health)
     health.set_defaults(func=_health)
+
+    jobs = commands.add_parser("jobs", help="list or delete a coordinator's jobs")
+    action = jobs.add_subparsers(dest="action", required=True)
+    listing = action.add_parser("list", help="every job: progress, finish and expiry times")
+    _add_client_flags(listing)
+    delete = action.add_parser(
+        "delete", help="remove jobs and their stored state (an unknown job is not an error)"
+    )
+    delete.add_argument("job_ids", nargs="+", metavar="JOB")
+    _add_client_flags(delete)
+    jobs.set_defaults(func=_jobs)
 
     bench = commands.add_parser("bench", help="benchmarks (print a table, write JSON)")
     which = bench.add_subparsers(dest="benchmark", required=True)

@@ -9,9 +9,15 @@
      ├── FailedPrecondition   valid request at the wrong time: out-of-order sequence,
      │                        wrong region, wrong phase
      ├── ResourceExhausted    message or job too large
-     ├── Unauthenticated      missing or wrong token
+     ├── Unauthenticated      missing or wrong token; a TLS certificate the client
+     │                        does not trust
+     ├── DataLoss             the store lost a job the coordinator knew (a Redis that
+     │                        restarted without its data): create the job again
      ├── Unavailable          the coordinator or its selector cannot answer now
      └── SelectionCrashed     selection hit a bug (coordinators in strict mode only)
+
+Only :class:`Unavailable` (and a deadline) is worth retrying; every other error is permanent
+for the same request.
 
 Every handler maps an error through :data:`STATUS_OF` (a gRPC status name), and the client maps
 statuses back through :func:`error_for_status`, so both sides raise the same classes.
@@ -46,7 +52,12 @@ class ResourceExhausted(CrestError):
 
 
 class Unauthenticated(CrestError):
-    """The request carries no valid token."""
+    """The request carries no valid token, or the client does not trust the server's TLS
+    certificate."""
+
+
+class DataLoss(CrestError):
+    """The state store no longer holds a job the coordinator knew; its state is gone."""
 
 
 class Unavailable(CrestError):
@@ -65,6 +76,7 @@ STATUS_OF: dict[type[CrestError], str] = {
     FailedPrecondition: "FAILED_PRECONDITION",
     ResourceExhausted: "RESOURCE_EXHAUSTED",
     Unauthenticated: "UNAUTHENTICATED",
+    DataLoss: "DATA_LOSS",
     Unavailable: "UNAVAILABLE",
     SelectionCrashed: "INTERNAL",
 }

@@ -498,10 +498,18 @@ class JobState:
             raise FailedPrecondition(f"region {region_id} is not current (current: {current})")
         return region
 
+    @property
+    def finished(self) -> bool:
+        """True once the step budget is spent: no check can still move the last region."""
+        region = self.region
+        return (
+            region is not None and region.end_step >= self.config.total_steps and region.can_close()
+        )
+
     def status(self) -> JobStatus:
         region = self.region
         total = self.config.total_steps
-        finished = region is not None and region.end_step >= total and region.can_close()
+        finished = self.finished
         step = 0 if region is None else max(region.start_step, region.last_decided + 1)
         return JobStatus(
             job_id=self.job_id,

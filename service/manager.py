@@ -8,7 +8,14 @@ Durability: every accepted change is journaled to the :class:`StateStore` before
 returns, so a restarted manager (:meth:`JobManager.start`) resumes every job exactly. If the
 store fails after the in-memory state changed, the job is marked stale, the call fails with
 :class:`Unavailable`, and the job is rebuilt from the store before its next use: memory never
-runs ahead of what was acknowledged.
+runs ahead of what was acknowledged. Failures that retrying cannot cure say so: a job the store
+lost (a Redis restarted empty) fails with :class:`DataLoss` and is forgotten; a job whose state
+is over the store's value limit fails with :class:`ResourceExhausted` and holds health at
+NOT_SERVING until a write of it succeeds or it is deleted.
+
+Lifecycle: :meth:`JobManager.delete_job` removes a job from memory and from the store; with
+``finished_ttl_s`` set, finished jobs are deleted that long after they finished (the finish
+time is stored, so the clock survives restarts).
 """
 
 from __future__ import annotations
@@ -35,9 +42,11 @@ from crest.proto.contract import (
 )
 from crest.proto.errors import (
     CrestError,
+    DataLoss,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     SelectionCrashed,
     Unavailable,
 )
@@ -73,6 +82,9 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
+MAX_EXPIRY_PERIOD_S = 60.0  # longest pause between two sweeps for expired jobs
+
+
 @dataclass
 class _Job:
     state: JobState
@@ -84,7 +96,9 @@ class _Job:
     embedded_at: float = 0.0  # monotonic time the current region's last embedding arrived
     journal_length: int = 0
     stale: bool = False  # memory may hold changes the store does not: reload first
-    crashed: CrestError | None = None  # strict mode: selection hit a bug; calls fail with it
+    finished_at: float | None = None  # Unix time the job was first seen finished
+    gone: CrestError | None = None  # deleted, lost, or (strict mode) hit a selection bug: what
+    # calls that still hold it raise
 
     def __post_init__(self) -> None:
         self.changed = asyncio.Condition(self.lock)
@@ -109,6 +123,7 @@ class JobManager:
             the job's waiting calls with :class:`SelectionCrashed` instead of falling back.
             Either way it is logged with its type and counted in the job's telemetry.
         snapshot_every: journal events between snapshots (bounds replay at restart).
+        finished_ttl_s: delete finished jobs this long after they finished; 0 keeps them.
     """
 
     def __init__(
@@ -120,6 +135,7 @@ class JobManager:
         selection_timeout_s: float = DEFAULT_SELECTION_TIMEOUT_S,
         snapshot_every: int = SNAPSHOT_EVERY,
         strict: bool = False,
+        finished_ttl_s: float = 0.0,
     ) -> None:
         self.selector = selector
         self.store = store if store is not None else MemoryStore()
@@ -127,18 +143,26 @@ class JobManager:
         self.selection_timeout_s = selection_timeout_s
         self.snapshot_every = snapshot_every
         self.strict = strict
+        self.finished_ttl_s = finished_ttl_s
         self._jobs: dict[str, _Job] = {}
+        self._unwritable: dict[str, str] = {}  # job id -> why its state cannot be stored
+        self._expiry: asyncio.Task[None] | None = None
         # Held from "is the id free?" to "registered": a retried CreateJob that overtakes its
         # own first attempt (which is still storing the job) must find it, not create it twice.
         self._creating = asyncio.Lock()
 
     async def start(self) -> None:
-        """Load every job the store holds (after a restart)."""
+        """Load every job the store holds (after a restart); start expiring finished jobs."""
+        finished = await self.store.finished_times()
         for job_id in await self.store.job_ids():
             state, length = await self._load(job_id)
-            self._jobs[job_id] = _Job(state, _labels_digest(state.pool.labels),
-                                      journal_length=length)  # fmt: skip
+            job = _Job(state, _labels_digest(state.pool.labels), journal_length=length)
+            self._jobs[job_id] = job
+            job.finished_at = finished.get(job_id)
+            await self._note_finished(job)  # finished before its time was recorded
             log.info("resumed job %s at step %d", job_id, state.status().step)
+        if self.finished_ttl_s > 0:
+            self._expiry = asyncio.create_task(self._expire_loop())
 
     async def _load(self, job_id: str) -> tuple[JobState, int]:
         stored = await self.store.load(job_id)
@@ -150,11 +174,13 @@ class JobManager:
         return state, len(stored.log)
 
     async def healthy(self) -> bool:
-        """True when both the store and the selector answer."""
+        """True when the store and the selector answer and every job's state can be stored."""
         store_ok, selector_ok = await asyncio.gather(self.store.ping(), self.selector.healthy())
-        return bool(store_ok and selector_ok)
+        return bool(store_ok and selector_ok and not self._unwritable)
 
     async def close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         for job in self._jobs.values():
             if job.selecting is not None:
                 job.selecting.cancel()
@@ -191,6 +217,8 @@ class JobManager:
             state = JobState(job_id, config, labels)
             try:
                 await self.store.create(job_id, pack(state.to_state()))
+            except ResourceExhausted:  # too large to store: permanent, and nothing was created
+                raise
             except Exception as err:
                 raise Unavailable(f"the state store failed: {err}") from None
             self._jobs[job_id] = _Job(state, digest)
@@ -201,6 +229,71 @@ class JobManager:
     def job_ids(self) -> list[str]:
         return list(self._jobs)
 
+    def finished_at(self, job_id: str) -> float | None:
+        """Unix time the job was first seen finished (None while it runs)."""
+        return self._job(job_id).finished_at
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove a job from memory and from the store; False if there was no such job.
+
+        Idempotent: deleting an unknown job changes nothing and returns False. Calls waiting
+        on the job (for peers or for selection) fail with :class:`NotFound`.
+
+        Raises:
+            Unavailable: the store failed; the job is unchanged (retry).
+        """
+        job = self._jobs.get(job_id)
+        if job is None:
+            return False
+        async with job.lock:
+            if job.gone is not None:  # deleted while this call waited for the lock
+                return False
+            try:
+                await self.store.delete(job_id)
+            except Exception as err:
+                raise Unavailable(f"the state store failed: {err}") from None
+            self._forget(job, NotFound(f"job {job_id!r} was deleted"))
+        log.info("deleted job %s", job_id)
+        return True
+
+    async def expire_finished(self, now: float | None = None) -> list[str]:
+        """Delete the jobs that finished ``finished_ttl_s`` or more before ``now``."""
+        if self.finished_ttl_s <= 0:
+            return []
+        now = time.time() if now is None else now
+        due = [
+            job_id
+            for job_id, job in list(self._jobs.items())
+            if job.finished_at is not None and now - job.finished_at >= self.finished_ttl_s
+        ]
+        expired = []
+        for job_id in due:
+            try:
+                if await self.delete_job(job_id):
+                    expired.append(job_id)
+                    log.info("job %s expired (finished over %.0f s ago)", job_id,
+                             self.finished_ttl_s)  # fmt: skip
+            except Unavailable as err:  # the next sweep tries again
+                log.warning("could not expire job %s: %s", job_id, err)
+        return expired
+
+    async def _expire_loop(self) -> None:
+        period = min(max(self.finished_ttl_s / 4, 0.05), MAX_EXPIRY_PERIOD_S)
+        while True:
+            await asyncio.sleep(period)
+            await self.expire_finished()
+
+    def _forget(self, job: _Job, gone: CrestError) -> None:
+        """Drop a deleted or lost job from memory (call with its lock held)."""
+        job_id = job.state.job_id
+        job.gone = gone
+        if self._jobs.get(job_id) is job:
+            del self._jobs[job_id]
+        self._unwritable.pop(job_id, None)
+        if job.selecting is not None and job.selecting is not asyncio.current_task():
+            job.selecting.cancel()
+        job.changed.notify_all()  # waiters see ``gone`` and fail
+
     def _job(self, job_id: str) -> _Job:
         try:
             return self._jobs[check_job_id(job_id)]
@@ -208,27 +301,66 @@ class JobManager:
             raise NotFound(f"unknown job {job_id!r}") from None
 
     async def _fresh(self, job: _Job) -> None:
-        """Rebuild a stale job from the store (call with the job's lock held); fail the call
-        when strict mode stopped the job on a selection bug."""
-        if job.crashed is not None:
-            raise job.crashed
+        """Check the job still exists (and is not stopped on a selection bug in strict mode)
+        and rebuild it from the store if stale (call with the job's lock held)."""
+        if job.gone is not None:
+            raise type(job.gone)(*job.gone.args)
         if job.stale:
             try:
                 job.state, job.journal_length = await self._load(job.state.job_id)
+            except NotFound:
+                raise self._lost(job) from None
             except Exception as err:
                 raise Unavailable(f"the state store failed: {err}") from None
             job.stale = False
 
+    def _lost(self, job: _Job) -> DataLoss:
+        job_id = job.state.job_id
+        error = DataLoss(
+            f"the state store lost job {job_id!r} (restarted without its data?): create the "
+            "job again"
+        )
+        log.error("%s", error)
+        self._forget(job, error)
+        return error
+
     async def _journal(self, job: _Job, event: bytes) -> None:
-        """Make one applied change durable before it is acknowledged."""
+        """Make one applied change durable before it is acknowledged.
+
+        When a snapshot is due it is written instead of the event (it holds the event's
+        effect), so that a write that fails leaves the store exactly as it was.
+        """
+        job_id = job.state.job_id
         try:
-            job.journal_length = await self.store.append(job.state.job_id, event)
-            if job.journal_length >= self.snapshot_every:
-                await self.store.snapshot(job.state.job_id, pack(job.state.to_state()))
+            if job.journal_length + 1 >= self.snapshot_every:
+                await self.store.snapshot(job_id, pack(job.state.to_state()))
                 job.journal_length = 0
+            else:
+                job.journal_length = await self.store.append(job_id, event)
+        except DataLoss:
+            raise self._lost(job) from None
+        except ResourceExhausted as err:  # permanent for this job: say so, and in health
+            job.stale = True
+            if job_id not in self._unwritable:
+                log.error("%s; health is NOT_SERVING until it is deleted", err)
+            self._unwritable[job_id] = str(err)
+            raise
         except Exception as err:
             job.stale = True
             raise Unavailable(f"the state store failed: {err}") from None
+        self._unwritable.pop(job_id, None)
+        await self._note_finished(job)
+
+    async def _note_finished(self, job: _Job) -> None:
+        """Record when a job finished (its expiry clock), once."""
+        if job.finished_at is not None or not job.state.finished:
+            return
+        job.finished_at = time.time()
+        try:
+            await self.store.mark_finished(job.state.job_id, job.finished_at)
+        except Exception as err:  # a restart would start the clock again: harmless
+            log.warning("could not store the finish time of job %s: %s",
+                        job.state.job_id, err)  # fmt: skip
 
     async def open_session(self, job_id: str, rank: int) -> SessionInfo:
         job = self._job(job_id)
@@ -327,7 +459,7 @@ class JobManager:
     async def _select(self, job: _Job) -> None:
         async with job.lock:
             region = job.state.region
-            if job.stale or region is None or region.phase is not Phase.SELECTING:
+            if job.stale or job.gone or region is None or region.phase is not Phase.SELECTING:
                 return
             region_id = region.region_id
             request = job.state.selection_request()
@@ -346,7 +478,7 @@ class JobManager:
                 return
         async with job.changed:
             region = job.state.region
-            if job.stale or region is None or region.region_id != region_id:
+            if job.stale or job.gone or region is None or region.region_id != region_id:
                 return
             if region.phase is not Phase.SELECTING:
                 return
@@ -364,7 +496,7 @@ class JobManager:
                 if fallback:
                     job.state.complete_fallback(region_id)
                     await self._journal(job, journal.fell_back(region_id))
-            except Unavailable as err:  # the job is stale now; the next call rebuilds it
+            except CrestError as err:  # stale, lost or unwritable: the next call says which
                 log.warning("could not journal region %d: %s", region_id, err)
                 return
             job.telemetry.record_selection(
@@ -392,7 +524,7 @@ class JobManager:
                   type(error).__name__, error, exc_info=error)  # fmt: skip
         if not self.strict:
             return False
-        job.crashed = SelectionCrashed(
+        job.gone = SelectionCrashed(
             f"selection of region {region_id} {what}: {type(error).__name__}: {error}"
         )
         return True
@@ -430,12 +562,12 @@ class JobManager:
         """Wait until ``ready()``; past the limit, fail naming what was still ``awaited()``."""
         limit = self.wait_s if timeout is None else min(timeout, self.wait_s)
         try:
-            done = job.changed.wait_for(lambda: ready() or job.crashed is not None)
+            done = job.changed.wait_for(lambda: job.gone is not None or ready())
             await asyncio.wait_for(done, limit)
         except TimeoutError:
             raise Unavailable(f"timed out after {limit:.1f} s waiting for {awaited()}") from None
-        if job.crashed is not None:
-            raise job.crashed
+        if job.gone is not None:
+            raise type(job.gone)(*job.gone.args)
 
     # -------------------------------------------------------------- trainer checkpoints
     async def export_job(self, job_id: str) -> bytes:

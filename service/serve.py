@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -17,10 +18,23 @@ from crest.worker.selector import InProcessSelector, Selector
 log = logging.getLogger(__name__)
 
 
+# The embedded Ray: loopback only, and Ray's token required on every connection. Ray reads
+# both from the environment (its processes inherit it): RAY_AUTH_MODE=token (the token comes
+# from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, generated there if missing);
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 makes the node use the loopback address, and Ray binds
+# its servers to the node's address (``ray.init(_node_ip_address="127.0.0.1")`` does not:
+# ray.init swaps a loopback address for a routable one). The first is read when Ray is
+# imported, so this is set before the import; init_ray(loopback=True) checks it took.
+EMBEDDED_RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 async def build_selector(settings: ServeSettings) -> Selector:
     """The in-process selector, or the Ray pool (joining ``ray_address`` or a local Ray)."""
     if settings.selector == "inprocess":
         return InProcessSelector(settings.device)
+    embedded = not settings.ray_address
+    if embedded:
+        os.environ.update(EMBEDDED_RAY_ENV)
     from crest.worker.ray_pool import RaySelector, init_ray
 
     # ray.init must run on the main thread (it installs signal handlers); nothing else runs
@@ -29,6 +43,7 @@ async def build_selector(settings: ServeSettings) -> Selector:
         settings.ray_address,
         num_cpus=settings.ray_num_cpus,
         object_store_bytes=settings.ray_object_store_mb * 2**20,
+        loopback=embedded,
     )
     return await RaySelector.create(
         num_actors=settings.selector_actors,
@@ -47,10 +62,11 @@ async def serve(settings: ServeSettings) -> None:
     selector = await build_selector(settings)
     manager = JobManager(
         selector,
-        open_store(settings.store),
+        open_store(settings.store, settings.store_max_value_mb * 2**20),
         wait_s=settings.wait_s,
         selection_timeout_s=settings.selection_timeout_s,
         strict=settings.strict,
+        finished_ttl_s=settings.finished_job_ttl_s,
     )
     await manager.start()
     tls = None

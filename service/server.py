@@ -2,11 +2,12 @@
 
 Each handler validates and converts its request, calls the manager, and maps errors through
 :func:`crest.proto.errors.status_of`: a client sees INVALID_ARGUMENT, NOT_FOUND,
-FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNAUTHENTICATED or UNAVAILABLE, never UNKNOWN.
+FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNAUTHENTICATED, DATA_LOSS or UNAVAILABLE (the only
+one worth retrying), never UNKNOWN.
 Requests are parsed by our own deserializers so that malformed bytes become INVALID_ARGUMENT
 too. Message size limits are set explicitly; a configured token guards every RPC, health and
 reflection included; the health service reports SERVING only while the store and the selector
-answer.
+answer and every job's state can be stored.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from crest.proto import convert
 from crest.proto.errors import (
     CrestError,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
     invalid_fields,
     status_of,
@@ -222,6 +224,30 @@ class CoordinatorService:
         status = await self.manager.job_status(request.job_id)
         return pb.JobStatusReply(json=status.model_dump_json())
 
+    @_handler
+    async def ListJobs(self, request, context) -> pb.ListJobsReply:
+        _checked(request)
+        reply = pb.ListJobsReply()
+        ttl = self.manager.finished_ttl_s
+        for job_id in sorted(self.manager.job_ids()):
+            try:
+                status = await self.manager.job_status(job_id)
+                finished_at = self.manager.finished_at(job_id) or 0.0
+            except NotFound:  # deleted while we read
+                continue
+            reply.jobs.add(
+                job_id=job_id, name=status.config.name or "", step=status.step,
+                total_steps=status.total_steps, finished=status.finished,
+                world_size=status.config.world_size, finished_at=finished_at,
+                expires_at=finished_at + ttl if finished_at and ttl > 0 else 0.0,
+            )  # fmt: skip
+        return reply
+
+    @_handler
+    async def DeleteJob(self, request, context) -> pb.DeleteJobReply:
+        request = _checked(request)
+        return pb.DeleteJobReply(deleted=await self.manager.delete_job(request.job_id))
+
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(name: str, request: type[Message], reply: type[Message]):
             return grpc.unary_unary_rpc_method_handler(
@@ -242,6 +268,8 @@ class CoordinatorService:
                 "UploadEmbeddings": streaming("UploadEmbeddings", pb.EmbeddingChunk, pb.UploadAck),
                 "ReportCheck": unary("ReportCheck", pb.CheckReport, pb.CheckDecision),
                 "GetJobStatus": unary("GetJobStatus", pb.JobStatusRequest, pb.JobStatusReply),
+                "ListJobs": unary("ListJobs", pb.ListJobsRequest, pb.ListJobsReply),
+                "DeleteJob": unary("DeleteJob", pb.DeleteJobRequest, pb.DeleteJobReply),
             },
         )
 

@@ -24,6 +24,12 @@ class ServeSettings(BaseSettings):
     store: str = Field(
         "memory://", description="job state: memory:// or redis://host:port/db (durable)"
     )
+    store_max_value_mb: int = Field(
+        64, ge=1, le=511, description="largest job snapshot or event written to Redis, MiB"
+    )
+    finished_job_ttl_s: float = Field(
+        7 * 86400.0, ge=0, description="delete finished jobs this long after they finish; 0 never"
+    )
     token: SecretStr | None = Field(None, description="shared secret every RPC must carry")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
@@ -50,7 +56,9 @@ class ServeSettings(BaseSettings):
     )
     device: str = Field("cpu", description="torch device of the in-process selector")
     ray_address: str | None = Field(
-        None, description="Ray cluster to join (e.g. ray-head:6380); unset: start a local Ray"
+        None,
+        description="Ray cluster to join (e.g. ray-head:6380); unset: start a local Ray, "
+        "loopback only, with token authentication (RAY_AUTH_TOKEN or ~/.ray/auth_token)",
     )
     ray_num_cpus: int | None = Field(
         None, ge=1, description="CPUs of the local Ray (embedded mode); default all"

@@ -31,6 +31,7 @@ falls back; a :class:`KernelError` is a bug)::
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import os
@@ -71,6 +72,7 @@ def init_ray(
     num_cpus: int | None = None,
     object_store_bytes: int | None = None,
     namespace: str = "crest",
+    loopback: bool = False,
 ) -> None:
     """Start a local Ray (embedded mode) or join a cluster (cluster mode); no-op if running.
 
@@ -84,17 +86,27 @@ def init_ray(
         object_store_bytes: object-store size of the local Ray (embedded mode only). Set it:
             Ray's default claims up to 30% of memory.
         namespace: Ray namespace of crest's actors.
+        loopback: the local Ray must run on a loopback address (``crest serve`` sets the
+            environment for it before importing Ray); if it does not, it is shut down and
+            this raises RuntimeError rather than serve on a routable address.
     """
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, namespace=namespace)
-    else:
-        ray.init(
-            num_cpus=num_cpus,
-            object_store_memory=object_store_bytes,
-            include_dashboard=False,
-            namespace=namespace,
+        return
+    ray.init(
+        num_cpus=num_cpus,
+        object_store_memory=object_store_bytes,
+        include_dashboard=False,
+        namespace=namespace,
+    )
+    node_ip = ray.util.get_node_ip_address()
+    if loopback and not ipaddress.ip_address(node_ip).is_loopback:
+        ray.shutdown()
+        raise RuntimeError(
+            f"the local Ray runs on {node_ip}, not on loopback: set "
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before Ray is imported"
         )
 
 

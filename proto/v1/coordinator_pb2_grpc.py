@@ -64,6 +64,16 @@ class CoordinatorStub:
                 request_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.JobStatusRequest.SerializeToString,
                 response_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.JobStatusReply.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/crest.v1.Coordinator/ListJobs',
+                request_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.ListJobsReply.FromString,
+                _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/crest.v1.Coordinator/DeleteJob',
+                request_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -116,6 +126,21 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """The coordinator's jobs, one line each (`crest jobs list`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """Removes a job from memory and from the store; calls waiting on it fail with NOT_FOUND.
+        Idempotent: deleting an unknown (or already deleted) job succeeds with deleted = false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +173,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetJobStatus,
                     request_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.JobStatusRequest.FromString,
                     response_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.JobStatusReply.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
+                    response_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.ListJobsReply.SerializeToString,
+            ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobRequest.FromString,
+                    response_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +347,60 @@ class Coordinator:
             '/crest.v1.Coordinator/GetJobStatus',
             crest_dot_proto_dot_v1_dot_coordinator__pb2.JobStatusRequest.SerializeToString,
             crest_dot_proto_dot_v1_dot_coordinator__pb2.JobStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crest.v1.Coordinator/ListJobs',
+            crest_dot_proto_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
+            crest_dot_proto_dot_v1_dot_coordinator__pb2.ListJobsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/crest.v1.Coordinator/DeleteJob',
+            crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobRequest.SerializeToString,
+            crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,6 +32,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 JOB = "fuzzed"
+METHODS = pb.DESCRIPTOR.services_by_name["Coordinator"].methods_by_name
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +88,11 @@ def arrays(draw, candidates: np.ndarray | None = None) -> pb.Array:
 @FUZZ
 @given(
     raw=st.binary(max_size=200),
-    method=st.sampled_from(
-        ["CreateJob", "OpenSession", "GetRegion", "UploadEmbeddings", "ReportCheck", "GetJobStatus"]
-    ),
+    method=st.sampled_from(sorted(METHODS)),  # every RPC the proto declares
 )
 def test_random_bytes(target, raw: bytes, method: str) -> None:
     stub, channel, _ = target
-    if method in ("CreateJob", "UploadEmbeddings"):
+    if METHODS[method].client_streaming:
         call = channel.stream_unary(f"/crest.v1.Coordinator/{method}")
         check(stub, lambda: call(iter([raw, raw]), timeout=30))
     else:
@@ -155,6 +154,11 @@ def test_random_unary_calls(target, data) -> None:
                            curvature=data.draw(finite)), timeout=30),
         "status": lambda: stub.GetJobStatus(
             pb.JobStatusRequest(job_id=data.draw(job_ids)), timeout=30),
+        "list": lambda: stub.ListJobs(pb.ListJobsRequest(), timeout=30),
+        # Never the fuzzed job itself: deleting it is a legal change.
+        "delete": lambda: stub.DeleteJob(
+            pb.DeleteJobRequest(job_id=data.draw(job_ids.filter(lambda j: j != JOB))),
+            timeout=30),
     }  # fmt: skip
     check(stub, calls[data.draw(st.sampled_from(sorted(calls)))])
 

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from crest.proto.errors import DataLoss, ResourceExhausted
 from crest.service.manager import JobManager
 from crest.service.store import RedisStore, open_store
 from crest.worker.selector import InProcessSelector
@@ -32,6 +33,32 @@ def test_key_layout_and_atomic_snapshot(redis_server: RedisServer) -> None:
         assert await store.load("missing") is None
         keys = sorted(k.decode() for k in await store._redis.keys("crest:*"))
         assert keys == ["crest:job:a:snapshot", "crest:jobs"]
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_delete_finish_times_lost_jobs_and_the_value_limit(redis_server: RedisServer) -> None:
+    async def main() -> None:
+        store = RedisStore(redis_server.url, max_value_bytes=100)
+        await store.create("a", b"snap0")
+        await store.append("a", b"e1")
+        await store.mark_finished("a", 1234.5)
+        await store.create("b", b"snap0")
+        assert await store.finished_times() == {"a": 1234.5}
+        assert await store.delete("a") is True
+        assert await store.delete("a") is False
+        assert await store.finished_times() == {}
+        keys = sorted(k.decode() for k in await store._redis.keys("crest:*"))
+        assert keys == ["crest:job:b:snapshot", "crest:jobs"]
+        with pytest.raises(ResourceExhausted, match="value limit"):
+            await store.append("b", b"x" * 101)
+        await store._redis.flushall()  # as after a restart without data
+        with pytest.raises(DataLoss):
+            await store.append("b", b"e1")
+        with pytest.raises(DataLoss):
+            await store.snapshot("b", b"snap1")
+        assert await store._redis.keys("*") == [], "nothing half-written for a lost job"
         await store.close()
 
     asyncio.run(main())

@@ -40,6 +40,9 @@ def every_rpc(channel: grpc.Channel, metadata) -> list[grpc.StatusCode]:
                                       metadata=metadata),
         lambda: stub.ReportCheck(pb.CheckReport(), timeout=30, metadata=metadata),
         lambda: stub.GetJobStatus(pb.JobStatusRequest(), timeout=30, metadata=metadata),
+        lambda: stub.ListJobs(pb.ListJobsRequest(), timeout=30, metadata=metadata),
+        lambda: stub.DeleteJob(pb.DeleteJobRequest(job_id="none"), timeout=30,
+                               metadata=metadata),
         lambda: health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=30, metadata=metadata),
         lambda: list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
@@ -75,11 +78,11 @@ def test_a_trainer_with_the_token_trains(guarded) -> None:
     assert len(served) == job_config().total_steps
 
 
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
+def make_certificate(directory: Path, name: str = "cert") -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1, and its key."""
     if shutil.which("openssl") is None:
         pytest.fail("openssl is needed to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
@@ -87,6 +90,11 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
         check=True, capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    return make_certificate(tmp_path)
 
 
 def test_tls(certificate: tuple[Path, Path]) -> None:
@@ -99,5 +107,21 @@ def test_tls(certificate: tuple[Path, Path]) -> None:
             assert remote.open_session(job_id, 0).total_steps == job_config().total_steps
         with RemoteCoordinator(address, retry_s=1) as plaintext, pytest.raises(Unavailable):
             plaintext.open_session(job_id, 0)
+    finally:
+        stop_loopback(handle, server, health_task)
+
+
+def test_a_server_certificate_the_client_does_not_trust_fails_at_once(
+    certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, key = certificate
+    other_ca, _ = make_certificate(tmp_path, "other")
+    handle, server, health_task = start_loopback(tls=(cert.read_bytes(), key.read_bytes()))
+    try:
+        # retry_s=300: a client that took this for an outage would spin for five minutes
+        # and then raise Unavailable.
+        remote = RemoteCoordinator(f"localhost:{handle.port}", tls_ca=other_ca, retry_s=300)
+        with remote, pytest.raises(Unauthenticated, match="does not verify"):
+            remote.open_session("any", 0)
     finally:
         stop_loopback(handle, server, health_task)
