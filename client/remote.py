@@ -158,6 +158,15 @@ class RemoteCoordinator:
             ready.result(timeout=self.connect_timeout_s)
         except grpc.FutureTimeoutError:
             ready.cancel()
+            # The ready future never says why; one call does (e.g. a TLS certificate that
+            # tls_ca does not verify, which no amount of waiting cures).
+            try:
+                stub = pb_grpc.CoordinatorStub(channel)
+                stub.ListJobs(pb.ListJobsRequest(), timeout=2.0, metadata=self._metadata)
+            except grpc.RpcError as err:
+                if _UNTRUSTED_CERTIFICATE in (err.details() or ""):
+                    channel.close()
+                    raise self._permanent(err) from None
             channel.close()
             tls = "with TLS (tls_ca=...)" if self._credentials is not None else "without TLS"
             raise Unavailable(

@@ -92,16 +92,24 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _channel(args: argparse.Namespace):
-    """A channel to ``args.address`` (TLS with ``--tls-ca``) and the token's metadata."""
+    """A channel to ``args.address`` (TLS with ``--tls-ca`` or ``$CREST_TLS_CA``) and the
+    token's metadata (``--token`` or ``$CREST_TOKEN``).
+
+    The environment defaults let one probe command serve plain and TLS deployments alike
+    (the compose healthcheck and the Kubernetes probes run ``crest health`` unchanged).
+    """
     import os
 
     import grpc
 
     token = args.token or os.environ.get("CREST_TOKEN")
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    if args.tls_ca:
-        credentials = grpc.ssl_channel_credentials(Path(args.tls_ca).read_bytes())
-        return grpc.secure_channel(args.address, credentials), metadata
+    tls_ca = args.tls_ca or os.environ.get("CREST_TLS_CA")
+    if tls_ca:
+        credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
+        server_name = args.tls_server_name or os.environ.get("CREST_TLS_SERVER_NAME")
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        return grpc.secure_channel(args.address, credentials, options=options), metadata
     return grpc.insecure_channel(args.address), metadata
 
 
@@ -165,7 +173,14 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
     """How the operator commands reach ``crest serve``."""
     parser.add_argument("--address", default="127.0.0.1:50051")
     parser.add_argument("--token", help="default: $CREST_TOKEN")
-    parser.add_argument("--tls-ca", help="PEM of the CA that signed the coordinator's certificate")
+    parser.add_argument(
+        "--tls-ca", help="PEM of the CA that signed the coordinator's certificate: use TLS "
+        "(default: $CREST_TLS_CA)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-server-name", help="the name the coordinator's certificate was issued to, when "
+        "it differs from the address's host (default: $CREST_TLS_SERVER_NAME)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=5.0)
 
 

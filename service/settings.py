@@ -17,7 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServeSettings(BaseSettings):
     """The coordinator's configuration."""
 
-    model_config = SettingsConfigDict(env_prefix="CREST_", extra="ignore")
+    # Empty variables count as unset, so compose can pass optional ones (``${CREST_TLS_CERT:-}``).
+    model_config = SettingsConfigDict(env_prefix="CREST_", extra="ignore", env_ignore_empty=True)
 
     host: str = Field("127.0.0.1", description="address to bind gRPC (0.0.0.0 for all)")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
@@ -67,7 +68,7 @@ class ServeSettings(BaseSettings):
         256, ge=64, description="object store of the local Ray (embedded mode), MiB"
     )
     selector_actors: int | None = Field(
-        None, ge=1, description="selector actors; default one per GPU, else one per 2 CPUs"
+        None, ge=1, description="selector actors; default one per GPU, else 1"
     )
     gpu_share: float = Field(
         1.0, gt=0, le=1, description="GPUs per selector actor where GPUs exist"

@@ -125,3 +125,44 @@ def test_a_server_certificate_the_client_does_not_trust_fails_at_once(
             remote.open_session("any", 0)
     finally:
         stop_loopback(handle, server, health_task)
+
+
+def probe_commands() -> dict[str, list[str]]:
+    """The coordinator's health probes as the deployment files write them."""
+    from tests.deploy.manifests import healthcheck_argv, k8s_object, load_compose
+
+    probes = {"compose": healthcheck_argv(load_compose()["services"]["coordinator"])}
+    (container,) = k8s_object("Deployment", "crest-coordinator")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probes[f"k8s {kind}"] = container[kind]["exec"]["command"]
+    return probes
+
+
+def test_the_deployments_health_probes_work_with_tls_on(
+    certificate: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`crest health` reads CREST_TLS_CA / CREST_TLS_SERVER_NAME, so the compose healthcheck
+    and the Kubernetes probes work unchanged once a deployment turns TLS on."""
+    import os
+    import sys
+
+    cert, key = certificate
+    handle, server, health_task = start_loopback(
+        token=TOKEN, tls=(cert.read_bytes(), key.read_bytes())
+    )
+    try:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("CREST_")}
+        base["CREST_TOKEN"] = TOKEN
+        tls = {**base, "CREST_TLS_CA": str(cert), "CREST_TLS_SERVER_NAME": "localhost"}
+        for name, argv in probe_commands().items():
+            assert argv[:2] == ["crest", "health"], name
+            args = [a.replace(":50051", f":{handle.port}") for a in argv[2:]]
+            command = [sys.executable, "-m", "crest.cli", "health", *args]
+            ok = subprocess.run(command, env=tls, capture_output=True, text=True, timeout=60)
+            assert ok.returncode == 0 and "SERVING" in ok.stdout, (name, ok.stderr)
+            plain = subprocess.run(command, env=base, capture_output=True, text=True, timeout=60)
+            assert plain.returncode == 1, name  # plaintext against TLS: not healthy
+    finally:
+        stop_loopback(handle, server, health_task)

@@ -100,6 +100,11 @@ def test_no_gpu_is_requested_without_gpus(pool) -> None:
     asked = ray_pool.RaySelector(gpu_share=0.5, **EXTRA)  # would pend if it asked for a GPU
     try:
         assert asked.resources["num_gpus"] == 0
+        # The documented default (settings, configuration reference): one actor without GPUs.
+        from crest.service.settings import ServeSettings
+
+        described = ServeSettings.model_fields["selector_actors"].description or ""
+        assert described.endswith("else 1") and len(asked.actors) == 1
     finally:
         asked.close()
 
