@@ -56,7 +56,29 @@ const charts = (() => {
   });
   const SHADE_SCALE = { range: () => [0, 1] };
 
-  const axis = (label, extra = {}) => ({ label, labelSize: 16, size: 48, ...extra });
+  /**
+   * A y axis as wide as its widest tick label (a fixed width let "1,000" run into the axis
+   * title): tick + gap + text. The title has its own labelSize on top. uPlot calls this again
+   * until the sizes settle; after two rounds the last size stands.
+   */
+  function fitWidth(u, values, axisIdx, cycleNum) {
+    const axis = u.axes[axisIdx];
+    if (cycleNum > 1) return axis._size;
+    u.ctx.font = axis.font[0];
+    const widest = Math.max(0, ...(values || []).map((v) => u.ctx.measureText(v).width));
+    return Math.ceil(axis.ticks.size + axis.gap + widest / uPlot.pxRatio) + 2;
+  }
+
+  /** An x axis as tall as its tick labels' lines (a time axis adds the date below). */
+  function fitHeight(u, values, axisIdx, cycleNum) {
+    const axis = u.axes[axisIdx];
+    if (cycleNum > 1) return axis._size;
+    const lines = Math.max(1, ...(values || []).map((v) => String(v).split("\n").length));
+    const fontSize = axis.font[2] || 12; // CSS pixels
+    return Math.ceil(axis.ticks.size + axis.gap + lines * fontSize * 1.25) + 2;
+  }
+
+  const axis = (label, extra = {}) => ({ label, labelSize: 18, size: fitWidth, ...extra });
   const rightAxis = (scale, label, extra = {}) =>
     axis(label, { scale, side: 1, grid: { show: false }, ...extra });
 
@@ -68,7 +90,7 @@ const charts = (() => {
       scales: { x: { time: !!x.time, ...(x.range ? { range: x.range } : {}) }, ...spec.scales },
       series: [{ label: x.label, value: x.value }, ...spec.series],
       axes: [
-        { label: x.label, labelSize: 16, size: 36, values: x.values, incrs: x.incrs },
+        { label: x.label, labelSize: 18, size: fitHeight, values: x.values, incrs: x.incrs },
         ...spec.axes,
       ],
       bands: spec.bands || [],

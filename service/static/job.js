@@ -16,9 +16,17 @@
   ];
 
   const jobId = decodeURIComponent(location.pathname.replace(/^\/jobs\//, ""));
-  document.getElementById("job-id").textContent = jobId;
   document.getElementById("home").href = crest.withToken("/");
-  document.title = `crest · ${jobId}`;
+
+  /** The job's human name in the header and the title; its id beside it when they differ. */
+  function showName(name) {
+    document.getElementById("job-name").textContent = name;
+    const id = document.getElementById("job-id");
+    id.textContent = jobId;
+    id.hidden = name === jobId;
+    document.title = `crest · ${name}`;
+  }
+  showName(jobId); // until the first event brings the name
 
   /** Where a region ends and why; the open region runs to the current step. */
   function regionEnd(region, summary) {
@@ -346,6 +354,7 @@
 
   /** The header's mode, the tiles and the cards' headline figures. */
   function summary(s) {
+    showName(s.name);
     const checkWarn = s.last_relative_error !== null && s.last_relative_error > s.tau;
     // [label, value, tooltip, warn]
     const items = [
