@@ -11,5 +11,6 @@ from crest.bench.e2e import CrestSetup, TrainSetup
 def test_crest_jobs_are_named_by_workload_strategy_fraction_and_seed() -> None:
     y = torch.arange(40) % 4
     data = Dataset("mnist1d", torch.zeros(40, 8), y, torch.zeros(4, 8), y[:4], num_classes=4)
-    config = CrestSetup(strategy="auto").job_config(data, TrainSetup(epochs=1, batch_size=8), 0.1, seed=2)
+    train = TrainSetup(epochs=1, batch_size=8)
+    config = CrestSetup(strategy="auto").job_config(data, train, 0.1, seed=2)
     assert config.name == "mnist1d auto 10% seed 2"
