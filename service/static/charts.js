@@ -78,6 +78,14 @@ const charts = (() => {
     return Math.ceil(axis.ticks.size + axis.gap + lines * fontSize * 1.25) + 2;
   }
 
+  /** Categories (classes, ranks) on the x axis: integer ticks, half a bar of margin. */
+  const categories = (label) => ({
+    label,
+    range: (u, min, max) => (min === null ? [-0.5, 0.5] : [min - 0.5, max + 0.5]),
+    incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000],
+    values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")),
+  });
+
   const axis = (label, extra = {}) => ({ label, labelSize: 18, size: fitWidth, ...extra });
   const rightAxis = (scale, label, extra = {}) =>
     axis(label, { scale, side: 1, grid: { show: false }, ...extra });
@@ -130,6 +138,12 @@ const charts = (() => {
         el._key = key;
         resized.observe(el);
       }
+      // uPlot pads a single x value to [0, 100] without asking the x range function (one
+      // rank, one class): set the data's extent, which that function then pads.
+      const xs = data[0];
+      if (spec.x.range && xs.length) {
+        el._plot.setScale("x", { min: Math.min(...xs), max: Math.max(...xs) });
+      }
       delete el.dataset.error;
     } catch (err) {
       el.dataset.error = String(err);
@@ -138,6 +152,7 @@ const charts = (() => {
   }
 
   return {
-    draw, line, stepped, dots, bars, shade, axis, rightAxis, colors, palette, SHADE_SCALE,
+    draw, line, stepped, dots, bars, shade, axis, rightAxis, categories, colors, palette,
+    SHADE_SCALE,
   };
 })();

@@ -5,7 +5,9 @@
 
 (() => {
   const { fmt } = crest;
-  const { line, stepped, dots, bars, shade, axis, rightAxis, colors, palette } = charts;
+  const {
+    line, stepped, dots, bars, shade, axis, rightAxis, categories, colors, palette,
+  } = charts;
   const ERROR_FLOOR = 1e-4; // the log-scale error chart draws an error of 0 at this floor
   const STEP = { label: "step", sync: "steps" };
   const MAX_DECISIONS = 8; // entries in the decisions list
@@ -83,14 +85,6 @@
       ...columns.map((f) => rows.map((r) => f(r) ?? null)),
     ];
   }
-
-  /** Categories (classes, ranks) on the x axis: integer ticks, half a bar of margin. */
-  const categories = (label) => ({
-    label,
-    range: (u, min, max) => (min === null ? [-0.5, 0.5] : [min - 0.5, max + 0.5]),
-    incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000],
-    values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")),
-  });
 
   const views = {
     gain(d) {

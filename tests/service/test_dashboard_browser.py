@@ -30,6 +30,7 @@ from crest.client.remote import RemoteCoordinator
 from crest.embedded import local_coordinator
 from crest.proto.contract import JobStatus
 from crest.service.dashboard import create_dashboard
+from crest.service.dashboard.app import STATIC_DIR
 from crest.service.dashboard.views import region_mode
 from crest.service.job import monitor_gain
 from tests.service.chromium import Chromium, find_chromium
@@ -275,3 +276,46 @@ def test_the_url_crest_serve_prints_opens_the_dashboard(tmp_path: Path) -> None:
         if process.stdout is not None:
             process.stdout.close()
         log.close()
+
+
+# Charts the live job does not draw: a single category (one rank, one class), and tick labels
+# as wide as a large data set's class sizes, on both y axes.
+EDGE_CASES = """
+const el = (id) => document.getElementById(id);
+charts.draw(el('chart-one'), {x: charts.categories('rank'),
+  series: [charts.bars('selection work', charts.colors.purple, 0.6)],
+  axes: [charts.axis('% of trainer time')], scales: {}}, [[0], [40]]);
+charts.draw(el('chart-wide'), {x: charts.categories('class'),
+  series: [charts.bars('class size', '#c6dbef', 0.8, {scale: 'n'}),
+           charts.dots('learned %', charts.colors.orange, {scale: '%'})],
+  axes: [charts.axis('examples', {scale: 'n'}), charts.rightAxis('%', 'learned %')],
+  scales: {n: {range: (u, min, max) => [0, max * 1.05]}, '%': {range: () => [0, 100]}}},
+  [[0, 1, 2, 3, 4, 5, 6], [41000, 39000, 12000, 800, 24000, 4000, 1999999],
+   [0, 10, 20, 30, 40, 50, 60]]);
+"""
+
+
+def test_axes_fit_their_tick_labels_and_a_single_category_is_centred(tmp_path: Path) -> None:
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/run does it)")
+    static = STATIC_DIR.as_uri()
+    page = tmp_path / "charts.html"
+    page.write_text(
+        f'<link rel="stylesheet" href="{static}/vendor/uplot/uPlot.min.css">'
+        f'<link rel="stylesheet" href="{static}/dashboard.css">'
+        '<div class="card" style="width: 320px"><div class="chart" id="chart-one"></div>'
+        '<div class="chart" id="chart-wide"></div></div>'
+        f'<script src="{static}/vendor/uplot/uPlot.iife.min.js"></script>'
+        f'<script src="{static}/charts.js"></script>'
+        f"<script>{EDGE_CASES}</script>"
+    )
+    with Chromium(binary, tmp_path / "profile", VIEWPORT, timeout_s=WAIT_S) as browser:
+        browser.add_init_script(RECORD_CANVAS_TEXT)
+        browser.navigate(page.as_uri())
+        browser.wait_for("document.querySelectorAll('.chart canvas').length === 2", WAIT_S)
+        # One rank: its bar in the middle, not at the left edge of a 0-100 axis.
+        x = browser.evaluate("document.getElementById('chart-one')._plot.scales.x")
+        assert [x["min"], x["max"]] == [-0.5, 0.5]
+        layout = _assert_readable(browser)
+        assert "2,000,000" in layout["charts"]["wide"]["texts"], layout
