@@ -169,7 +169,7 @@
           line("τ", colors.red, { dash: [6, 4], points: { show: false } }),
           dots("above τ", colors.red, { points: { show: true, size: 6 } }),
         ],
-        axes: [axis("relative error")],
+        axes: [axis("relative error", { values: logTicks })],
         scales: {
           y: {
             distr: 3,
