@@ -72,6 +72,7 @@ class CrestSetup:
 
     def job_config(self, data: Dataset, train: TrainSetup, frac: float, seed: int) -> JobConfig:
         return JobConfig(
+            name=f"{data.name} {self.strategy} {frac:.0%} seed {seed}",  # the dashboard's
             num_examples=len(data.y_train),
             num_classes=data.num_classes,
             batch_size=train.batch_size,

@@ -29,7 +29,7 @@ def main() -> None:
 
     coordinator = connect(args.address)
     config = JobConfig(num_examples=1400, num_classes=10, batch_size=32, epochs=args.epochs,
-                       train_frac=0.2)  # fmt: skip
+                       train_frac=0.2, name="digits 20%")  # fmt: skip
     session = Session(coordinator, coordinator.create_job(config, y[train].numpy()), model=model)
     for (xb, yb), batch in CrestLoader(session, dataset):
         loss = weighted_loss(model(xb), yb, batch.weights)

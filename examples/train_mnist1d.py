@@ -31,7 +31,8 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     coordinator = connect(args.address)
-    config = JobConfig(num_examples=len(dataset), num_classes=10, epochs=args.epochs)
+    config = JobConfig(num_examples=len(dataset), num_classes=10, epochs=args.epochs,
+                       name="MNIST-1D")  # fmt: skip
     job_id = coordinator.create_job(config, data.y_train.numpy())
     session = Session(coordinator, job_id, model=model)
     for (x, y), batch in CrestLoader(session, dataset):

@@ -37,9 +37,8 @@ def main() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
     coordinator = connect(args.address)
-    config = JobConfig(
-        num_examples=len(dataset), num_classes=10, epochs=args.epochs, world_size=world_size
-    )
+    config = JobConfig(num_examples=len(dataset), num_classes=10, epochs=args.epochs,
+                       world_size=world_size, name="MNIST-1D DDP")  # fmt: skip
     coordinator.create_job(config, data.y_train.numpy(), job_id="mnist1d-ddp")  # every rank
     session = Session(coordinator, "mnist1d-ddp", model=model, rank=rank)
     for (x, y), batch in CrestLoader(session, dataset):

@@ -86,7 +86,7 @@ async def serve(settings: ServeSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     print(f"crest coordinator listening on {settings.host}:{port}", flush=True)
     if dashboard is not None:
-        print(f"crest dashboard on {dashboard.url}/", flush=True)
+        print(f"crest dashboard on {dashboard.browser_url}", flush=True)
     log.info("store %s, selector %s, %d jobs resumed", settings.store.split("@")[-1],
              settings.selector, len(manager.job_ids()))  # fmt: skip
     await stop.wait()

@@ -128,6 +128,7 @@ def create_dashboard(
         redoc_url=None,
     )
     app.state.manager = manager
+    app.state.token = token or None  # the URL to open carries it (DashboardServer.browser_url)
     app.state.streams = streams = _Streams(refresh_s)
     collector = MetricsCollector(manager)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

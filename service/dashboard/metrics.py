@@ -5,10 +5,14 @@ registry state, so several apps or tests never collide). A scrape first awaits t
 details on the manager's loop and then renders them synchronously, so every figure comes
 from the same :class:`~crest.service.dashboard.models.JobDetail` the JSON API serves.
 
-Every metric carries a ``job`` label; per-rank ones add ``rank``, per-class ones ``class``,
-per-mode ones ``mode``. Latest-value figures (k, P, the last check's error, the last region's
-losses and weight quantiles, the newest monitor figures) are gauges; Prometheus keeps their
-history.
+Every metric carries a ``job`` label (the job id); per-rank ones add ``rank``, per-class ones
+``class``, per-mode ones ``mode``. The job's human name is a label of one info metric only,
+``crest_job_info{job, name, strategy}`` (one series per job, however many metrics there are):
+join it where a name reads better, e.g.
+``crest_pool_size * on(job) group_left(name) crest_job_info``.
+
+Latest-value figures (k, P, the last check's error, the last region's losses and weight
+quantiles, the newest monitor figures) are gauges; Prometheus keeps their history.
 """
 
 from __future__ import annotations
@@ -208,7 +212,9 @@ def _counters(details: list[JobDetail]) -> Iterator[Metric]:
 
 
 def _modes(details: list[JobDetail]) -> Iterator[Metric]:
-    strategy = InfoMetricFamily("crest_job", "The job's selection strategy.", labels=["job"])
+    info = InfoMetricFamily(
+        "crest_job", "The job's name (its id when unnamed) and selection strategy.", labels=["job"]
+    )
     current = GaugeMetricFamily(
         "crest_region_mode", "1 for the current region's mode, else 0.", labels=["job", "mode"]
     )
@@ -225,7 +231,7 @@ def _modes(details: list[JobDetail]) -> Iterator[Metric]:
     )
     for detail in details:
         job, monitor = detail.summary.job_id, detail.monitor
-        strategy.add_metric([job], {"strategy": detail.summary.strategy})
+        info.add_metric([job], {"name": detail.summary.name, "strategy": detail.summary.strategy})
         for mode in MODES:
             current.add_metric([job, mode], float(detail.summary.mode == mode))
             regions.add_metric([job, mode], sum(r.mode == mode for r in monitor))
@@ -234,7 +240,7 @@ def _modes(details: list[JobDetail]) -> Iterator[Metric]:
             switches.add_metric(
                 [job, to], sum(a != b and b == to for a, b in itertools.pairwise(made))
             )
-    yield from (strategy, current, regions, switches)
+    yield from (info, current, regions, switches)
 
 
 def _per_rank(details: list[JobDetail]) -> Iterator[Metric]:

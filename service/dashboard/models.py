@@ -37,6 +37,7 @@ class JobSummary(BaseModel):
     model_config = ConfigDict(ser_json_inf_nan="strings")
 
     job_id: str
+    name: str = Field(description="the job's JobConfig.name, or its job id when it has none")
     step: int = Field(description="steps known to be trained by every rank")
     total_steps: int
     finished: bool

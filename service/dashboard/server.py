@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlencode
 
 import uvicorn
 from fastapi import FastAPI
@@ -65,6 +66,13 @@ class DashboardServer:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def browser_url(self) -> str:
+        """The overview page as a person opens it: with ``?token=`` when the app requires one
+        (the pages pass it on to their API and event-stream calls)."""
+        token = getattr(self.app.state, "token", None)
+        return f"{self.url}/" + (f"?{urlencode({'token': token})}" if token else "")
 
     async def serve(self) -> None:
         """Serve until :meth:`stop`; run it on the manager's event loop."""

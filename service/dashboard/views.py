@@ -105,6 +105,7 @@ def _summary(status: JobStatus, telemetry: JobTelemetry, now: float) -> JobSumma
     ranks = telemetry.ranks.values()
     return JobSummary(
         job_id=status.job_id,
+        name=cfg.name or status.job_id,
         step=status.step,
         total_steps=status.total_steps,
         finished=status.finished,

@@ -56,7 +56,37 @@ const charts = (() => {
   });
   const SHADE_SCALE = { range: () => [0, 1] };
 
-  const axis = (label, extra = {}) => ({ label, labelSize: 16, size: 48, ...extra });
+  /**
+   * A y axis as wide as its widest tick label (a fixed width let "1,000" run into the axis
+   * title): tick + gap + text. The title has its own labelSize on top. uPlot calls this again
+   * until the sizes settle; after two rounds the last size stands.
+   */
+  function fitWidth(u, values, axisIdx, cycleNum) {
+    const axis = u.axes[axisIdx];
+    if (cycleNum > 1) return axis._size;
+    u.ctx.font = axis.font[0];
+    const widest = Math.max(0, ...(values || []).map((v) => u.ctx.measureText(v).width));
+    return Math.ceil(axis.ticks.size + axis.gap + widest / uPlot.pxRatio) + 2;
+  }
+
+  /** An x axis as tall as its tick labels' lines (a time axis adds the date below). */
+  function fitHeight(u, values, axisIdx, cycleNum) {
+    const axis = u.axes[axisIdx];
+    if (cycleNum > 1) return axis._size;
+    const lines = Math.max(1, ...(values || []).map((v) => String(v).split("\n").length));
+    const fontSize = axis.font[2] || 12; // CSS pixels
+    return Math.ceil(axis.ticks.size + axis.gap + lines * fontSize * 1.25) + 2;
+  }
+
+  /** Categories (classes, ranks) on the x axis: integer ticks, half a bar of margin. */
+  const categories = (label) => ({
+    label,
+    range: (u, min, max) => (min === null ? [-0.5, 0.5] : [min - 0.5, max + 0.5]),
+    incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000],
+    values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")),
+  });
+
+  const axis = (label, extra = {}) => ({ label, labelSize: 18, size: fitWidth, ...extra });
   const rightAxis = (scale, label, extra = {}) =>
     axis(label, { scale, side: 1, grid: { show: false }, ...extra });
 
@@ -68,7 +98,7 @@ const charts = (() => {
       scales: { x: { time: !!x.time, ...(x.range ? { range: x.range } : {}) }, ...spec.scales },
       series: [{ label: x.label, value: x.value }, ...spec.series],
       axes: [
-        { label: x.label, labelSize: 16, size: 36, values: x.values, incrs: x.incrs },
+        { label: x.label, labelSize: 18, size: fitHeight, values: x.values, incrs: x.incrs },
         ...spec.axes,
       ],
       bands: spec.bands || [],
@@ -108,6 +138,12 @@ const charts = (() => {
         el._key = key;
         resized.observe(el);
       }
+      // uPlot pads a single x value to [0, 100] without asking the x range function (one
+      // rank, one class): set the data's extent, which that function then pads.
+      const xs = data[0];
+      if (spec.x.range && xs.length) {
+        el._plot.setScale("x", { min: Math.min(...xs), max: Math.max(...xs) });
+      }
       delete el.dataset.error;
     } catch (err) {
       el.dataset.error = String(err);
@@ -116,6 +152,7 @@ const charts = (() => {
   }
 
   return {
-    draw, line, stepped, dots, bars, shade, axis, rightAxis, colors, palette, SHADE_SCALE,
+    draw, line, stepped, dots, bars, shade, axis, rightAxis, categories, colors, palette,
+    SHADE_SCALE,
   };
 })();

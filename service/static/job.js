@@ -5,7 +5,9 @@
 
 (() => {
   const { fmt } = crest;
-  const { line, stepped, dots, bars, shade, axis, rightAxis, colors, palette } = charts;
+  const {
+    line, stepped, dots, bars, shade, axis, rightAxis, categories, colors, palette,
+  } = charts;
   const ERROR_FLOOR = 1e-4; // the log-scale error chart draws an error of 0 at this floor
   const STEP = { label: "step", sync: "steps" };
   const MAX_DECISIONS = 8; // entries in the decisions list
@@ -16,9 +18,17 @@
   ];
 
   const jobId = decodeURIComponent(location.pathname.replace(/^\/jobs\//, ""));
-  document.getElementById("job-id").textContent = jobId;
   document.getElementById("home").href = crest.withToken("/");
-  document.title = `crest · ${jobId}`;
+
+  /** The job's human name in the header and the title; its id beside it when they differ. */
+  function showName(name) {
+    document.getElementById("job-name").textContent = name;
+    const id = document.getElementById("job-id");
+    id.textContent = jobId;
+    id.hidden = name === jobId;
+    document.title = `crest · ${name}`;
+  }
+  showName(jobId); // until the first event brings the name
 
   /** Where a region ends and why; the open region runs to the current step. */
   function regionEnd(region, summary) {
@@ -75,14 +85,6 @@
       ...columns.map((f) => rows.map((r) => f(r) ?? null)),
     ];
   }
-
-  /** Categories (classes, ranks) on the x axis: integer ticks, half a bar of margin. */
-  const categories = (label) => ({
-    label,
-    range: (u, min, max) => (min === null ? [-0.5, 0.5] : [min - 0.5, max + 0.5]),
-    incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000],
-    values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? v : "")),
-  });
 
   const views = {
     gain(d) {
@@ -167,7 +169,7 @@
           line("τ", colors.red, { dash: [6, 4], points: { show: false } }),
           dots("above τ", colors.red, { points: { show: true, size: 6 } }),
         ],
-        axes: [axis("relative error")],
+        axes: [axis("relative error", { values: logTicks })],
         scales: {
           y: {
             distr: 3,
@@ -346,6 +348,7 @@
 
   /** The header's mode, the tiles and the cards' headline figures. */
   function summary(s) {
+    showName(s.name);
     const checkWarn = s.last_relative_error !== null && s.last_relative_error > s.tau;
     // [label, value, tooltip, warn]
     const items = [

@@ -14,11 +14,18 @@
 
   function row(job) {
     const tr = document.createElement("tr");
-    const name = document.createElement("td");
+    const name = cell("", job.job_id);
+    name.className = "name";
     const link = document.createElement("a");
     link.href = crest.withToken("/jobs/" + encodeURIComponent(job.job_id));
-    link.textContent = job.job_id;
+    link.textContent = job.name;
     name.append(link);
+    if (job.name !== job.job_id) {
+      const id = document.createElement("span");
+      id.className = "id";
+      id.textContent = job.job_id;
+      name.append(id);
+    }
     const progress = document.createElement("td");
     const bar = document.createElement("progress");
     bar.max = job.total_steps;

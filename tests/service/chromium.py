@@ -92,6 +92,11 @@ class Chromium:
     def navigate(self, url: str) -> None:
         self.call("Page.navigate", {"url": url})
 
+    def add_init_script(self, source: str) -> None:
+        """Run ``source`` in every page this browser loads from now on, before its scripts."""
+        self.call("Page.enable")  # without it, the script is accepted and never runs
+        self.call("Page.addScriptToEvaluateOnNewDocument", {"source": source})
+
     def evaluate(self, expression: str) -> Any:
         """The JSON value of a JavaScript expression in the page."""
         result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True})

@@ -42,6 +42,7 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "s3cret-token"
 PAUSE_AT = 60
+AUTO_NAME = "W1 auto 10% (always random)"  # the auto job's name; the others have none
 
 
 @dataclass
@@ -66,7 +67,7 @@ def served() -> Iterator[Served]:
     with local_coordinator() as coordinator:
         done = LiveJob.start(coordinator)
         done.join()
-        auto = LiveJob.start(coordinator, strategy="auto", auto_min_gain=1e9)
+        auto = LiveJob.start(coordinator, strategy="auto", auto_min_gain=1e9, name=AUTO_NAME)
         auto.join()
         live = LiveJob.start(coordinator, pause_at=PAUSE_AT)
         try:
@@ -87,6 +88,7 @@ def test_overview_summarises_every_job(served: Served) -> None:
     assert set(by_id) == set(served.jobs)
     for job_id, summary in by_id.items():
         status = served.status(job_id)
+        assert summary.name == (AUTO_NAME if job_id == served.auto else job_id)  # id: no name
         assert summary.step == status.step
         assert summary.total_steps == status.total_steps
         assert summary.finished == status.finished
@@ -252,7 +254,7 @@ def test_openapi_schema_types_the_json_api(served: Served) -> None:
     ):  # fmt: skip
         assert model in models, model
     assert models["RegionMonitor"]["properties"]["mode"]["enum"] == ["crest", "random", "fallback"]
-    for field in ("strategy", "mode", "gain", "auto_min_gain", "selection_share"):
+    for field in ("name", "strategy", "mode", "gain", "auto_min_gain", "selection_share"):
         assert field in models["JobSummary"]["properties"], field
     assert (
         "text/event-stream" in paths["/api/events/{job_id}"]["get"]["responses"]["200"]["content"]
@@ -275,11 +277,13 @@ def _metrics(url: str, token: str | None = None) -> dict[tuple[str, tuple], floa
 def test_prometheus_metrics_parse_and_agree_with_the_api(served: Served) -> None:
     samples = _metrics(served.url)
     assert samples["crest_jobs", ()] == 3
+    # The name is one info series per job, not a label on every series.
+    assert {n for n, labels in samples if "name" in dict(labels)} == {"crest_job_info"}
     for job_id in served.jobs:
         detail = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{job_id}"))
         summary, status = detail.summary, detail.status
 
-        def value(name: str, **labels: str) -> float:
+        def value(name: str, /, **labels: str) -> float:
             return samples[name, tuple(sorted({"job": job_id, **labels}.items()))]  # noqa: B023
 
         assert value("crest_job_step") == summary.step
@@ -327,7 +331,8 @@ def test_prometheus_metrics_parse_and_agree_with_the_api(served: Served) -> None
         assert math.isfinite(value("crest_batches_per_second"))
 
         # Strategy, modes and the coreset-quality monitor.
-        assert value("crest_job_info", strategy=status.config.strategy) == 1
+        name = status.config.name or job_id
+        assert value("crest_job_info", name=name, strategy=status.config.strategy) == 1
         assert value("crest_coreset_gradient_error") == summary.coreset_error
         assert value("crest_random_gradient_error") == summary.random_error
         assert value("crest_monitor_gain") == summary.gain
