@@ -27,6 +27,10 @@ DEFAULT_OUT = Path("docs/configuration.md")
 OTHER_VARIABLES = (
     ("CREST_TOKEN", "`crest health`, trainers (`crest.embedded.connect`)",
      "the coordinator's token, sent with every call unless given explicitly"),
+    ("CREST_TLS_CA", "`crest health`, `crest jobs`",
+     "PEM of the CA that signed the coordinator's certificate: probe it with TLS"),
+    ("CREST_TLS_SERVER_NAME", "`crest health`, `crest jobs`",
+     "the name the coordinator's certificate was issued to, when not the probed host"),
     ("CREST_CACHE_DIR", "`crest.bench.data` (the examples' MNIST-1D)",
      "where generated datasets are cached; default `~/.cache/crest`"),
     ("RAY_AUTH_MODE", "every Ray process", "`token` turns Ray's token authentication on"),
