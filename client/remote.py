@@ -336,7 +336,7 @@ class RemoteCoordinator:
 
     def job_status(self, job_id: str) -> JobStatus:
         reply = self._unary("GetJobStatus", pb.JobStatusRequest(job_id=job_id))
-        return JobStatus.model_validate_json(reply.json)
+        return convert.status_from_pb(reply.status)
 
     def close(self) -> None:
         if self._pid == os.getpid():

@@ -9,16 +9,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from google.protobuf.message import Message
+from pydantic import BaseModel, ValidationError
 
 from crest.proto.contract import (
     CheckDecision,
     CheckReport,
     JobConfig,
+    JobStatus,
     RegionStatus,
     RegionView,
     SessionInfo,
 )
-from crest.proto.errors import InvalidArgument
+from crest.proto.errors import InvalidArgument, invalid_fields
 from crest.proto.v1 import coordinator_pb2 as pb
 
 MAX_MESSAGE_BYTES: int = pb.MAX_MESSAGE_BYTES
@@ -204,6 +207,61 @@ def decision_from_pb(message: pb.CheckDecision) -> CheckDecision:
         predicted=message.predicted,
         relative_error=message.relative_error,
     )
+
+
+# ------------------------------------------------------------------------------ status
+# The status messages mirror the pydantic models field by field (tests/proto checks the
+# names), so both directions walk the message's descriptor: a field added to both travels
+# without an edit here. A proto3 ``optional`` field left unset is the model's None.
+def status_to_pb(status: JobStatus) -> pb.JobStatus:
+    message = pb.JobStatus()
+    _model_to_pb(status, message)
+    return message
+
+
+def status_from_pb(message: pb.JobStatus) -> JobStatus:
+    """Decode a job status; values no status can hold raise :class:`InvalidArgument`."""
+    try:
+        return JobStatus.model_validate(_fields_from_pb(message))
+    except ValidationError as err:
+        raise invalid_fields("job status", err) from None
+
+
+def _model_to_pb(model: BaseModel, message: Message) -> None:
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(model, field.name)
+        if value is None:  # an optional field: left unset
+            continue
+        if field.message_type is pb.JobConfig.DESCRIPTOR:
+            getattr(message, field.name).CopyFrom(config_to_pb(value))
+        elif field.message_type is not None and field.is_repeated:
+            for item in value:
+                _model_to_pb(item, getattr(message, field.name).add())
+        elif field.message_type is not None:
+            _model_to_pb(value, getattr(message, field.name))
+        elif field.is_repeated:
+            getattr(message, field.name).extend(value)
+        else:
+            setattr(message, field.name, value)
+
+
+def _fields_from_pb(message: Message) -> dict:
+    """The fields of a status message (nested ones as dicts too), for model validation."""
+    fields: dict = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is pb.JobConfig.DESCRIPTOR:
+            value = config_from_pb(value)
+        elif field.message_type is not None and field.is_repeated:
+            value = [_fields_from_pb(item) for item in value]
+        elif field.message_type is not None:
+            value = _fields_from_pb(value)
+        elif field.is_repeated:
+            value = list(value)
+        elif field.has_presence and not message.HasField(field.name):
+            value = None
+        fields[field.name] = value
+    return fields
 
 
 def rows_per_chunk(dim: int, embedding_itemsize: int) -> int:

@@ -47,8 +47,8 @@ def target():
     stop_loopback(handle, server, health_task)
 
 
-def state(stub) -> tuple[str, int]:
-    status = stub.GetJobStatus(pb.JobStatusRequest(job_id=JOB), timeout=30).json
+def state(stub) -> tuple[pb.JobStatus, int]:
+    status = stub.GetJobStatus(pb.JobStatusRequest(job_id=JOB), timeout=30).status
     committed = stub.OpenSession(pb.OpenSessionRequest(job_id=JOB, rank=0), timeout=30)
     return status, committed.committed_seq
 
