@@ -7,6 +7,7 @@ byte length, sizes) and raises :class:`InvalidArgument` with a precise message.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import numpy as np
 from google.protobuf.message import Message
@@ -21,10 +22,11 @@ from crest.proto.contract import (
     RegionView,
     SessionInfo,
 )
-from crest.proto.errors import InvalidArgument, invalid_fields
+from crest.proto.errors import InvalidArgument, ResourceExhausted, invalid_fields
 from crest.proto.v1 import coordinator_pb2 as pb
 
 MAX_MESSAGE_BYTES: int = pb.MAX_MESSAGE_BYTES
+_M = TypeVar("_M", bound=Message)
 # Chunks of one upload stream: the coordinator holds a stream whole until it commits it.
 MAX_STREAM_CHUNKS: int = pb.MAX_STREAM_CHUNKS
 # Room for a message's non-array fields when arrays are sized to fit one message.
@@ -91,11 +93,26 @@ _OPTIONAL_CONFIG_FIELDS = tuple(
 
 
 def config_to_pb(config: JobConfig) -> pb.JobConfig:
-    fields = {name: getattr(config, name) for name in _OPTIONAL_CONFIG_FIELDS}
+    """The wire's config.
+
+    Raises:
+        InvalidArgument: a value the wire's field cannot hold (an int32 field over 2**31 - 1,
+            or a value of the wrong type in a config that ``model_copy`` did not validate).
+    """
+    fields = {name: getattr(config, name) for name in pb.JobConfig.DESCRIPTOR.fields_by_name}
     if fields["max_coreset_uses"] is None:
         fields["max_coreset_uses"] = 0  # the wire's "unbounded"
-    present = {k: v for k, v in fields.items() if v is not None}
-    return pb.JobConfig(num_examples=config.num_examples, num_classes=config.num_classes, **present)
+    message = pb.JobConfig()
+    for name, value in fields.items():
+        if value is None:
+            continue
+        try:
+            setattr(message, name, value)
+        except (TypeError, ValueError) as err:
+            raise InvalidArgument(
+                f"invalid job config: {name}: cannot travel on the wire ({str(err)[:80]})"
+            ) from None
+    return message
 
 
 def config_from_pb(message: pb.JobConfig) -> dict:
@@ -107,6 +124,17 @@ def config_from_pb(message: pb.JobConfig) -> dict:
     if fields.get("max_coreset_uses") == 0:
         fields["max_coreset_uses"] = None
     return fields
+
+
+def _within_limit(message: _M, what: str, remedy: str) -> _M:
+    """``message`` if it fits one message; else :class:`ResourceExhausted`, saying ``what``
+    (with ``{size}``) and the ``remedy``."""
+    size = message.ByteSize()
+    if size > MAX_MESSAGE_BYTES:
+        raise ResourceExhausted(
+            f"{what.format(size=size)}, over the {MAX_MESSAGE_BYTES}-byte message limit: {remedy}"
+        )
+    return message
 
 
 # ----------------------------------------------------------------------------- messages
@@ -137,7 +165,13 @@ def session_from_pb(message: pb.OpenSessionResponse) -> SessionInfo:
 
 
 def region_to_pb(view: RegionView) -> pb.Region:
-    return pb.Region(
+    """The wire's region.
+
+    Raises:
+        ResourceExhausted: the region is over the message limit. The in-process coordinator
+            applies the same limit, so that a job that runs in-process runs remotely.
+    """
+    message = pb.Region(
         region_id=view.region_id,
         status=_STATUS_TO_PB[view.status],
         start_step=view.start_step,
@@ -149,6 +183,11 @@ def region_to_pb(view: RegionView) -> pb.Region:
             pb.WeightedBatch(indices=to_array(i), weights=to_array(w)) for i, w in view.batches
         ],
         initial_loss=view.initial_loss,
+    )
+    return _within_limit(
+        message,
+        f"region {view.region_id} is {{size}} bytes for one rank",
+        "lower subset_size or max_coresets, or add ranks",
     )
 
 
@@ -214,9 +253,18 @@ def decision_from_pb(message: pb.CheckDecision) -> CheckDecision:
 # names), so both directions walk the message's descriptor: a field added to both travels
 # without an edit here. A proto3 ``optional`` field left unset is the model's None.
 def status_to_pb(status: JobStatus) -> pb.JobStatus:
+    """The wire's status.
+
+    Raises:
+        ResourceExhausted: the status is over the message limit (as :func:`region_to_pb`).
+    """
     message = pb.JobStatus()
     _model_to_pb(status, message)
-    return message
+    return _within_limit(
+        message,
+        f"the status of job {status.job_id!r} is {{size}} bytes",
+        f"the dashboard's /api/jobs/{status.job_id} serves it whole",
+    )
 
 
 def status_from_pb(message: pb.JobStatus) -> JobStatus:

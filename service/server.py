@@ -160,14 +160,7 @@ class CoordinatorService:
         view = await self.manager.get_region(
             request.job_id, request.rank, request.step, timeout=_timeout(context)
         )
-        reply = convert.region_to_pb(view)
-        if reply.ByteSize() > convert.MAX_MESSAGE_BYTES:
-            raise ResourceExhausted(
-                f"region {view.region_id} is {reply.ByteSize()} bytes for one rank, over the "
-                f"{convert.MAX_MESSAGE_BYTES}-byte message limit: lower subset_size or "
-                "max_coresets, or add ranks"
-            )
-        return reply
+        return convert.region_to_pb(view)  # over the message limit: RESOURCE_EXHAUSTED
 
     @_handler
     async def UploadEmbeddings(self, requests: AsyncIterator[Any], context) -> pb.UploadAck:
