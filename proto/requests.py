@@ -79,11 +79,11 @@ def upload(
         raise InvalidArgument(f"embeddings must be floating point, got {embeddings.dtype}")
     if losses.shape != (n,) or not np.issubdtype(losses.dtype, np.floating):
         raise InvalidArgument(f"losses must be a float array of shape ({n},)")
-    with np.errstate(over="ignore"):  # float16 overflows to inf, refused just below
+    with np.errstate(over="ignore"):  # what overflows the wire's dtype is inf: refused below
         embeddings = embeddings.astype(embedding_dtype, copy=False)
+        losses = losses.astype(np.float32, copy=False)
     if not np.all(np.isfinite(embeddings)):
         raise InvalidArgument("embeddings contain NaN or Inf")
-    losses = losses.astype(np.float32, copy=False)
     if not np.all(np.isfinite(losses)) or np.any(losses < 0):
         raise InvalidArgument("losses must be finite and >= 0")
     if len(np.unique(indices)) != n:
