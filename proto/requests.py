@@ -20,16 +20,19 @@ from crest.proto.contract import JobConfig
 from crest.proto.errors import InvalidArgument
 
 
-def job(config: JobConfig, labels: np.ndarray) -> tuple[JobConfig, np.ndarray]:
+def job(config: JobConfig | dict, labels: np.ndarray) -> tuple[JobConfig, np.ndarray]:
     """A job's config and labels as the coordinator will take them.
 
-    The config takes the wire's round trip (validated again, as ``model_copy(update=...)``
-    skips validation, and with every integer in its wire field's range); the labels must be
-    ``(N,)`` integers, returned as int64. Their range and classes are the job's to check.
+    The config (or a dict of its fields) takes the wire's round trip: validated again, as
+    ``model_copy(update=...)`` skips validation, and with every integer in its wire field's
+    range. The labels must be ``(N,)`` integers, returned as int64; their range and classes
+    are the job's to check.
 
     Raises:
         InvalidArgument: naming the fields or the labels at fault.
     """
+    if not isinstance(config, JobConfig):
+        config = JobConfig.model_validate(config)
     config = JobConfig.model_validate(convert.config_from_pb(convert.config_to_pb(config)))
     labels = np.asarray(labels)
     if labels.size and not np.issubdtype(labels.dtype, np.integer):

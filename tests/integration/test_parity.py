@@ -71,6 +71,7 @@ def test_bad_job_creations_fail_alike(loopback: LoopbackCoordinator) -> None:
             config.model_copy(update={"tau": "high"}), labels
         ),
         "a bad job id": lambda c: c.create_job(config, labels, job_id="x" * 200),
+        "an invalid dict of fields": lambda c: c.create_job({"num_examples": -1}, labels),
         "another config": lambda c: c.create_job(job_config(seed=9), labels, job_id="exists"),
     }
     assert_same_errors(loopback, cases)

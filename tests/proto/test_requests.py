@@ -37,3 +37,6 @@ def test_job_labels_must_be_n_integers() -> None:
         requests.job(config, np.array([0.0, 1, 1, 0]))
     with pytest.raises(InvalidArgument, match="invalid job config: tau"):
         requests.job(config.model_copy(update={"tau": -1.0}), np.array([0, 1, 1, 0]))
+    with pytest.raises(InvalidArgument, match="invalid job config: num_examples"):
+        requests.job({"num_examples": -1, "num_classes": 2}, np.array([0, 1, 1, 0]))
+    assert requests.job(config.model_dump(), np.array([0, 1, 1, 0]))[0] == config
