@@ -85,7 +85,7 @@ def from_array(message: pb.Array, name: str, dtypes: tuple[int, ...], ndim: int)
 
 # ------------------------------------------------------------------------------ config
 # Derived from the wire message, so a field added to the proto travels without an edit here;
-# tests/test_contract.py checks that these are exactly JobConfig's optional fields.
+# tests/proto/test_config_contract.py checks that these are exactly JobConfig's optional fields.
 _REQUIRED_CONFIG_FIELDS = ("num_examples", "num_classes")
 _OPTIONAL_CONFIG_FIELDS = tuple(
     f.name for f in pb.JobConfig.DESCRIPTOR.fields if f.name not in _REQUIRED_CONFIG_FIELDS
