@@ -28,7 +28,7 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
-from crest.proto import convert
+from crest.proto import convert, requests
 from crest.proto.contract import (
     CheckDecision,
     CheckReport,
@@ -39,7 +39,6 @@ from crest.proto.contract import (
 )
 from crest.proto.errors import (
     CrestError,
-    InvalidArgument,
     Unauthenticated,
     Unavailable,
     error_for_status,
@@ -248,14 +247,7 @@ class RemoteCoordinator:
             Unavailable: no coordinator reachable at :attr:`address` within
                 ``connect_timeout_s`` (first call) or ``retry_s`` (later).
         """
-        labels = np.asarray(labels)
-        if labels.size and not np.issubdtype(labels.dtype, np.integer):
-            # Checked here too: the wire carries int64, and casting would hide the mistake.
-            raise InvalidArgument(
-                f"labels must be integers in [0, num_classes), got {labels.dtype}; map string "
-                "or sparse labels to 0..C-1 first, e.g. np.unique(labels, return_inverse=True)"
-            )
-        labels = labels.astype(np.int64, copy=False)
+        config, labels = requests.job(config, labels)  # as the in-process coordinator does
         # Named here, so that every retry of this call names the same job: one call creates
         # at most one job.
         job_id = job_id or uuid.uuid4().hex
@@ -294,7 +286,10 @@ class RemoteCoordinator:
         embeddings: np.ndarray,
         losses: np.ndarray,
     ) -> None:
-        embeddings = np.asarray(embeddings, dtype=self._embedding_dtype)
+        # Checked whole, as the in-process coordinator does, before it is split into chunks.
+        indices, embeddings, losses = requests.upload(
+            indices, embeddings, losses, self._embedding_dtype
+        )
         rows = convert.rows_per_chunk(embeddings.shape[1], embeddings.dtype.itemsize)
         if (job_id, rank) not in self._seq:
             self.open_session(job_id, rank)  # learns the last committed sequence number
@@ -307,15 +302,22 @@ class RemoteCoordinator:
                     rank=rank,
                     region_id=region_id,
                     seq=seq,
-                    indices=convert.to_array(np.asarray(indices[span], dtype=np.int64)),
+                    indices=convert.to_array(indices[span]),
                     embeddings=convert.to_array(embeddings[span]),
-                    losses=convert.to_array(np.asarray(losses[span], dtype=np.float32)),
+                    losses=convert.to_array(losses[span]),
                 )
                 for seq, span in enumerate(spans, first + 1)
             ]
             self._seq[(job_id, rank)] = first + len(chunks)
-        for start in range(0, len(chunks), convert.MAX_STREAM_CHUNKS):
-            self._upload(job_id, rank, chunks[start : start + convert.MAX_STREAM_CHUNKS])
+        try:
+            for start in range(0, len(chunks), convert.MAX_STREAM_CHUNKS):
+                self._upload(job_id, rank, chunks[start : start + convert.MAX_STREAM_CHUNKS])
+        except CrestError:
+            # A rejected stream committed none of its numbers: the next upload asks which
+            # were committed instead of continuing after numbers the coordinator never took.
+            with self._lock:
+                self._seq.pop((job_id, rank), None)
+            raise
 
     def _upload(self, job_id: str, rank: int, chunks: list[pb.EmbeddingChunk]) -> None:
         """Send one stream of chunks (committed all or nothing), retrying until it is in."""
@@ -345,7 +347,7 @@ class RemoteCoordinator:
 
     def job_status(self, job_id: str) -> JobStatus:
         reply = self._unary("GetJobStatus", pb.JobStatusRequest(job_id=job_id))
-        return JobStatus.model_validate_json(reply.json)
+        return convert.status_from_pb(reply.status)
 
     def close(self) -> None:
         if self._pid == os.getpid():

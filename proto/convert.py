@@ -7,21 +7,26 @@ byte length, sizes) and raises :class:`InvalidArgument` with a precise message.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import numpy as np
+from google.protobuf.message import Message
+from pydantic import BaseModel, ValidationError
 
 from crest.proto.contract import (
     CheckDecision,
     CheckReport,
     JobConfig,
+    JobStatus,
     RegionStatus,
     RegionView,
     SessionInfo,
 )
-from crest.proto.errors import InvalidArgument
+from crest.proto.errors import InvalidArgument, ResourceExhausted, invalid_fields
 from crest.proto.v1 import coordinator_pb2 as pb
 
 MAX_MESSAGE_BYTES: int = pb.MAX_MESSAGE_BYTES
+_M = TypeVar("_M", bound=Message)
 # Chunks of one upload stream: the coordinator holds a stream whole until it commits it.
 MAX_STREAM_CHUNKS: int = pb.MAX_STREAM_CHUNKS
 # Room for a message's non-array fields when arrays are sized to fit one message.
@@ -80,7 +85,7 @@ def from_array(message: pb.Array, name: str, dtypes: tuple[int, ...], ndim: int)
 
 # ------------------------------------------------------------------------------ config
 # Derived from the wire message, so a field added to the proto travels without an edit here;
-# tests/test_contract.py checks that these are exactly JobConfig's optional fields.
+# tests/proto/test_config_contract.py checks that these are exactly JobConfig's optional fields.
 _REQUIRED_CONFIG_FIELDS = ("num_examples", "num_classes")
 _OPTIONAL_CONFIG_FIELDS = tuple(
     f.name for f in pb.JobConfig.DESCRIPTOR.fields if f.name not in _REQUIRED_CONFIG_FIELDS
@@ -88,11 +93,26 @@ _OPTIONAL_CONFIG_FIELDS = tuple(
 
 
 def config_to_pb(config: JobConfig) -> pb.JobConfig:
-    fields = {name: getattr(config, name) for name in _OPTIONAL_CONFIG_FIELDS}
+    """The wire's config.
+
+    Raises:
+        InvalidArgument: a value the wire's field cannot hold (an int32 field over 2**31 - 1,
+            or a value of the wrong type in a config that ``model_copy`` did not validate).
+    """
+    fields = {name: getattr(config, name) for name in pb.JobConfig.DESCRIPTOR.fields_by_name}
     if fields["max_coreset_uses"] is None:
         fields["max_coreset_uses"] = 0  # the wire's "unbounded"
-    present = {k: v for k, v in fields.items() if v is not None}
-    return pb.JobConfig(num_examples=config.num_examples, num_classes=config.num_classes, **present)
+    message = pb.JobConfig()
+    for name, value in fields.items():
+        if value is None:
+            continue
+        try:
+            setattr(message, name, value)
+        except (TypeError, ValueError) as err:
+            raise InvalidArgument(
+                f"invalid job config: {name}: cannot travel on the wire ({str(err)[:80]})"
+            ) from None
+    return message
 
 
 def config_from_pb(message: pb.JobConfig) -> dict:
@@ -104,6 +124,17 @@ def config_from_pb(message: pb.JobConfig) -> dict:
     if fields.get("max_coreset_uses") == 0:
         fields["max_coreset_uses"] = None
     return fields
+
+
+def _within_limit(message: _M, what: str, remedy: str) -> _M:
+    """``message`` if it fits one message; else :class:`ResourceExhausted`, saying ``what``
+    (with ``{size}``) and the ``remedy``."""
+    size = message.ByteSize()
+    if size > MAX_MESSAGE_BYTES:
+        raise ResourceExhausted(
+            f"{what.format(size=size)}, over the {MAX_MESSAGE_BYTES}-byte message limit: {remedy}"
+        )
+    return message
 
 
 # ----------------------------------------------------------------------------- messages
@@ -134,7 +165,13 @@ def session_from_pb(message: pb.OpenSessionResponse) -> SessionInfo:
 
 
 def region_to_pb(view: RegionView) -> pb.Region:
-    return pb.Region(
+    """The wire's region.
+
+    Raises:
+        ResourceExhausted: the region is over the message limit. The in-process coordinator
+            applies the same limit, so that a job that runs in-process runs remotely.
+    """
+    message = pb.Region(
         region_id=view.region_id,
         status=_STATUS_TO_PB[view.status],
         start_step=view.start_step,
@@ -146,6 +183,11 @@ def region_to_pb(view: RegionView) -> pb.Region:
             pb.WeightedBatch(indices=to_array(i), weights=to_array(w)) for i, w in view.batches
         ],
         initial_loss=view.initial_loss,
+    )
+    return _within_limit(
+        message,
+        f"region {view.region_id} is {{size}} bytes for one rank",
+        "lower subset_size or max_coresets, or add ranks",
     )
 
 
@@ -204,6 +246,70 @@ def decision_from_pb(message: pb.CheckDecision) -> CheckDecision:
         predicted=message.predicted,
         relative_error=message.relative_error,
     )
+
+
+# ------------------------------------------------------------------------------ status
+# The status messages mirror the pydantic models field by field (tests/proto checks the
+# names), so both directions walk the message's descriptor: a field added to both travels
+# without an edit here. A proto3 ``optional`` field left unset is the model's None.
+def status_to_pb(status: JobStatus) -> pb.JobStatus:
+    """The wire's status.
+
+    Raises:
+        ResourceExhausted: the status is over the message limit (as :func:`region_to_pb`).
+    """
+    message = pb.JobStatus()
+    _model_to_pb(status, message)
+    return _within_limit(
+        message,
+        f"the status of job {status.job_id!r} is {{size}} bytes",
+        f"the dashboard's /api/jobs/{status.job_id} serves it whole",
+    )
+
+
+def status_from_pb(message: pb.JobStatus) -> JobStatus:
+    """Decode a job status; values no status can hold raise :class:`InvalidArgument`."""
+    try:
+        return JobStatus.model_validate(_fields_from_pb(message))
+    except ValidationError as err:
+        raise invalid_fields("job status", err) from None
+
+
+def _model_to_pb(model: BaseModel, message: Message) -> None:
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(model, field.name)
+        if value is None:  # an optional field: left unset
+            continue
+        if field.message_type is pb.JobConfig.DESCRIPTOR:
+            getattr(message, field.name).CopyFrom(config_to_pb(value))
+        elif field.message_type is not None and field.is_repeated:
+            for item in value:
+                _model_to_pb(item, getattr(message, field.name).add())
+        elif field.message_type is not None:
+            _model_to_pb(value, getattr(message, field.name))
+        elif field.is_repeated:
+            getattr(message, field.name).extend(value)
+        else:
+            setattr(message, field.name, value)
+
+
+def _fields_from_pb(message: Message) -> dict:
+    """The fields of a status message (nested ones as dicts too), for model validation."""
+    fields: dict = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is pb.JobConfig.DESCRIPTOR:
+            value = config_from_pb(value)
+        elif field.message_type is not None and field.is_repeated:
+            value = [_fields_from_pb(item) for item in value]
+        elif field.message_type is not None:
+            value = _fields_from_pb(value)
+        elif field.is_repeated:
+            value = list(value)
+        elif field.has_presence and not message.HasField(field.name):
+            value = None
+        fields[field.name] = value
+    return fields
 
 
 def rows_per_chunk(dim: int, embedding_itemsize: int) -> int:

@@ -2,7 +2,10 @@
 
 :class:`LocalCoordinator` runs a :class:`JobManager` on a private event-loop thread and
 offers the synchronous :class:`crest.proto.contract.Coordinator` methods, so a training loop
-written against it runs unchanged against a remote coordinator.
+written against it runs unchanged against a remote coordinator. It checks its caller's
+arguments with the remote client's functions (:mod:`crest.proto.requests`) and sends its
+replies through the wire's conversions, message limit included: the same input succeeds or
+fails, with the same error, in both modes, and a job that runs here runs remotely.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from crest.proto import convert, requests
 from crest.proto.contract import (
     CheckDecision,
     CheckReport,
@@ -62,13 +66,17 @@ class LocalCoordinator:
             InvalidArgument: an invalid config, ``job_id`` or labels.
             FailedPrecondition: ``job_id`` exists with another config or other labels.
         """
+        config, labels = requests.job(config, labels)
         return self._call(self.manager.create_job(config, labels, job_id))
 
     def open_session(self, job_id: str, rank: int) -> SessionInfo:
         return self._call(self.manager.open_session(job_id, rank))
 
     def get_region(self, job_id: str, rank: int, step: int) -> RegionView:
-        return self._call(self.manager.get_region(job_id, rank, step))
+        """As remotely: a region over the message limit is :class:`ResourceExhausted`, and the
+        arrays are the caller's own copies."""
+        view = self._call(self.manager.get_region(job_id, rank, step))
+        return convert.region_from_pb(convert.region_to_pb(view))
 
     def submit_embeddings(
         self,
@@ -79,6 +87,7 @@ class LocalCoordinator:
         embeddings: np.ndarray,
         losses: np.ndarray,
     ) -> None:
+        indices, embeddings, losses = requests.upload(indices, embeddings, losses)
         self._call(
             self.manager.submit_embeddings(job_id, rank, region_id, indices, embeddings, losses)
         )
@@ -87,7 +96,9 @@ class LocalCoordinator:
         return self._call(self.manager.report_check(job_id, rank, report))
 
     def job_status(self, job_id: str) -> JobStatus:
-        return self._call(self.manager.job_status(job_id))
+        return convert.status_from_pb(
+            convert.status_to_pb(self._call(self.manager.job_status(job_id)))
+        )
 
     # A job here dies with the trainer's process: checkpoints carry it (JobSnapshots).
     def export_job(self, job_id: str) -> bytes:

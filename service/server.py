@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import ValidationError
@@ -42,7 +43,8 @@ from crest.service.manager import JobManager, check_job_id
 
 log = logging.getLogger(__name__)
 
-SERVICE = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name  # "crest.v1.Coordinator"
+_SERVICE_DESCRIPTOR = pb.DESCRIPTOR.services_by_name["Coordinator"]
+SERVICE = _SERVICE_DESCRIPTOR.full_name  # "crest.v1.Coordinator"
 # Room above the 4 MiB message limit for framing, so that a full-size chunk is accepted.
 RECEIVE_LIMIT = convert.MAX_MESSAGE_BYTES + convert.MESSAGE_OVERHEAD_BYTES
 CHANNEL_OPTIONS = [
@@ -50,6 +52,14 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", RECEIVE_LIMIT),
 ]
 HEALTH_PERIOD_S = 1.0
+
+# gRPC's handler factory for each (request streaming, reply streaming) kind of RPC.
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
 @dataclass(frozen=True)
@@ -150,14 +160,7 @@ class CoordinatorService:
         view = await self.manager.get_region(
             request.job_id, request.rank, request.step, timeout=_timeout(context)
         )
-        reply = convert.region_to_pb(view)
-        if reply.ByteSize() > convert.MAX_MESSAGE_BYTES:
-            raise ResourceExhausted(
-                f"region {view.region_id} is {reply.ByteSize()} bytes for one rank, over the "
-                f"{convert.MAX_MESSAGE_BYTES}-byte message limit: lower subset_size or "
-                "max_coresets, or add ranks"
-            )
-        return reply
+        return convert.region_to_pb(view)  # over the message limit: RESOURCE_EXHAUSTED
 
     @_handler
     async def UploadEmbeddings(self, requests: AsyncIterator[Any], context) -> pb.UploadAck:
@@ -222,7 +225,7 @@ class CoordinatorService:
     async def GetJobStatus(self, request, context) -> pb.JobStatusReply:
         request = _checked(request)
         status = await self.manager.job_status(request.job_id)
-        return pb.JobStatusReply(json=status.model_dump_json())
+        return pb.JobStatusReply(status=convert.status_to_pb(status))
 
     @_handler
     async def ListJobs(self, request, context) -> pb.ListJobsReply:
@@ -249,29 +252,21 @@ class CoordinatorService:
         return pb.DeleteJobReply(deleted=await self.manager.delete_job(request.job_id))
 
     def handler(self) -> grpc.GenericRpcHandler:
-        def unary(name: str, request: type[Message], reply: type[Message]):
-            return grpc.unary_unary_rpc_method_handler(
-                getattr(self, name), _parser(request), reply.SerializeToString
+        """The method handlers of every RPC the service descriptor declares, each served by
+        the servicer method of the same name, with the request and reply types and the
+        streaming kinds the descriptor states (no second list to keep in step with the
+        proto: an RPC without a servicer method fails here, at startup)."""
+        handlers = {}
+        for method in _SERVICE_DESCRIPTOR.methods:
+            implementation = getattr(self, method.name, None)
+            if implementation is None:
+                raise NotImplementedError(f"{SERVICE}/{method.name} has no servicer method")
+            handlers[method.name] = _FACTORIES[(method.client_streaming, method.server_streaming)](
+                implementation,
+                _parser(GetMessageClass(method.input_type)),
+                GetMessageClass(method.output_type).SerializeToString,
             )
-
-        def streaming(name: str, request: type[Message], reply: type[Message]):
-            return grpc.stream_unary_rpc_method_handler(
-                getattr(self, name), _parser(request), reply.SerializeToString
-            )
-
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                "CreateJob": streaming("CreateJob", pb.CreateJobRequest, pb.CreateJobResponse),
-                "OpenSession": unary("OpenSession", pb.OpenSessionRequest, pb.OpenSessionResponse),
-                "GetRegion": unary("GetRegion", pb.GetRegionRequest, pb.Region),
-                "UploadEmbeddings": streaming("UploadEmbeddings", pb.EmbeddingChunk, pb.UploadAck),
-                "ReportCheck": unary("ReportCheck", pb.CheckReport, pb.CheckDecision),
-                "GetJobStatus": unary("GetJobStatus", pb.JobStatusRequest, pb.JobStatusReply),
-                "ListJobs": unary("ListJobs", pb.ListJobsRequest, pb.ListJobsReply),
-                "DeleteJob": unary("DeleteJob", pb.DeleteJobRequest, pb.DeleteJobReply),
-            },
-        )
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
@@ -299,13 +294,7 @@ def _refuse(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     streams_reply = handler is not None and handler.response_streaming
     streams_request = handler is not None and handler.request_streaming
     method = deny_stream if streams_reply else deny
-    factory = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[(streams_request, streams_reply)]
-    return factory(method)
+    return _FACTORIES[(streams_request, streams_reply)](method)
 
 
 async def create_server(

@@ -279,10 +279,110 @@ class JobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobStatusReply(_message.Message):
-    __slots__ = ("json",)
+    __slots__ = ("json", "status")
     JSON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     json: str
-    def __init__(self, json: _Optional[str] = ...) -> None: ...
+    status: JobStatus
+    def __init__(self, json: _Optional[str] = ..., status: _Optional[_Union[JobStatus, _Mapping]] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "config", "total_steps", "step", "finished", "pool_size", "pool_per_class", "class_sizes", "dropped", "regions", "trainers")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    POOL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POOL_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_SIZES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    TRAINERS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    config: JobConfig
+    total_steps: int
+    step: int
+    finished: bool
+    pool_size: int
+    pool_per_class: _containers.RepeatedScalarFieldContainer[int]
+    class_sizes: _containers.RepeatedScalarFieldContainer[int]
+    dropped: int
+    regions: _containers.RepeatedCompositeFieldContainer[RegionStats]
+    trainers: _containers.RepeatedCompositeFieldContainer[TrainerTime]
+    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., class_sizes: _Optional[_Iterable[int]] = ..., dropped: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[RegionStats, _Mapping]]] = ..., trainers: _Optional[_Iterable[_Union[TrainerTime, _Mapping]]] = ...) -> None: ...
+
+class RegionStats(_message.Message):
+    __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error")
+    REGION_ID_FIELD_NUMBER: _ClassVar[int]
+    START_STEP_FIELD_NUMBER: _ClassVar[int]
+    END_STEP_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    NUM_CORESETS_FIELD_NUMBER: _ClassVar[int]
+    CHECK_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    POOL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    POOL_PER_CLASS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    READMITTED_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_LOSS_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_LOSS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_QUANTILES_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    CURVATURE_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    CORESET_ERROR_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_ERROR_FIELD_NUMBER: _ClassVar[int]
+    region_id: int
+    start_step: int
+    end_step: int
+    end_reason: str
+    num_coresets: int
+    check_interval: int
+    num_candidates: int
+    pool_size: int
+    pool_per_class: _containers.RepeatedScalarFieldContainer[int]
+    fallback: bool
+    dropped: int
+    readmitted: int
+    candidate_loss: float
+    selected_loss: float
+    weight_quantiles: _containers.RepeatedScalarFieldContainer[float]
+    initial_loss: float
+    curvature: float
+    checks: _containers.RepeatedCompositeFieldContainer[CheckRecord]
+    mode: str
+    decision: str
+    coreset_error: float
+    random_error: float
+    def __init__(self, region_id: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., end_reason: _Optional[str] = ..., num_coresets: _Optional[int] = ..., check_interval: _Optional[int] = ..., num_candidates: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., fallback: _Optional[bool] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., candidate_loss: _Optional[float] = ..., selected_loss: _Optional[float] = ..., weight_quantiles: _Optional[_Iterable[float]] = ..., initial_loss: _Optional[float] = ..., curvature: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[CheckRecord, _Mapping]]] = ..., mode: _Optional[str] = ..., decision: _Optional[str] = ..., coreset_error: _Optional[float] = ..., random_error: _Optional[float] = ...) -> None: ...
+
+class CheckRecord(_message.Message):
+    __slots__ = ("step", "loss", "predicted", "relative_error", "new_region")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NEW_REGION_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    loss: float
+    predicted: float
+    relative_error: float
+    new_region: bool
+    def __init__(self, step: _Optional[int] = ..., loss: _Optional[float] = ..., predicted: _Optional[float] = ..., relative_error: _Optional[float] = ..., new_region: _Optional[bool] = ...) -> None: ...
+
+class TrainerTime(_message.Message):
+    __slots__ = ("rank", "train_seconds", "selection_seconds")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    train_seconds: float
+    selection_seconds: float
+    def __init__(self, rank: _Optional[int] = ..., train_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
     __slots__ = ()

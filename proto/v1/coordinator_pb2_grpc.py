@@ -120,7 +120,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJobStatus(self, request, context):
-        """Statistics of a job (JSON: the same model the dashboard serves).
+        """Statistics of a job (the same model the dashboard serves).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

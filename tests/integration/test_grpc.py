@@ -74,8 +74,8 @@ def chunk(job_id: str, view, seq: int = 1, **overrides) -> pb.EmbeddingChunk:
     return pb.EmbeddingChunk(**(fields | overrides))
 
 
-def status_json(stub, job_id: str) -> str:
-    return stub.GetJobStatus(pb.JobStatusRequest(job_id=job_id), timeout=30).json
+def status_of_job(stub, job_id: str) -> pb.JobStatus:
+    return stub.GetJobStatus(pb.JobStatusRequest(job_id=job_id), timeout=30).status
 
 
 def upload_code(stub, *chunks) -> grpc.StatusCode:
@@ -88,7 +88,7 @@ def upload_code(stub, *chunks) -> grpc.StatusCode:
 
 def test_bad_uploads_get_precise_codes_and_change_nothing(loopback, stub) -> None:
     job_id, view = make_job(loopback)
-    before = status_json(stub, job_id)
+    before = status_of_job(stub, job_id)
     nan = np.ones((8, 4), np.float32)
     nan[3, 1] = np.nan
     bad_index = view.candidates[:8].copy()
@@ -110,7 +110,7 @@ def test_bad_uploads_get_precise_codes_and_change_nothing(loopback, stub) -> Non
     assert upload_code(stub, chunk(job_id, view, seq=2)) == grpc.StatusCode.FAILED_PRECONDITION
     stale = chunk(job_id, view, region_id=view.region_id + 1)
     assert upload_code(stub, stale) == grpc.StatusCode.FAILED_PRECONDITION
-    assert status_json(stub, job_id) == before
+    assert status_of_job(stub, job_id) == before
     assert upload_code(stub, chunk(job_id, view)) == grpc.StatusCode.OK
     assert upload_code(stub, chunk(job_id, view)) == grpc.StatusCode.OK  # a retry is skipped
 
@@ -212,7 +212,7 @@ def test_a_retried_create_job_creates_one_job(loopback: LoopbackCoordinator) -> 
 
 def test_an_upload_stream_is_committed_all_or_nothing(loopback, stub) -> None:
     job_id, view = make_job(loopback)
-    before = status_json(stub, job_id)
+    before = status_of_job(stub, job_id)
     nan = np.ones((8, 4), np.float32)
     nan[3, 1] = np.nan
     later = chunk(job_id, view, seq=2, indices=convert.to_array(view.candidates[8:16]),
@@ -231,7 +231,7 @@ def test_an_upload_stream_is_committed_all_or_nothing(loopback, stub) -> None:
         chunk_i.indices.CopyFrom(convert.to_array(view.candidates[8 * seq : 8 * seq + 8]))
     assert upload_code(stub, *stated[:2]) == grpc.StatusCode.INVALID_ARGUMENT  # cut short
     assert upload_code(stub, *stated, stated[2]) == grpc.StatusCode.INVALID_ARGUMENT  # 4 of 3
-    assert status_json(stub, job_id) == before
+    assert status_of_job(stub, job_id) == before
     session = stub.OpenSession(pb.OpenSessionRequest(job_id=job_id, rank=0), timeout=30)
     assert session.committed_seq == 0  # the valid first chunks were not kept
     assert stub.UploadEmbeddings(iter(stated), timeout=30).committed_seq == 3  # still 1 next

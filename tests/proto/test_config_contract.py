@@ -1,7 +1,10 @@
 """JobConfig and the wire's JobConfig must carry the same fields (no silent drop remotely)."""
 
+import pytest
+
 from crest.proto import convert
 from crest.proto.contract import JobConfig
+from crest.proto.errors import InvalidArgument
 from crest.proto.v1 import coordinator_pb2 as pb
 
 
@@ -18,3 +21,9 @@ def test_a_config_survives_the_round_trip_with_every_field_set() -> None:
         strategy="auto", subset_size=70,
     )  # fmt: skip
     assert JobConfig.model_validate(convert.config_from_pb(convert.config_to_pb(config))) == config
+
+
+def test_a_value_the_wire_cannot_hold_is_invalid_argument_naming_the_field() -> None:
+    config = JobConfig(num_examples=1000, num_classes=7, batch_size=20, max_coresets=2**31)
+    with pytest.raises(InvalidArgument, match=r"^invalid job config: max_coresets: cannot travel"):
+        convert.config_to_pb(config)
