@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from crest.proto import requests
 from crest.proto.contract import (
     CheckDecision,
     CheckReport,
@@ -587,33 +588,12 @@ def _validate_labels(labels: np.ndarray, config: JobConfig) -> None:
 def _validate_upload(
     indices: np.ndarray, embeddings: np.ndarray, losses: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    indices, embeddings, losses = np.asarray(indices), np.asarray(embeddings), np.asarray(losses)
-    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
-        raise InvalidArgument(
-            f"indices must be a 1-D integer array, got {indices.dtype}{list(indices.shape)}"
-        )
-    n = len(indices)
-    if n == 0:
-        raise InvalidArgument("an upload chunk must carry at least one example")
-    if embeddings.ndim != 2 or embeddings.shape[0] != n:
-        raise InvalidArgument(f"embeddings must have shape ({n}, d), got {embeddings.shape}")
-    if embeddings.dtype not in (np.float32, np.float16):
-        raise InvalidArgument(f"embeddings must be float32 or float16, got {embeddings.dtype}")
+    """One chunk as stored: the callers' rules (:func:`crest.proto.requests.upload`, which a
+    remote peer may not have run), a bounded embedding dim, and sorted by index."""
+    indices, embeddings, losses = requests.upload(indices, embeddings, losses)
     if not 1 <= embeddings.shape[1] <= MAX_EMBEDDING_DIM:
         raise InvalidArgument(f"embedding dim must lie in [1, {MAX_EMBEDDING_DIM}]")
-    if losses.shape != (n,) or not np.issubdtype(losses.dtype, np.floating):
-        raise InvalidArgument(f"losses must be a float array of shape ({n},)")
-    if not np.all(np.isfinite(embeddings)):
-        raise InvalidArgument("embeddings contain NaN or Inf")
-    if not np.all(np.isfinite(losses)) or np.any(losses < 0):
-        raise InvalidArgument("losses must be finite and >= 0")
-    if len(np.unique(indices)) != n:
-        raise InvalidArgument("indices contain duplicates")
-    if n > 1 and not np.all(indices[1:] > indices[:-1]):  # clients usually send them sorted
+    if len(indices) > 1 and not np.all(indices[1:] > indices[:-1]):  # usually sorted already
         order = np.argsort(indices, kind="stable")
         indices, embeddings, losses = indices[order], embeddings[order], losses[order]
-    return (
-        np.asarray(indices, dtype=np.int64),
-        np.asarray(embeddings, dtype=np.float32),
-        np.asarray(losses, dtype=np.float32),
-    )
+    return indices, embeddings, losses

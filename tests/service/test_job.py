@@ -72,7 +72,7 @@ def test_bad_uploads_are_rejected_and_change_nothing() -> None:
         (0, view.region_id, good, nan, losses, "NaN"),
         (0, view.region_id, good, emb, -losses, ">= 0"),
         (0, view.region_id, good, emb[:, :1].repeat(2, 0), losses, "shape"),
-        (0, view.region_id, good, emb.astype(np.float64), losses, "float32 or float16"),
+        (0, view.region_id, good, emb.astype(np.int32), losses, "floating point"),
         (0, view.region_id, np.r_[good[:9], good[0]], emb, losses, "duplicates"),
         (0, view.region_id, outsider, emb, losses, "not candidates"),
         (0, view.region_id, good.astype(np.float32), emb, losses, "integer"),
