@@ -18,10 +18,11 @@ epochs). If a failed check ends the region early, the batches loaded past its ne
 dropped unused and the next region starts a new segment. The candidate and check passes load
 through the same DataLoader.
 
-Without workers a DataLoader would only read each batch in this process, so the loader reads
-it directly, in as few calls as the dataset allows: a ``TensorDataset`` is indexed once per
-tensor, a dataset with ``__getitems__`` is asked once per batch. In-memory data then costs
-what the tensor path (:func:`crest.client.tensor_fetch`) costs.
+Without workers (and without pinned memory) a DataLoader would only read each batch in this
+process, so the loader reads it directly, in as few calls as the dataset allows: a
+``TensorDataset`` is indexed once per tensor, a dataset with ``__getitems__`` is asked once per
+batch. In-memory data then costs what the tensor path (:func:`crest.client.tensor_fetch`)
+costs.
 """
 
 from __future__ import annotations
@@ -72,9 +73,8 @@ def dataset_fetch(
     collate_fn: Callable[[list[Any]], Any] = default_collate,
     device: str | torch.device | None = None,
 ) -> Fetch:
-    """A fetch function reading the dataset in this process (no workers), see
-    the same reading as
-    :class:`CrestLoader` without workers."""
+    """A fetch function reading the dataset in this process, as :class:`CrestLoader` does
+    without workers."""
     read = _batch_reader(dataset, collate_fn)
     return lambda indices: _inputs_and_labels(read(indices), device)
 
