@@ -127,7 +127,7 @@ class CrestLoader:
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, **loader_args)
         self._read: Read | None = None
         if self.loader.num_workers == 0 and not self.loader.pin_memory:
-            self.read = _batch_reader(dataset, self.loader.collate_fn)
+            self._read = _batch_reader(dataset, self.loader.collate_fn)
         if session.fetch is None:
             session.fetch = _LoaderFetch(self)
 

@@ -172,10 +172,31 @@ def test_without_workers_a_batch_is_one_getitems_call() -> None:
         job_id = coordinator.create_job(strategy_config("crest"), dataset.y.numpy())
         with Session(coordinator, job_id, model=make_model()) as session:
             steps = 0
-            for (x, y), batch in CrestLoader(session, dataset):
+            loader = CrestLoader(session, dataset)
+            for (x, y), batch in loader:
                 assert torch.equal(x, dataset.x[batch.indices])
                 assert torch.equal(y, dataset.y[batch.indices])
                 steps += 1
             # Every training batch, candidate chunk and check sample in one call each.
             assert steps == session.total_steps
             assert dataset.calls >= steps + session.timings.regions
+            assert loader.sampler.batches == [], "read in this process, not by the DataLoader"
+
+
+def test_without_workers_a_tensor_dataset_is_indexed_not_read_per_example(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def per_example(self: TensorDataset, index: int) -> None:
+        raise AssertionError("read one example at a time")
+
+    x, y = blobs()
+    monkeypatch.setattr(TensorDataset, "__getitem__", per_example)
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(strategy_config("auto"), y.numpy())
+        with Session(coordinator, job_id, model=make_model()) as session:
+            served = [
+                (torch.equal(xb, x[b.indices]) and torch.equal(yb, y[b.indices]))
+                for (xb, yb), b in CrestLoader(session, TensorDataset(x, y))
+            ]
+            assert session.timings.regions > 1 and session.timings.checks > 0
+    assert len(served) == strategy_config("auto").total_steps and all(served)
