@@ -9,11 +9,20 @@ what the DataLoader collated and ``batch`` the :class:`WeightedBatch` with its w
         loss = weighted_loss(model(x), y, batch.weights)
         ...
 
+The loader serves the job's whole step budget, all of its epochs, in one iteration.
+
 A DataLoader loads ahead, but a CREST batch is only certain once the previous checks are
-decided. The loader therefore iterates one *segment* at a time, the rest of the current
-region, as a DataLoader epoch (workers persist across epochs). If a failed check ends the
-region early, the batches loaded past its new end are dropped unused and the next region
-starts a new segment. The candidate and check passes load through the same DataLoader.
+decided. With worker processes (or pinned memory) the loader therefore iterates one *segment*
+at a time, the rest of the current region, as a DataLoader epoch (workers persist across
+epochs). If a failed check ends the region early, the batches loaded past its new end are
+dropped unused and the next region starts a new segment. The candidate and check passes load
+through the same DataLoader.
+
+Without workers (and without pinned memory) a DataLoader would only read each batch in this
+process, so the loader reads it directly, in as few calls as the dataset allows: a
+``TensorDataset`` is indexed once per tensor, a dataset with ``__getitems__`` is asked once per
+batch. In-memory data then costs what the tensor path (:func:`crest.client.tensor_fetch`)
+costs.
 """
 
 from __future__ import annotations
@@ -23,16 +32,40 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from torch.utils.data.dataloader import default_collate
 
 from crest.client.session import Fetch, Session, WeightedBatch
 
 
-def _inputs_and_labels(data: Any) -> tuple[Tensor, Tensor]:
+def _inputs_and_labels(data: Any, device: str | torch.device | None) -> tuple[Tensor, Tensor]:
     if not isinstance(data, list | tuple) or len(data) < 2:
         raise TypeError("the dataset must yield (input, label, ...) examples")
-    return data[0], data[1]
+    x, y = data[0], data[1]
+    return (x, y) if device is None else (x.to(device), y.to(device))
+
+
+Read = Callable[[Tensor], Any]
+
+
+def _batch_reader(
+    dataset: Dataset, collate_fn: Callable[[list[Any]], Any] = default_collate
+) -> Read:
+    """``indices -> batch`` read in this process, as a DataLoader without workers collates it.
+
+    A plain ``TensorDataset`` with the default collation is indexed once per tensor (the same
+    tensors, without building and stacking one example at a time); a dataset with
+    ``__getitems__`` is asked for the whole batch in one call; any other dataset is read one
+    ``dataset[i]`` at a time. Indices must not be empty (a collate function needs an example).
+    """
+    if type(dataset) is TensorDataset and collate_fn is default_collate:
+        tensors = dataset.tensors
+        # default_collate turns a batch of tuples into a list: keep that type.
+        return lambda indices: [t[indices] for t in tensors]
+    getitems = getattr(dataset, "__getitems__", None)
+    if getitems is not None:
+        return lambda indices: collate_fn(getitems(indices.tolist()))
+    return lambda indices: collate_fn([dataset[i] for i in indices.tolist()])
 
 
 def dataset_fetch(
@@ -40,13 +73,10 @@ def dataset_fetch(
     collate_fn: Callable[[list[Any]], Any] = default_collate,
     device: str | torch.device | None = None,
 ) -> Fetch:
-    """A fetch function reading ``dataset[i]`` in this process (no workers)."""
-
-    def fetch(indices: Tensor) -> tuple[Tensor, Tensor]:
-        x, y = _inputs_and_labels(collate_fn([dataset[int(i)] for i in indices]))
-        return (x, y) if device is None else (x.to(device), y.to(device))
-
-    return fetch
+    """A fetch function reading the dataset in this process, as :class:`CrestLoader` does
+    without workers."""
+    read = _batch_reader(dataset, collate_fn)
+    return lambda indices: _inputs_and_labels(read(indices), device)
 
 
 class CrestBatchSampler(Sampler[list[int]]):
@@ -65,12 +95,18 @@ class CrestBatchSampler(Sampler[list[int]]):
 class CrestLoader:
     """CREST's batches, loaded by a DataLoader.
 
+    Iterate it once: one iteration serves the job's whole step budget, which spans all of the
+    job's epochs (a second iteration warns and yields nothing).
+
     Args:
         session: the trainer's session (its ``fetch`` is set to this loader if unset).
         dataset: a map-style dataset yielding ``(input, label, ...)``.
         device: where candidate and check inputs go (training data is yours to move).
         **loader_args: DataLoader arguments (``num_workers``, ``pin_memory``,
-            ``collate_fn``...). ``persistent_workers`` defaults to True with workers.
+            ``collate_fn``...). ``persistent_workers`` defaults to True with workers. With
+            ``num_workers=0`` and no ``pin_memory``, batches are read in this process by
+            one indexing call per tensor of a ``TensorDataset``, one ``__getitems__`` call, or
+            ``dataset[i]`` per example (the DataLoader would do no more).
     """
 
     def __init__(
@@ -89,6 +125,9 @@ class CrestLoader:
         self.device = device
         self.sampler = CrestBatchSampler()
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, **loader_args)
+        self._read: Read | None = None
+        if self.loader.num_workers == 0 and not self.loader.pin_memory:
+            self._read = _batch_reader(dataset, self.loader.collate_fn)
         if session.fetch is None:
             session.fetch = _LoaderFetch(self)
 
@@ -98,6 +137,11 @@ class CrestLoader:
 
     def __iter__(self) -> Iterator[tuple[Any, WeightedBatch]]:
         session = self.session
+        session.warn_if_finished()
+        if self._read is not None:  # nothing is loaded ahead: read each batch as it is handed out
+            while (batch := session.advance()) is not None:
+                yield self._read(batch.indices), batch
+            return
         first = session.advance()
         while first is not None:
             segment = [first, *session.upcoming()]
@@ -128,7 +172,8 @@ class _LoaderFetch:
         return pair
 
     def iter_chunks(self, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
-        device = self.owner.device
-        for data in self.owner._epoch(chunks):
-            x, y = _inputs_and_labels(data)
-            yield (x, y) if device is None else (x.to(device), y.to(device))
+        owner = self.owner
+        read = owner._read
+        loaded = owner._epoch(chunks) if read is None else (read(c) for c in chunks)
+        for data in loaded:
+            yield _inputs_and_labels(data, owner.device)

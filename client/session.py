@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -113,6 +114,12 @@ class _RegionRun:
     capture: GradientCapture | None = None
     check_inputs: tuple[Tensor, Tensor] | None = None
 
+    @property
+    def checked(self) -> bool:
+        """Whether the region has checks. A random-batch region has no check sample, so it
+        needs no model terms and nothing is fetched for it but its batches."""
+        return len(self.view.check_indices) > 0
+
 
 class Session:
     """One trainer rank's view of a CREST job.
@@ -179,19 +186,39 @@ class Session:
         self._pending: tuple[_RegionRun, CheckReport, Future[CheckDecision]] | None = None
         self._trained: int | None = None  # the step handed out whose CREST work is still due
         self._handed_out = 0.0  # when that step's batch was handed out
+        self._finished = False  # advance() has returned None
 
     @property
     def total_steps(self) -> int:
         return self.info.total_steps
 
+    @property
+    def finished(self) -> bool:
+        """Whether the job's whole step budget (all of its epochs) has been served."""
+        return self._finished
+
     def batches(self) -> Iterator[WeightedBatch]:
         """Weighted batches for this rank, one per training step, until the budget is spent.
 
         The loop must finish each step (backward and optimizer step) before asking for the
-        next batch: the session measures the model between steps.
+        next batch: the session measures the model between steps. One iteration serves all
+        of the job's epochs; a second one warns and yields nothing.
         """
+        self.warn_if_finished()
         while (batch := self.advance()) is not None:
             yield batch
+
+    def warn_if_finished(self) -> None:
+        """Warn, at the caller's caller (a loop over a generator), that an iteration starting
+        now yields nothing because the whole step budget is already served."""
+        if self._finished:
+            warnings.warn(
+                f"this session already served the job's whole step budget "
+                f"({self.total_steps} steps, which span all of the job's epochs): nothing is "
+                f"left to iterate. Iterate the loader (or batches()) once, not once per epoch.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def advance(self) -> WeightedBatch | None:
         """Finish the previous step's CREST work, then return the next step's batch.
@@ -203,14 +230,17 @@ class Session:
             self.timings.train += time.perf_counter() - self._handed_out
             self._after_step(self._trained)
             self._trained = None
-        if self.step >= self.info.total_steps:
-            self._collect_decision()
-            return None
-        run = self._region_for(self.step)
+        run = None if self.step >= self.info.total_steps else self._region_for(self.step)
         if run is None:
             self._collect_decision()
+            self._finished = True
             return None
-        if self.gradient == "step" and run.model.gradient is None and run.capture is None:
+        if (
+            self.gradient == "step"
+            and run.checked
+            and run.model.gradient is None
+            and run.capture is None
+        ):
             run.capture = GradientCapture(run.model.params)
         self._trained = self.step
         self._handed_out = time.perf_counter()
@@ -241,7 +271,7 @@ class Session:
         self.step = step + 1
         self._collect_decision()
         check_due = (step + 1 - run.view.start_step) % run.view.check_interval == 0
-        if check_due and step + 2 < run.end_step:
+        if check_due and step + 2 < run.end_step and run.checked:
             self._send_check(run, step)
 
     @staticmethod
@@ -413,7 +443,7 @@ class Session:
             )
         self._run = run = _RegionRun(view, QuadraticModel(trainable(self.model)), view.end_step)
         self.timings.regions += 1
-        if self.gradient != "step":
+        if self.gradient != "step" and run.checked:
             with self._timed("quadratic"):
                 self._region_terms(run)
         return run

@@ -74,6 +74,24 @@ def _service_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loader_bench(args: argparse.Namespace) -> int:
+    from crest.bench.e2e import write_json
+    from crest.bench.loader import LoaderPlan, format_table, quick_plan, run_loader_bench
+
+    plan = quick_plan() if args.quick else LoaderPlan()
+    if args.repeats is not None:
+        plan = replace(plan, repeats=args.repeats)
+    if args.workers is not None:
+        plan = replace(plan, workers=args.workers)
+    if args.strategy is not None:
+        plan = replace(plan, strategy=args.strategy)
+    result = run_loader_bench(plan)
+    print(format_table(result))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -259,6 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--quick", action="store_true", help="short runs")
     service.add_argument("--out", default="results/service.json")
     service.set_defaults(func=_service_bench)
+    loader = which.add_parser("loader", help="CrestLoader against the tensor path, same job")
+    loader.add_argument("--quick", action="store_true", help="fewer steps, one repeat")
+    loader.add_argument("--repeats", type=int, help="runs of each variant (default 3)")
+    loader.add_argument("--workers", type=int, help="the lazy dataset's workers (default 2)")
+    loader.add_argument("--strategy", choices=["crest", "random", "auto"], help="default crest")
+    loader.add_argument("--out", default="results/loader.json")
+    loader.set_defaults(func=_loader_bench)
     return parser
 
 

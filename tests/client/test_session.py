@@ -131,6 +131,7 @@ def test_strategies_run_through_the_same_session_path() -> None:
         assert status.trainers or timings.checks == 0
     random_timings, random_batches, random_status = runs["random"]
     assert random_timings.embed == 0 and random_timings.checks == 0, "random needs no CREST work"
+    assert random_timings.quadratic == 0, "a region without checks needs no model terms"
     assert {r.mode for r in random_status.regions} == {"random"}
     assert all(abs(w - 1.0) < 0.1 for _, _, ws, _ in random_batches for w in ws)  # about 1
     crest_timings, _, crest_status = runs["crest"]

@@ -1,0 +1,202 @@
+"""Every strategy through every loader, on one rank and on two; the loader's in-process reads.
+
+Loaders: the tensor path (``session.batches()`` with ``tensor_fetch``) and ``CrestLoader`` over
+a per-example dataset (read and collated in this process), over a ``TensorDataset`` (indexed
+once per tensor) and over a per-example dataset with worker processes (a real DataLoader).
+``auto`` with an unreachable ``auto_min_gain`` falls back to random batches after its first
+coreset region, then re-tests coresets: a fallback in the middle of the job, deterministically.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from crest.client import CrestLoader, Session, WeightedBatch, tensor_fetch, weighted_loss
+from crest.embedded import local_coordinator
+from crest.proto.contract import Coordinator
+from tests.client.test_data_and_resume import Blobs
+from tests.training import Batch, blobs, job_config, make_model
+
+LOADERS = ("tensor", "dataset", "tensor-dataset", "workers")
+EXPECTED_MODES = {"crest": ["crest"], "random": ["random"], "auto": ["crest", "random"]}
+
+
+def strategy_config(strategy: str, world_size: int = 1):
+    return job_config(strategy=strategy, world_size=world_size, auto_min_gain=1e9)
+
+
+def pairs(
+    session: Session, loader: str
+) -> Iterator[tuple[tuple[torch.Tensor, ...], WeightedBatch]]:
+    x, y = blobs()
+    if loader == "tensor":
+        session.fetch = tensor_fetch(x, y)
+        return (((x[b.indices], y[b.indices]), b) for b in session.batches())
+    dataset: Dataset = TensorDataset(x, y) if loader == "tensor-dataset" else Blobs()
+    return iter(CrestLoader(session, dataset, num_workers=2 if loader == "workers" else 0))
+
+
+def train_through(
+    coordinator: Coordinator,
+    job_id: str,
+    loader: str,
+    rank: int = 0,
+    model: nn.Module | None = None,
+) -> list[Batch]:
+    x, y = blobs()
+    model = make_model() if model is None else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    seen: list[Batch] = []
+    with Session(coordinator, job_id, model=model, rank=rank) as session:
+        for (xb, yb), batch in pairs(session, loader):
+            assert torch.equal(xb, x[batch.indices]) and torch.equal(yb, y[batch.indices])
+            seen.append(
+                (batch.step, batch.indices.tolist(), batch.weights.tolist(), batch.region_id)
+            )
+            loss = weighted_loss(model(xb), yb, batch.weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if loader != "tensor":
+            assert session.fetch is not None and hasattr(session.fetch, "iter_chunks")
+    return seen
+
+
+def check_job(coordinator: Coordinator, job_id: str, strategy: str, runs: list[list[Batch]]):
+    config = strategy_config(strategy)
+    for seen in runs:
+        assert [s[0] for s in seen] == list(range(config.total_steps)), "the whole budget"
+        assert {len(indices) for _, indices, _, _ in seen} == {config.batch_size}
+    regions = coordinator.job_status(job_id).regions  # type: ignore[attr-defined]
+    modes = [r.mode for r in regions]
+    assert sorted(set(modes)) == EXPECTED_MODES[strategy]
+    if strategy == "auto":  # coresets first, random in the middle, then a re-test of coresets
+        assert modes[0] == "crest" and "crest" in modes[modes.index("random") :]
+        assert 0 < regions[modes.index("random")].start_step < config.total_steps
+
+
+@pytest.mark.parametrize("strategy", ["crest", "random", "auto"])
+def test_every_strategy_through_every_loader_on_one_rank(strategy: str) -> None:
+    labels = blobs()[1].numpy()
+    served: dict[str, list[Batch]] = {}
+    with local_coordinator() as coordinator:
+        for loader in LOADERS:
+            job_id = coordinator.create_job(strategy_config(strategy), labels)
+            served[loader] = train_through(coordinator, job_id, loader)
+            check_job(coordinator, job_id, strategy, [served[loader]])
+    for loader in LOADERS[1:]:
+        assert served[loader] == served["tensor"], f"{loader} served other batches"
+
+
+def train_two_ranks(coordinator: Coordinator, job_id: str, loader: str) -> list[list[Batch]]:
+    """Both ranks of a world_size=2 job, each on its own thread."""
+    results: dict[int, list[Batch]] = {}
+    errors: list[BaseException] = []
+    models = [make_model(), make_model()]  # here: make_model seeds torch's global RNG
+
+    def rank_main(rank: int) -> None:
+        try:
+            results[rank] = train_through(coordinator, job_id, loader, rank, models[rank])
+        except BaseException as err:  # surfaced in the main thread below
+            errors.append(err)
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads), "a rank hung"
+    return [results[0], results[1]]
+
+
+@pytest.mark.parametrize("strategy", ["crest", "random", "auto"])
+def test_every_strategy_through_every_loader_on_two_ranks(strategy: str) -> None:
+    labels = blobs()[1].numpy()
+    served: dict[str, list[list[Batch]]] = {}
+    with local_coordinator() as coordinator:
+        for loader in ("tensor", "dataset", "workers"):
+            job_id = coordinator.create_job(strategy_config(strategy, world_size=2), labels)
+            served[loader] = ranks = train_two_ranks(coordinator, job_id, loader)
+            check_job(coordinator, job_id, strategy, ranks)
+            for a, b in zip(*ranks, strict=True):
+                assert a[0] == b[0] and a[3] == b[3], "ranks must be in the same region"
+                assert not set(a[1]) & set(b[1]), "ranks' batches must be disjoint"
+    assert served["dataset"] == served["tensor"]
+    assert served["workers"] == served["tensor"]
+
+
+def test_a_second_iteration_warns_that_the_budget_is_served() -> None:
+    labels = blobs()[1].numpy()
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(strategy_config("random"), labels)
+        with Session(coordinator, job_id, model=make_model()) as session:
+            loader = CrestLoader(session, Blobs())
+            assert not session.finished
+            assert sum(1 for _ in loader) == session.total_steps  # no warning the first time
+            assert session.finished
+            with pytest.warns(UserWarning, match="whole step budget .* span all of the job's"):
+                again = list(loader)
+            assert again == []
+            with pytest.warns(UserWarning, match="once, not once per epoch"):
+                assert list(session.batches()) == []
+
+
+class BatchOnly(Dataset):
+    """An in-memory dataset read a batch at a time; per-example reads are an error here."""
+
+    def __init__(self) -> None:
+        self.x, self.y = blobs()
+        self.calls = 0
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise AssertionError("read one example at a time")
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        self.calls += 1
+        return list(zip(self.x[indices], self.y[indices], strict=True))
+
+
+def test_without_workers_a_batch_is_one_getitems_call() -> None:
+    dataset = BatchOnly()
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(strategy_config("crest"), dataset.y.numpy())
+        with Session(coordinator, job_id, model=make_model()) as session:
+            steps = 0
+            loader = CrestLoader(session, dataset)
+            for (x, y), batch in loader:
+                assert torch.equal(x, dataset.x[batch.indices])
+                assert torch.equal(y, dataset.y[batch.indices])
+                steps += 1
+            # Every training batch, candidate chunk and check sample in one call each.
+            assert steps == session.total_steps
+            assert dataset.calls >= steps + session.timings.regions
+            assert loader.sampler.batches == [], "read in this process, not by the DataLoader"
+
+
+def test_without_workers_a_tensor_dataset_is_indexed_not_read_per_example(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def per_example(self: TensorDataset, index: int) -> None:
+        raise AssertionError("read one example at a time")
+
+    x, y = blobs()
+    monkeypatch.setattr(TensorDataset, "__getitem__", per_example)
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(strategy_config("auto"), y.numpy())
+        with Session(coordinator, job_id, model=make_model()) as session:
+            served = [
+                (torch.equal(xb, x[b.indices]) and torch.equal(yb, y[b.indices]))
+                for (xb, yb), b in CrestLoader(session, TensorDataset(x, y))
+            ]
+            assert session.timings.regions > 1 and session.timings.checks > 0
+    assert len(served) == strategy_config("auto").total_steps and all(served)
