@@ -27,7 +27,7 @@ MAX_STREAM_CHUNKS: int = pb.MAX_STREAM_CHUNKS
 # Room for a message's non-array fields when arrays are sized to fit one message.
 MESSAGE_OVERHEAD_BYTES = 4096
 
-_DTYPES: dict[int, np.dtype] = {
+_DTYPES: dict[pb.DType, np.dtype] = {
     pb.FLOAT32: np.dtype("<f4"),
     pb.FLOAT16: np.dtype("<f2"),
     pb.INT64: np.dtype("<i8"),
