@@ -22,6 +22,7 @@ import sys
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
@@ -31,7 +32,7 @@ _LOCATION = re.compile(r"^(?P<path>[^\s:][^:]*\.pyi?)(?=:\d)")
 _TREE = "crest-typecheck-"
 
 
-def package_dirs(pyproject: dict) -> dict[str, Path]:
+def package_dirs(pyproject: dict[str, Any]) -> dict[str, Path]:
     """Map each installed package to its source folder, as setuptools resolves it.
 
     Args:
