@@ -7,6 +7,7 @@ byte length, sizes) and raises :class:`InvalidArgument` with a precise message.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -95,9 +96,12 @@ def config_to_pb(config: JobConfig) -> pb.JobConfig:
     return pb.JobConfig(num_examples=config.num_examples, num_classes=config.num_classes, **present)
 
 
-def config_from_pb(message: pb.JobConfig) -> dict:
+def config_from_pb(message: pb.JobConfig) -> dict[str, Any]:
     """A dict for :class:`JobConfig` validation (unset optional fields take defaults)."""
-    fields: dict = {"num_examples": message.num_examples, "num_classes": message.num_classes}
+    fields: dict[str, Any] = {
+        "num_examples": message.num_examples,
+        "num_classes": message.num_classes,
+    }
     for name in _OPTIONAL_CONFIG_FIELDS:
         if message.HasField(name):
             fields[name] = getattr(message, name)
