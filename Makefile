@@ -22,9 +22,12 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
 
+# mypy runs through tools/typecheck.py, which lays the package out as it installs (strict on
+# crest.proto and crest.service; settings in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/typecheck.py
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
@@ -41,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/crest bench e2e
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache results
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,4 +88,4 @@ def mnist1d_redundant(
     )
 
 
-WORKLOADS = {"w1": mnist1d, "w2": mnist1d_redundant}
+WORKLOADS: dict[str, Callable[..., Dataset]] = {"w1": mnist1d, "w2": mnist1d_redundant}

@@ -361,7 +361,9 @@ def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> d
                     r.extra["acc_gap_to_full"] = full.final_acc - r.final_acc
     return {
         "benchmark": "e2e",
-        "workloads": {name: WORKLOADS[name].__doc__.split("\n")[0] for name in plan.workloads},
+        "workloads": {
+            name: (WORKLOADS[name].__doc__ or "").split("\n")[0] for name in plan.workloads
+        },
         "plan": asdict(plan),
         "machine": {
             "platform": platform.platform(),

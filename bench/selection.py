@@ -116,7 +116,11 @@ def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
 
 
 def _tensors(request: SelectionRequest) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tuple(torch.from_numpy(a) for a in (request.embeddings, request.groups, request.budgets))
+    return (
+        torch.from_numpy(request.embeddings),
+        torch.from_numpy(request.groups),
+        torch.from_numpy(request.budgets),
+    )
 
 
 def kernel_time(region: Region, repeats: int) -> dict[str, float]:

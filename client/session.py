@@ -459,11 +459,15 @@ class Session:
                 self.job_id, self.rank, view.region_id, view.candidates, embeddings, losses
             )
 
-    def _fetch_chunks(self, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+    def _fetcher(self) -> Fetch:
         if self.fetch is None:
             raise RuntimeError("the session has no fetch function: pass fetch= or a CrestLoader")
-        many = getattr(self.fetch, "iter_chunks", None)  # e.g. a loader with worker processes
-        return many(chunks) if many is not None else (self.fetch(c) for c in chunks)
+        return self.fetch
+
+    def _fetch_chunks(self, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        fetch = self._fetcher()
+        many = getattr(fetch, "iter_chunks", None)  # e.g. a loader with worker processes
+        return many(chunks) if many is not None else (fetch(c) for c in chunks)
 
     def _region_terms(self, run: _RegionRun) -> None:
         """g (and diag(h) with probes) at θ_0, of the loss that ``gradient`` names."""
@@ -477,9 +481,10 @@ class Session:
         # training sees it, with buffers (e.g. batch-norm statistics) restored afterwards.
         buffers = {name: b.clone() for name, b in self.model.named_buffers()}
         batches = run.view.batches
+        fetch = self._fetcher()
         losses = []
         for indices, weights in batches:
-            x, y = self.fetch(torch.from_numpy(indices))
+            x, y = fetch(torch.from_numpy(indices))
             losses.append(weighted_loss(self.model(x), y, torch.from_numpy(weights).to(x.device)))
         self._set_terms(run, torch.stack(losses).mean())
         with torch.no_grad():

@@ -7,7 +7,7 @@ byte length, sizes) and raises :class:`InvalidArgument` with a precise message.
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from google.protobuf.message import Message
@@ -32,7 +32,7 @@ MAX_STREAM_CHUNKS: int = pb.MAX_STREAM_CHUNKS
 # Room for a message's non-array fields when arrays are sized to fit one message.
 MESSAGE_OVERHEAD_BYTES = 4096
 
-_DTYPES: dict[int, np.dtype] = {
+_DTYPES: dict[pb.DType, np.dtype] = {
     pb.FLOAT32: np.dtype("<f4"),
     pb.FLOAT16: np.dtype("<f2"),
     pb.INT64: np.dtype("<i8"),
@@ -115,9 +115,12 @@ def config_to_pb(config: JobConfig) -> pb.JobConfig:
     return message
 
 
-def config_from_pb(message: pb.JobConfig) -> dict:
+def config_from_pb(message: pb.JobConfig) -> dict[str, Any]:
     """A dict for :class:`JobConfig` validation (unset optional fields take defaults)."""
-    fields: dict = {"num_examples": message.num_examples, "num_classes": message.num_classes}
+    fields: dict[str, Any] = {
+        "num_examples": message.num_examples,
+        "num_classes": message.num_classes,
+    }
     for name in _OPTIONAL_CONFIG_FIELDS:
         if message.HasField(name):
             fields[name] = getattr(message, name)
@@ -293,9 +296,9 @@ def _model_to_pb(model: BaseModel, message: Message) -> None:
             setattr(message, field.name, value)
 
 
-def _fields_from_pb(message: Message) -> dict:
+def _fields_from_pb(message: Message) -> dict[str, Any]:
     """The fields of a status message (nested ones as dicts too), for model validation."""
-    fields: dict = {}
+    fields: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
         if field.message_type is pb.JobConfig.DESCRIPTOR:

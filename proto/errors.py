@@ -86,7 +86,7 @@ def status_of(error: CrestError) -> str:
     """The gRPC status name for an error (``INTERNAL`` for the bare base class)."""
     for cls in type(error).__mro__:
         if cls in STATUS_OF:
-            return STATUS_OF[cls]  # type: ignore[index]
+            return STATUS_OF[cls]
     return "INTERNAL"
 
 

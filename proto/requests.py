@@ -13,6 +13,8 @@ coordinator's job state checks again what it stores, since a remote peer may sen
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from crest.proto import convert
@@ -20,7 +22,7 @@ from crest.proto.contract import JobConfig
 from crest.proto.errors import InvalidArgument
 
 
-def job(config: JobConfig | dict, labels: np.ndarray) -> tuple[JobConfig, np.ndarray]:
+def job(config: JobConfig | dict[str, Any], labels: np.ndarray) -> tuple[JobConfig, np.ndarray]:
     """A job's config and labels as the coordinator will take them.
 
     The config (or a dict of its fields) takes the wire's round trip: validated again, as

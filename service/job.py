@@ -326,11 +326,13 @@ class JobState:
                     f"indices {bad.tolist()} are not candidates of rank {rank} in region "
                     f"{region_id}"
                 )
-            slots: np.ndarray | slice = span.start + pos
-            if slots[-1] - slots[0] == len(slots) - 1:
-                slots = slice(int(slots[0]), int(slots[-1]) + 1)  # in order: a plain copy
+            rows: np.ndarray = span.start + pos
+            slots: np.ndarray | slice = rows
+            if rows[-1] - rows[0] == len(rows) - 1:
+                slots = slice(int(rows[0]), int(rows[-1]) + 1)  # in order: a plain copy
             writes.append((slots, embeddings, losses))
         # Everything is valid: commit.
+        assert dim is not None  # set by the first chunk, and there is one
         if region.embeddings is None:
             region.embeddings = np.zeros((len(region.candidates), dim), np.float32)
         for slots, embeddings, losses in writes:

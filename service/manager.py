@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -189,7 +189,7 @@ class JobManager:
 
     # ---------------------------------------------------------------------------- jobs
     async def create_job(
-        self, config: JobConfig | dict, labels: np.ndarray, job_id: str | None = None
+        self, config: JobConfig | dict[str, Any], labels: np.ndarray, job_id: str | None = None
     ) -> str:
         """Create a job, or return ``job_id`` if it exists with the same config and labels.
 

@@ -32,8 +32,8 @@ def largest_remainder(shares: np.ndarray, total: int, at_least_one: bool = True)
         ``(C,)`` int64 seats summing to ``total``; zero where the share is zero.
     """
     shares = np.asarray(shares, dtype=np.float64)
-    exact = total * shares / shares.sum()  # (C,)
-    seats = np.floor(exact).astype(np.int64)
+    exact: np.ndarray = total * shares / shares.sum()  # (C,)
+    seats: np.ndarray = np.floor(exact).astype(np.int64)
     order = np.lexsort((np.arange(len(shares)), -(exact - seats)))  # largest remainder first
     seats[order[: total - int(seats.sum())]] += 1
     present = shares > 0
@@ -68,8 +68,9 @@ def class_weights(
     raw = np.asarray(raw, dtype=np.float64)
     problem = np.asarray(subset, np.int64) * len(shares) + labels  # (n,) (batch, class) id
     totals = np.bincount(problem, raw)  # (batches * C,) raw weight per (batch, class)
-    weights = raw * shares[labels] / totals[problem]
-    return weights / weights.mean()
+    weights: np.ndarray = raw * shares[labels] / totals[problem]
+    weights /= weights.mean()
+    return weights
 
 
 @dataclass
@@ -188,7 +189,7 @@ class ExamplePool:
         sizes = self.sizes_per_class().astype(np.float64)
         if weighting == "balanced":
             sizes = (sizes > 0).astype(np.float64)
-        return sizes / max(sizes.sum(), 1.0)
+        return sizes / max(float(sizes.sum()), 1.0)
 
     def draw_subsets(
         self, rng: np.random.Generator, ranks: int, per_rank: int, counts: int | np.ndarray
@@ -228,8 +229,8 @@ class ExamplePool:
                 for rank, share in enumerate(
                     np.array_split(rng.permutation(self.class_members(label)), ranks)
                 ):
-                    for subset in range(rank * per_rank, (rank + 1) * per_rank):
-                        take = min(int(want[subset]), len(share))
+                    for index in range(rank * per_rank, (rank + 1) * per_rank):
+                        take = min(int(want[index]), len(share))
                         parts.append(rng.choice(share, take, replace=False))
             for subset, part in zip(subsets, parts, strict=True):
                 subset.append(np.sort(part))
@@ -246,7 +247,7 @@ class ExamplePool:
         total = last - first
         if total <= 64 * k:
             return rng.permutation(self.class_members(label))[:k]
-        kept = np.zeros(0, np.int64)
+        kept: np.ndarray = np.zeros(0, np.int64)
         draw = k
         while True:
             fraction = max(self.sizes_per_class()[label] / total, 1e-3)  # in the pool
@@ -265,7 +266,8 @@ class ExamplePool:
     def learned(self, learned_loss: float) -> np.ndarray:
         """Bool mask: in the pool, ``window`` observations, all of them <= ``learned_loss``."""
         full = self.observed >= self.window
-        return self.in_pool & full & (self.history.max(1) <= learned_loss)
+        learned: np.ndarray = self.in_pool & full & (self.history.max(1) <= learned_loss)
+        return learned
 
     def evaluate_drops(
         self,

@@ -12,7 +12,7 @@ import itertools
 import math
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -58,7 +58,9 @@ class Region:
     pending: dict[int, CheckReport] = field(default_factory=dict)  # rank -> report
     decisions: dict[int, CheckDecision] = field(default_factory=dict)  # step -> decision
     curvature: float | None = None
-    mode: str = "crest"  # "crest": coresets from embeddings; "random": random batches
+    mode: Literal["crest", "random"] = (
+        "crest"  # "crest": coresets from embeddings; "random": random batches
+    )
 
     def rank_slots(self, rank: int) -> slice:
         return slice(int(self.rank_offsets[rank]), int(self.rank_offsets[rank + 1]))

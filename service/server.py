@@ -89,7 +89,9 @@ def _handler(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
     """Map crest errors (and invalid input) to their gRPC status; nothing escapes as UNKNOWN."""
 
     @functools.wraps(method)
-    async def wrapper(self: CoordinatorService, request: Any, context: grpc.aio.ServicerContext):
+    async def wrapper(
+        self: CoordinatorService, request: Any, context: grpc.aio.ServicerContext
+    ) -> Any:
         try:
             return await method(self, request, context)
         except CrestError as err:
@@ -119,7 +121,9 @@ class CoordinatorService:
         self.manager = manager
 
     @_handler
-    async def CreateJob(self, requests: AsyncIterator[Any], context) -> pb.CreateJobResponse:
+    async def CreateJob(
+        self, requests: AsyncIterator[pb.CreateJobRequest], context: grpc.aio.ServicerContext
+    ) -> pb.CreateJobResponse:
         header: pb.JobHeader | None = None
         chunks: list[np.ndarray] = []
         total = 0
@@ -149,13 +153,17 @@ class CoordinatorService:
         return pb.CreateJobResponse(job_id=job_id)
 
     @_handler
-    async def OpenSession(self, request, context) -> pb.OpenSessionResponse:
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.OpenSessionResponse:
         request = _checked(request)
         info = await self.manager.open_session(request.job_id, request.rank)
         return convert.session_to_pb(info)
 
     @_handler
-    async def GetRegion(self, request, context) -> pb.Region:
+    async def GetRegion(
+        self, request: pb.GetRegionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Region:
         request = _checked(request)
         view = await self.manager.get_region(
             request.job_id, request.rank, request.step, timeout=_timeout(context)
@@ -163,7 +171,9 @@ class CoordinatorService:
         return convert.region_to_pb(view)  # over the message limit: RESOURCE_EXHAUSTED
 
     @_handler
-    async def UploadEmbeddings(self, requests: AsyncIterator[Any], context) -> pb.UploadAck:
+    async def UploadEmbeddings(
+        self, requests: AsyncIterator[pb.EmbeddingChunk], context: grpc.aio.ServicerContext
+    ) -> pb.UploadAck:
         # The whole stream is read and checked before any of it is committed: a rejected
         # stream changes nothing. A client's cancellation ends the request stream here like a
         # proper end, so only the stated length tells a broken stream from a whole one.
@@ -213,7 +223,9 @@ class CoordinatorService:
         return pb.UploadAck(committed_seq=committed)
 
     @_handler
-    async def ReportCheck(self, request, context) -> pb.CheckDecision:
+    async def ReportCheck(
+        self, request: pb.CheckReport, context: grpc.aio.ServicerContext
+    ) -> pb.CheckDecision:
         request = _checked(request)
         decision = await self.manager.report_check(
             request.job_id, request.rank, convert.report_from_pb(request),
@@ -222,13 +234,17 @@ class CoordinatorService:
         return convert.decision_to_pb(decision)
 
     @_handler
-    async def GetJobStatus(self, request, context) -> pb.JobStatusReply:
+    async def GetJobStatus(
+        self, request: pb.JobStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JobStatusReply:
         request = _checked(request)
         status = await self.manager.job_status(request.job_id)
         return pb.JobStatusReply(status=convert.status_to_pb(status))
 
     @_handler
-    async def ListJobs(self, request, context) -> pb.ListJobsReply:
+    async def ListJobs(
+        self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsReply:
         _checked(request)
         reply = pb.ListJobsReply()
         ttl = self.manager.finished_ttl_s
@@ -247,7 +263,9 @@ class CoordinatorService:
         return reply
 
     @_handler
-    async def DeleteJob(self, request, context) -> pb.DeleteJobReply:
+    async def DeleteJob(
+        self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteJobReply:
         request = _checked(request)
         return pb.DeleteJobReply(deleted=await self.manager.delete_job(request.job_id))
 
@@ -269,13 +287,17 @@ class CoordinatorService:
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):
+class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
     """Refuses every call whose ``authorization`` metadata is not ``Bearer <token>``."""
 
     def __init__(self, token: str) -> None:
         self._expected = f"Bearer {token}".encode()
 
-    async def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
         metadata = dict(handler_call_details.invocation_metadata or ())
         presented = str(metadata.get("authorization", "")).encode()
         if hmac.compare_digest(presented, self._expected):
@@ -287,7 +309,7 @@ def _refuse(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
 
-    async def deny_stream(request: Any, context: grpc.aio.ServicerContext):
+    async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
         yield  # pragma: no cover (makes this an async generator for streaming replies)
 

@@ -98,6 +98,12 @@ def _check_size(job_id: str, what: str, value: bytes, limit: int | None) -> None
         )
 
 
+def _text(reply: bytes | str) -> str:
+    """A Redis key or member as text: replies are bytes (the client does not decode them, since
+    snapshots and logs are binary), though redis-py's types also allow str."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
 def _lost(job_id: str) -> DataLoss:
     return DataLoss(
         f"the state store no longer holds job {job_id!r} (restarted without its data?): "
@@ -235,7 +241,7 @@ class RedisStore:
 
     async def job_ids(self) -> list[str]:
         members = await self._redis.smembers(f"{self.prefix}jobs")
-        return sorted(m.decode() for m in members)
+        return sorted(_text(m) for m in members)
 
     async def delete(self, job_id: str) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -250,7 +256,7 @@ class RedisStore:
 
     async def finished_times(self) -> dict[str, float]:
         times = await self._redis.hgetall(f"{self.prefix}finished")
-        return {job.decode(): float(at) for job, at in times.items()}
+        return {_text(job): float(at) for job, at in times.items()}
 
     async def ping(self) -> bool:
         try:

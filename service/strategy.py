@@ -100,7 +100,8 @@ def coreset_quality(
         return sums / np.maximum(np.bincount(subset, w, minlength=num_subsets), 1e-12)[:, None]
 
     def relative_errors(estimate: np.ndarray) -> np.ndarray:  # (S,) one per subset
-        return ((estimate - target) ** 2).sum(1) / ((target**2).sum(1) + 1e-12)
+        errors: np.ndarray = ((estimate - target) ** 2).sum(1) / ((target**2).sum(1) + 1e-12)
+        return errors
 
     member_subset = member_groups // classes
     member_labels = member_groups % classes

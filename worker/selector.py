@@ -69,12 +69,12 @@ def solve_many(
         groups = np.concatenate([r.groups + f for r, f in zip(requests, first, strict=True)])
         budgets = np.concatenate([r.budgets for r in requests])
     embeddings = torch.cat([_tensor(p) for p in parts]) if len(parts) > 1 else _tensor(parts[0])
-    rows, chosen_groups, weights = select_groups(
+    chosen = select_groups(
         embeddings.to(device),
         _tensor(np.asarray(groups, dtype=np.int64)),
         _tensor(np.asarray(budgets, dtype=np.int64)),
     )
-    rows, chosen_groups, weights = (t.cpu().numpy() for t in (rows, chosen_groups, weights))
+    rows, chosen_groups, weights = (t.cpu().numpy() for t in chosen)
     if len(requests) == 1:
         return [SelectionResult(rows, chosen_groups, weights)]
     # Results come problem by problem in increasing id, so each request's are one slice.

@@ -154,3 +154,12 @@ def test_a_model_whose_outputs_do_not_match_the_classes_is_refused(outputs: int)
             expected = f"the model has {outputs} outputs, but the job has num_classes=4"
             with pytest.raises(InvalidArgument, match=expected):
                 next(iter(session.batches()))
+
+
+def test_a_session_without_fetch_says_so_for_the_coreset_gradient() -> None:
+    # Random regions are ready at once, so the coreset gradient is the first to fetch.
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(config(strategy="random"), blobs()[1].numpy())
+        session = Session(coordinator, job_id, model=make_model(), gradient="coresets")
+        with pytest.raises(RuntimeError, match="no fetch function"):
+            next(iter(session.batches()))
