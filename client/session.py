@@ -35,9 +35,10 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,6 +46,7 @@ from torch import Tensor, nn
 from crest.client.embeddings import EMBEDDINGS, EmbeddingFn
 from crest.client.loss import weighted_loss
 from crest.client.quadratic import GradientCapture, QuadraticModel, hutchinson_diagonal, trainable
+from crest.proto import steps
 from crest.proto.contract import (
     CheckDecision,
     CheckReport,
@@ -58,7 +60,23 @@ from crest.proto.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+class Fetch(Protocol):
+    """How the session reads examples for its candidate and check passes."""
+
+    def __call__(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """``indices`` (int64, CPU) -> ``(inputs, labels)`` ready for the model."""
+        ...
+
+
+@runtime_checkable
+class ChunkedFetch(Fetch, Protocol):
+    """A fetch that reads several chunks at once, e.g. through a loader's worker processes
+    (:class:`crest.client.CrestLoader`), which may load them ahead of their use."""
+
+    def iter_chunks(self, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(inputs, labels)`` of each chunk of indices, in order."""
+        ...
 
 
 def tensor_fetch(inputs: Tensor, labels: Tensor, device: str | torch.device | None = None) -> Fetch:
@@ -158,8 +176,8 @@ class Session:
             raise ValueError(f"hessian_probes must be >= 0, got {hessian_probes}")
         if gradient not in GRADIENTS:
             raise ValueError(f"unknown gradient {gradient!r}; valid: {sorted(GRADIENTS)}")
-        if gradient == "step" and hessian_probes:
-            raise ValueError('gradient="step" has no graph for Hessian probes')
+        if GRADIENTS[gradient] is None and hessian_probes:
+            raise ValueError(f"gradient={gradient!r} has no graph for Hessian probes")
         if isinstance(embedding, str) and embedding not in EMBEDDINGS:
             raise ValueError(f"unknown embedding {embedding!r}; valid: {sorted(EMBEDDINGS)}")
         if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -170,6 +188,7 @@ class Session:
         self.fetch = fetch
         self.rank = rank
         self.gradient = gradient
+        self._region_loss = GRADIENTS[gradient]
         self.hessian_probes = hessian_probes
         self.eval_batch_size = eval_batch_size
         self.seed = seed
@@ -235,13 +254,9 @@ class Session:
             self._collect_decision()
             self._finished = True
             return None
-        if (
-            self.gradient == "step"
-            and run.checked
-            and run.model.gradient is None
-            and run.capture is None
-        ):
-            run.capture = GradientCapture(run.model.params)
+        first_step = run.model.gradient is None and run.capture is None
+        if self._region_loss is None and run.checked and first_step:
+            run.capture = GradientCapture(run.model.params)  # g from this step's backward
         self._trained = self.step
         self._handed_out = time.perf_counter()
         return self._batch(run, self.step)
@@ -258,7 +273,7 @@ class Session:
     @staticmethod
     def _batch(run: _RegionRun, step: int) -> WeightedBatch:
         view = run.view
-        indices, weights = view.batches[(step - view.start_step) % len(view.batches)]
+        indices, weights = view.batches[steps.batch_slot(step, view.start_step, len(view.batches))]
         return WeightedBatch(
             step, torch.from_numpy(indices), torch.from_numpy(weights), view.region_id
         )
@@ -270,8 +285,8 @@ class Session:
         self._resolve_capture(run, step)
         self.step = step + 1
         self._collect_decision()
-        check_due = (step + 1 - run.view.start_step) % run.view.check_interval == 0
-        if check_due and step + 2 < run.end_step and run.checked:
+        start, interval = run.view.start_step, run.view.check_interval
+        if run.checked and steps.check_due(step, start, interval, run.end_step):
             self._send_check(run, step)
 
     @staticmethod
@@ -311,24 +326,16 @@ class Session:
         if run is not None:
             if self._trained is not None:
                 self._resolve_capture(run, self._trained)
-            view = run.view
             quadratic = run.model
             region = {
-                "region_id": view.region_id,
-                "start_step": view.start_step,
-                "end_step": view.end_step,
-                "check_interval": view.check_interval,
-                "initial_loss": view.initial_loss,
-                "check_indices": torch.from_numpy(view.check_indices.copy()),
-                "batch_indices": [torch.from_numpy(i.copy()) for i, _ in view.batches],
-                "batch_weights": [torch.from_numpy(w.copy()) for _, w in view.batches],
+                "view": _view_to_state(run.view),
                 "run_end_step": run.end_step,
                 "origin": quadratic.origin.clone(),
                 "gradient": None if quadratic.gradient is None else quadratic.gradient.clone(),
                 "hessian": None if quadratic.hessian is None else quadratic.hessian.clone(),
             }
         return {
-            "version": 1,
+            "version": STATE_VERSION,
             "job_id": self.job_id,
             "rank": self.rank,
             "step": self.step,
@@ -357,8 +364,11 @@ class Session:
             FailedPrecondition: the coordinator does not hold the job's progress (e.g. a
                 ``crest serve`` restarted without a durable store) and cannot adopt it.
         """
-        if state.get("version") != 1:
-            raise ValueError(f"unknown session state version {state.get('version')}")
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"session state version {state.get('version')} is not this crest's "
+                f"{STATE_VERSION}: resume with the crest version that wrote the checkpoint"
+            )
         if (state["job_id"], state["rank"]) != (self.job_id, self.rank):
             raise ValueError(
                 f"state of job {state['job_id']!r} rank {state['rank']} cannot resume job "
@@ -371,19 +381,7 @@ class Session:
         self._run = None
         saved = state["region"]
         if saved is not None:
-            view = RegionView(
-                region_id=saved["region_id"],
-                status=RegionStatus.READY,
-                start_step=saved["start_step"],
-                end_step=saved["end_step"],
-                check_interval=saved["check_interval"],
-                check_indices=saved["check_indices"].numpy(),
-                batches=tuple(
-                    (i.numpy(), w.numpy())
-                    for i, w in zip(saved["batch_indices"], saved["batch_weights"], strict=True)
-                ),
-                initial_loss=saved["initial_loss"],
-            )
+            view = _view_from_state(saved["view"])
             quadratic = QuadraticModel(trainable(self.model))
             quadratic.origin = saved["origin"].clone()
             quadratic.gradient = saved["gradient"]
@@ -405,8 +403,9 @@ class Session:
         saved = state["region"]
         if saved is None:
             return
+        region_id = saved["view"]["region_id"]
         opened = len(self.coordinator.job_status(self.job_id).regions)
-        if opened <= saved["region_id"]:
+        if opened <= region_id:
             where = (
                 "the checkpoint carries no job state to rebuild it from"
                 if isinstance(self.coordinator, JobSnapshots)
@@ -414,7 +413,7 @@ class Session:
             )
             raise FailedPrecondition(
                 f"the coordinator knows {opened} regions of job {self.job_id!r}, but the "
-                f"checkpoint is in region {saved['region_id']} (step {state['step']}): {where}. "
+                f"checkpoint is in region {region_id} (step {state['step']}): {where}. "
                 "Resuming needs the job's progress: a coordinator that outlives the trainer "
                 "(`crest serve`, with --store redis://... to survive its own restarts), or an "
                 "in-process coordinator with a checkpoint taken through it"
@@ -443,9 +442,9 @@ class Session:
             )
         self._run = run = _RegionRun(view, QuadraticModel(trainable(self.model)), view.end_step)
         self.timings.regions += 1
-        if self.gradient != "step" and run.checked:
+        if self._region_loss is not None and run.checked:
             with self._timed("quadratic"):
-                self._region_terms(run)
+                self._region_loss(self, run)
         return run
 
     def _embed(self, view: RegionView) -> None:
@@ -466,30 +465,9 @@ class Session:
 
     def _fetch_chunks(self, chunks: list[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
         fetch = self._fetcher()
-        many = getattr(fetch, "iter_chunks", None)  # e.g. a loader with worker processes
-        return many(chunks) if many is not None else (fetch(c) for c in chunks)
-
-    def _region_terms(self, run: _RegionRun) -> None:
-        """g (and diag(h) with probes) at θ_0, of the loss that ``gradient`` names."""
-        if self.gradient == "check":
-            x, y = self._check_inputs(run)
-            with self._eval_mode(grad=True):
-                loss = F.cross_entropy(self.model(x), y)
-                self._set_terms(run, loss)
-            return
-        # "coresets": the weighted loss over all of the region's coresets, in train mode as
-        # training sees it, with buffers (e.g. batch-norm statistics) restored afterwards.
-        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
-        batches = run.view.batches
-        fetch = self._fetcher()
-        losses = []
-        for indices, weights in batches:
-            x, y = fetch(torch.from_numpy(indices))
-            losses.append(weighted_loss(self.model(x), y, torch.from_numpy(weights).to(x.device)))
-        self._set_terms(run, torch.stack(losses).mean())
-        with torch.no_grad():
-            for name, b in self.model.named_buffers():
-                b.copy_(buffers[name])
+        if isinstance(fetch, ChunkedFetch):
+            return fetch.iter_chunks(chunks)
+        return (fetch(c) for c in chunks)
 
     def _set_terms(self, run: _RegionRun, loss: torch.Tensor) -> None:
         if self.hessian_probes > 0:
@@ -544,7 +522,7 @@ class Session:
         with self._timed("check"):
             decision = future.result()
         if decision.new_region:
-            run.end_step = min(run.end_step, decision.step + 2)
+            run.end_step = min(run.end_step, steps.end_after_failed_check(decision.step))
 
     # ------------------------------------------------------------------------- helpers
     @contextmanager
@@ -566,4 +544,65 @@ class Session:
             self.model.train(was_training)
 
 
-GRADIENTS = ("check", "step", "coresets")
+STATE_VERSION = 2  # of Session.state_dict(); 2: the region view stored field by field
+
+
+def _view_to_state(view: RegionView) -> dict[str, Any]:
+    """Every field of a region view as tensors and plain values (``weights_only`` loads it)."""
+    state: dict[str, Any] = {}
+    for f in fields(RegionView):
+        value = getattr(view, f.name)
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(value.copy())
+        elif f.name == "batches":
+            value = [[torch.from_numpy(i.copy()), torch.from_numpy(w.copy())] for i, w in value]
+        elif isinstance(value, RegionStatus):
+            value = value.value
+        state[f.name] = value
+    return state
+
+
+def _view_from_state(state: dict[str, Any]) -> RegionView:
+    values: dict[str, Any] = {}
+    for f in fields(RegionView):
+        value = state[f.name]
+        if isinstance(value, Tensor):
+            value = value.numpy()
+        elif f.name == "batches":
+            value = tuple((i.numpy(), w.numpy()) for i, w in value)
+        elif f.name == "status":
+            value = RegionStatus(value)
+        values[f.name] = value
+    return RegionView(**values)
+
+
+def _check_gradient(session: Session, run: _RegionRun) -> None:
+    """g (and diag(h)) of the check loss itself at θ_0: eval mode, the region's check sample."""
+    x, y = session._check_inputs(run)
+    with session._eval_mode(grad=True):
+        session._set_terms(run, F.cross_entropy(session.model(x), y))
+
+
+def _coreset_gradient(session: Session, run: _RegionRun) -> None:
+    """g (and diag(h)) of the weighted loss over all of the region's coresets, in train mode
+    as training sees it, with buffers (e.g. batch-norm statistics) restored afterwards."""
+    model = session.model
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    fetch = session._fetcher()
+    losses = []
+    for indices, weights in run.view.batches:
+        x, y = fetch(torch.from_numpy(indices))
+        losses.append(weighted_loss(model(x), y, torch.from_numpy(weights).to(x.device)))
+    session._set_terms(run, torch.stack(losses).mean())
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+
+
+# Where a region's g comes from (the ``gradient`` option): a function that sets the region's
+# model terms at its start, or None for the first training step's gradient (hooks).
+GRADIENTS: dict[str, Callable[[Session, _RegionRun], None] | None] = {
+    "check": _check_gradient,
+    "step": None,
+    "coresets": _coreset_gradient,
+}

@@ -156,10 +156,13 @@ def test_a_model_whose_outputs_do_not_match_the_classes_is_refused(outputs: int)
                 next(iter(session.batches()))
 
 
-def test_a_session_without_fetch_says_so_for_the_coreset_gradient() -> None:
-    # Random regions are ready at once, so the coreset gradient is the first to fetch.
+def test_a_session_without_fetch_says_so() -> None:
     with local_coordinator() as coordinator:
-        job_id = coordinator.create_job(config(strategy="random"), blobs()[1].numpy())
+        job_id = coordinator.create_job(config(), blobs()[1].numpy())
         session = Session(coordinator, job_id, model=make_model(), gradient="coresets")
         with pytest.raises(RuntimeError, match="no fetch function"):
             next(iter(session.batches()))
+        # A random region fetches nothing for the session (no checks, no model terms).
+        job_id = coordinator.create_job(config(strategy="random"), blobs()[1].numpy())
+        session = Session(coordinator, job_id, model=make_model(), gradient="coresets")
+        assert len(list(session.batches())) == config().total_steps
