@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,4 +89,56 @@ def mnist1d_redundant(
     )
 
 
-WORKLOADS: dict[str, Callable[..., Dataset]] = {"w1": mnist1d, "w2": mnist1d_redundant}
+W3_SHARES = (0.40, 0.15, 0.10, 0.08, 0.07, 0.06, 0.05, 0.04, 0.03, 0.02)
+"""W3's class mix: class ``c`` makes up ``W3_SHARES[c]`` of the training and the test set."""
+
+
+def mnist1d_imbalanced(
+    num_samples: int = 50_000, shares: tuple[float, ...] = W3_SHARES, seed: int = 0
+) -> Dataset:
+    """W3: MNIST-1D subsampled to an imbalanced class mix (one class at 40%, one at 2%).
+
+    Class ``c`` keeps ``shares[c]`` of the examples, in the training and in the test set alike
+    (so plain accuracy is measured on the training mix). Each split is as large as its
+    scarcest class allows: the 40% class keeps all its examples, the others a random subset
+    (50,000 samples: 10,012 train / 2,487 test, the 2% class 200 / 50). Deterministic for
+    ``seed``.
+    """
+    if len(shares) != 10 or min(shares) <= 0 or not math.isclose(sum(shares), 1.0):
+        raise ValueError(f"shares must be 10 positive class shares summing to 1, got {shares}")
+    source = mnist1d(num_samples)
+    rng = np.random.default_rng(seed)
+    x_train, y_train = _subsample(source.x_train, source.y_train, shares, rng)
+    x_test, y_test = _subsample(source.x_test, source.y_test, shares, rng)
+    return Dataset(
+        name="mnist1d-imbalanced",
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=source.num_classes,
+    )
+
+
+def _subsample(
+    x: torch.Tensor, y: torch.Tensor, shares: tuple[float, ...], rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest random subset of ``(x, y)`` whose class ``c`` is ``shares[c]`` of it
+    (within rounding), in random order."""
+    labels = y.numpy()
+    share = np.asarray(shares)
+    available = np.bincount(labels, minlength=len(share))
+    total = int(np.floor((available / share).min()))
+    counts = np.minimum(np.round(share * total).astype(np.int64), available)
+    picked = np.concatenate(
+        [rng.choice(np.flatnonzero(labels == c), n, replace=False) for c, n in enumerate(counts)]
+    )
+    order = torch.from_numpy(rng.permutation(picked))
+    return x[order], y[order]
+
+
+WORKLOADS: dict[str, Callable[..., Dataset]] = {
+    "w1": mnist1d,
+    "w2": mnist1d_redundant,
+    "w3": mnist1d_imbalanced,
+}

@@ -1,12 +1,18 @@
 """End-to-end benchmark: Full vs Random vs CREST vs auto, same model, schedule and seeds.
 
 Workloads: W1 is MNIST-1D (40k/10k); W2 is a redundant, noisily labelled training set built
-from it (:func:`crest.bench.data.mnist1d_redundant`), where selection should matter.
+from it (:func:`crest.bench.data.mnist1d_redundant`), where selection should matter; W3 is
+MNIST-1D subsampled to an imbalanced class mix, 40% down to 2%
+(:func:`crest.bench.data.mnist1d_imbalanced`), where a class-balanced objective would show.
+Every evaluation measures accuracy and balanced accuracy (the mean per-class recall) on the
+workload's test set.
 Every method trains the same 1-D CNN with SGD + momentum, the same learning rate and the same
 step-decay schedule written in (virtual) epochs, so it compresses with the step budget.
 Full trains ``epochs`` passes over the data; Random, CREST and auto train ``train_frac`` of
 Full's steps: Random on uniform mini-batches (weight 1), CREST on weighted coresets from the
-coordinator, auto on coresets while the coordinator's monitor says they beat random batches.
+coordinator, auto on coresets while the coordinator's monitor says they beat random batches;
+crest-balanced (an extra, on request) is CREST with ``class_weighting="balanced"``, the
+class-balanced objective that was the default before issue 13.
 Wall-clock is split into training steps, selection work (candidate forward passes, uploads
 and selection, gradient/Hessian, checks) and evaluation; evaluation is reported but never
 counted in a method's time.
@@ -67,6 +73,7 @@ class CrestSetup:
     gradient: str = "check"
     hessian_probes: int = 0
     strategy: str = "crest"
+    class_weighting: str = "proportional"
     auto_min_gain: float = 1.5
     auto_retest_epochs: float = 1.0
 
@@ -89,6 +96,7 @@ class CrestSetup:
             adaptive=self.adaptive,
             drop_interval=self.drop_interval,
             strategy=self.strategy,
+            class_weighting=self.class_weighting,
             auto_min_gain=self.auto_min_gain,
             auto_retest_epochs=self.auto_retest_epochs,
         )
@@ -103,7 +111,9 @@ class RunResult:
     steps: int
     final_acc: float
     best_acc: float
-    curve: list[tuple[int, float, float]]  # (steps, seconds counted, test accuracy)
+    final_balanced_acc: float  # mean per-class recall at the end
+    per_class_recall: list[float]  # at the end
+    curve: list[tuple[int, float, float, float]]  # (steps, seconds counted, acc, balanced acc)
     seconds: dict[str, float]  # train, embed, select, hessian, check, eval, total
     regions: int = 0
     mean_check_interval: float | None = None
@@ -112,15 +122,33 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> float:
+@dataclass(frozen=True)
+class Scores:
+    """One evaluation on a test set."""
+
+    accuracy: float
+    per_class_recall: list[float]  # NaN for a class without test examples
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """The mean recall over the classes the test set holds."""
+        return float(np.nanmean(self.per_class_recall))
+
+
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch: int = 2048
+) -> Scores:
     was_training = model.training
     model.eval()
-    correct = 0
+    hits = torch.zeros(num_classes, dtype=torch.int64)
     with torch.no_grad():
         for xs, ys in zip(x.split(batch), y.split(batch), strict=True):
-            correct += int((model(xs).argmax(1) == ys).sum())
+            right = ys[model(xs).argmax(1) == ys]
+            hits += torch.bincount(right, minlength=num_classes)
     model.train(was_training)
-    return correct / len(y)
+    totals = torch.bincount(y, minlength=num_classes)
+    recall = [h / t if t else math.nan for h, t in zip(hits.tolist(), totals.tolist(), strict=True)]
+    return Scores(accuracy=int(hits.sum()) / len(y), per_class_recall=recall)
 
 
 def lr_at(setup: TrainSetup, step: int, total: int) -> float:
@@ -148,7 +176,10 @@ def _train(
         model.parameters(), lr=setup.lr, momentum=setup.momentum, weight_decay=setup.weight_decay
     )
     eval_at = {max(1, round(total * (i + 1) / setup.evals)) for i in range(setup.evals)}
-    curve: list[tuple[int, float, float]] = []
+    curve: list[tuple[int, float, float, float]] = []
+    scores: Scores | None = None
+    # Each class's share of the loss weight over the run (uniform batches: of the examples).
+    class_weight = torch.zeros(data.num_classes, dtype=torch.float64)
     elapsed_s = eval_s = 0.0  # everything but evaluation, selection work included
     bar = tqdm(
         total=total, desc=name, disable=not progress, leave=False, mininterval=0.5, file=sys.stderr
@@ -169,6 +200,11 @@ def _train(
             loss = nn.functional.cross_entropy(logits, targets)
         else:
             loss = weighted_loss(logits, targets, weights)
+        class_weight += torch.bincount(
+            targets,
+            weights=None if weights is None else weights.to(torch.float64),
+            minlength=data.num_classes,
+        ).to(torch.float64)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -177,16 +213,23 @@ def _train(
         bar.update(1)
         if step in eval_at:
             started = time.perf_counter()
-            acc = evaluate(model, data.x_test, data.y_test)
+            scores = evaluate(model, data.x_test, data.y_test, data.num_classes)
             eval_s += time.perf_counter() - started
-            curve.append((step, elapsed_s, acc))
-            bar.set_postfix(acc=f"{acc:.3f}")
+            curve.append((step, elapsed_s, scores.accuracy, scores.balanced_accuracy))
+            bar.set_postfix(acc=f"{scores.accuracy:.3f}")
     bar.close()
     # The session works inside next(), which the step timer saw: "train" is the rest.
     selection = selection_seconds()
     seconds = {"train": elapsed_s - sum(selection.values()), **selection, "eval": eval_s}
     seconds["total"] = elapsed_s
-    return model, {"steps": step, "curve": curve, "seconds": seconds}
+    assert scores is not None  # the last step is always evaluated
+    return model, {
+        "steps": step,
+        "curve": curve,
+        "seconds": seconds,
+        "per_class_recall": scores.per_class_recall,
+        "class_weight_share": (class_weight / class_weight.sum()).tolist(),
+    }
 
 
 def _permutation_batches(n: int, batch: int, steps: int, seed: int) -> Batches:
@@ -225,7 +268,10 @@ def run_crest(
     seed: int,
     coordinator: Coordinator,
     progress: bool = True,
+    method: str | None = None,
 ) -> RunResult:
+    """A run on the coordinator's batches, labelled ``method`` (default: the strategy)."""
+    method = method or crest.strategy
     config = crest.job_config(data, setup, frac, seed)
     job_id = coordinator.create_job(config, data.y_train.numpy())
     sessions: list[Session] = []
@@ -246,10 +292,10 @@ def run_crest(
                 "check": t.check}  # fmt: skip
 
     _, out = _train(
-        f"{crest.strategy} f={frac:g} seed={seed}", data, setup, seed, config.total_steps,
+        f"{method} f={frac:g} seed={seed}", data, setup, seed, config.total_steps,
         make_batches, selection_seconds, progress,
     )  # fmt: skip
-    result = _result(data.name, crest.strategy, frac, seed, out)
+    result = _result(data.name, method, frac, seed, out)
     status = coordinator.job_status(job_id)  # type: ignore[attr-defined]
     regions = status.regions
     result.regions = len(regions)
@@ -257,6 +303,9 @@ def run_crest(
     result.mean_num_coresets = statistics.fmean(r.num_coresets for r in regions)
     result.pool_end = status.pool_size
     result.extra = {
+        **result.extra,
+        "pool_per_class_end": status.pool_per_class,
+        "class_sizes": status.class_sizes,
         "checks": sessions[0].timings.checks,
         "mean_region_steps": statistics.fmean(
             (r.end_step or config.total_steps) - r.start_step for r in regions
@@ -296,25 +345,38 @@ def _result(workload: str, method: str, frac: float, seed: int, out: dict[str, A
         seed=seed,
         steps=out["steps"],
         final_acc=curve[-1][2],
-        best_acc=max(acc for _, _, acc in curve),
+        best_acc=max(point[2] for point in curve),
+        final_balanced_acc=curve[-1][3],
+        per_class_recall=out["per_class_recall"],
         curve=curve,
         seconds=out["seconds"],
+        extra={"class_weight_share": out["class_weight_share"]},
     )
 
 
-def time_to_accuracy(curve: list[tuple[int, float, float]], target: float) -> float | None:
+def time_to_accuracy(curve: list[tuple[int, float, float, float]], target: float) -> float | None:
     """Seconds until a run's test accuracy first reached ``target`` (None if never)."""
-    for _, seconds, acc in curve:
+    for _, seconds, acc, _ in curve:
         if acc >= target:
             return seconds
     return None
 
 
 # ------------------------------------------------------------------------------ the run
+METHODS: dict[str, dict[str, Any]] = {
+    "random": {},
+    "crest": {"strategy": "crest"},
+    "auto": {"strategy": "auto"},
+    "crest-balanced": {"strategy": "crest", "class_weighting": "balanced"},
+}
+"""The methods a plan may name besides full: the CrestSetup fields each overrides (random runs
+locally, without the coordinator)."""
+
+
 @dataclass(frozen=True)
 class E2EPlan:
-    workloads: tuple[str, ...] = ("w1", "w2")  # keys of crest.bench.data.WORKLOADS
-    methods: tuple[str, ...] = ("random", "crest", "auto")  # besides full
+    workloads: tuple[str, ...] = ("w1", "w2", "w3")  # keys of crest.bench.data.WORKLOADS
+    methods: tuple[str, ...] = ("random", "crest", "auto")  # besides full; see METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
     fracs: tuple[float, ...] = (0.1, 0.2)
     num_samples: int = 50_000
@@ -334,10 +396,17 @@ def warm_up(data: Dataset, setup: TrainSetup) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    evaluate(model, data.x_test, data.y_test)
+    evaluate(model, data.x_test, data.y_test, data.num_classes)
 
 
 def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> dict[str, Any]:
+    unknown = sorted(set(plan.workloads) - set(WORKLOADS))
+    unknown += sorted(set(plan.methods) - set(METHODS))
+    if unknown:
+        raise ValueError(
+            f"unknown workloads or methods {unknown}: workloads are {sorted(WORKLOADS)}, "
+            f"methods {sorted(METHODS)}"
+        )
     runs: list[RunResult] = []
     for workload in plan.workloads:
         data = WORKLOADS[workload](plan.num_samples)
@@ -350,9 +419,9 @@ def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> d
                     if method == "random":
                         result = run_baseline(data, plan.train, frac, seed, progress)
                     else:
-                        crest = replace(plan.crest, strategy=method)
+                        crest = replace(plan.crest, **METHODS[method])
                         result = run_crest(data, plan.train, crest, frac, seed, coordinator,
-                                           progress)  # fmt: skip
+                                           progress, method)  # fmt: skip
                     runs.append(result)
             for r in runs:
                 if r.workload == full.workload and r.seed == seed:
@@ -383,7 +452,7 @@ def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
         return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
     rows = []
-    order = {"full": 0, "random": 1, "crest": 2, "auto": 3}
+    order = {"full": 0, **{method: i + 1 for i, method in enumerate(METHODS)}}
     keys = sorted(
         {(r.workload, r.method, r.train_frac) for r in runs},
         key=lambda k: (k[0], -k[2] if k[1] == "full" else 0, k[2], order.get(k[1], 9)),
@@ -399,6 +468,11 @@ def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
             "seeds": len(group),
             "final_acc": stat([r.final_acc for r in group]),
             "best_acc": stat([r.best_acc for r in group]),
+            "final_balanced_acc": stat([r.final_balanced_acc for r in group]),
+            "per_class_recall": np.nanmean([r.per_class_recall for r in group], axis=0).tolist(),
+            "class_weight_share": np.mean(
+                [r.extra["class_weight_share"] for r in group], axis=0
+            ).tolist(),
             "steps": group[0].steps,
             "seconds": {k: statistics.fmean(r.seconds[k] for r in group) for k in group[0].seconds},
             "speedup_vs_full": statistics.fmean(r.extra["speedup_vs_full"] for r in group),
@@ -407,11 +481,14 @@ def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
         row["full_seconds_to_this_acc"] = (
             statistics.fmean(tta) if all(t is not None for t in tta) else None
         )
-        if method in ("crest", "auto"):
+        if method not in ("full", "random"):  # runs on the coordinator's batches
             row["regions"] = statistics.fmean(r.regions for r in group)
             row["mean_check_interval"] = statistics.fmean(r.mean_check_interval or 0 for r in group)
             row["mean_num_coresets"] = statistics.fmean(r.mean_num_coresets or 0 for r in group)
             row["pool_end"] = statistics.fmean(r.pool_end or 0 for r in group)
+            row["pool_per_class_end"] = np.mean(
+                [r.extra["pool_per_class_end"] for r in group], axis=0
+            ).tolist()
             for key in ("coreset_error", "random_error", "crest_step_share", "selection_share"):
                 values = [r.extra[key] for r in group if r.extra.get(key) is not None]
                 row[key] = statistics.fmean(values) if values else None
@@ -421,7 +498,8 @@ def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
 
 def format_table(summary: list[dict[str, Any]]) -> str:
     header = (
-        "| workload | method | frac | final acc % | best acc % | steps | regions | k | P "
+        "| workload | method | frac | final acc % | balanced acc % | best acc % | steps "
+        "| regions | k | P "
         "| pool end | train s | embed s | select s | grad/hess s | check s | eval s | total s "
         "| speed-up vs full | full s to same acc | coreset err | random err | gain "
         "| coreset steps | selection share |"
@@ -438,6 +516,8 @@ def format_table(summary: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {row['workload']} | {row['method']} | {row['train_frac']:g} "
             f"| {100 * row['final_acc'][0]:.2f} ± {100 * row['final_acc'][1]:.2f} "
+            f"| {100 * row['final_balanced_acc'][0]:.2f} "
+            f"± {100 * row['final_balanced_acc'][1]:.2f} "
             f"| {100 * row['best_acc'][0]:.2f} ± {100 * row['best_acc'][1]:.2f} "
             f"| {row['steps']} | {opt(row.get('regions'), '.0f')} "
             f"| {opt(row.get('mean_check_interval'), '.2f')} "
@@ -449,6 +529,28 @@ def format_table(summary: list[dict[str, Any]]) -> str:
             f"| {opt(coreset, '.4f')} | {opt(random, '.4f')} | {opt(gain, '.2f')} "
             f"| {opt(row.get('crest_step_share'), '.0%')} "
             f"| {opt(row.get('selection_share'), '.0%')} |"
+        )
+    return "\n".join(lines)
+
+
+def format_class_table(summary: list[dict[str, Any]]) -> str:
+    """Per-class recall, each class's share of the loss weight over the run, and (coordinator
+    methods) of the pool at the end: where an accuracy gap comes from."""
+    classes = len(summary[0]["per_class_recall"])
+    header = (
+        "| workload | method | frac | "
+        + " | ".join(f"recall {c} %" for c in range(classes))
+        + " | loss weight % by class | pool at end by class |"
+    )
+    lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
+    for row in summary:
+        recall = " | ".join(f"{100 * r:.1f}" for r in row["per_class_recall"])
+        weight = " / ".join(f"{100 * w:.1f}" for w in row["class_weight_share"])
+        pool = row.get("pool_per_class_end")
+        pool_text = "-" if pool is None else " / ".join(f"{p:.0f}" for p in pool)
+        lines.append(
+            f"| {row['workload']} | {row['method']} | {row['train_frac']:g} | {recall} "
+            f"| {weight} | {pool_text} |"
         )
     return "\n".join(lines)
 

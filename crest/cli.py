@@ -11,7 +11,15 @@ from pathlib import Path
 
 
 def _e2e(args: argparse.Namespace) -> int:
-    from crest.bench.e2e import CrestSetup, E2EPlan, format_table, quick_plan, run_e2e, write_json
+    from crest.bench.e2e import (
+        CrestSetup,
+        E2EPlan,
+        format_class_table,
+        format_table,
+        quick_plan,
+        run_e2e,
+        write_json,
+    )
     from crest.embedded import local_coordinator
 
     plan = E2EPlan()
@@ -32,6 +40,8 @@ def _e2e(args: argparse.Namespace) -> int:
     with local_coordinator() as coordinator:
         result = run_e2e(plan, coordinator, progress=not args.no_progress)
     print(format_table(result["summary"]))
+    print()
+    print(format_class_table(result["summary"]))
     write_json(result, Path(args.out))
     print(f"\nwrote {args.out}")
     return 0
@@ -250,15 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="benchmarks (print a table, write JSON)")
     which = bench.add_subparsers(dest="benchmark", required=True)
-    e2e = which.add_parser("e2e", help="Full vs Random vs CREST on MNIST-1D")
+    e2e = which.add_parser("e2e", help="Full vs Random vs CREST on MNIST-1D (W1, W2, W3)")
     e2e.add_argument("--seeds", type=int, help="number of seeds (default 3)")
     e2e.add_argument("--fracs", type=float, nargs="+", help="train fractions (default 0.1 0.2)")
-    e2e.add_argument("--workloads", nargs="+", choices=["w1", "w2"], help="default: both")
+    e2e.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=["w1", "w2", "w3"],
+        help="W1 MNIST-1D, W2 redundant and noisy, W3 imbalanced (default: all)",
+    )
     e2e.add_argument(
         "--methods",
         nargs="+",
-        choices=["random", "crest", "auto"],
-        help="besides full (default: all)",
+        choices=["random", "crest", "auto", "crest-balanced"],
+        help="besides full (default: random crest auto; crest-balanced is CREST with "
+        "class_weighting=balanced)",
     )
     e2e.add_argument("--epochs", type=float, help="full-training epochs (default 30)")
     e2e.add_argument("--crest", help="CREST settings as JSON, e.g. '{\"tau\": 0.2}'")

@@ -19,7 +19,7 @@ from typing import Any
 from crest.bench.e2e import E2EPlan, TrainSetup, format_table, run_e2e, write_json
 from crest.client.remote import RemoteCoordinator
 
-DEMO_PLAN = E2EPlan(seeds=(0,), fracs=(0.1,), train=TrainSetup(epochs=10))
+DEMO_PLAN = E2EPlan(workloads=("w1", "w2"), seeds=(0,), fracs=(0.1,), train=TrainSetup(epochs=10))
 
 
 def _free_port() -> int:

@@ -1,0 +1,126 @@
+"""The end-to-end benchmark's data and scoring: W3's class mix, balanced accuracy, a tiny run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from crest.bench.data import W3_SHARES, WORKLOADS, mnist1d_imbalanced
+from crest.bench.e2e import (
+    METHODS,
+    E2EPlan,
+    TrainSetup,
+    evaluate,
+    format_class_table,
+    format_table,
+    run_e2e,
+)
+from crest.cli import build_parser
+from crest.embedded import local_coordinator
+
+SOURCE = 5_000  # MNIST-1D samples: 4,000 train / 1,000 test before subsampling
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One generated MNIST-1D for the module's tests, never the user's cache."""
+    return tmp_path_factory.mktemp("crest-cache")
+
+
+@pytest.fixture(autouse=True)
+def _use_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CREST_CACHE_DIR", str(cache))
+
+
+def test_w3_has_the_documented_class_mix_in_train_and_test() -> None:
+    data = mnist1d_imbalanced(SOURCE)
+    assert W3_SHARES[0] == 0.40 and W3_SHARES[-1] == 0.02 and math.isclose(sum(W3_SHARES), 1)
+    for labels in (data.y_train, data.y_test):
+        counts = torch.bincount(labels, minlength=10).numpy()
+        # Within rounding of the documented shares.
+        assert np.all(np.abs(counts - np.asarray(W3_SHARES) * len(labels)) <= 1), counts
+    assert data.num_classes == 10 and data.x_train.shape == (len(data.y_train), 40)
+    # The 40% class keeps (nearly) all its training examples: the split is as large as it allows.
+    source = WORKLOADS["w1"](SOURCE)
+    assert int((data.y_train == 0).sum()) >= int((source.y_train == 0).sum()) - 1
+    # Training examples are MNIST-1D's, with their own labels.
+    first = (source.x_train == data.x_train[0]).all(1).nonzero().flatten()
+    assert len(first) == 1 and source.y_train[first[0]] == data.y_train[0]
+
+
+def test_w3_is_deterministic_for_its_seed() -> None:
+    a, b = mnist1d_imbalanced(SOURCE), mnist1d_imbalanced(SOURCE)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    other = mnist1d_imbalanced(SOURCE, seed=1)
+    assert not torch.equal(a.x_train, other.x_train)
+
+
+def test_w3_rejects_shares_that_are_not_a_mix_of_ten_classes() -> None:
+    with pytest.raises(ValueError, match="10 positive class shares"):
+        mnist1d_imbalanced(SOURCE, shares=(0.5, 0.5))
+    with pytest.raises(ValueError, match="summing to 1"):
+        mnist1d_imbalanced(SOURCE, shares=(0.2,) * 10)
+
+
+class _Fixed(nn.Module):
+    """Predicts the class stored for each input (its first feature)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(x[:, 0].long(), 3).float()
+
+
+def test_balanced_accuracy_is_the_mean_recall_over_present_classes() -> None:
+    # Class 0: 4 examples, 3 right; class 1: 1 example, wrong; class 2: none in the test set.
+    y = torch.tensor([0, 0, 0, 0, 1])
+    predicted = torch.tensor([0, 0, 0, 2, 0])
+    scores = evaluate(_Fixed(), predicted[:, None].float(), y, num_classes=3, batch=2)
+    assert scores.accuracy == pytest.approx(3 / 5)
+    assert scores.per_class_recall[:2] == [0.75, 0.0] and math.isnan(scores.per_class_recall[2])
+    assert scores.balanced_accuracy == pytest.approx(0.375)
+
+
+def test_unknown_method_or_workload_is_refused_before_any_training() -> None:
+    refused = pytest.raises(ValueError, match=r"unknown workloads or methods \['w9', 'x'\]")
+    with local_coordinator() as coordinator, refused:
+        run_e2e(E2EPlan(workloads=("w9",), methods=("x",)), coordinator, progress=False)
+
+
+def test_the_command_offers_every_workload_and_method() -> None:
+    args = build_parser().parse_args(
+        ["bench", "e2e", "--workloads", *WORKLOADS, "--methods", *METHODS]
+    )
+    assert tuple(args.workloads) == tuple(WORKLOADS) and tuple(args.methods) == tuple(METHODS)
+
+
+@pytest.mark.e2e
+def test_tiny_w3_run_reports_balanced_accuracy_and_class_weights() -> None:
+    plan = E2EPlan(
+        workloads=("w3",),
+        methods=("random", "crest", "crest-balanced"),
+        seeds=(0,),
+        fracs=(0.5,),
+        num_samples=SOURCE,
+        train=TrainSetup(epochs=2, batch_size=32, evals=2),
+    )
+    with local_coordinator() as coordinator:
+        result = run_e2e(plan, coordinator, progress=False)
+    rows = {row["method"]: row for row in result["summary"]}
+    assert set(rows) == {"full", "random", "crest", "crest-balanced"}
+    for run in result["runs"]:
+        assert len(run["per_class_recall"]) == 10
+        assert run["final_balanced_acc"] == pytest.approx(np.nanmean(run["per_class_recall"]))
+        assert run["curve"][-1][3] == run["final_balanced_acc"]
+        assert sum(run["extra"]["class_weight_share"]) == pytest.approx(1)
+    # Proportional coresets weight classes by their share of the pool; balanced ones equally.
+    crest, balanced = rows["crest"], rows["crest-balanced"]
+    assert crest["class_weight_share"] == pytest.approx(list(W3_SHARES), abs=0.01)
+    assert balanced["class_weight_share"] == pytest.approx([0.1] * 10, abs=0.01)
+    assert len(balanced["pool_per_class_end"]) == 10
+    table, classes = format_table(result["summary"]), format_class_table(result["summary"])
+    assert "| balanced acc % |" in table and "| crest-balanced | 0.5 |" in table
+    assert "| recall 9 % |" in classes
