@@ -16,7 +16,9 @@ NOT_SERVING until a write of it succeeds or it is deleted.
 The event loop only waits: a job's heavy steps (building it, rebuilding it from the store,
 opening a region, receiving an upload, assembling a selection, packing a snapshot) run on a
 worker thread while the caller holds that job's lock (:func:`_off_loop`), so the job's
-transitions stay serial and journaled in order while other jobs' calls are answered. numpy
+transitions stay serial and journaled in order while other jobs' calls are answered. A
+transition and its journal write finish together even if the caller is cancelled meanwhile
+(:func:`_to_the_end`): a retry after a deadline finds the change made, not half made. numpy
 releases the GIL for large array work; the Python loops left between (per subset and class,
 bounded by the config's region limits, :data:`crest.proto.contract.MAX_REGION_PROBLEMS`) give
 the loop the GIL back every switch interval.
@@ -34,7 +36,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -117,25 +119,31 @@ def _labels_digest(labels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
 
 
-async def _off_loop(fn: Callable[..., T], *args: object, changes: _Job | None = None) -> T:
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile.
+
+    A worker thread cannot be stopped, and a change must not stop between the state machine
+    and the journal: a cancelled caller (a client's deadline, a retry) waits for ``work``
+    while it keeps holding the job's lock, so nobody sees half a transition and a retry finds
+    the change made and journaled; then the cancellation goes on.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still wait
+                await asyncio.wait([task])
+        raise
+
+
+async def _off_loop(fn: Callable[..., T], *args: object) -> T:
     """``fn(*args)`` on a worker thread, while the event loop serves everybody else.
 
     Call it with the lock of the job that ``fn`` reads or changes held: the lock is what keeps
-    the job's transitions serial. A thread cannot be stopped, so a cancelled caller still
-    waits for it (keeping the lock: nobody sees half a transition) before the cancellation
-    goes on; a transition of ``changes`` that completed but will not be journaled now marks
-    that job stale, to be rebuilt from the store before its next use.
+    the job's transitions serial and in journal order.
     """
-    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        while not work.done():
-            with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still wait
-                await asyncio.wait([work])
-        if changes is not None:
-            changes.stale = True
-        raise
+    return await _to_the_end(asyncio.to_thread(fn, *args))
 
 
 def _rebuild(stored: StoredJob) -> JobState:
@@ -472,9 +480,12 @@ class JobManager:
 
     async def _view(self, job: _Job, rank: int, step: int) -> RegionView:
         """The view of ``step``, opening (and journaling) its region first when it is due."""
-        if await _off_loop(job.state.open_region, rank, step, changes=job):
-            await self._journal(job, journal.opened(rank, step))
+        await _to_the_end(self._open(job, rank, step))
         return job.state.view(rank, step)
+
+    async def _open(self, job: _Job, rank: int, step: int) -> None:
+        if await _off_loop(job.state.open_region, rank, step):
+            await self._journal(job, journal.opened(rank, step))
 
     async def submit_embeddings(
         self,
@@ -499,16 +510,20 @@ class JobManager:
         async with job.changed:
             await self._fresh(job)
             state = job.state
-            outcome, event = await _off_loop(
-                _checked_upload, state, rank, region_id, chunks, changes=job
-            )
-            if event is not None:
-                await self._journal(job, event)
+            outcome = await _to_the_end(self._receive(job, rank, region_id, chunks))
             if outcome is Upload.COMPLETE:
                 job.embedded_at = time.monotonic()
                 self._ensure_selection(job)
             job.changed.notify_all()
             return state.committed_seq[rank]
+
+    async def _receive(
+        self, job: _Job, rank: int, region_id: int, chunks: list[UploadChunk]
+    ) -> Upload:
+        outcome, event = await _off_loop(_checked_upload, job.state, rank, region_id, chunks)
+        if event is not None:
+            await self._journal(job, event)
+        return outcome
 
     def _ensure_selection(self, job: _Job) -> None:
         """Start the region's selection unless it is already running."""
@@ -541,24 +556,13 @@ class JobManager:
                 return
             if region.phase is not Phase.SELECTING:
                 return
-            fallback = result is None
             try:
-                if result is not None:
-                    try:
-                        await _off_loop(
-                            job.state.complete_selection, region_id, result, changes=job
-                        )
-                        await self._journal(job, journal.selected(region_id, result))
-                    except InvalidArgument as err:  # the selector's answer does not fit
-                        if self._crash(job, region_id, err, "answered wrongly"):
-                            job.changed.notify_all()
-                            return
-                        fallback = True
-                if fallback:
-                    await _off_loop(job.state.complete_fallback, region_id, changes=job)
-                    await self._journal(job, journal.fell_back(region_id))
+                fallback = await _to_the_end(self._complete(job, region_id, result))
             except CrestError as err:  # stale, lost or unwritable: the next call says which
                 log.warning("could not journal region %d: %s", region_id, err)
+                return
+            if fallback is None:  # strict mode stopped the job on a wrong answer
+                job.changed.notify_all()
                 return
             job.telemetry.record_selection(
                 SelectionEvent(
@@ -570,6 +574,24 @@ class JobManager:
                 )
             )
             job.changed.notify_all()
+
+    async def _complete(
+        self, job: _Job, region_id: int, result: SelectionResult | None
+    ) -> bool | None:
+        """Complete the region, journaled: with the selector's answer, or with random batches
+        when there is none or it does not fit. Returns whether it fell back (None: strict
+        mode stopped the job on an answer that does not fit)."""
+        if result is not None:
+            try:
+                await _off_loop(job.state.complete_selection, region_id, result)
+                await self._journal(job, journal.selected(region_id, result))
+                return False
+            except InvalidArgument as err:  # the selector's answer does not fit
+                if self._crash(job, region_id, err, "answered wrongly"):
+                    return None
+        await _off_loop(job.state.complete_fallback, region_id)
+        await self._journal(job, journal.fell_back(region_id))
+        return True
 
     async def _selection_bug(self, job: _Job, region_id: int, error: Exception, what: str) -> bool:
         """Record an unexpected selection error; True when strict mode stops the region."""
