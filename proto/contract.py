@@ -146,26 +146,26 @@ class JobConfig(BaseModel):
     def _check_region_size(self) -> None:
         """Refuse a config whose largest coreset region would exceed the region limits."""
         world, coresets = self.world_size, self.largest_num_coresets
+        knobs = ["world_size", "num_coresets"]
+        grows = ""
         if coresets > self.num_coresets:
             grows = (
                 f" (num_coresets={self.num_coresets} grows to {coresets} with adaptive: "
                 "num_coresets x max_check_interval, capped at max_coresets)"
             )
-            fix = "world_size, num_coresets, max_coresets or max_check_interval"
-        else:
-            grows, fix = "", "world_size or num_coresets"
+            knobs += ["max_coresets", "max_check_interval"]
         size = f"{world} ranks x {coresets} coresets{grows}"
         if self.region_candidates > MAX_REGION_CANDIDATES:
             raise ValueError(
                 f"world_size x num_coresets x subset_size: a region would draw {size} x "
                 f"{self.resolved_subset_size} candidates = {self.region_candidates:,}, over "
-                f"the limit of {MAX_REGION_CANDIDATES:,}; lower {fix} or subset_size"
+                f"the limit of {MAX_REGION_CANDIDATES:,}; lower {_either([*knobs, 'subset_size'])}"
             )
         if self.region_problems > MAX_REGION_PROBLEMS:
             raise ValueError(
                 f"world_size x num_coresets x num_classes: a region would pose {size} x "
                 f"{self.num_classes} classes = {self.region_problems:,} selection problems, "
-                f"over the limit of {MAX_REGION_PROBLEMS:,}; lower {fix}"
+                f"over the limit of {MAX_REGION_PROBLEMS:,}; lower {_either(knobs)}"
             )
 
     @property
@@ -225,6 +225,10 @@ class JobConfig(BaseModel):
     def per_class_budget(self) -> int:
         """Balanced weighting: examples selected per class and subset, ceil(B / C)."""
         return math.ceil(self.batch_size / self.num_classes)
+
+
+def _either(names: list[str]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @dataclass(frozen=True)
