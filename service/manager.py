@@ -509,21 +509,20 @@ class JobManager:
         job = self._job(job_id)
         async with job.changed:
             await self._fresh(job)
-            state = job.state
-            outcome = await _to_the_end(self._receive(job, rank, region_id, chunks))
-            if outcome is Upload.COMPLETE:
-                job.embedded_at = time.monotonic()
-                self._ensure_selection(job)
-            job.changed.notify_all()
-            return state.committed_seq[rank]
+            await _to_the_end(self._receive(job, rank, region_id, chunks))
+            return job.state.committed_seq[rank]
 
     async def _receive(
         self, job: _Job, rank: int, region_id: int, chunks: list[UploadChunk]
-    ) -> Upload:
+    ) -> None:
+        """Apply and journal an upload; start selection when it completes the region."""
         outcome, event = await _off_loop(_checked_upload, job.state, rank, region_id, chunks)
         if event is not None:
             await self._journal(job, event)
-        return outcome
+        if outcome is Upload.COMPLETE:
+            job.embedded_at = time.monotonic()
+            self._ensure_selection(job)
+        job.changed.notify_all()
 
     def _ensure_selection(self, job: _Job) -> None:
         """Start the region's selection unless it is already running."""
