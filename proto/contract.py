@@ -17,6 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from crest.proto.errors import invalid_fields
 
+# What one region may cost the coordinator (a coreset region draws W x P subsets of r
+# candidates, one selection problem per subset and class; see JobConfig.region_candidates).
+# On a busy 2-core machine a region at either limit opens in about 10 s, off the event loop
+# (measured; docs/design.md), and its snapshot stays well under Redis' 512 MiB value limit.
+MAX_REGION_CANDIDATES = 1 << 24  # candidate draws (subset members) per coreset region
+MAX_REGION_PROBLEMS = 1 << 18  # selection problems (subsets x classes) per coreset region
+
 
 class JobConfig(BaseModel):
     """What a training job asks of the coordinator. Immutable once the job exists.
@@ -24,6 +31,13 @@ class JobConfig(BaseModel):
     The step budget is ``train_frac`` of full-data training: ``epochs`` passes over
     ``num_examples`` in batches of ``batch_size``. A *virtual epoch* is the budget divided by
     ``epochs``, so a learning-rate schedule written in epochs compresses with the budget.
+
+    One coreset region costs the coordinator work in proportion to its candidates
+    (``world_size x P x subset_size``) and its selection problems (``world_size x P x
+    num_classes``), P being the most coresets per rank a region can reach
+    (:attr:`largest_num_coresets`). Both are bounded (:data:`MAX_REGION_CANDIDATES`,
+    :data:`MAX_REGION_PROBLEMS`; strategy ``random`` draws no coreset region), so that no
+    valid job can ask for a region that takes minutes or gigabytes.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -57,7 +71,7 @@ class JobConfig(BaseModel):
     tau: float = Field(0.1, ge=0, le=1e6, description="check threshold on relative error")
     num_coresets: int = Field(5, ge=1, le=100_000, description="P of the first region, per rank")
     max_coresets: int | None = Field(
-        None, ge=1, description="upper bound on P; default steps per virtual epoch"
+        None, ge=1, le=100_000, description="upper bound on P; default steps per virtual epoch"
     )
     adaptive: bool = Field(True, description="adapt k and P to the measured curvature")
     check_interval: int = Field(1, ge=1, le=100_000, description="k of the first region")
@@ -125,7 +139,34 @@ class JobConfig(BaseModel):
             )
         if self.check_interval > self.max_check_interval:
             raise ValueError("check_interval must not exceed max_check_interval")
+        if self.strategy != "random":
+            self._check_region_size()
         return self
+
+    def _check_region_size(self) -> None:
+        """Refuse a config whose largest coreset region would exceed the region limits."""
+        world, coresets = self.world_size, self.largest_num_coresets
+        knobs = ["world_size", "num_coresets"]
+        grows = ""
+        if coresets > self.num_coresets:
+            grows = (
+                f" (num_coresets={self.num_coresets} grows to {coresets} with adaptive: "
+                "num_coresets x max_check_interval, capped at max_coresets)"
+            )
+            knobs += ["max_coresets", "max_check_interval"]
+        size = f"{world} ranks x {coresets} coresets{grows}"
+        if self.region_candidates > MAX_REGION_CANDIDATES:
+            raise ValueError(
+                f"world_size x num_coresets x subset_size: a region would draw {size} x "
+                f"{self.resolved_subset_size} candidates = {self.region_candidates:,}, over "
+                f"the limit of {MAX_REGION_CANDIDATES:,}; lower {_either([*knobs, 'subset_size'])}"
+            )
+        if self.region_problems > MAX_REGION_PROBLEMS:
+            raise ValueError(
+                f"world_size x num_coresets x num_classes: a region would pose {size} x "
+                f"{self.num_classes} classes = {self.region_problems:,} selection problems, "
+                f"over the limit of {MAX_REGION_PROBLEMS:,}; lower {_either(knobs)}"
+            )
 
     @property
     def resolved_subset_size(self) -> int:
@@ -155,6 +196,27 @@ class JobConfig(BaseModel):
         return max(self.num_coresets, math.floor(self.steps_per_virtual_epoch))
 
     @property
+    def largest_num_coresets(self) -> int:
+        """The most coresets per rank a region can hold: P_0, or with ``adaptive``,
+        ``min(P_0 x max_check_interval, max_coresets)`` but at least P_0."""
+        if not self.adaptive:
+            return self.num_coresets
+        grown = self.num_coresets * self.max_check_interval
+        return min(grown, max(self.resolved_max_coresets, self.num_coresets))
+
+    @property
+    def region_candidates(self) -> int:
+        """Candidate draws of the largest coreset region: ``W x P_max x r``, at most
+        :data:`MAX_REGION_CANDIDATES` (memory, snapshot size, and numpy time to draw them)."""
+        return self.world_size * self.largest_num_coresets * self.resolved_subset_size
+
+    @property
+    def region_problems(self) -> int:
+        """Selection problems of the largest coreset region: ``W x P_max x C``, at most
+        :data:`MAX_REGION_PROBLEMS` (the coordinator draws and assembles them one by one)."""
+        return self.world_size * self.largest_num_coresets * self.num_classes
+
+    @property
     def per_class_candidates(self) -> int:
         """Balanced weighting: candidates of each class in one random subset, ceil(r / C)."""
         return math.ceil(self.resolved_subset_size / self.num_classes)
@@ -163,6 +225,10 @@ class JobConfig(BaseModel):
     def per_class_budget(self) -> int:
         """Balanced weighting: examples selected per class and subset, ceil(B / C)."""
         return math.ceil(self.batch_size / self.num_classes)
+
+
+def _either(names: list[str]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 @dataclass(frozen=True)

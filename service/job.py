@@ -49,7 +49,7 @@ from crest.proto.contract import (
 )
 from crest.proto.errors import FailedPrecondition, InvalidArgument
 from crest.service.checks import Adaptivity, decide, validate_report
-from crest.service.pool import DropSchedule, ExamplePool, class_weights
+from crest.service.pool import DropSchedule, ExamplePool, class_weights, distinct
 from crest.service.region import (
     Phase,
     Region,
@@ -400,8 +400,12 @@ class JobState:
             raise FailedPrecondition(f"region {region_id} is not waiting for selection")
         rng = np.random.default_rng([self.config.seed, region_id, 1])
         rows = []
-        for problem in np.unique(region.member_groups):
-            members = np.flatnonzero(region.member_groups == problem)
+        groups = region.member_groups  # non-decreasing: members are subset-major, then class
+        problems = distinct(groups)
+        starts = np.searchsorted(groups, problems)
+        ends = np.searchsorted(groups, problems, side="right")
+        for problem, first, end in zip(problems, starts, ends, strict=True):
+            members = np.arange(first, end)  # one pass, not one scan of the region per problem
             budget = int(region.class_budgets.reshape(-1)[problem])
             rows.append(np.sort(rng.choice(members, min(budget, len(members)), replace=False)))
         chosen = np.concatenate(rows) if rows else np.zeros(0, np.int64)

@@ -13,6 +13,16 @@ lost (a Redis restarted empty) fails with :class:`DataLoss` and is forgotten; a 
 is over the store's value limit fails with :class:`ResourceExhausted` and holds health at
 NOT_SERVING until a write of it succeeds or it is deleted.
 
+The event loop only waits: a job's heavy steps (building it, rebuilding it from the store,
+opening a region, receiving an upload, assembling a selection, packing a snapshot) run on a
+worker thread while the caller holds that job's lock (:func:`_off_loop`), so the job's
+transitions stay serial and journaled in order while other jobs' calls are answered. A
+transition and its journal write finish together even if the caller is cancelled meanwhile
+(:func:`_to_the_end`): a retry after a deadline finds the change made, not half made. numpy
+releases the GIL for large array work; the Python loops left between (per subset and class,
+bounded by the config's region limits, :data:`crest.proto.contract.MAX_REGION_PROBLEMS`) give
+the loop the GIL back every switch interval.
+
 Lifecycle: :meth:`JobManager.delete_job` removes a job from memory and from the store; with
 ``finished_ttl_s`` set, finished jobs are deleted that long after they finished (the finish
 time is stored, so the clock survives restarts).
@@ -21,11 +31,12 @@ time is stored, so the clock survives restarts).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -53,7 +64,7 @@ from crest.proto.errors import (
 from crest.service import journal
 from crest.service.codec import pack, unpack
 from crest.service.job import JobState, Phase, Upload, UploadChunk
-from crest.service.store import MemoryStore, StateStore
+from crest.service.store import MemoryStore, StateStore, StoredJob
 from crest.service.telemetry import JobTelemetry, SelectionEvent
 from crest.worker.problems import SelectionResult, Selector
 
@@ -108,6 +119,57 @@ def _labels_digest(labels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
 
 
+async def _to_the_end(work: Awaitable[T]) -> T:
+    """Await ``work`` to its end even if the caller is cancelled meanwhile.
+
+    A worker thread cannot be stopped, and a change must not stop between the state machine
+    and the journal: a cancelled caller (a client's deadline, a retry) waits for ``work``
+    while it keeps holding the job's lock, so nobody sees half a transition and a retry finds
+    the change made and journaled; then the cancellation goes on.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still wait
+                await asyncio.wait([task])
+        raise
+
+
+async def _off_loop(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` on a worker thread, while the event loop serves everybody else.
+
+    Call it with the lock of the job that ``fn`` reads or changes held: the lock is what keeps
+    the job's transitions serial and in journal order.
+    """
+    return await _to_the_end(asyncio.to_thread(fn, *args))
+
+
+def _rebuild(stored: StoredJob) -> JobState:
+    """A job's state from its snapshot and journal (heavy: regions are drawn again)."""
+    state = JobState.from_state(unpack(stored.snapshot))
+    for event in stored.log:
+        journal.replay(state, event)
+    return state
+
+
+def _new_job(job_id: str, config: JobConfig, labels: np.ndarray) -> tuple[JobState, bytes]:
+    """A new job's state and its first snapshot."""
+    state = JobState(job_id, config, labels)
+    return state, pack(state.to_state())
+
+
+def _checked_upload(
+    state: JobState, rank: int, region_id: int, chunks: list[UploadChunk]
+) -> tuple[Upload, bytes | None]:
+    """Receive an upload and encode its journal event (None for a duplicate)."""
+    outcome = state.receive_upload(rank, region_id, chunks)
+    if outcome is Upload.DUPLICATE:
+        return outcome, None
+    return outcome, journal.uploaded(rank, region_id, chunks)
+
+
 class JobManager:
     """Jobs, their state machines, their storage and the selector that serves them.
 
@@ -156,7 +218,8 @@ class JobManager:
         finished = await self.store.finished_times()
         for job_id in await self.store.job_ids():
             state, length = await self._load(job_id)
-            job = _Job(state, _labels_digest(state.pool.labels), journal_length=length)
+            digest = await _off_loop(_labels_digest, state.pool.labels)
+            job = _Job(state, digest, journal_length=length)
             self._jobs[job_id] = job
             job.finished_at = finished.get(job_id)
             await self._note_finished(job)  # finished before its time was recorded
@@ -168,10 +231,7 @@ class JobManager:
         stored = await self.store.load(job_id)
         if stored is None:
             raise NotFound(f"job {job_id!r} is not in the store")
-        state = JobState.from_state(unpack(stored.snapshot))
-        for event in stored.log:
-            journal.replay(state, event)
-        return state, len(stored.log)
+        return await _off_loop(_rebuild, stored), len(stored.log)
 
     async def healthy(self) -> bool:
         """True when the store and the selector answer and every job's state can be stored."""
@@ -206,7 +266,8 @@ class JobManager:
         raw = config.model_dump() if isinstance(config, JobConfig) else config
         config = JobConfig.model_validate(raw)  # raises InvalidArgument, not ValidationError
         labels = np.asarray(labels)
-        digest = _labels_digest(labels) if np.issubdtype(labels.dtype, np.integer) else ""
+        integers = np.issubdtype(labels.dtype, np.integer)
+        digest = await _off_loop(_labels_digest, labels) if integers else ""
         async with self._creating:
             if job_id is not None and job_id in self._jobs:
                 existing = self._jobs[job_id]
@@ -214,9 +275,9 @@ class JobManager:
                     raise FailedPrecondition(f"job {job_id!r} exists with another config or labels")
                 return job_id
             job_id = job_id or uuid.uuid4().hex[:16]
-            state = JobState(job_id, config, labels)
+            state, snapshot = await _off_loop(_new_job, job_id, config, labels)
             try:
-                await self.store.create(job_id, pack(state.to_state()))
+                await self.store.create(job_id, snapshot)
             except ResourceExhausted:  # too large to store: permanent, and nothing was created
                 raise
             except Exception as err:
@@ -333,10 +394,14 @@ class JobManager:
         job_id = job.state.job_id
         try:
             if job.journal_length + 1 >= self.snapshot_every:
-                await self.store.snapshot(job_id, pack(job.state.to_state()))
+                snapshot = await _off_loop(_snapshot, job.state)
+                await self.store.snapshot(job_id, snapshot)
                 job.journal_length = 0
             else:
                 job.journal_length = await self.store.append(job_id, event)
+        except asyncio.CancelledError:  # the change may or may not be stored: reload it
+            job.stale = True
+            raise
         except DataLoss:
             raise self._lost(job) from None
         except ResourceExhausted as err:  # permanent for this job: say so, and in health
@@ -415,9 +480,12 @@ class JobManager:
 
     async def _view(self, job: _Job, rank: int, step: int) -> RegionView:
         """The view of ``step``, opening (and journaling) its region first when it is due."""
-        if job.state.open_region(rank, step):
-            await self._journal(job, journal.opened(rank, step))
+        await _to_the_end(self._open(job, rank, step))
         return job.state.view(rank, step)
+
+    async def _open(self, job: _Job, rank: int, step: int) -> None:
+        if await _off_loop(job.state.open_region, rank, step):
+            await self._journal(job, journal.opened(rank, step))
 
     async def submit_embeddings(
         self,
@@ -441,15 +509,20 @@ class JobManager:
         job = self._job(job_id)
         async with job.changed:
             await self._fresh(job)
-            state = job.state
-            outcome = state.receive_upload(rank, region_id, chunks)
-            if outcome is not Upload.DUPLICATE:
-                await self._journal(job, journal.uploaded(rank, region_id, chunks))
-            if outcome is Upload.COMPLETE:
-                job.embedded_at = time.monotonic()
-                self._ensure_selection(job)
-            job.changed.notify_all()
-            return state.committed_seq[rank]
+            await _to_the_end(self._receive(job, rank, region_id, chunks))
+            return job.state.committed_seq[rank]
+
+    async def _receive(
+        self, job: _Job, rank: int, region_id: int, chunks: list[UploadChunk]
+    ) -> None:
+        """Apply and journal an upload; start selection when it completes the region."""
+        outcome, event = await _off_loop(_checked_upload, job.state, rank, region_id, chunks)
+        if event is not None:
+            await self._journal(job, event)
+        if outcome is Upload.COMPLETE:
+            job.embedded_at = time.monotonic()
+            self._ensure_selection(job)
+        job.changed.notify_all()
 
     def _ensure_selection(self, job: _Job) -> None:
         """Start the region's selection unless it is already running."""
@@ -462,7 +535,7 @@ class JobManager:
             if job.stale or job.gone or region is None or region.phase is not Phase.SELECTING:
                 return
             region_id = region.region_id
-            request = job.state.selection_request()
+            request = await _off_loop(job.state.selection_request)
         result: SelectionResult | None = None
         limit = self.selection_timeout_s
         try:
@@ -482,22 +555,13 @@ class JobManager:
                 return
             if region.phase is not Phase.SELECTING:
                 return
-            fallback = result is None
             try:
-                if result is not None:
-                    try:
-                        job.state.complete_selection(region_id, result)
-                        await self._journal(job, journal.selected(region_id, result))
-                    except InvalidArgument as err:  # the selector's answer does not fit
-                        if self._crash(job, region_id, err, "answered wrongly"):
-                            job.changed.notify_all()
-                            return
-                        fallback = True
-                if fallback:
-                    job.state.complete_fallback(region_id)
-                    await self._journal(job, journal.fell_back(region_id))
+                fallback = await _to_the_end(self._complete(job, region_id, result))
             except CrestError as err:  # stale, lost or unwritable: the next call says which
                 log.warning("could not journal region %d: %s", region_id, err)
+                return
+            if fallback is None:  # strict mode stopped the job on a wrong answer
+                job.changed.notify_all()
                 return
             job.telemetry.record_selection(
                 SelectionEvent(
@@ -509,6 +573,24 @@ class JobManager:
                 )
             )
             job.changed.notify_all()
+
+    async def _complete(
+        self, job: _Job, region_id: int, result: SelectionResult | None
+    ) -> bool | None:
+        """Complete the region, journaled: with the selector's answer, or with random batches
+        when there is none or it does not fit. Returns whether it fell back (None: strict
+        mode stopped the job on an answer that does not fit)."""
+        if result is not None:
+            try:
+                await _off_loop(job.state.complete_selection, region_id, result)
+                await self._journal(job, journal.selected(region_id, result))
+                return False
+            except InvalidArgument as err:  # the selector's answer does not fit
+                if self._crash(job, region_id, err, "answered wrongly"):
+                    return None
+        await _off_loop(job.state.complete_fallback, region_id)
+        await self._journal(job, journal.fell_back(region_id))
+        return True
 
     async def _selection_bug(self, job: _Job, region_id: int, error: Exception, what: str) -> bool:
         """Record an unexpected selection error; True when strict mode stops the region."""
@@ -575,7 +657,7 @@ class JobManager:
         job = self._job(job_id)
         async with job.lock:
             await self._fresh(job)
-            return pack(job.state.to_state())
+            return await _off_loop(_snapshot, job.state)
 
     async def restore_job(self, job_id: str, snapshot: bytes) -> bool:
         """Adopt ``snapshot`` (from :meth:`export_job`) for an existing job with the same
@@ -584,16 +666,15 @@ class JobManager:
         kept: it holds everything the trainer's checkpoint needs."""
         job = self._job(job_id)
         try:
-            state = JobState.from_state(unpack(snapshot))
+            state = await _off_loop(_from_snapshot, snapshot)
         except Exception as err:  # any malformed blob: it never becomes part of a job
             raise InvalidArgument(f"not a job snapshot: {err}") from None
         if state.job_id != job_id:
             raise InvalidArgument(f"the snapshot is of job {state.job_id!r}, not {job_id!r}")
         async with job.changed:
             await self._fresh(job)
-            if state.config != job.state.config or _labels_digest(state.pool.labels) != (
-                job.labels_digest
-            ):
+            digest = await _off_loop(_labels_digest, state.pool.labels)
+            if state.config != job.state.config or digest != job.labels_digest:
                 raise FailedPrecondition(
                     f"job {job_id!r} was created with another config or other labels than the "
                     "checkpoint's job: create it with the checkpoint's config and labels"
@@ -610,6 +691,14 @@ class JobManager:
             job.changed.notify_all()
             log.info("restored job %s from a checkpoint at step %d", job_id, state.status().step)
             return True
+
+
+def _snapshot(state: JobState) -> bytes:
+    return pack(state.to_state())
+
+
+def _from_snapshot(snapshot: bytes) -> JobState:
+    return JobState.from_state(unpack(snapshot))
 
 
 def _regions_opened(state: JobState) -> int:

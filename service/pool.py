@@ -47,6 +47,19 @@ def largest_remainder(shares: np.ndarray, total: int, at_least_one: bool = True)
     return seats
 
 
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an array, flattened: ``np.unique(values)``, by sorting.
+
+    numpy 2.3+ finds distinct values by hashing, which on large index arrays is tens of times
+    slower than sorting (10 s against 0.3 s for 4M int64 on a busy 2-core machine) and holds
+    the GIL throughout: from the coordinator's worker thread it would stall the event loop.
+    """
+    ordered = np.sort(values, axis=None)
+    if ordered.size == 0:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+
+
 def class_weights(
     raw: np.ndarray, subset: np.ndarray, labels: np.ndarray, shares: np.ndarray
 ) -> np.ndarray:
@@ -299,10 +312,10 @@ class ExamplePool:
         spare = np.maximum(self.sizes_per_class() - floor_per_class, 0)
         # Position of each candidate within its class in that order: keep those under the spare.
         labels = self.labels[order]
-        rank_in_class = np.zeros(len(order), dtype=np.int64)
-        for label in np.unique(labels):
-            mine = labels == label
-            rank_in_class[mine] = np.arange(mine.sum())
+        by_label = np.argsort(labels, kind="stable")  # keeps the order within each class
+        first = np.searchsorted(labels[by_label], labels[by_label])  # where its class starts
+        rank_in_class = np.empty(len(order), dtype=np.int64)
+        rank_in_class[by_label] = np.arange(len(order)) - first
         drop = order[rank_in_class < spare[labels]][:room]
         self.in_pool[drop] = False
         self._sizes = None

@@ -18,7 +18,7 @@ import numpy as np
 
 from crest.proto import steps
 from crest.proto.contract import CheckDecision, CheckReport, JobConfig, RegionStatus, RegionView
-from crest.service.pool import ExamplePool, class_weights
+from crest.service.pool import ExamplePool, class_weights, distinct
 
 
 class Phase(StrEnum):
@@ -135,7 +135,7 @@ def crest_region(
     candidates, rank_offsets, members, member_groups = [], [0], [], []
     for rank in range(world):
         mine = subsets[rank * num_coresets : (rank + 1) * num_coresets]
-        unique = np.unique(np.concatenate([part for subset in mine for part in subset]))
+        unique = distinct(np.concatenate([part for subset in mine for part in subset]))
         base = rank_offsets[-1]
         for offset, subset in enumerate(mine):
             for label, part in enumerate(subset):

@@ -24,6 +24,7 @@ def test_a_config_survives_the_round_trip_with_every_field_set() -> None:
 
 
 def test_a_value_the_wire_cannot_hold_is_invalid_argument_naming_the_field() -> None:
-    config = JobConfig(num_examples=1000, num_classes=7, batch_size=20, max_coresets=2**31)
-    with pytest.raises(InvalidArgument, match=r"^invalid job config: max_coresets: cannot travel"):
+    config = JobConfig(num_examples=1000, num_classes=7, batch_size=20, check_sample_size=2**31)
+    expected = r"^invalid job config: check_sample_size: cannot travel"
+    with pytest.raises(InvalidArgument, match=expected):
         convert.config_to_pb(config)
