@@ -33,12 +33,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from crest.bench.data import Dataset as Workload
-from crest.bench.data import mnist1d
-from crest.bench.e2e import TrainSetup, warm_up
-from crest.bench.models import cnn1d
 from crest.client import CrestLoader, JobConfig, Session, tensor_fetch, weighted_loss
+from crest.compare import TrainSetup, warm_up
 from crest.embedded import local_coordinator
+from crest.workloads import Dataset as Workload
+from crest.workloads import cnn1d, mnist1d
 
 
 @dataclass(frozen=True)

@@ -151,9 +151,9 @@ def ingest(address: str, dim: int, rows: int) -> dict[str, float]:
 def remote_overhead(address: str, dashboard: str, repeats: int) -> dict[str, Any]:
     """MNIST-1D CREST run (f=0.1, seed 0): in-process vs remote coordinator, same batches;
     and the region-switch latency of the remote runs."""
-    from crest.bench.data import mnist1d
-    from crest.bench.e2e import CrestSetup, TrainSetup, run_crest, warm_up
+    from crest.compare import CrestSetup, TrainSetup, run_crest, warm_up
     from crest.embedded import local_coordinator
+    from crest.workloads import mnist1d
 
     data = mnist1d()
     train = TrainSetup()

@@ -1,7 +1,7 @@
 """Sweep CREST's open knobs on the end-to-end workload: one JSON line per (setting, seed).
 
 Usage: ``python -m crest.bench.sweep OUT.jsonl WORKLOAD FRAC SEEDS SETTING_JSON [...]``,
-each setting a JSON object of :class:`crest.bench.e2e.CrestSetup` fields. Random runs at the
+each setting a JSON object of :class:`crest.compare.CrestSetup` fields. Random runs at the
 same fraction and seeds are included once, as the reference.
 """
 
@@ -11,9 +11,9 @@ import json
 import sys
 from dataclasses import asdict, replace
 
-from crest.bench.data import WORKLOADS
-from crest.bench.e2e import CrestSetup, TrainSetup, run_baseline, run_crest, warm_up
+from crest.compare import CrestSetup, TrainSetup, run_baseline, run_crest, warm_up
 from crest.embedded import local_coordinator
+from crest.workloads import WORKLOADS
 
 
 def main(argv: list[str]) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _e2e(args: argparse.Namespace) -> int:
-    from crest.bench.e2e import (
+    from crest.compare import (
         CrestSetup,
         E2EPlan,
         format_class_table,
@@ -58,8 +58,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _selection(args: argparse.Namespace) -> int:
-    from crest.bench.e2e import write_json
     from crest.bench.selection import SelectionPlan, format_tables, quick_plan, run_selection_bench
+    from crest.compare import write_json
 
     plan = quick_plan() if args.quick else SelectionPlan()
     if args.no_large:
@@ -74,8 +74,8 @@ def _selection(args: argparse.Namespace) -> int:
 
 
 def _service_bench(args: argparse.Namespace) -> int:
-    from crest.bench.e2e import write_json
     from crest.bench.service import format_table, run_service_bench
+    from crest.compare import write_json
 
     result = run_service_bench(quick=args.quick)
     print(format_table(result))
@@ -85,8 +85,8 @@ def _service_bench(args: argparse.Namespace) -> int:
 
 
 def _loader_bench(args: argparse.Namespace) -> int:
-    from crest.bench.e2e import write_json
     from crest.bench.loader import LoaderPlan, format_table, quick_plan, run_loader_bench
+    from crest.compare import write_json
 
     plan = quick_plan() if args.quick else LoaderPlan()
     if args.repeats is not None:

@@ -31,7 +31,7 @@ OTHER_VARIABLES = (
      "PEM of the CA that signed the coordinator's certificate: probe it with TLS"),
     ("CREST_TLS_SERVER_NAME", "`crest health`, `crest jobs`",
      "the name the coordinator's certificate was issued to, when not the probed host"),
-    ("CREST_CACHE_DIR", "`crest.bench.data` (the examples' MNIST-1D)",
+    ("CREST_CACHE_DIR", "`crest.workloads` (the examples' MNIST-1D)",
      "where generated datasets are cached; default `~/.cache/crest`"),
     ("RAY_AUTH_MODE", "every Ray process", "`token` turns Ray's token authentication on"),
     ("RAY_AUTH_TOKEN", "every Ray process",

@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from crest.bench.e2e import E2EPlan, TrainSetup, format_table, run_e2e, write_json
 from crest.client.remote import RemoteCoordinator
+from crest.compare import E2EPlan, TrainSetup, format_table, run_e2e, write_json
 
 DEMO_PLAN = E2EPlan(workloads=("w1", "w2"), seeds=(0,), fracs=(0.1,), train=TrainSetup(epochs=10))
 

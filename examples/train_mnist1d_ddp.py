@@ -14,10 +14,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import TensorDataset
 
-from crest.bench.data import mnist1d
-from crest.bench.models import cnn1d
 from crest.client import CrestLoader, JobConfig, Session, weighted_loss
 from crest.embedded import connect
+from crest.workloads import cnn1d, mnist1d
 
 
 def main() -> None:

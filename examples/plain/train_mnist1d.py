@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from crest.bench.data import mnist1d
-from crest.bench.models import cnn1d
+from crest.workloads import cnn1d, mnist1d
 
 
 def main() -> None:

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from crest.bench.data import mnist1d
-from crest.bench.models import cnn1d
+from crest.workloads import cnn1d, mnist1d
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from crest.bench.data import W3_SHARES, WORKLOADS, mnist1d_imbalanced
-from crest.bench.e2e import (
+from crest.cli import build_parser
+from crest.compare import (
     METHODS,
     E2EPlan,
     TrainSetup,
@@ -20,8 +20,8 @@ from crest.bench.e2e import (
     format_table,
     run_e2e,
 )
-from crest.cli import build_parser
 from crest.embedded import local_coordinator
+from crest.workloads import W3_SHARES, WORKLOADS, mnist1d_imbalanced
 
 SOURCE = 5_000  # MNIST-1D samples: 4,000 train / 1,000 test before subsampling
 

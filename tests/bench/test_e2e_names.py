@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from crest.bench.data import Dataset
-from crest.bench.e2e import CrestSetup, TrainSetup
+from crest.compare import CrestSetup, TrainSetup
+from crest.workloads import Dataset
 
 
 def test_crest_jobs_are_named_by_workload_strategy_fraction_and_seed() -> None:

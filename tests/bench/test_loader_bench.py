@@ -1,5 +1,5 @@
-from crest.bench.data import Dataset
 from crest.bench.loader import VARIANTS, LoaderPlan, format_table, run_loader_bench
+from crest.workloads import Dataset
 from tests.training import blobs
 
 

@@ -1,9 +1,10 @@
-"""End-to-end benchmark: Full vs Random vs CREST vs auto, same model, schedule and seeds.
+"""Train one model several ways and compare: Full vs Random vs CREST vs auto, same model,
+schedule and seeds. ``crest demo`` runs a short plan; ``crest bench e2e`` the benchmark's.
 
 Workloads: W1 is MNIST-1D (40k/10k); W2 is a redundant, noisily labelled training set built
-from it (:func:`crest.bench.data.mnist1d_redundant`), where selection should matter; W3 is
+from it (:func:`crest.workloads.mnist1d_redundant`), where selection should matter; W3 is
 MNIST-1D subsampled to an imbalanced class mix, 40% down to 2%
-(:func:`crest.bench.data.mnist1d_imbalanced`), where a class-balanced objective would show.
+(:func:`crest.workloads.mnist1d_imbalanced`), where a class-balanced objective would show.
 Every evaluation measures accuracy and balanced accuracy (the mean per-class recall) on the
 workload's test set.
 Every method trains the same 1-D CNN with SGD + momentum, the same learning rate and the same
@@ -36,10 +37,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from crest.bench.data import WORKLOADS, Dataset
-from crest.bench.models import cnn1d
 from crest.client import JobConfig, Session, tensor_fetch, weighted_loss
 from crest.proto.contract import Coordinator
+from crest.workloads import WORKLOADS, Dataset, cnn1d
 
 
 @dataclass(frozen=True)
@@ -375,7 +375,7 @@ locally, without the coordinator)."""
 
 @dataclass(frozen=True)
 class E2EPlan:
-    workloads: tuple[str, ...] = ("w1", "w2", "w3")  # keys of crest.bench.data.WORKLOADS
+    workloads: tuple[str, ...] = ("w1", "w2", "w3")  # keys of crest.workloads.WORKLOADS
     methods: tuple[str, ...] = ("random", "crest", "auto")  # besides full; see METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
     fracs: tuple[float, ...] = (0.1, 0.2)
