@@ -22,8 +22,10 @@ pytestmark = pytest.mark.integration
 def ray_coordinator(ray_session):
     from crest.worker.ray_pool import RaySelector
 
-    selector = RaySelector(num_actors=1, deadline_s=2.0)
-    coordinator = LocalCoordinator(JobManager(selector, selection_timeout_s=10.0, strict=True))
+    selector = RaySelector(num_actors=1)
+    # The manager passes its deadline with every selection: 5 s bounds a frozen pool's wait,
+    # and leaves a busy machine's real selections (milliseconds) ample room.
+    coordinator = LocalCoordinator(JobManager(selector, selection_timeout_s=5.0, strict=True))
     try:
         yield coordinator
     finally:
