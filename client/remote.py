@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
+import ssl
 import threading
 import time
 import uuid
@@ -112,8 +114,9 @@ class RemoteCoordinator:
         ]:
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value}")  # fmt: skip
+        self._tls_ca = Path(tls_ca).read_bytes() if tls_ca is not None else None
         self._credentials = (
-            grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()) if tls_ca is not None else None
+            grpc.ssl_channel_credentials(self._tls_ca) if self._tls_ca is not None else None
         )
         self._pid = -1
         self._connect_lock = threading.Lock()
@@ -157,16 +160,14 @@ class RemoteCoordinator:
             ready.result(timeout=self.connect_timeout_s)
         except grpc.FutureTimeoutError:
             ready.cancel()
-            # The ready future never says why; one call does (e.g. a TLS certificate that
-            # tls_ca does not verify, which no amount of waiting cures).
-            try:
-                stub = pb_grpc.CoordinatorStub(channel)
-                stub.ListJobs(pb.ListJobsRequest(), timeout=2.0, metadata=self._metadata)
-            except grpc.RpcError as err:
-                if _UNTRUSTED_CERTIFICATE in (err.details() or ""):
-                    channel.close()
-                    raise self._permanent(err) from None
             channel.close()
+            untrusted = self._untrusted_certificate()
+            if untrusted is not None:  # no amount of waiting cures that
+                raise Unauthenticated(
+                    f"the coordinator at {self.address} presented a TLS certificate that "
+                    f"tls_ca does not verify (wrong CA, or a certificate not for this host): "
+                    f"{untrusted}"
+                ) from None
             tls = "with TLS (tls_ca=...)" if self._credentials is not None else "without TLS"
             raise Unavailable(
                 f"could not connect to the crest coordinator at {self.address} within "
@@ -176,6 +177,36 @@ class RemoteCoordinator:
                 f"serves {tls} as this client expects"
             ) from None
         self._reached = True
+
+    def _untrusted_certificate(self) -> str | None:
+        """Why the server's certificate fails verification against ``tls_ca``, if it does.
+
+        A handshake of our own: the ready future never says why a channel did not connect,
+        and a failed call names only the last address gRPC tried (``localhost`` is ::1 and
+        127.0.0.1), so its message is no reliable witness.
+        """
+        if self._tls_ca is None:
+            return None
+        host, _, port = self.address.rpartition(":")
+        host = host.strip("[]")
+        context = ssl.create_default_context(cadata=self._tls_ca.decode())
+        context.set_alpn_protocols(["h2"])
+        try:
+            addresses = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError):
+            return None
+        for *_, sockaddr in addresses:
+            try:
+                with (
+                    socket.create_connection(sockaddr[:2], timeout=2.0) as raw,
+                    context.wrap_socket(raw, server_hostname=host),
+                ):
+                    return None  # verified: something else is wrong
+            except ssl.SSLCertVerificationError as err:
+                return err.verify_message or str(err)
+            except OSError:
+                continue  # nothing listens at this address: try the next
+        return None
 
     def _call(self, name: str, attempt: Callable[[], T]) -> T:
         """Run one idempotent call, retrying while the coordinator is unreachable.
