@@ -196,9 +196,10 @@ class RemoteCoordinator:
         except (OSError, ValueError):
             return None
         for *_, sockaddr in addresses:
+            ip, port_number = str(sockaddr[0]), int(sockaddr[1])
             try:
                 with (
-                    socket.create_connection(sockaddr[:2], timeout=2.0) as raw,
+                    socket.create_connection((ip, port_number), timeout=2.0) as raw,
                     context.wrap_socket(raw, server_hostname=host),
                 ):
                     return None  # verified: something else is wrong
