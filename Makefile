@@ -1,11 +1,11 @@
 # Quick start: `make demo` (creates .venv, installs torch==2.13.0 first, then crest, runs the
-# demo) and `make test`. Other targets: lint, format, bench, proto, docs, clean.
+# demo) and `make test`. Other targets: test-unit, lint, format, bench, proto, docs, clean.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench proto docs clean
+.PHONY: install demo test test-unit lint format bench proto docs clean
 
 # torch first, pinned: an open range would make pip fetch a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# The fast tier (about 35 s on 2 cores): no real servers, processes or whole training jobs.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not e2e"
 
 # mypy runs through tools/typecheck.py, which lays the package out as it installs (strict on
 # crest.proto and crest.service; settings in pyproject.toml).

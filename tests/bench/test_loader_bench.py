@@ -1,8 +1,11 @@
+import pytest
+
 from crest.bench.loader import VARIANTS, LoaderPlan, format_table, run_loader_bench
 from crest.workloads import Dataset
 from tests.training import blobs
 
 
+@pytest.mark.e2e  # trains the job four ways, one with worker processes
 def test_tiny_plan_runs_every_variant_on_the_same_batches() -> None:
     # A smoke test only (the benchmark is never a timed test).
     x, y = blobs()

@@ -32,7 +32,7 @@ def reference(seed: int) -> list:
         )[1]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.e2e)])  # processes
 def test_loader_serves_the_session_batches_with_their_data(workers: int) -> None:
     dataset = Blobs()
     with local_coordinator() as coordinator:

@@ -23,7 +23,8 @@ from crest.proto.contract import Coordinator
 from tests.client.test_data_and_resume import Blobs
 from tests.training import Batch, blobs, job_config, make_model
 
-LOADERS = ("tensor", "dataset", "tensor-dataset", "workers")
+IN_PROCESS = ("tensor", "dataset", "tensor-dataset")  # the unit tier
+WORKERS = "workers"  # DataLoader worker processes: the e2e tier
 EXPECTED_MODES = {"crest": ["crest"], "random": ["random"], "auto": ["crest", "random"]}
 
 
@@ -81,17 +82,21 @@ def check_job(coordinator: Coordinator, job_id: str, strategy: str, runs: list[l
         assert 0 < regions[modes.index("random")].start_step < config.total_steps
 
 
-@pytest.mark.parametrize("strategy", ["crest", "random", "auto"])
-def test_every_strategy_through_every_loader_on_one_rank(strategy: str) -> None:
+def one_rank(strategy: str, loaders: tuple[str, ...]) -> None:
     labels = blobs()[1].numpy()
     served: dict[str, list[Batch]] = {}
     with local_coordinator() as coordinator:
-        for loader in LOADERS:
+        for loader in ("tensor", *loaders):
             job_id = coordinator.create_job(strategy_config(strategy), labels)
             served[loader] = train_through(coordinator, job_id, loader)
             check_job(coordinator, job_id, strategy, [served[loader]])
-    for loader in LOADERS[1:]:
+    for loader in loaders:
         assert served[loader] == served["tensor"], f"{loader} served other batches"
+
+
+@pytest.mark.parametrize("strategy", ["crest", "random", "auto"])
+def test_every_strategy_through_every_loader_on_one_rank(strategy: str) -> None:
+    one_rank(strategy, IN_PROCESS[1:])
 
 
 def train_two_ranks(coordinator: Coordinator, job_id: str, loader: str) -> list[list[Batch]]:
@@ -116,20 +121,31 @@ def train_two_ranks(coordinator: Coordinator, job_id: str, loader: str) -> list[
     return [results[0], results[1]]
 
 
-@pytest.mark.parametrize("strategy", ["crest", "random", "auto"])
-def test_every_strategy_through_every_loader_on_two_ranks(strategy: str) -> None:
+def two_ranks(strategy: str, loaders: tuple[str, ...]) -> None:
     labels = blobs()[1].numpy()
     served: dict[str, list[list[Batch]]] = {}
     with local_coordinator() as coordinator:
-        for loader in ("tensor", "dataset", "workers"):
+        for loader in ("tensor", *loaders):
             job_id = coordinator.create_job(strategy_config(strategy, world_size=2), labels)
             served[loader] = ranks = train_two_ranks(coordinator, job_id, loader)
             check_job(coordinator, job_id, strategy, ranks)
             for a, b in zip(*ranks, strict=True):
                 assert a[0] == b[0] and a[3] == b[3], "ranks must be in the same region"
                 assert not set(a[1]) & set(b[1]), "ranks' batches must be disjoint"
-    assert served["dataset"] == served["tensor"]
-    assert served["workers"] == served["tensor"]
+    for loader in loaders:
+        assert served[loader] == served["tensor"], f"{loader} served other batches"
+
+
+@pytest.mark.parametrize("strategy", ["crest", "random", "auto"])
+def test_every_strategy_through_every_loader_on_two_ranks(strategy: str) -> None:
+    two_ranks(strategy, ("dataset",))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("strategy", ["crest", "random", "auto"])
+def test_every_strategy_through_worker_processes_on_one_and_two_ranks(strategy: str) -> None:
+    one_rank(strategy, (WORKERS,))
+    two_ranks(strategy, (WORKERS,))
 
 
 def test_a_second_iteration_warns_that_the_budget_is_served() -> None:

@@ -38,6 +38,7 @@ def accuracy(output: str) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.e2e  # a training subprocess
 def test_digits_example_trains() -> None:
     result = subprocess.run(
         [sys.executable, "examples/train_digits.py", "--epochs", "20"],
