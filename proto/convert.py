@@ -7,6 +7,7 @@ byte length, sizes) and raises :class:`InvalidArgument` with a precise message.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Any, TypeVar
 
 import numpy as np
@@ -141,30 +142,14 @@ def _within_limit(message: _M, what: str, remedy: str) -> _M:
 
 
 # ----------------------------------------------------------------------------- messages
+# SessionInfo and CheckDecision are flat dataclasses whose fields the wire messages carry
+# under the same names: both directions follow the dataclass's fields.
 def session_to_pb(info: SessionInfo) -> pb.OpenSessionResponse:
-    return pb.OpenSessionResponse(
-        job_id=info.job_id,
-        rank=info.rank,
-        world_size=info.world_size,
-        total_steps=info.total_steps,
-        steps_per_virtual_epoch=info.steps_per_virtual_epoch,
-        num_classes=info.num_classes,
-        batch_size=info.batch_size,
-        committed_seq=info.committed_seq,
-    )
+    return pb.OpenSessionResponse(**vars(info))
 
 
 def session_from_pb(message: pb.OpenSessionResponse) -> SessionInfo:
-    return SessionInfo(
-        job_id=message.job_id,
-        rank=message.rank,
-        world_size=message.world_size,
-        total_steps=message.total_steps,
-        steps_per_virtual_epoch=message.steps_per_virtual_epoch,
-        num_classes=message.num_classes,
-        batch_size=message.batch_size,
-        committed_seq=message.committed_seq,
-    )
+    return SessionInfo(**{f.name: getattr(message, f.name) for f in fields(SessionInfo)})
 
 
 def region_to_pb(view: RegionView) -> pb.Region:
@@ -241,14 +226,7 @@ def decision_to_pb(decision: CheckDecision) -> pb.CheckDecision:
 
 
 def decision_from_pb(message: pb.CheckDecision) -> CheckDecision:
-    return CheckDecision(
-        region_id=message.region_id,
-        step=message.step,
-        new_region=message.new_region,
-        loss=message.loss,
-        predicted=message.predicted,
-        relative_error=message.relative_error,
-    )
+    return CheckDecision(**{f.name: getattr(message, f.name) for f in fields(CheckDecision)})
 
 
 # ------------------------------------------------------------------------------ status
