@@ -30,6 +30,7 @@ an identical machine.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -538,34 +539,44 @@ class JobState:
     # ------------------------------------------------------------------------ persistence
     def to_state(self) -> dict[str, Any]:
         """A tree of scalars, strings and numpy arrays that :meth:`from_state` rebuilds."""
-        return {
-            "job_id": self.job_id,
-            "config": self.config.model_dump(mode="json"),
-            "pool": self.pool.to_state(),
-            "region": None if self.region is None else region_to_state(self.region),
-            "past": [region_to_state(r) for r in self.past],
-            "stats": [s.model_dump(mode="json") for s in self.stats],
-            "drops": asdict(self.drops),
-            "adapt": asdict(self.adapt),
-            "strategy": asdict(self.strategy),
-            "committed_seq": list(self.committed_seq),
-            "trainer_times": {str(r): list(t) for r, t in self.trainer_times.items()},
-        }
+        return {name: encode(getattr(self, name)) for name, (encode, _) in _STATE.items()}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> JobState:
-        config = JobConfig.model_validate(state["config"])
-        job = cls(state["job_id"], config, state["pool"]["labels"])
-        job.pool = ExamplePool.from_state(state["pool"])
-        job.region = None if state["region"] is None else region_from_state(state["region"])
-        job.past = [region_from_state(r) for r in state["past"]]
-        job.stats = [RegionStats.model_validate(s) for s in state["stats"]]
-        job.drops = DropSchedule(**state["drops"])
-        job.adapt = Adaptivity(**state["adapt"])
-        job.strategy = AutoPolicy(**state["strategy"])
-        job.committed_seq = list(state["committed_seq"])
-        job.trainer_times = {int(r): (t[0], t[1]) for r, t in state["trainer_times"].items()}
+        job = cls.__new__(cls)  # every attribute comes from the state (checked when stored)
+        for name, (_, decode) in _STATE.items():
+            setattr(job, name, decode(state[name]))
         return job
+
+
+def _optional_region(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else convert(value)
+
+
+# Every attribute of a JobState and how it is stored: the one list of them for snapshots and
+# restores (tests/service/test_job.py checks it against a new job's attributes).
+_STATE: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "job_id": (str, str),
+    "config": (lambda c: c.model_dump(mode="json"), JobConfig.model_validate),
+    "pool": (lambda p: p.to_state(), ExamplePool.from_state),
+    "region": (_optional_region(region_to_state), _optional_region(region_from_state)),
+    "past": (
+        lambda regions: [region_to_state(r) for r in regions],
+        lambda states: [region_from_state(s) for s in states],
+    ),
+    "stats": (
+        lambda stats: [s.model_dump(mode="json") for s in stats],
+        lambda states: [RegionStats.model_validate(s) for s in states],
+    ),
+    "drops": (asdict, lambda s: DropSchedule(**s)),
+    "adapt": (asdict, lambda s: Adaptivity(**s)),
+    "strategy": (asdict, lambda s: AutoPolicy(**s)),
+    "committed_seq": (list, list),
+    "trainer_times": (
+        lambda times: {str(rank): list(t) for rank, t in times.items()},
+        lambda state: {int(rank): (t[0], t[1]) for rank, t in state.items()},
+    ),
+}
 
 
 def _validate_labels(labels: np.ndarray, config: JobConfig) -> None:

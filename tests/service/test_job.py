@@ -368,3 +368,12 @@ def test_view_is_pure_and_opening_is_explicit() -> None:
     assert job.region is None, "a read changed nothing"
     assert job.open_region(0, 0) and not job.open_region(0, 0)
     assert job.view(0, 0).region_id == 0
+
+
+def test_the_stored_state_lists_every_attribute_of_a_job() -> None:
+    from crest.service.job import _STATE
+
+    job = make_job()
+    assert set(_STATE) == set(vars(job)), "an attribute the snapshot would drop (or invent)"
+    restored = JobState.from_state(job.to_state())
+    assert set(vars(restored)) == set(vars(job))
