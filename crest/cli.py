@@ -88,6 +88,7 @@ def _faults_bench(args: argparse.Namespace) -> int:
         "kills": args.kills,
         "kill_selector": args.selector,
         "redis_kills": args.redis_kills,
+        "redis_fsync": args.redis_fsync,
         "actor_kills": args.actor_kills,
         "soak_sessions": args.soak_sessions,
         "soak_s": args.soak_s,
@@ -300,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--selector", choices=["inprocess", "ray"], help="the kill loop's (default inprocess)"
     )
     faults.add_argument("--redis-kills", type=int, help="default 3")
+    faults.add_argument(
+        "--redis-fsync", choices=["always", "everysec"], help="Redis's appendfsync (default always)"
+    )
     faults.add_argument("--actor-kills", type=int, help="default 9")
     faults.add_argument("--soak-sessions", type=int, help="default 64")
     faults.add_argument("--soak-s", type=float, help="soak seconds (default 60)")
