@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crest.bench.faults import SCENARIOS, Context, FaultPlan, passed, run_faults
+from crest.bench.faults import SCENARIOS, Context, FaultPlan, format_table, passed, run_faults
 from crest.cli import main
 
 
@@ -35,3 +35,13 @@ def test_an_unknown_scenario_is_refused(capsys) -> None:
     assert f"valid: {' '.join(SCENARIOS)}" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown scenarios"):
         run_faults(FaultPlan(scenarios=("nope",)))
+
+
+def test_a_scenario_that_raised_or_broke_a_promise_shows_in_the_table() -> None:
+    soak = {"sessions": 8, "seconds": 10.0, "errors": 1, "first_error": "RpcError: timed out"}
+    report = {"scenarios": {"coordinator": {"error": "RuntimeError: no redis-server"},
+                            "soak": {**soak, "ok": passed("soak", soak)}}}  # fmt: skip
+    report["scenarios"]["coordinator"]["ok"] = False
+    table = format_table(report)
+    assert "| coordinator | - | error: RuntimeError: no redis-server | **no** |" in table
+    assert "1 errors (RpcError: timed out) | **no** |" in table
