@@ -102,6 +102,37 @@ def _loader_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _faults_bench(args: argparse.Namespace) -> int:
+    from crest.bench.faults import SCENARIOS, FaultPlan, format_table, quick_plan, run_faults
+    from crest.compare import write_json
+
+    unknown = set(args.scenarios or ()) - set(SCENARIOS)
+    if unknown:
+        print(f"unknown scenarios {sorted(unknown)}; valid: {' '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    plan = quick_plan() if args.quick else FaultPlan()
+    sizes = {
+        "scenarios": tuple(args.scenarios) if args.scenarios else None,
+        "kills": args.kills,
+        "kill_selector": args.selector,
+        "redis_kills": args.redis_kills,
+        "redis_fsync": args.redis_fsync,
+        "actor_kills": args.actor_kills,
+        "soak_sessions": args.soak_sessions,
+        "soak_s": args.soak_s,
+        "fuzz_n": args.fuzz_n,
+        "seed": args.seed,
+    }
+    plan = replace(plan, **{name: value for name, value in sizes.items() if value is not None})
+    result = run_faults(plan)
+    print(format_table(result))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    if not result["ok"]:
+        print(f"a promise was broken; logs kept in {result['logs']}", file=sys.stderr)
+    return 0 if result["ok"] else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -300,6 +331,30 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument("--strategy", choices=["crest", "random", "auto"], help="default crest")
     loader.add_argument("--out", default="results/loader.json")
     loader.set_defaults(func=_loader_bench)
+    faults = which.add_parser(
+        "faults", help="coordinator, Redis and actor kills, a soak, fuzzing (reliability)"
+    )
+    faults.add_argument(
+        "--scenarios", nargs="+", help="of coordinator redis actor soak fuzz (default: all)"
+    )
+    faults.add_argument("--kills", type=int, help="coordinator SIGKILLs (default 10)")
+    faults.add_argument(
+        "--selector", choices=["inprocess", "ray"], help="the kill loop's (default inprocess)"
+    )
+    faults.add_argument("--redis-kills", type=int, help="default 3")
+    faults.add_argument(
+        "--redis-fsync", choices=["always", "everysec"], help="Redis's appendfsync (default always)"
+    )
+    faults.add_argument("--actor-kills", type=int, help="default 9")
+    faults.add_argument("--soak-sessions", type=int, help="default 64")
+    faults.add_argument("--soak-s", type=float, help="soak seconds (default 60)")
+    faults.add_argument("--fuzz-n", type=int, help="fuzzed requests (default 20,000)")
+    faults.add_argument("--seed", type=int, help="of the kill schedule and the fuzzer (default 0)")
+    faults.add_argument(
+        "--quick", action="store_true", help="the test tier's sizes (about a minute)"
+    )
+    faults.add_argument("--out", default="results/faults.json")
+    faults.set_defaults(func=_faults_bench)
     return parser
 
 
