@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crest.bench.faults import ALLOWED  # the statuses a request may get (one list)
 from crest.client.remote import RemoteCoordinator
 from crest.proto.v1 import coordinator_pb2 as pb
 from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
@@ -17,15 +18,6 @@ from tests.training import blobs, job_config
 
 pytestmark = pytest.mark.integration
 
-ALLOWED = {
-    grpc.StatusCode.OK,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.UNAVAILABLE,  # a valid call that waited past its deadline for peers
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-}
 FUZZ = settings(
     max_examples=40,
     deadline=None,
