@@ -682,13 +682,13 @@ def fuzz(ctx: Context) -> dict[str, Any]:
         channel = grpc.insecure_channel(coordinator.address)
         stub = pb_grpc.CoordinatorStub(channel)
 
-        def state() -> tuple[str, int]:
-            status = stub.GetJobStatus(pb.JobStatusRequest(job_id=FUZZ_JOB), timeout=30).json
+        def state() -> tuple[pb.JobStatus, int]:
+            status = stub.GetJobStatus(pb.JobStatusRequest(job_id=FUZZ_JOB), timeout=30).status
             session = stub.OpenSession(pb.OpenSessionRequest(job_id=FUZZ_JOB, rank=0),
                                        timeout=30)  # fmt: skip
             return status, session.committed_seq
 
-        def settled() -> tuple[str, int]:
+        def settled() -> tuple[pb.JobStatus, int]:
             """The state once work an accepted request started (a selection) is done."""
             last = state()
             for _ in range(20):
@@ -723,7 +723,7 @@ def fuzz(ctx: Context) -> dict[str, Any]:
         send()
         seconds = time.monotonic() - started
         serving = coordinator.process is not None and coordinator.process.poll() is None
-        serving = serving and FUZZ_JOB in state()[0]
+        serving = serving and state()[0].job_id == FUZZ_JOB
         channel.close()
     return {"requests": sum(codes.values()), "seconds": seconds, "codes": dict(codes),
             "violations": len(violations), "examples": violations[:10],
