@@ -20,7 +20,6 @@ shared machine are indicative only.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import tempfile
 import time
@@ -34,7 +33,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from crest.client import CrestLoader, JobConfig, Session, tensor_fetch, weighted_loss
-from crest.compare import TrainSetup, warm_up
+from crest.compare import TrainSetup, machine, warm_up
 from crest.embedded import local_coordinator
 from crest.workloads import Dataset as Workload
 from crest.workloads import cnn1d, mnist1d
@@ -164,12 +163,7 @@ def run_loader_bench(plan: LoaderPlan, data: Workload | None = None) -> dict[str
         "benchmark": "loader",
         "workload": data.name,
         "plan": asdict(plan),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "machine": machine(),
         "runs": runs,
         "summary": summary,
     }

@@ -434,12 +434,7 @@ def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> d
             name: (WORKLOADS[name].__doc__ or "").split("\n")[0] for name in plan.workloads
         },
         "plan": asdict(plan),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "machine": machine(),
         "runs": [asdict(r) for r in runs],
         "summary": summarise(runs),
     }
@@ -553,6 +548,16 @@ def format_class_table(summary: list[dict[str, Any]]) -> str:
             f"| {weight} | {pool_text} |"
         )
     return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    """Where a benchmark ran (recorded with its results)."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def write_json(result: dict[str, Any], path: Path) -> None:
