@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -12,6 +14,8 @@ from crest.client import JobConfig, Session, tensor_fetch, weighted_loss
 from crest.proto.contract import Coordinator
 
 N, CLASSES = 1200, 4
+
+T = TypeVar("T")
 
 
 def blobs(n: int = N, classes: int = CLASSES, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,3 +101,25 @@ def train_with_checkpoint(
             break
     session.close()
     return seen
+
+
+def on_threads(rank_main: Callable[[int], T], ranks: int = 2, timeout_s: float = 300) -> list[T]:
+    """``rank_main(rank)`` for each rank on its own thread; the results in rank order, or the
+    first error any rank raised (a rank that hangs fails the test)."""
+    results: dict[int, T] = {}
+    errors: list[BaseException] = []
+
+    def run(rank: int) -> None:
+        try:
+            results[rank] = rank_main(rank)
+        except BaseException as err:  # surfaced in the main thread below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(ranks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout_s)
+    assert not errors, errors
+    assert not any(t.is_alive() for t in threads), "a rank hung"
+    return [results[r] for r in range(ranks)]

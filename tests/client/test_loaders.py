@@ -9,7 +9,6 @@ coreset region, then re-tests coresets: a fallback in the middle of the job, det
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +20,7 @@ from crest.client import CrestLoader, Session, WeightedBatch, tensor_fetch, weig
 from crest.embedded import local_coordinator
 from crest.proto.contract import Coordinator
 from tests.client.test_data_and_resume import Blobs
-from tests.training import Batch, blobs, job_config, make_model
+from tests.training import Batch, blobs, job_config, make_model, on_threads
 
 IN_PROCESS = ("tensor", "dataset", "tensor-dataset")  # the unit tier
 WORKERS = "workers"  # DataLoader worker processes: the e2e tier
@@ -101,24 +100,8 @@ def test_every_strategy_through_every_loader_on_one_rank(strategy: str) -> None:
 
 def train_two_ranks(coordinator: Coordinator, job_id: str, loader: str) -> list[list[Batch]]:
     """Both ranks of a world_size=2 job, each on its own thread."""
-    results: dict[int, list[Batch]] = {}
-    errors: list[BaseException] = []
     models = [make_model(), make_model()]  # here: make_model seeds torch's global RNG
-
-    def rank_main(rank: int) -> None:
-        try:
-            results[rank] = train_through(coordinator, job_id, loader, rank, models[rank])
-        except BaseException as err:  # surfaced in the main thread below
-            errors.append(err)
-
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors, errors
-    assert not any(t.is_alive() for t in threads), "a rank hung"
-    return [results[0], results[1]]
+    return on_threads(lambda rank: train_through(coordinator, job_id, loader, rank, models[rank]))
 
 
 def two_ranks(strategy: str, loaders: tuple[str, ...]) -> None:

@@ -1,5 +1,3 @@
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -7,7 +5,7 @@ import torch
 from crest.client import JobConfig, LastLayerEmbedding, Session, tensor_fetch, weighted_loss
 from crest.embedded import local_coordinator
 from crest.proto.errors import InvalidArgument, NotFound
-from tests.training import blobs, job_config, make_model, train
+from tests.training import blobs, job_config, make_model, on_threads, train
 
 
 def config(**overrides) -> JobConfig:
@@ -74,22 +72,7 @@ def test_hessian_probes_and_last_layer_embeddings() -> None:
 def test_two_ranks_in_threads_get_disjoint_batches_and_switch_together() -> None:
     with local_coordinator() as coordinator:
         job_id = coordinator.create_job(config(world_size=2), blobs()[1].numpy())
-        results: dict[int, list] = {}
-        errors: list[BaseException] = []
-
-        def rank_main(rank: int) -> None:
-            try:
-                results[rank] = train(coordinator, job_id, rank=rank)[1]
-            except BaseException as err:  # surfaced in the main thread below
-                errors.append(err)
-
-        threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
-        assert not errors, errors
-    zero, one = results[0], results[1]
+        zero, one = on_threads(lambda rank: train(coordinator, job_id, rank=rank)[1])
     assert len(zero) == len(one) == config(world_size=2).total_steps
     for a, b in zip(zero, one, strict=True):
         assert a[0] == b[0] and a[3] == b[3], "ranks must be in the same region at each step"
