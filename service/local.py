@@ -87,7 +87,8 @@ class LocalCoordinator:
         embeddings: np.ndarray,
         losses: np.ndarray,
     ) -> None:
-        indices, embeddings, losses = requests.upload(indices, embeddings, losses)
+        # The job checks the whole upload with crest.proto.requests.upload (as the remote
+        # client does before it chunks): checking here as well would run it twice.
         self._call(
             self.manager.submit_embeddings(job_id, rank, region_id, indices, embeddings, losses)
         )
