@@ -67,9 +67,11 @@ def test_fallback_batches_are_class_proportional_too() -> None:
     assert all(len(indices) == job.config.batch_size for indices, _ in batches)
 
 
-def test_balanced_weighting_is_an_explicit_option() -> None:
-    job = imbalanced_job(class_weighting="balanced")
-    fill_region(job, 0)
+@pytest.mark.parametrize("strategy", ["crest", "random"])
+def test_balanced_weighting_is_an_explicit_option(strategy: str) -> None:
+    job = imbalanced_job(class_weighting="balanced", strategy=strategy)
+    if strategy == "crest":
+        fill_region(job, 0)
     batches = see(job, 0, 0).batches
     assert weight_per_class(job, batches) == pytest.approx(np.full(7, 1 / 7), abs=1e-6)
     assert all(len(indices) == job.config.batch_size for indices, _ in batches)
