@@ -72,6 +72,7 @@ CHANNEL_OPTIONS = [
 WARN_EVERY_S = 5.0  # while retrying, one WARNING line per this many seconds of outage
 MAX_RETRY_DELAY_S = 0.5  # longest sleep between two attempts of a call
 LABELS_PER_CHUNK = (convert.MAX_MESSAGE_BYTES - convert.MESSAGE_OVERHEAD_BYTES) // 8
+CHUNK_BYTES = convert.MAX_MESSAGE_BYTES - convert.MESSAGE_OVERHEAD_BYTES  # of a model or weights
 
 
 class RemoteCoordinator:
@@ -376,6 +377,57 @@ class RemoteCoordinator:
                 )
 
         self._call("UploadEmbeddings", attempt)
+
+    def publish_model(
+        self,
+        job_id: str,
+        artifact: bytes,
+        inputs: np.ndarray,
+        num_weights: int,
+        trainer_side: str = "",
+    ) -> None:
+        """As :meth:`crest.proto.contract.Coordinator.publish_model`, in chunks under the
+        message limit (one stream: the coordinator takes it whole or not at all)."""
+        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+
+        def messages() -> Iterator[pb.ModelChunk]:
+            header = pb.ModelHeader(
+                job_id=job_id, artifact_bytes=len(artifact), input_shape=list(inputs.shape),
+                trainer_side=trainer_side, num_weights=num_weights,
+            )  # fmt: skip
+            yield pb.ModelChunk(header=header)
+            if trainer_side:
+                return
+            for start in range(0, len(artifact), CHUNK_BYTES):
+                yield pb.ModelChunk(artifact=artifact[start : start + CHUNK_BYTES])
+            rows = max(1, CHUNK_BYTES // max(1, inputs[:1].nbytes))
+            for start in range(0, len(inputs), rows):
+                yield pb.ModelChunk(inputs=convert.to_array(inputs[start : start + rows]))
+
+        self._call(
+            "PublishModel",
+            lambda: self._stub.PublishModel(messages(), timeout=self.call_timeout_s,
+                                            metadata=self._metadata),
+        )  # fmt: skip
+
+    def publish_weights(self, job_id: str, version: int, weights: np.ndarray) -> None:
+        """As :meth:`crest.proto.contract.Coordinator.publish_weights`: ``weights`` float32,
+        or bfloat16 as uint16 (:func:`crest.proto.convert.bfloat16_encode`), in chunks."""
+        weights = np.ascontiguousarray(weights)
+        per_chunk = CHUNK_BYTES // weights.dtype.itemsize
+
+        def messages() -> Iterator[pb.WeightsChunk]:
+            for start in range(0, len(weights), per_chunk):
+                yield pb.WeightsChunk(
+                    job_id=job_id, version=version, size=len(weights), offset=start,
+                    weights=convert.to_array(weights[start : start + per_chunk]),
+                )  # fmt: skip
+
+        self._call(
+            "PublishWeights",
+            lambda: self._stub.PublishWeights(messages(), timeout=self.call_timeout_s,
+                                              metadata=self._metadata),
+        )  # fmt: skip
 
     def report_check(self, job_id: str, rank: int, report: CheckReport) -> CheckDecision:
         reply = self._unary("ReportCheck", convert.report_to_pb(job_id, rank, report))

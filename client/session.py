@@ -30,6 +30,7 @@ The coordinator may be in-process or remote: the session only uses the
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -56,6 +57,7 @@ from crest.proto.contract import (
     RegionView,
     SessionInfo,
 )
+from crest.proto.convert import bfloat16_encode
 from crest.proto.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,7 @@ class _RegionRun:
     end_step: int  # the view's, lowered when a check fails
     capture: GradientCapture | None = None
     check_inputs: tuple[Tensor, Tensor] | None = None
+    initial_loss_sum: float = math.nan  # service side: L_0's numerator, measured at the start
 
     @property
     def checked(self) -> bool:
@@ -156,6 +159,16 @@ class Session:
         hessian_probes: Hutchinson probes per region; 0 for a first-order model.
         eval_batch_size: batch size of the candidate and check forward passes.
         seed: seed of the Hessian probes.
+        weights_dtype: how published weights travel (service side): ``"float32"`` or
+            ``"bfloat16"`` (half the bytes; embeddings from rounded weights).
+
+    Who embeds the candidates is the job's ``selection_side``. On the ``"service"`` side rank 0
+    hands the coordinator the model once (a ``torch.export`` artifact, with the inputs of all
+    examples read through ``fetch``) and its weights at every region start, copied between
+    steps and sent from a background thread; the selectors embed and select the next region
+    while this one trains. A model that cannot be exported (or inputs that are not float
+    tensors) moves the job to the trainer side, with the reason logged and kept in
+    :attr:`side_reason`. :attr:`side` says which side embeds.
     """
 
     def __init__(
@@ -171,7 +184,12 @@ class Session:
         hessian_probes: int = 0,
         eval_batch_size: int = 1024,
         seed: int = 0,
+        weights_dtype: str = "float32",
     ) -> None:
+        if weights_dtype not in ("float32", "bfloat16"):
+            raise ValueError(
+                f"weights_dtype must be 'float32' or 'bfloat16', got {weights_dtype!r}"
+            )
         if hessian_probes < 0:
             raise ValueError(f"hessian_probes must be >= 0, got {hessian_probes}")
         if gradient not in GRADIENTS:
@@ -206,6 +224,17 @@ class Session:
         self._trained: int | None = None  # the step handed out whose CREST work is still due
         self._handed_out = 0.0  # when that step's batch was handed out
         self._finished = False  # advance() has returned None
+        # Service side: weights go out on their own thread; the last ones sent are kept, in
+        # case the coordinator restarts and asks for them again.
+        self.side = self.info.selection_side
+        self.side_reason = "the job's selection_side" if self.side == "service" else ""
+        self.weights_dtype = weights_dtype
+        self._publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crest-weights")
+        self._published: tuple[int, np.ndarray] | None = None  # (step, weights as sent)
+        self._publishing: Future[None] | None = None
+        if self.side == "service":
+            log.info("job %s rank %d: the service embeds (selection_side='service')",
+                     job_id, rank)  # fmt: skip
 
     @property
     def total_steps(self) -> int:
@@ -300,8 +329,9 @@ class Session:
             run.model.gradient = torch.zeros_like(run.model.origin)
 
     def close(self) -> None:
-        """Wait for an outstanding check report and stop the reporter thread."""
+        """Wait for an outstanding check report and weight publication; stop their threads."""
         self._reporter.shutdown(wait=True)
+        self._publisher.shutdown(wait=True)
 
     def __enter__(self) -> Session:
         return self
@@ -333,7 +363,12 @@ class Session:
                 "origin": quadratic.origin.clone(),
                 "gradient": None if quadratic.gradient is None else quadratic.gradient.clone(),
                 "hessian": None if quadratic.hessian is None else quadratic.hessian.clone(),
+                "initial_loss_sum": run.initial_loss_sum,
             }
+        published = None
+        if self._published is not None:  # a restarted coordinator may ask for them again
+            published = {"step": self._published[0],
+                         "weights": torch.from_numpy(self._published[1].copy())}  # fmt: skip
         return {
             "version": STATE_VERSION,
             "job_id": self.job_id,
@@ -342,6 +377,9 @@ class Session:
             "trained": self._trained,
             "region": region,
             "pending_check": None if self._pending is None else dict(vars(self._pending[1])),
+            "side": self.side,
+            "side_reason": self.side_reason,
+            "published": published,
             **self._job_snapshot(),
         }
 
@@ -387,6 +425,12 @@ class Session:
             quadratic.gradient = saved["gradient"]
             quadratic.hessian = saved["hessian"]
             self._run = _RegionRun(view, quadratic, saved["run_end_step"])
+            self._run.initial_loss_sum = saved["initial_loss_sum"]
+        self.side, self.side_reason = state["side"], state["side_reason"]
+        published = state["published"]
+        self._published = None
+        if published is not None:
+            self._published = (published["step"], published["weights"].numpy().copy())
         self._pending = None
         if state["pending_check"] is not None and self._run is not None:
             report = CheckReport(**state["pending_check"])
@@ -434,6 +478,8 @@ class Session:
                 self._embed(view)
             elif view.status is RegionStatus.READY:
                 break
+            elif view.wants_model or view.wants_weights >= 0:
+                self._supply(view)
         if step != view.start_step:
             log.warning(
                 "joining region %d at step %d, after its start: θ_0 is approximate",
@@ -442,10 +488,105 @@ class Session:
             )
         self._run = run = _RegionRun(view, QuadraticModel(trainable(self.model)), view.end_step)
         self.timings.regions += 1
+        if self.side == "service" and self.rank == 0 and step == view.start_step:
+            self._publish_weights(step)  # the selectors prepare the next region with them
         if self._region_loss is not None and run.checked:
             with self._timed("quadratic"):
                 self._region_loss(self, run)
+        if self.side == "service" and run.checked and math.isnan(run.initial_loss_sum):
+            with self._timed("check"):
+                run.initial_loss_sum = self._check_loss_sum(run)
         return run
+
+    # ---------------------------------------------------------------------- service side
+    def _supply(self, view: RegionView) -> None:
+        """Hand the coordinator the model or weights it waits for (rank 0; the other ranks
+        wait for rank 0's)."""
+        if self.rank != 0:
+            time.sleep(0.05)
+            return
+        with self._timed("upload"):
+            if view.wants_model:
+                self._publish_model()
+            if view.wants_weights >= 0 and self.side == "service":
+                self._resend_weights(view.wants_weights)
+
+    def _publish_model(self) -> None:
+        """Export the model and send it with every example's inputs; if either cannot be
+        served, move the job to the trainer side and say why."""
+        from crest.worker.model import NotExportable, export_model, model_weights
+
+        try:
+            inputs = self._all_inputs()
+            sample = torch.from_numpy(inputs[: min(len(inputs), 4)])
+            device = next(self.model.parameters()).device
+            artifact = export_model(self.model, sample.to(device))
+            num_weights = len(model_weights(self.model))
+        except NotExportable as err:
+            self.side, self.side_reason = "trainer", str(err)
+            log.warning("job %s: the trainer embeds, since the service cannot: %s",
+                        self.job_id, err)  # fmt: skip
+            self.coordinator.publish_model(self.job_id, b"", np.zeros(0, np.float32), 0, str(err))
+            return
+        self.coordinator.publish_model(self.job_id, artifact, inputs, num_weights)
+
+    def _all_inputs(self) -> np.ndarray:
+        """Every example's inputs, read through ``fetch``, as one float32 array."""
+        from crest.worker.model import NotExportable
+
+        chunks = list(torch.arange(self.info.num_examples).split(self.eval_batch_size))
+        parts = []
+        for x, _ in self._fetch_chunks(chunks):
+            if not x.is_floating_point():
+                raise NotExportable(
+                    f"the inputs are {x.dtype} tensors; the service side takes float inputs"
+                )
+            parts.append(x.detach().float().cpu().numpy())
+        return np.concatenate(parts)
+
+    def _publish_weights(self, step: int) -> None:
+        """Copy the weights now and send them on the publisher thread (never blocks a step)."""
+        from crest.worker.model import model_weights
+
+        if self._published is not None and self._published[0] == step:
+            return
+        with self._timed("upload"):
+            weights = model_weights(self.model)  # one copy, between steps
+        self._published = (step, weights)
+        previous = self._publishing
+        if previous is not None and previous.done() and previous.exception() is not None:
+            log.warning("publishing weights failed (the coordinator will ask again): %s",
+                        previous.exception())  # fmt: skip
+        self._publishing = self._publisher.submit(self._send_weights, step, weights)
+
+    def _send_weights(self, step: int, weights: np.ndarray) -> None:
+        encoded = bfloat16_encode(weights) if self.weights_dtype == "bfloat16" else weights
+        self.coordinator.publish_weights(self.job_id, step, encoded)
+
+    def _resend_weights(self, step: int) -> None:
+        if self._published is None or self._published[0] != step:
+            if step != self.step:
+                held = None if self._published is None else self._published[0]
+                raise FailedPrecondition(
+                    f"the coordinator waits for the weights of step {step}, but this trainer "
+                    f"holds those of step {held} (it is at step {self.step}): resume from the "
+                    "checkpoint the job was at, whose session state keeps them"
+                )
+            self._publish_weights(step)
+        assert self._published is not None
+        if self._publishing is not None:
+            self._publishing.result()  # in flight (or failed): the synchronous send decides
+        self._send_weights(*self._published)
+
+    def _check_loss_sum(self, run: _RegionRun) -> float:
+        x, y = self._check_inputs(run)
+        total = 0.0
+        with self._eval_mode():
+            for xs, ys in zip(
+                x.split(self.eval_batch_size), y.split(self.eval_batch_size), strict=True
+            ):
+                total += float(F.cross_entropy(self.model(xs), ys, reduction="sum"))
+        return total
 
     def _embed(self, view: RegionView) -> None:
         chunks = list(torch.from_numpy(view.candidates).split(self.eval_batch_size))
@@ -488,24 +629,20 @@ class Session:
     def _send_check(self, run: _RegionRun, step: int) -> None:
         """Measure the check loss and model terms now; send the report in the background."""
         with self._timed("check"):
-            x, y = self._check_inputs(run)
-            loss_sum = 0.0
-            with self._eval_mode():
-                for xs, ys in zip(
-                    x.split(self.eval_batch_size), y.split(self.eval_batch_size), strict=True
-                ):
-                    loss_sum += float(F.cross_entropy(self.model(xs), ys, reduction="sum"))
+            loss_sum = self._check_loss_sum(run)
             linear, quadratic = run.model.terms()
             report = CheckReport(
                 region_id=run.view.region_id,
                 step=step,
                 loss_sum=loss_sum,
-                count=len(y),
+                count=len(self._check_inputs(run)[1]),
                 linear=linear,
                 quadratic=quadratic,
                 curvature=run.model.curvature(),
                 train_seconds=self.timings.train,
                 selection_seconds=self.timings.total,
+                # The trainer side's L_0 comes from its own embeddings at θ_0.
+                initial_loss_sum=run.initial_loss_sum if self.side == "service" else math.nan,
             )
             future = self._reporter.submit(
                 self.coordinator.report_check, self.job_id, self.rank, report
@@ -544,7 +681,8 @@ class Session:
             self.model.train(was_training)
 
 
-STATE_VERSION = 2  # of Session.state_dict(); 2: the region view stored field by field
+STATE_VERSION = 3  # of Session.state_dict(); 2: the region view stored field by field;
+# 3: the service side (who embeds, the last published weights, L_0's numerator)
 
 
 def _view_to_state(view: RegionView) -> dict[str, Any]:
@@ -580,7 +718,9 @@ def _check_gradient(session: Session, run: _RegionRun) -> None:
     """g (and diag(h)) of the check loss itself at θ_0: eval mode, the region's check sample."""
     x, y = session._check_inputs(run)
     with session._eval_mode(grad=True):
-        session._set_terms(run, F.cross_entropy(session.model(x), y))
+        loss = F.cross_entropy(session.model(x), y)
+        run.initial_loss_sum = float(loss.detach()) * len(y)  # L_0's numerator, at no extra cost
+        session._set_terms(run, loss)
 
 
 def _coreset_gradient(session: Session, run: _RegionRun) -> None:

@@ -127,6 +127,19 @@ class JobConfig(BaseModel):
     allow_empty_classes: bool = Field(
         False, description="accept labels that leave a class in [0, C) without any example"
     )
+    selection_side: Literal["trainer", "service"] = Field(
+        "trainer",
+        description="service: selector workers embed the candidates from the model and weights "
+        "the trainer publishes and prepare each region one region ahead (pipelined); trainer: "
+        "the trainer embeds its candidates at every region start and waits for the selection",
+    )
+    max_staleness: int = Field(
+        32,
+        ge=1,
+        le=1_000_000,
+        description="service side: a region lasts at most this many steps, so that the next "
+        "region's coresets come from weights at most this many steps old",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:
@@ -243,6 +256,8 @@ class SessionInfo:
     num_classes: int
     batch_size: int
     committed_seq: int = 0  # last upload sequence number committed for this rank
+    selection_side: str = "trainer"  # who embeds: "trainer" or "service" (JobConfig)
+    num_examples: int = 0  # N
 
 
 class RegionStatus(StrEnum):
@@ -271,6 +286,11 @@ class RegionView:
     check_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     batches: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
     initial_loss: float = 0.0  # L_0: mean loss over the check sample at the region start
+    # Service side: what the coordinator waits for and does not have (after a restart, or at
+    # the job's start): the model (``publish_model``) and the weights of step
+    # ``wants_weights`` (``publish_weights``; -1: none wanted).
+    wants_model: bool = False
+    wants_weights: int = -1
 
 
 @dataclass(frozen=True)
@@ -292,6 +312,10 @@ class CheckReport:
     curvature: float
     train_seconds: float = 0.0
     selection_seconds: float = 0.0
+    # Service side: summed loss over the same check examples at θ_0 (the region's start),
+    # measured by the trainer, since the selectors embedded the region from older weights.
+    # NaN: not measured (trainer side: L_0 comes from the region's embeddings).
+    initial_loss_sum: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -353,6 +377,24 @@ class Coordinator(Protocol):
     ) -> None: ...
 
     def report_check(self, job_id: str, rank: int, report: CheckReport) -> CheckDecision: ...
+
+    def publish_model(
+        self,
+        job_id: str,
+        artifact: bytes,
+        inputs: np.ndarray,
+        num_weights: int,
+        trainer_side: str = "",
+    ) -> None:
+        """Service side: hand the selectors the model (a ``torch.export`` artifact taking
+        ``num_weights`` flat weights) and the ``(N, ...)`` float32 inputs of every example;
+        or, with ``trainer_side`` (the reason), none: the ranks embed from now on."""
+        ...
+
+    def publish_weights(self, job_id: str, version: int, weights: np.ndarray) -> None:
+        """Service side: the model's flat weights before step ``version`` (float32, or
+        bfloat16 as uint16); the selectors embed the next region with them."""
+        ...
 
     def job_status(self, job_id: str) -> JobStatus: ...
 
@@ -419,6 +461,10 @@ class RegionStats(BaseModel):
     # for equal-size stratified random batches from the same subsets. None: not measured.
     coreset_error: float | None = None
     random_error: float | None = None
+    # Who embedded the candidates ("trainer" at the region's start, or "service" from
+    # published weights), and how many steps old those weights were when the region started.
+    embedded_by: Literal["trainer", "service"] = "trainer"
+    staleness: int | None = None
 
 
 class TrainerTime(BaseModel):

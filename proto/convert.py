@@ -30,6 +30,8 @@ MAX_MESSAGE_BYTES: int = pb.MAX_MESSAGE_BYTES
 _M = TypeVar("_M", bound=Message)
 # Chunks of one upload stream: the coordinator holds a stream whole until it commits it.
 MAX_STREAM_CHUNKS: int = pb.MAX_STREAM_CHUNKS
+# Bytes of one published model (artifact and inputs), held whole until it is accepted.
+MAX_PUBLISH_BYTES: int = pb.MAX_PUBLISH_BYTES
 # Room for a message's non-array fields when arrays are sized to fit one message.
 MESSAGE_OVERHEAD_BYTES = 4096
 
@@ -38,6 +40,7 @@ _DTYPES: dict[pb.DType, np.dtype] = {
     pb.FLOAT16: np.dtype("<f2"),
     pb.INT64: np.dtype("<i8"),
     pb.INT32: np.dtype("<i4"),
+    pb.BFLOAT16: np.dtype("<u2"),  # numpy has no bfloat16: the raw upper halves of float32s
 }
 _CODES = {dtype: code for code, dtype in _DTYPES.items()}
 
@@ -171,6 +174,8 @@ def region_to_pb(view: RegionView) -> pb.Region:
             pb.WeightedBatch(indices=to_array(i), weights=to_array(w)) for i, w in view.batches
         ],
         initial_loss=view.initial_loss,
+        wants_model=view.wants_model,
+        wants_weights=view.wants_weights,
     )
     return _within_limit(
         message,
@@ -200,6 +205,8 @@ def region_from_pb(message: pb.Region) -> RegionView:
         check_indices=from_array(message.check_indices, "check indices", (pb.INT64,), 1).copy(),
         batches=batches,
         initial_loss=message.initial_loss,
+        wants_model=message.wants_model,
+        wants_weights=message.wants_weights,
     )
 
 
@@ -208,17 +215,7 @@ def report_to_pb(job_id: str, rank: int, report: CheckReport) -> pb.CheckReport:
 
 
 def report_from_pb(message: pb.CheckReport) -> CheckReport:
-    return CheckReport(
-        region_id=message.region_id,
-        step=message.step,
-        loss_sum=message.loss_sum,
-        count=message.count,
-        linear=message.linear,
-        quadratic=message.quadratic,
-        curvature=message.curvature,
-        train_seconds=message.train_seconds,
-        selection_seconds=message.selection_seconds,
-    )
+    return CheckReport(**{f.name: getattr(message, f.name) for f in fields(CheckReport)})
 
 
 def decision_to_pb(decision: CheckDecision) -> pb.CheckDecision:
@@ -291,6 +288,18 @@ def _fields_from_pb(message: Message) -> dict[str, Any]:
             value = None
         fields[field.name] = value
     return fields
+
+
+def bfloat16_encode(values: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 as uint16 (the upper half, rounded to nearest even)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + 0x7FFF
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def bfloat16_decode(values: np.ndarray) -> np.ndarray:
+    """bfloat16 as uint16 -> float32 (exact)."""
+    return (np.asarray(values, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def rows_per_chunk(dim: int, embedding_itemsize: int) -> int:

@@ -24,19 +24,26 @@ def validate_report(report: CheckReport) -> None:
         raise InvalidArgument("check scalars must be finite")
     if report.loss_sum < 0 or report.count < 0 or report.curvature < 0:
         raise InvalidArgument("loss_sum, count and curvature must be >= 0")
+    origin = report.initial_loss_sum  # NaN: not measured
+    if not math.isnan(origin) and not (math.isfinite(origin) and origin >= 0):
+        raise InvalidArgument("initial_loss_sum must be NaN (not measured) or finite and >= 0")
 
 
 def decide(region: Region, tau: float) -> tuple[CheckDecision, CheckRecord]:
     """Judge the region's pending reports (one per rank) and record the decision in it.
 
     Losses combine as a sum over all ranks' check examples; the model terms as the mean over
-    ranks. A failed check after step ``t`` ends the region at ``t + DECISION_LAG``; a check
+    ranks. L_0 is the region's, or, where every rank measured it at the region's start (the
+    service side, whose embeddings are older than θ_0), the ranks' combined. A failed check
+    after step ``t`` ends the region at ``t + DECISION_LAG``; a check
     whose decision could not take effect before the region's end also ends it.
     """
     reports = list(region.pending.values())
     step = reports[0].step
     count = sum(r.count for r in reports)
     loss = sum(r.loss_sum for r in reports) / max(count, 1)
+    if all(not math.isnan(r.initial_loss_sum) for r in reports):  # the ranks measured L_0
+        region.initial_loss = sum(r.initial_loss_sum for r in reports) / max(count, 1)
     linear = sum(r.linear for r in reports) / len(reports)
     quadratic = sum(r.quadratic for r in reports) / len(reports)
     predicted = region.initial_loss + linear + 0.5 * quadratic

@@ -56,6 +56,7 @@ from crest.service.region import (
     Region,
     crest_region,
     random_region,
+    region_end,
     region_from_state,
     region_to_state,
 )
@@ -113,6 +114,12 @@ class JobState:
         self.strategy = AutoPolicy.start(config)
         self.committed_seq = [0] * config.world_size  # last upload sequence number per rank
         self.trainer_times: dict[int, tuple[float, float]] = {}  # rank -> (train, selection) s
+        # Service side: who embeds now (the trainer takes over when its model cannot be
+        # exported, and says why), and the region after the current one, drawn when the
+        # current one opened and prepared by the selectors while it trains.
+        self.side: str = config.selection_side
+        self.side_reason = "configured" if self.side == "service" else ""
+        self.prepared: Region | None = None
 
     # ----------------------------------------------------------------------------- regions
     def view(self, rank: int, step: int) -> RegionView:
@@ -184,11 +191,33 @@ class JobState:
         raise FailedPrecondition(f"step {step} belongs to no recorded region")
 
     def _open(self, start: int) -> None:
-        cfg = self.config
+        """Close the current region and open the next at ``start``: the prepared one if the
+        job still serves coresets from the selectors, else one drawn now. On the service side
+        the region after it is drawn now too, for the selectors to prepare from the weights
+        of step ``start`` while this one trains."""
         previous = self.region
         if previous is not None:
             self._close(previous)
         region_id = 0 if previous is None else previous.region_id + 1
+        prepared, self.prepared = self.prepared, None
+        pipelined = self.side == "service" and self.strategy.mode == "crest"
+        if prepared is not None and pipelined:
+            self._activate(prepared, start)
+        else:
+            if prepared is not None:  # drawn for a mode the job has left: drawn again
+                self.stats.pop()
+            self.region = self._draw(region_id, start, start)
+        if pipelined and self.region is not None and self.region.end_reason != "budget":
+            self.prepared = self._draw(region_id + 1, start, start)
+
+    def _draw(self, region_id: int, start: int, weights_version: int) -> Region:
+        """Draw region ``region_id`` from the pool as it is now, and record its statistics.
+
+        On the service side its candidates are embedded by the selectors from the weights
+        published at step ``weights_version``; when it is drawn ahead, :meth:`_activate` sets
+        its start.
+        """
+        cfg = self.config
         dropped = readmitted = 0
         if self.drops.due(start):
             outcome = self.pool.evaluate_drops(
@@ -202,15 +231,20 @@ class JobState:
             self.drops.advance(start, cfg)
 
         rng = np.random.default_rng([cfg.seed, region_id])
+        service = self.side == "service"
         if self.strategy.mode == "random":
             length = self.strategy.random_steps(start, cfg)
             region = random_region(region_id, start, self.pool, cfg, length, rng)
         else:
+            coresets = self._lookahead_coresets() if service else self.adapt.num_coresets
             region = crest_region(
-                region_id, start, self.pool, cfg, self.adapt.num_coresets,
-                self.adapt.check_interval, rng,
-            )  # fmt: skip
-        self.region = region
+                region_id, start, self.pool, cfg, coresets, self.adapt.check_interval, rng
+            )
+            if service:
+                region.embedded_by, region.weights_version = "service", weights_version
+                region.end_step, region.end_reason = region_end(
+                    cfg, start, self._service_length(coresets)
+                )
         self.stats.append(
             RegionStats(
                 region_id=region_id,
@@ -224,8 +258,37 @@ class JobState:
                 readmitted=readmitted,
                 mode=region.mode,
                 decision=self.strategy.decision,
+                embedded_by=region.embedded_by,
+                staleness=start - weights_version if region.embedded_by == "service" else None,
             )
         )
+        return region
+
+    def _activate(self, region: Region, start: int) -> None:
+        """Make the prepared ``region`` the current one, starting at ``start``."""
+        region.start_step, region.last_decided = start, start - 1
+        region.check_interval = self.adapt.check_interval
+        length = self._service_length(region.num_coresets)
+        region.end_step, region.end_reason = region_end(self.config, start, length)
+        stats = self.stats[region.region_id]
+        stats.start_step, stats.check_interval = start, region.check_interval
+        stats.staleness = start - region.weights_version
+        self.region = region
+
+    def _service_length(self, num_coresets: int) -> int:
+        """Steps a service-side region lasts at most: its coreset uses, and ``max_staleness``
+        (the next region's coresets come from this region's first weights)."""
+        uses = self.config.max_coreset_uses
+        bound = self.config.max_staleness
+        return bound if uses is None else min(num_coresets * uses, bound)
+
+    def _lookahead_coresets(self) -> int:
+        """P of a region drawn ahead: as many coresets as recent regions lasted steps (at
+        least P_0, at most the adaptive P), so that coresets nobody trains on are not
+        embedded and selected. A region that outlasts them reuses them in turn."""
+        recent = [r.end_step - r.start_step for r in self.past[-3:]]
+        wanted = max([self.config.num_coresets, *recent])
+        return min(self.adapt.num_coresets, wanted)
 
     def _close(self, region: Region) -> None:
         """Adapt k and P and the strategy to the closing region, and archive it."""
@@ -354,10 +417,10 @@ class JobState:
         return int((~region.received[region.rank_slots(rank)]).sum())
 
     # --------------------------------------------------------------------------- selection
-    def selection_request(self) -> SelectionRequest:
-        region = self.region
-        if region is None or region.phase is not Phase.SELECTING:
-            raise FailedPrecondition("no region is waiting for selection")
+    def selection_request(self, region_id: int) -> SelectionRequest:
+        region = self._region(region_id)
+        if region.phase is not Phase.SELECTING:
+            raise FailedPrecondition(f"region {region_id} is not waiting for selection")
         assert region.embeddings is not None
         return SelectionRequest(
             job_id=self.job_id,
@@ -366,13 +429,74 @@ class JobState:
             budgets=region.class_budgets.reshape(-1),  # problem = subset * C + class
         )
 
+    def unfinished(self) -> list[Region]:
+        """The current and the prepared region, where they still wait for embeddings or
+        selection (what the coordinator's selectors have to do)."""
+        return [
+            r for r in (self.region, self.prepared) if r is not None and r.phase is not Phase.READY
+        ]
+
+    def unfinished_region(self, region_id: int) -> Region | None:
+        """Region ``region_id`` if it is one of :meth:`unfinished`."""
+        return next((r for r in self.unfinished() if r.region_id == region_id), None)
+
+    # ---------------------------------------------------------------------- service side
+    def receive_service_embeddings(
+        self, region_id: int, weights_version: int, embeddings: np.ndarray, losses: np.ndarray
+    ) -> None:
+        """Store the selectors' embeddings and losses of all of a service-side region's
+        candidates (slot order), computed from the weights of step ``weights_version``.
+
+        Raises:
+            InvalidArgument: arrays of the wrong shape, or not finite.
+            FailedPrecondition: the region is not waiting for the selectors' embeddings of
+                that version.
+        """
+        region = self._region(region_id)
+        if region.embedded_by != "service" or region.phase is not Phase.EMBED:
+            raise FailedPrecondition(f"region {region_id} is not waiting for the selectors")
+        if weights_version != region.weights_version:
+            raise FailedPrecondition(
+                f"region {region_id} is embedded with the weights of step "
+                f"{region.weights_version}, not {weights_version}"
+            )
+        count = len(region.candidates)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        losses = np.asarray(losses, dtype=np.float32)
+        if embeddings.ndim != 2 or len(embeddings) != count or losses.shape != (count,):
+            raise InvalidArgument(
+                f"region {region_id} needs ({count}, d) embeddings and ({count},) losses, got "
+                f"{embeddings.shape} and {losses.shape}"
+            )
+        if not (np.isfinite(embeddings).all() and np.isfinite(losses).all()) or (losses < 0).any():
+            raise InvalidArgument("embeddings and losses must be finite, losses >= 0")
+        region.embeddings, region.losses = embeddings, losses
+        region.received[:] = True
+        region.phase = Phase.SELECTING
+
+    def use_trainer_side(self, reason: str) -> None:
+        """From now on the ranks embed their candidates (e.g. the model cannot be exported):
+        the prepared region is dropped, and a current one still waiting for the selectors'
+        embeddings asks the ranks for them. Idempotent."""
+        if self.side == "trainer":
+            return
+        self.side, self.side_reason = "trainer", reason
+        if self.prepared is not None:
+            self.stats.pop()
+            self.prepared = None
+        region = self.region
+        if region is not None and region.embedded_by == "service" and region.phase is Phase.EMBED:
+            region.embedded_by, region.weights_version = "trainer", -1
+            stats = self.stats[region.region_id]
+            stats.embedded_by, stats.staleness = "trainer", None
+
     def complete_selection(self, region_id: int, result: SelectionResult) -> None:
         """Assemble the region's coresets from a selector's answer to :meth:`selection_request`.
 
         ``result.rows`` index the request's rows (subset members); its groups must be those
         rows' problems, non-decreasing; its weights raw cluster sizes (>= 1).
         """
-        region = self._current(region_id)
+        region = self._region(region_id)
         if region.phase is not Phase.SELECTING:
             raise FailedPrecondition(f"region {region_id} is not waiting for selection")
         rows = np.asarray(result.rows, dtype=np.int64)
@@ -392,12 +516,15 @@ class JobState:
     def complete_fallback(self, region_id: int) -> None:
         """Complete a region without selection: stratified random batches of weight 1.
 
-        For when the selector failed or missed its deadline. Each subset yields one batch of
-        the region's class budgets in random members, drawn reproducibly for the seed and
-        region, weighted like random batches (each class's share of the objective).
+        For when the selector failed or missed its deadline (on the service side also when
+        the selectors' embeddings never came: then no losses are recorded). Each subset
+        yields one batch of the region's class budgets in random members, drawn reproducibly
+        for the seed and region, weighted like random batches (each class's share of the
+        objective).
         """
-        region = self._current(region_id)
-        if region.phase is not Phase.SELECTING:
+        region = self._region(region_id)
+        unembedded = region.phase is Phase.EMBED and region.embedded_by == "service"
+        if region.phase is not Phase.SELECTING and not unembedded:
             raise FailedPrecondition(f"region {region_id} is not waiting for selection")
         rng = np.random.default_rng([self.config.seed, region_id, 1])
         rows = []
@@ -435,7 +562,9 @@ class JobState:
         region.coreset_weights = weights.astype(np.float32)
         counts = np.bincount(groups // classes, minlength=num_subsets)
         region.coreset_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        region.initial_loss = float(region.losses[region.check_slots].mean())
+        embedded = bool(region.received.all())
+        if embedded:
+            region.initial_loss = float(region.losses[region.check_slots].mean())
         region.phase = Phase.READY
         stats = self.stats[region.region_id]
         if monitor and region.embeddings is not None:
@@ -445,6 +574,11 @@ class JobState:
                 ),
             )  # fmt: skip
         region.embeddings = None  # selection and the monitor were their only uses
+        stats.weight_quantiles = np.quantile(
+            region.coreset_weights, [0, 0.25, 0.5, 0.75, 1]
+        ).tolist()
+        if not embedded:
+            return
 
         # Loss history: one observation per distinct example (ranks may share a few).
         unique, first = np.unique(region.candidates, return_index=True)
@@ -452,10 +586,8 @@ class JobState:
 
         stats.candidate_loss = float(region.losses.mean())
         stats.selected_loss = float(region.losses[slots].mean()) if slots.size else None
-        stats.weight_quantiles = np.quantile(
-            region.coreset_weights, [0, 0.25, 0.5, 0.75, 1]
-        ).tolist()
-        stats.initial_loss = region.initial_loss
+        if region.embedded_by == "trainer":  # else the ranks measure L_0 at the start
+            stats.initial_loss = region.initial_loss
 
     # ------------------------------------------------------------------------------ checks
     def record_check(self, rank: int, report: CheckReport) -> CheckDecision | None:
@@ -491,13 +623,22 @@ class JobState:
         if len(region.pending) < self.config.world_size:
             return None
         decision, record = decide(region, self.config.tau)
-        self.stats[region.region_id].checks.append(record)
+        stats = self.stats[region.region_id]
+        stats.checks.append(record)
+        stats.initial_loss = region.initial_loss
         return decision
 
     # ----------------------------------------------------------------------------- helpers
     def _check_rank(self, rank: int) -> None:
         if not 0 <= rank < self.config.world_size:
             raise InvalidArgument(f"rank must lie in [0, {self.config.world_size}), got {rank}")
+
+    def _region(self, region_id: int) -> Region:
+        """The current or the prepared region ``region_id``."""
+        prepared = self.prepared
+        if prepared is not None and prepared.region_id == region_id:
+            return prepared
+        return self._current(region_id)
 
     def _current(self, region_id: int) -> Region:
         region = self.region
@@ -576,6 +717,9 @@ _STATE: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
         lambda times: {str(rank): list(t) for rank, t in times.items()},
         lambda state: {int(rank): (t[0], t[1]) for rank, t in state.items()},
     ),
+    "side": (str, str),
+    "side_reason": (str, str),
+    "prepared": (_optional_region(region_to_state), _optional_region(region_from_state)),
 }
 
 

@@ -53,6 +53,26 @@ def selected(region_id: int, result: SelectionResult) -> bytes:
     )
 
 
+def served(
+    region_id: int, weights_version: int, embeddings: np.ndarray, losses: np.ndarray
+) -> bytes:
+    """The selectors' embeddings of a service-side region."""
+    return pack(
+        {
+            "op": "served",
+            "region_id": region_id,
+            "version": weights_version,
+            "embeddings": embeddings,
+            "losses": losses,
+        }
+    )
+
+
+def trainer_side(reason: str) -> bytes:
+    """The ranks embed from now on (the job's model could not be served)."""
+    return pack({"op": "trainer_side", "reason": reason})
+
+
 def fell_back(region_id: int) -> bytes:
     return pack({"op": "fallback", "region_id": region_id})
 
@@ -76,6 +96,12 @@ def replay(state: JobState, blob: bytes) -> None:
             event["rank"], event["region_id"], event["indices"], event["embeddings"],
             event["losses"], event["seq"],
         )  # fmt: skip
+    elif op == "served":
+        state.receive_service_embeddings(
+            event["region_id"], event["version"], event["embeddings"], event["losses"]
+        )
+    elif op == "trainer_side":
+        state.use_trainer_side(event["reason"])
     elif op == "select":
         result = SelectionResult(event["rows"], event["groups"], event["weights"])
         state.complete_selection(event["region_id"], result)

@@ -93,6 +93,23 @@ class LocalCoordinator:
             self.manager.submit_embeddings(job_id, rank, region_id, indices, embeddings, losses)
         )
 
+    def publish_model(
+        self,
+        job_id: str,
+        artifact: bytes,
+        inputs: np.ndarray,
+        num_weights: int,
+        trainer_side: str = "",
+    ) -> None:
+        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        self._call(self.manager.publish_model(job_id, artifact, inputs, num_weights, trainer_side))
+
+    def publish_weights(self, job_id: str, version: int, weights: np.ndarray) -> None:
+        weights = np.asarray(weights)
+        if weights.dtype == np.uint16:  # bfloat16, as on the wire
+            weights = convert.bfloat16_decode(weights)
+        self._call(self.manager.publish_weights(job_id, version, weights))
+
     def report_check(self, job_id: str, rank: int, report: CheckReport) -> CheckDecision:
         return self._call(self.manager.report_check(job_id, rank, report))
 

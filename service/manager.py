@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import time
@@ -63,10 +64,10 @@ from crest.proto.errors import (
 )
 from crest.service import journal
 from crest.service.codec import pack, unpack
-from crest.service.job import JobState, Phase, Upload, UploadChunk
+from crest.service.job import JobState, Phase, Region, Upload, UploadChunk
 from crest.service.store import MemoryStore, StateStore, StoredJob
 from crest.service.telemetry import JobTelemetry, SelectionEvent
-from crest.worker.problems import SelectionResult, Selector
+from crest.worker.problems import EmbedRequest, EmbedResult, SelectionResult, Selector
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,13 @@ class _Job:
     labels_digest: str
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Condition = field(init=False)
-    selecting: asyncio.Task[None] | None = None
+    work: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # region id -> its
+    # embedding (service side) and selection
     telemetry: JobTelemetry = field(default_factory=JobTelemetry)
-    embedded_at: float = 0.0  # monotonic time the current region's last embedding arrived
+    embedded_at: dict[int, float] = field(default_factory=dict)  # region id -> monotonic time
+    # its last embedding arrived
+    model: ServedModel | None = None  # service side: published by the trainer, in memory only
+    weights: dict[int, np.ndarray] = field(default_factory=dict)  # step -> flat float32
     journal_length: int = 0
     stale: bool = False  # memory may hold changes the store does not: reload first
     finished_at: float | None = None  # Unix time the job was first seen finished
@@ -113,6 +118,26 @@ class _Job:
 
     def __post_init__(self) -> None:
         self.changed = asyncio.Condition(self.lock)
+
+    def cancel_work(self) -> None:
+        """Stop the job's embedding and selection tasks (not the caller's own)."""
+        for task in self.work.values():
+            if task is not asyncio.current_task():
+                task.cancel()
+        self.work.clear()
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A service-side job's model: the artifact the selectors run and every example's inputs."""
+
+    model_id: str
+    artifact: bytes
+    inputs: np.ndarray  # (N, ...) float32
+    num_weights: int
+
+
+KEPT_WEIGHT_VERSIONS = 4  # published weight versions a job keeps (only the latest are used)
 
 
 def _labels_digest(labels: np.ndarray) -> str:
@@ -242,8 +267,7 @@ class JobManager:
         if self._expiry is not None:
             self._expiry.cancel()
         for job in self._jobs.values():
-            if job.selecting is not None:
-                job.selecting.cancel()
+            job.cancel_work()
         self.selector.close()
         await self.store.close()
 
@@ -351,8 +375,7 @@ class JobManager:
         if self._jobs.get(job_id) is job:
             del self._jobs[job_id]
         self._unwritable.pop(job_id, None)
-        if job.selecting is not None and job.selecting is not asyncio.current_task():
-            job.selecting.cancel()
+        job.cancel_work()
         job.changed.notify_all()  # waiters see ``gone`` and fail
 
     def _job(self, job_id: str) -> _Job:
@@ -443,6 +466,8 @@ class JobManager:
                 num_classes=cfg.num_classes,
                 batch_size=cfg.batch_size,
                 committed_seq=job.state.committed_seq[rank],
+                selection_side=job.state.side,
+                num_examples=cfg.num_examples,
             )
 
     async def job_status(self, job_id: str) -> JobStatus:
@@ -459,24 +484,45 @@ class JobManager:
     async def get_region(
         self, job_id: str, rank: int, step: int, timeout: float | None = None
     ) -> RegionView:
-        """The region holding ``step``; waits (up to the timeout) while selection runs."""
+        """The region holding ``step``; waits (up to the timeout) while selection runs.
+
+        On the service side it answers at once, with ``wants_model``/``wants_weights`` set,
+        when the region waits for a model or weights this coordinator does not have (at the
+        job's start, or after a restart): the trainer publishes them and asks again.
+        """
         job = self._job(job_id)
         async with job.changed:
             await self._fresh(job)
             view = await self._view(job, rank, step)
             job.telemetry.rank(rank).advance(step)
+            self._ensure_work(job)  # e.g. after opening a region, a failed attempt, a restart
             if view.status is RegionStatus.SELECTING:
-                region = job.state.region
-                if region is not None and region.phase is Phase.SELECTING:
-                    self._ensure_selection(job)  # e.g. after a failed attempt or a restart
+                wants = self._wants(job)
+                if wants is not None:
+                    return dataclasses.replace(view, wants_model=wants[0], wants_weights=wants[1])
                 await self._wait(
                     job,
-                    lambda: job.state.view(rank, step).status is not RegionStatus.SELECTING,
+                    lambda: (
+                        job.state.view(rank, step).status is not RegionStatus.SELECTING
+                        or self._wants(job) is not None
+                    ),
                     lambda: _awaited_by_region(job.state),
                     timeout,
                 )
                 view = job.state.view(rank, step)
             return view
+
+    def _wants(self, job: _Job) -> tuple[bool, int] | None:
+        """What the current region waits for and the job lacks: ``(model?, weights step)``
+        (-1: no weights), or None."""
+        region = job.state.region
+        if region is None or region.phase is not Phase.EMBED or region.embedded_by != "service":
+            return None
+        version = region.weights_version
+        missing = -1 if version in job.weights else version
+        if job.model is None or missing >= 0:
+            return job.model is None, missing
+        return None
 
     async def _view(self, job: _Job, rank: int, step: int) -> RegionView:
         """The view of ``step``, opening (and journaling) its region first when it is due."""
@@ -520,22 +566,181 @@ class JobManager:
         if event is not None:
             await self._journal(job, event)
         if outcome is Upload.COMPLETE:
-            job.embedded_at = time.monotonic()
-            self._ensure_selection(job)
+            job.embedded_at[region_id] = time.monotonic()
+            self._ensure_work(job)
         job.changed.notify_all()
 
-    def _ensure_selection(self, job: _Job) -> None:
-        """Start the region's selection unless it is already running."""
-        if job.selecting is None or job.selecting.done():
-            job.selecting = asyncio.create_task(self._select(job))
+    # ---------------------------------------------------------------------- service side
+    async def publish_model(
+        self,
+        job_id: str,
+        artifact: bytes,
+        inputs: np.ndarray,
+        num_weights: int,
+        trainer_side: str = "",
+    ) -> None:
+        """A service-side job's model (a ``torch.export`` artifact of ``num_weights`` weights)
+        and the inputs of all its examples; or, with ``trainer_side`` (the reason), none: the
+        ranks embed from now on. Held in memory (a restart asks for it again). Idempotent.
 
-    async def _select(self, job: _Job) -> None:
+        Raises:
+            InvalidArgument: inputs that are not ``(N, ...)`` finite floats, an empty artifact.
+            FailedPrecondition: the job embeds on the trainer side.
+        """
+        job = self._job(job_id)
+        async with job.changed:
+            await self._fresh(job)
+            if trainer_side:
+                if job.state.side == "service":
+                    await _to_the_end(self._use_trainer_side(job, trainer_side))
+                job.changed.notify_all()
+                return
+            if job.state.side != "service":
+                raise FailedPrecondition(
+                    f"job {job_id!r} embeds on the trainer side "
+                    f"({job.state.side_reason or 'its config'}): it takes no model"
+                )
+            model = await _off_loop(_served_model, job.state.config, artifact, inputs, num_weights)
+            if job.model is None or job.model.model_id != model.model_id:
+                job.model = model
+                log.info("job %s: model %s published (%d weights, inputs %s)", job_id,
+                         model.model_id, num_weights, inputs.shape)  # fmt: skip
+            self._ensure_work(job)
+            job.changed.notify_all()
+
+    async def _use_trainer_side(self, job: _Job, reason: str) -> None:
+        await _off_loop(job.state.use_trainer_side, reason)
+        job.cancel_work()
+        await self._journal(job, journal.trainer_side(reason))
+        log.warning("job %s: the trainer embeds from now on: %s", job.state.job_id, reason)
+
+    async def publish_weights(self, job_id: str, version: int, weights: np.ndarray) -> None:
+        """The model's weights before step ``version`` (flat float32). The first publication
+        of a version counts; a repeat changes nothing.
+
+        Raises:
+            InvalidArgument: a step out of range, or weights that are not a finite vector of
+                the model's size.
+            FailedPrecondition: the job embeds on the trainer side.
+        """
+        job = self._job(job_id)
+        async with job.changed:
+            await self._fresh(job)
+            total = job.state.config.total_steps
+            if not 0 <= version <= total:
+                raise InvalidArgument(f"weights version must lie in [0, {total}], got {version}")
+            if job.state.side != "service":
+                raise FailedPrecondition(f"job {job_id!r} embeds on the trainer side")
+            if version in job.weights:
+                return
+            weights = np.asarray(weights)
+            if weights.ndim != 1 or weights.dtype != np.float32:
+                raise InvalidArgument(f"weights must be a float32 vector, got {weights.dtype}"
+                                      f"{weights.shape}")  # fmt: skip
+            if job.model is not None and len(weights) != job.model.num_weights:
+                raise InvalidArgument(
+                    f"the model has {job.model.num_weights} weights, got {len(weights)}"
+                )
+            if not await _off_loop(_all_finite, weights):
+                raise InvalidArgument("weights contain NaN or Inf")
+            job.weights[version] = weights
+            for old in sorted(job.weights)[:-KEPT_WEIGHT_VERSIONS]:
+                del job.weights[old]
+            self._ensure_work(job)
+            job.changed.notify_all()
+
+    # --------------------------------------------------------------------------- selection
+    def _ensure_work(self, job: _Job) -> None:
+        """Start what the job's unfinished regions can have done now: the selectors'
+        embeddings (service side, once the model and the weights are in) and selection."""
+        if job.stale or job.gone is not None:
+            return
+        unfinished = {r.region_id: r for r in job.state.unfinished()}
+        for region_id in [i for i in job.work if i not in unfinished]:
+            del job.work[region_id]
+        for region_id, region in unfinished.items():
+            task = job.work.get(region_id)
+            if task is not None and not task.done():
+                continue
+            if region.phase is Phase.SELECTING:
+                job.work[region_id] = asyncio.create_task(self._select(job, region_id))
+            elif (
+                region.embedded_by == "service"
+                and job.model is not None
+                and region.weights_version in job.weights
+            ):
+                job.work[region_id] = asyncio.create_task(self._serve(job, region_id))
+
+    async def _serve(self, job: _Job, region_id: int) -> None:
+        """Embed a service-side region on the selectors, then select its coresets."""
         async with job.lock:
-            region = job.state.region
+            region = job.state.unfinished_region(region_id)
+            if job.stale or job.gone or region is None or region.phase is not Phase.EMBED:
+                return
+            model, version = job.model, region.weights_version
+            assert model is not None
+            request = await _off_loop(
+                _embed_request, job.state, region, model, job.weights[version]
+            )
+        result: EmbedResult | None = None
+        limit = self.selection_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                result = await self.selector.embed(request, timeout_s=limit)
+        except (TimeoutError, Unavailable) as err:
+            reason = f"{type(err).__name__}: {err}" if str(err) else f"no answer in {limit:g} s"
+            log.warning("embedding job %s region %d failed (%s): random batches instead",
+                        job.state.job_id, region_id, reason)  # fmt: skip
+        except Exception as err:
+            if await self._selection_bug(job, region_id, err, "raised while embedding"):
+                return
+        async with job.changed:
+            region = job.state.unfinished_region(region_id)
+            if job.stale or job.gone or region is None or region.phase is not Phase.EMBED:
+                return
+            try:
+                served = await _to_the_end(self._served(job, region_id, version, result))
+            except CrestError as err:  # stale, lost or unwritable: the next call says which
+                log.warning("could not journal region %d: %s", region_id, err)
+                return
+            job.changed.notify_all()
+        if served:
+            await self._select(job, region_id)
+
+    async def _served(
+        self, job: _Job, region_id: int, version: int, result: EmbedResult | None
+    ) -> bool:
+        """Store the selectors' embeddings, journaled; without them (or with an answer that
+        does not fit) complete the region with random batches. True: stored."""
+        if result is not None:
+            try:
+                await _off_loop(
+                    job.state.receive_service_embeddings,
+                    region_id, version, result.embeddings, result.losses,
+                )  # fmt: skip
+                await self._journal(
+                    job, journal.served(region_id, version, result.embeddings, result.losses)
+                )
+                job.embedded_at[region_id] = time.monotonic()
+                return True
+            except InvalidArgument as err:
+                if self._crash(job, region_id, err, "embedded wrongly"):
+                    return False
+        await _off_loop(job.state.complete_fallback, region_id)
+        await self._journal(job, journal.fell_back(region_id))
+        job.telemetry.record_selection(
+            SelectionEvent(
+                region_id=region_id, at=time.time(), seconds=0.0, problems=0, fallback=True
+            )
+        )
+        return False
+
+    async def _select(self, job: _Job, region_id: int) -> None:
+        async with job.lock:
+            region = job.state.unfinished_region(region_id)
             if job.stale or job.gone or region is None or region.phase is not Phase.SELECTING:
                 return
-            region_id = region.region_id
-            request = await _off_loop(job.state.selection_request)
+            request = await _off_loop(job.state.selection_request, region_id)
         result: SelectionResult | None = None
         limit = self.selection_timeout_s
         try:
@@ -550,10 +755,8 @@ class JobManager:
             if await self._selection_bug(job, region_id, err, "raised"):
                 return
         async with job.changed:
-            region = job.state.region
-            if job.stale or job.gone or region is None or region.region_id != region_id:
-                return
-            if region.phase is not Phase.SELECTING:
+            region = job.state.unfinished_region(region_id)
+            if job.stale or job.gone or region is None or region.phase is not Phase.SELECTING:
                 return
             try:
                 fallback = await _to_the_end(self._complete(job, region_id, result))
@@ -563,11 +766,12 @@ class JobManager:
             if fallback is None:  # strict mode stopped the job on a wrong answer
                 job.changed.notify_all()
                 return
+            embedded_at = job.embedded_at.pop(region_id, time.monotonic())
             job.telemetry.record_selection(
                 SelectionEvent(
                     region_id=region_id,
                     at=time.time(),
-                    seconds=time.monotonic() - job.embedded_at,
+                    seconds=time.monotonic() - embedded_at,
                     problems=len(request.budgets),
                     fallback=fallback,
                 )
@@ -685,12 +889,49 @@ class JobManager:
                 await self.store.snapshot(job_id, snapshot)
             except Exception as err:
                 raise Unavailable(f"the state store failed: {err}") from None
-            if job.selecting is not None:
-                job.selecting.cancel()
+            job.cancel_work()
             job.state, job.journal_length, job.telemetry = state, 0, JobTelemetry()
             job.changed.notify_all()
             log.info("restored job %s from a checkpoint at step %d", job_id, state.status().step)
             return True
+
+
+def _served_model(
+    config: JobConfig, artifact: bytes, inputs: np.ndarray, num_weights: int
+) -> ServedModel:
+    """A published model, validated: the inputs of all N examples, finite floats."""
+    if not artifact:
+        raise InvalidArgument("the model artifact is empty")
+    if num_weights < 1:
+        raise InvalidArgument(f"num_weights must be >= 1, got {num_weights}")
+    inputs = np.asarray(inputs)
+    if inputs.ndim < 1 or len(inputs) != config.num_examples or inputs.dtype != np.float32:
+        raise InvalidArgument(
+            f"inputs must be float32 of shape ({config.num_examples}, ...): one row per "
+            f"example, got {inputs.dtype}{inputs.shape}"
+        )
+    if not _all_finite(inputs):
+        raise InvalidArgument("inputs contain NaN or Inf")
+    model_id = hashlib.sha256(artifact).hexdigest()[:16]
+    return ServedModel(model_id, artifact, inputs, num_weights)
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    return bool(np.isfinite(values).all())
+
+
+def _embed_request(
+    state: JobState, region: Region, model: ServedModel, weights: np.ndarray
+) -> EmbedRequest:
+    candidates = region.candidates
+    return EmbedRequest(
+        job_id=state.job_id,
+        model_id=model.model_id,
+        artifact=model.artifact,
+        weights=weights,
+        inputs=model.inputs[candidates],
+        labels=state.pool.labels[candidates].astype(np.int64),
+    )
 
 
 def _snapshot(state: JobState) -> bytes:

@@ -61,6 +61,10 @@ class Region:
     mode: Literal["crest", "random"] = (
         "crest"  # "crest": coresets from embeddings; "random": random batches
     )
+    # Who embeds the candidates: the ranks ("trainer", at the region's start) or the
+    # selectors ("service", from the weights published at step ``weights_version``).
+    embedded_by: Literal["trainer", "service"] = "trainer"
+    weights_version: int = -1
 
     def rank_slots(self, rank: int) -> slice:
         return slice(int(self.rank_offsets[rank]), int(self.rank_offsets[rank + 1]))
@@ -87,10 +91,14 @@ class Region:
             status = RegionStatus.READY
             first = rank * self.num_coresets
             batches = tuple(self.coreset(s) for s in range(first, first + self.num_coresets))
-        elif self.phase is Phase.EMBED and not self.received[slots].all():
+        elif (
+            self.phase is Phase.EMBED
+            and self.embedded_by == "trainer"
+            and not self.received[slots].all()
+        ):
             status = RegionStatus.EMBED
         else:
-            status = RegionStatus.SELECTING  # this rank's part is in: wait for the rest
+            status = RegionStatus.SELECTING  # wait for the rest, or for the selectors
         return RegionView(
             region_id=self.region_id,
             status=status,

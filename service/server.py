@@ -16,6 +16,7 @@ import asyncio
 import functools
 import hmac
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -221,6 +222,105 @@ class CoordinatorService:
             first.job_id, first.rank, first.region_id, chunks
         )
         return pb.UploadAck(committed_seq=committed)
+
+    @_handler
+    async def PublishModel(
+        self, requests: AsyncIterator[pb.ModelChunk], context: grpc.aio.ServicerContext
+    ) -> pb.PublishAck:
+        header: pb.ModelHeader | None = None
+        artifact = bytearray()
+        inputs: list[np.ndarray] = []
+        rows = 0
+        shape: tuple[int, ...] = ()
+        async for request in requests:
+            request = _checked(request)
+            part = request.WhichOneof("part")
+            if header is None:
+                if part != "header":
+                    raise InvalidArgument("the first PublishModel message must carry the header")
+                header = request.header
+                check_job_id(header.job_id)
+                shape = tuple(header.input_shape)
+                if header.artifact_bytes < 0 or len(shape) < 1 or min(shape) < 0:
+                    raise InvalidArgument(
+                        f"invalid model header: artifact_bytes {header.artifact_bytes}, "
+                        f"input_shape {shape}"
+                    )
+                size = header.artifact_bytes + 4 * math.prod(shape)
+                if size > convert.MAX_PUBLISH_BYTES:
+                    raise ResourceExhausted(
+                        f"the model and inputs are {size} bytes, over the "
+                        f"{convert.MAX_PUBLISH_BYTES}-byte limit: embed on the trainer side"
+                    )
+            elif part == "artifact":
+                artifact += request.artifact
+                if len(artifact) > header.artifact_bytes:
+                    raise InvalidArgument(f"more than artifact_bytes={header.artifact_bytes}")
+            elif part == "inputs":
+                chunk = convert.from_array(request.inputs, "inputs", (pb.FLOAT32,), len(shape))
+                rows += len(chunk)
+                if chunk.shape[1:] != shape[1:] or rows > shape[0]:
+                    raise InvalidArgument(
+                        f"input rows of shape {chunk.shape[1:]} ({rows} so far) do not fit "
+                        f"input_shape {shape}"
+                    )
+                inputs.append(chunk)
+            else:
+                raise InvalidArgument("only the first PublishModel message may carry a header")
+        if header is None:
+            raise InvalidArgument("PublishModel needs a header")
+        if header.trainer_side:
+            empty = np.zeros((0,), np.float32)
+            await self.manager.publish_model(header.job_id, b"", empty, 0, header.trainer_side)
+            return pb.PublishAck()
+        if len(artifact) != header.artifact_bytes or rows != shape[0]:
+            raise InvalidArgument(
+                f"the PublishModel stream ended early: {len(artifact)} of "
+                f"{header.artifact_bytes} artifact bytes, {rows} of {shape[0]} input rows"
+            )
+        values = np.concatenate(inputs) if inputs else np.zeros(shape, np.float32)
+        await self.manager.publish_model(header.job_id, bytes(artifact), values, header.num_weights)
+        return pb.PublishAck()
+
+    @_handler
+    async def PublishWeights(
+        self, requests: AsyncIterator[pb.WeightsChunk], context: grpc.aio.ServicerContext
+    ) -> pb.PublishAck:
+        first: pb.WeightsChunk | None = None
+        parts: list[np.ndarray] = []
+        filled = 0
+        async for request in requests:
+            request = _checked(request)
+            if first is None:
+                first = request
+                check_job_id(first.job_id)
+                if not 0 < first.size <= convert.MAX_PUBLISH_BYTES // 4:
+                    raise InvalidArgument(
+                        f"weights size must lie in [1, {convert.MAX_PUBLISH_BYTES // 4}], "
+                        f"got {first.size}"
+                    )
+            elif (request.job_id, request.version, request.size) != (
+                first.job_id, first.version, first.size
+            ):  # fmt: skip
+                raise InvalidArgument("a weights stream carries one version of one job")
+            if request.offset != filled:
+                raise InvalidArgument(
+                    f"weights chunk at offset {request.offset}, expected {filled}"
+                )
+            values = convert.from_array(request.weights, "weights", (pb.FLOAT32, pb.BFLOAT16), 1)
+            if values.dtype == np.uint16:
+                values = convert.bfloat16_decode(values)
+            filled += len(values)
+            if filled > first.size:
+                raise InvalidArgument(f"more than size={first.size} weights")
+            parts.append(values)
+        if first is None:
+            raise InvalidArgument("PublishWeights needs at least one chunk")
+        if filled != first.size:
+            raise InvalidArgument(f"the weights stream ended after {filled} of {first.size}")
+        weights = np.concatenate(parts).astype(np.float32)
+        await self.manager.publish_weights(first.job_id, first.version, weights)
+        return pb.PublishAck()
 
     @_handler
     async def ReportCheck(

@@ -42,6 +42,34 @@ class SelectionResult:
     weights: np.ndarray
 
 
+@dataclass(frozen=True)
+class EmbedRequest:
+    """Candidates to embed with a job's served model (the service side).
+
+    Attributes:
+        model_id: a digest of ``artifact``; selectors cache the loaded model under it.
+        artifact: the model as a ``torch.export`` artifact (:mod:`crest.worker.model`).
+        weights: flat float32 weights in the artifact's order.
+        inputs: ``(n, ...)`` float32 inputs of the candidates. labels: ``(n,)`` int64.
+    """
+
+    job_id: str
+    model_id: str
+    artifact: bytes
+    weights: np.ndarray
+    inputs: np.ndarray
+    labels: np.ndarray
+    batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """``embeddings`` ``(n, C)`` float32 (softmax - onehot) and ``losses`` ``(n,)`` float32."""
+
+    embeddings: np.ndarray
+    losses: np.ndarray
+
+
 class Selector(Protocol):
     """Solves regions' selection problems for the coordinator."""
 
@@ -56,6 +84,10 @@ class Selector(Protocol):
                 no worker to answer (expected: the coordinator falls back to random batches).
             Anything else: a bug (in the kernel, the request or the selector).
         """
+        ...
+
+    async def embed(self, request: EmbedRequest, timeout_s: float | None = None) -> EmbedResult:
+        """Embed candidates with a served model; errors as :meth:`select`."""
         ...
 
     async def healthy(self) -> bool:

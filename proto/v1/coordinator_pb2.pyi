@@ -12,6 +12,7 @@ class Limits(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LIMITS_UNSPECIFIED: _ClassVar[Limits]
     MAX_MESSAGE_BYTES: _ClassVar[Limits]
     MAX_STREAM_CHUNKS: _ClassVar[Limits]
+    MAX_PUBLISH_BYTES: _ClassVar[Limits]
 
 class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -20,6 +21,7 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLOAT16: _ClassVar[DType]
     INT64: _ClassVar[DType]
     INT32: _ClassVar[DType]
+    BFLOAT16: _ClassVar[DType]
 
 class RegionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,11 +33,13 @@ class RegionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 LIMITS_UNSPECIFIED: Limits
 MAX_MESSAGE_BYTES: Limits
 MAX_STREAM_CHUNKS: Limits
+MAX_PUBLISH_BYTES: Limits
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 FLOAT16: DType
 INT64: DType
 INT32: DType
+BFLOAT16: DType
 REGION_STATUS_UNSPECIFIED: RegionStatus
 EMBED: RegionStatus
 SELECTING: RegionStatus
@@ -53,7 +57,7 @@ class Array(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches", "auto_min_gain", "auto_retest_epochs", "name", "class_weighting", "allow_empty_classes")
+    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches", "auto_min_gain", "auto_retest_epochs", "name", "class_weighting", "allow_empty_classes", "selection_side", "max_staleness")
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +87,8 @@ class JobConfig(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLASS_WEIGHTING_FIELD_NUMBER: _ClassVar[int]
     ALLOW_EMPTY_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_SIDE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
     num_examples: int
     num_classes: int
     batch_size: int
@@ -112,7 +118,9 @@ class JobConfig(_message.Message):
     name: str
     class_weighting: str
     allow_empty_classes: bool
-    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ..., strategy: _Optional[str] = ..., random_batches: _Optional[str] = ..., auto_min_gain: _Optional[float] = ..., auto_retest_epochs: _Optional[float] = ..., name: _Optional[str] = ..., class_weighting: _Optional[str] = ..., allow_empty_classes: _Optional[bool] = ...) -> None: ...
+    selection_side: str
+    max_staleness: int
+    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ..., strategy: _Optional[str] = ..., random_batches: _Optional[str] = ..., auto_min_gain: _Optional[float] = ..., auto_retest_epochs: _Optional[float] = ..., name: _Optional[str] = ..., class_weighting: _Optional[str] = ..., allow_empty_classes: _Optional[bool] = ..., selection_side: _Optional[str] = ..., max_staleness: _Optional[int] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("header", "labels")
@@ -145,7 +153,7 @@ class OpenSessionRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class OpenSessionResponse(_message.Message):
-    __slots__ = ("job_id", "rank", "world_size", "total_steps", "steps_per_virtual_epoch", "num_classes", "batch_size", "committed_seq")
+    __slots__ = ("job_id", "rank", "world_size", "total_steps", "steps_per_virtual_epoch", "num_classes", "batch_size", "committed_seq", "selection_side", "num_examples")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +162,8 @@ class OpenSessionResponse(_message.Message):
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     COMMITTED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_SIDE_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     world_size: int
@@ -162,7 +172,9 @@ class OpenSessionResponse(_message.Message):
     num_classes: int
     batch_size: int
     committed_seq: int
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., total_steps: _Optional[int] = ..., steps_per_virtual_epoch: _Optional[float] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., committed_seq: _Optional[int] = ...) -> None: ...
+    selection_side: str
+    num_examples: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., total_steps: _Optional[int] = ..., steps_per_virtual_epoch: _Optional[float] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., committed_seq: _Optional[int] = ..., selection_side: _Optional[str] = ..., num_examples: _Optional[int] = ...) -> None: ...
 
 class GetRegionRequest(_message.Message):
     __slots__ = ("job_id", "rank", "step")
@@ -183,7 +195,7 @@ class WeightedBatch(_message.Message):
     def __init__(self, indices: _Optional[_Union[Array, _Mapping]] = ..., weights: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
 
 class Region(_message.Message):
-    __slots__ = ("region_id", "status", "start_step", "end_step", "check_interval", "candidates", "check_indices", "batches", "initial_loss")
+    __slots__ = ("region_id", "status", "start_step", "end_step", "check_interval", "candidates", "check_indices", "batches", "initial_loss", "wants_model", "wants_weights")
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     START_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +205,8 @@ class Region(_message.Message):
     CHECK_INDICES_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     INITIAL_LOSS_FIELD_NUMBER: _ClassVar[int]
+    WANTS_MODEL_FIELD_NUMBER: _ClassVar[int]
+    WANTS_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     region_id: int
     status: RegionStatus
     start_step: int
@@ -202,7 +216,9 @@ class Region(_message.Message):
     check_indices: Array
     batches: _containers.RepeatedCompositeFieldContainer[WeightedBatch]
     initial_loss: float
-    def __init__(self, region_id: _Optional[int] = ..., status: _Optional[_Union[RegionStatus, str]] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., check_interval: _Optional[int] = ..., candidates: _Optional[_Union[Array, _Mapping]] = ..., check_indices: _Optional[_Union[Array, _Mapping]] = ..., batches: _Optional[_Iterable[_Union[WeightedBatch, _Mapping]]] = ..., initial_loss: _Optional[float] = ...) -> None: ...
+    wants_model: bool
+    wants_weights: int
+    def __init__(self, region_id: _Optional[int] = ..., status: _Optional[_Union[RegionStatus, str]] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., check_interval: _Optional[int] = ..., candidates: _Optional[_Union[Array, _Mapping]] = ..., check_indices: _Optional[_Union[Array, _Mapping]] = ..., batches: _Optional[_Iterable[_Union[WeightedBatch, _Mapping]]] = ..., initial_loss: _Optional[float] = ..., wants_model: _Optional[bool] = ..., wants_weights: _Optional[int] = ...) -> None: ...
 
 class EmbeddingChunk(_message.Message):
     __slots__ = ("job_id", "rank", "region_id", "seq", "indices", "embeddings", "losses", "stream_chunks")
@@ -231,7 +247,7 @@ class UploadAck(_message.Message):
     def __init__(self, committed_seq: _Optional[int] = ...) -> None: ...
 
 class CheckReport(_message.Message):
-    __slots__ = ("job_id", "rank", "region_id", "step", "loss_sum", "count", "linear", "quadratic", "curvature", "train_seconds", "selection_seconds")
+    __slots__ = ("job_id", "rank", "region_id", "step", "loss_sum", "count", "linear", "quadratic", "curvature", "train_seconds", "selection_seconds", "initial_loss_sum")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +259,7 @@ class CheckReport(_message.Message):
     CURVATURE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_LOSS_SUM_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     region_id: int
@@ -254,7 +271,8 @@ class CheckReport(_message.Message):
     curvature: float
     train_seconds: float
     selection_seconds: float
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., step: _Optional[int] = ..., loss_sum: _Optional[float] = ..., count: _Optional[int] = ..., linear: _Optional[float] = ..., quadratic: _Optional[float] = ..., curvature: _Optional[float] = ..., train_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ...) -> None: ...
+    initial_loss_sum: float
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., step: _Optional[int] = ..., loss_sum: _Optional[float] = ..., count: _Optional[int] = ..., linear: _Optional[float] = ..., quadratic: _Optional[float] = ..., curvature: _Optional[float] = ..., train_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ..., initial_loss_sum: _Optional[float] = ...) -> None: ...
 
 class CheckDecision(_message.Message):
     __slots__ = ("region_id", "step", "new_region", "loss", "predicted", "relative_error")
@@ -313,7 +331,7 @@ class JobStatus(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., class_sizes: _Optional[_Iterable[int]] = ..., dropped: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[RegionStats, _Mapping]]] = ..., trainers: _Optional[_Iterable[_Union[TrainerTime, _Mapping]]] = ...) -> None: ...
 
 class RegionStats(_message.Message):
-    __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error")
+    __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error", "embedded_by", "staleness")
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     START_STEP_FIELD_NUMBER: _ClassVar[int]
     END_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +354,8 @@ class RegionStats(_message.Message):
     DECISION_FIELD_NUMBER: _ClassVar[int]
     CORESET_ERROR_FIELD_NUMBER: _ClassVar[int]
     RANDOM_ERROR_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDED_BY_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
     region_id: int
     start_step: int
     end_step: int
@@ -358,7 +378,9 @@ class RegionStats(_message.Message):
     decision: str
     coreset_error: float
     random_error: float
-    def __init__(self, region_id: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., end_reason: _Optional[str] = ..., num_coresets: _Optional[int] = ..., check_interval: _Optional[int] = ..., num_candidates: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., fallback: _Optional[bool] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., candidate_loss: _Optional[float] = ..., selected_loss: _Optional[float] = ..., weight_quantiles: _Optional[_Iterable[float]] = ..., initial_loss: _Optional[float] = ..., curvature: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[CheckRecord, _Mapping]]] = ..., mode: _Optional[str] = ..., decision: _Optional[str] = ..., coreset_error: _Optional[float] = ..., random_error: _Optional[float] = ...) -> None: ...
+    embedded_by: str
+    staleness: int
+    def __init__(self, region_id: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., end_reason: _Optional[str] = ..., num_coresets: _Optional[int] = ..., check_interval: _Optional[int] = ..., num_candidates: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., fallback: _Optional[bool] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., candidate_loss: _Optional[float] = ..., selected_loss: _Optional[float] = ..., weight_quantiles: _Optional[_Iterable[float]] = ..., initial_loss: _Optional[float] = ..., curvature: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[CheckRecord, _Mapping]]] = ..., mode: _Optional[str] = ..., decision: _Optional[str] = ..., coreset_error: _Optional[float] = ..., random_error: _Optional[float] = ..., embedded_by: _Optional[str] = ..., staleness: _Optional[int] = ...) -> None: ...
 
 class CheckRecord(_message.Message):
     __slots__ = ("step", "loss", "predicted", "relative_error", "new_region")
@@ -425,3 +447,45 @@ class DeleteJobReply(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("header", "artifact", "inputs")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    header: ModelHeader
+    artifact: bytes
+    inputs: Array
+    def __init__(self, header: _Optional[_Union[ModelHeader, _Mapping]] = ..., artifact: _Optional[bytes] = ..., inputs: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+
+class ModelHeader(_message.Message):
+    __slots__ = ("job_id", "artifact_bytes", "input_shape", "trainer_side", "num_weights")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    TRAINER_SIDE_FIELD_NUMBER: _ClassVar[int]
+    NUM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    artifact_bytes: int
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    trainer_side: str
+    num_weights: int
+    def __init__(self, job_id: _Optional[str] = ..., artifact_bytes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., trainer_side: _Optional[str] = ..., num_weights: _Optional[int] = ...) -> None: ...
+
+class WeightsChunk(_message.Message):
+    __slots__ = ("job_id", "version", "size", "offset", "weights")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    version: int
+    size: int
+    offset: int
+    weights: Array
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., weights: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
+
+class PublishAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -74,6 +74,16 @@ class CoordinatorStub:
                 request_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobRequest.SerializeToString,
                 response_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobReply.FromString,
                 _registered_method=True)
+        self.PublishModel = channel.stream_unary(
+                '/crest.v1.Coordinator/PublishModel',
+                request_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.ModelChunk.SerializeToString,
+                response_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.PublishAck.FromString,
+                _registered_method=True)
+        self.PublishWeights = channel.stream_unary(
+                '/crest.v1.Coordinator/PublishWeights',
+                request_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.WeightsChunk.SerializeToString,
+                response_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.PublishAck.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -141,6 +151,26 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishModel(self, request_iterator, context):
+        """Service side (JobConfig.selection_side = "service"): the model, as a torch.export
+        artifact, and the inputs of every training example, streamed in chunks (the first
+        carries the header); or, with `trainer_side` set, the reason the trainer embeds instead
+        (a model that cannot be exported). Held in memory: after a restart the coordinator asks
+        for it again (Region.wants_model). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishWeights(self, request_iterator, context):
+        """Service side: the model's weights after `version` steps (a flat vector in the artifact's
+        order), in chunks; the selectors embed the next region's candidates with them. The first
+        publication of a version counts; a repeat is ignored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +213,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.DeleteJob,
                     request_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobRequest.FromString,
                     response_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobReply.SerializeToString,
+            ),
+            'PublishModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishModel,
+                    request_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.ModelChunk.FromString,
+                    response_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.PublishAck.SerializeToString,
+            ),
+            'PublishWeights': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishWeights,
+                    request_deserializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.WeightsChunk.FromString,
+                    response_serializer=crest_dot_proto_dot_v1_dot_coordinator__pb2.PublishAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +441,60 @@ class Coordinator:
             '/crest.v1.Coordinator/DeleteJob',
             crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobRequest.SerializeToString,
             crest_dot_proto_dot_v1_dot_coordinator__pb2.DeleteJobReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/crest.v1.Coordinator/PublishModel',
+            crest_dot_proto_dot_v1_dot_coordinator__pb2.ModelChunk.SerializeToString,
+            crest_dot_proto_dot_v1_dot_coordinator__pb2.PublishAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishWeights(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/crest.v1.Coordinator/PublishWeights',
+            crest_dot_proto_dot_v1_dot_coordinator__pb2.WeightsChunk.SerializeToString,
+            crest_dot_proto_dot_v1_dot_coordinator__pb2.PublishAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,7 +39,8 @@ def fill_region(job: JobState, step: int, loss: float = 1.0) -> None:
                 rank, view.region_id, view.candidates, fake_embeddings(view.candidates), losses
             )
     assert job.region is not None
-    job.complete_selection(job.region.region_id, run_selection(job.selection_request()))
+    region_id = job.region.region_id
+    job.complete_selection(region_id, run_selection(job.selection_request(region_id)))
 
 
 def report(

@@ -339,7 +339,7 @@ def test_invalid_labels_and_selection_answers_are_rejected() -> None:
         fake_embeddings(view.candidates),
         np.ones(len(view.candidates), np.float32),
     )
-    good = run_selection(job.selection_request())
+    good = run_selection(job.selection_request(0))
     before = snapshot(job)
     for bad in (
         SelectionResult(good.rows + 10**6, good.groups, good.weights),

@@ -21,7 +21,9 @@ def walk(job: JobState, steps: int, embed=fake_embeddings) -> list[str]:
         if view.status is RegionStatus.EMBED:
             job.receive_embeddings(0, view.region_id, view.candidates, embed(view.candidates),
                                    np.ones(len(view.candidates), np.float32))  # fmt: skip
-            job.complete_selection(view.region_id, run_selection(job.selection_request()))
+            job.complete_selection(
+                view.region_id, run_selection(job.selection_request(view.region_id))
+            )
             view = see(job, 0, step)
         modes.append(job.status().regions[view.region_id].mode)
         if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
@@ -58,7 +60,7 @@ def test_uniform_random_batches_have_the_batch_size() -> None:
 def monitor_oracle(job: JobState) -> tuple[float, float]:
     """The coreset part of the monitor, written out with loops: per subset, the class means
     (members, and cluster-size-weighted picks) combined with the pool's class shares."""
-    request = job.selection_request()
+    request = job.selection_request(job.region.region_id)
     result = run_selection(request)
     classes = job.config.num_classes
     shares = job.pool.sizes_per_class() / job.pool.sizes_per_class().sum()
