@@ -15,6 +15,7 @@ def _e2e(args: argparse.Namespace) -> int:
         CrestSetup,
         E2EPlan,
         format_class_table,
+        format_pipeline_table,
         format_table,
         quick_plan,
         run_e2e,
@@ -37,14 +38,41 @@ def _e2e(args: argparse.Namespace) -> int:
         plan = replace(plan, train=replace(plan.train, epochs=args.epochs))
     if args.crest:
         plan = replace(plan, crest=CrestSetup(**{**vars(plan.crest), **json.loads(args.crest)}))
-    with local_coordinator() as coordinator:
-        result = run_e2e(plan, coordinator, progress=not args.no_progress)
+    if args.placement == "separate":
+        result = _e2e_separate(plan, args)
+    else:
+        with local_coordinator() as coordinator:
+            result = run_e2e(plan, coordinator, progress=not args.no_progress)
     print(format_table(result["summary"]))
+    print()
+    print(format_pipeline_table(result["summary"]))
     print()
     print(format_class_table(result["summary"]))
     write_json(result, Path(args.out))
     print(f"\nwrote {args.out}")
     return 0
+
+
+def _e2e_separate(plan, args: argparse.Namespace) -> dict:
+    """The trainer alone on core 0 (one torch thread); the coordinator and its selector
+    actor on core 1, in a ``crest serve`` process of their own."""
+    from crest.bench.service import coordinator_process
+    from crest.client.remote import RemoteCoordinator
+    from crest.compare import run_e2e
+    from crest.worker.placement import available_cores, pin_current_thread
+
+    cores = available_cores()
+    if len(cores) < 2:
+        raise SystemExit(f"--placement separate needs 2 cores, this process may use {cores}")
+    trainer, selection = cores[:1], cores[1:2]
+    serve_flags = ["--coordinator-cores", str(selection[0]), "--selector-cores",
+                   str(selection[0]), "--ray-num-cpus", "1"]  # fmt: skip
+    with coordinator_process(*serve_flags) as (address, _dashboard):
+        pin_current_thread(trainer)
+        with RemoteCoordinator(address) as coordinator:
+            result = run_e2e(plan, coordinator, progress=not args.no_progress)
+    result["placement"] = {"trainer_cores": list(trainer), "selection_cores": list(selection)}
+    return result
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -303,9 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument(
         "--methods",
         nargs="+",
-        choices=["random", "crest", "auto", "crest-balanced"],
+        choices=["random", "crest", "auto", "crest-balanced", "crest-service", "auto-service"],
         help="besides full (default: random crest auto; crest-balanced is CREST with "
-        "class_weighting=balanced)",
+        "class_weighting=balanced; crest-service and auto-service embed on the service side, "
+        "pipelined)",
+    )
+    e2e.add_argument(
+        "--placement",
+        choices=["shared", "separate"],
+        default="shared",
+        help="shared: everything in this process on every core; separate: the trainer on "
+        "one core (one thread), a `crest serve` with its selector on another",
     )
     e2e.add_argument("--epochs", type=float, help="full-training epochs (default 30)")
     e2e.add_argument("--crest", help="CREST settings as JSON, e.g. '{\"tau\": 0.2}'")

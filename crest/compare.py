@@ -76,10 +76,12 @@ class CrestSetup:
     class_weighting: str = "proportional"
     auto_min_gain: float = 1.5
     auto_retest_epochs: float = 1.0
+    selection_side: str = "trainer"
+    max_staleness: int = 32
 
     def job_config(self, data: Dataset, train: TrainSetup, frac: float, seed: int) -> JobConfig:
         return JobConfig(
-            name=f"{data.name} {self.strategy} {frac:.0%} seed {seed}",  # the dashboard's
+            name=f"{data.name} {self.strategy} ({self.selection_side} side) {frac:.0%} seed {seed}",
             num_examples=len(data.y_train),
             num_classes=data.num_classes,
             batch_size=train.batch_size,
@@ -99,6 +101,8 @@ class CrestSetup:
             class_weighting=self.class_weighting,
             auto_min_gain=self.auto_min_gain,
             auto_retest_epochs=self.auto_retest_epochs,
+            selection_side=self.selection_side,
+            max_staleness=self.max_staleness,
         )
 
 
@@ -327,6 +331,17 @@ def run_crest(
         "random_error": _mean(r.random_error for r in regions if r.random_error is not None),
         "selection_share": sessions[0].timings.selection_share,
         "timings": asdict(sessions[0].timings),
+        # What the service side changes: the trainer's wait for regions, how old the weights
+        # behind each region's coresets were, and the candidates embedded per trained step
+        # (whoever embedded them; a region drawn ahead that never ran counts too).
+        "wait_s": sessions[0].timings.select,
+        "staleness": _mean(r.staleness for r in regions if r.staleness is not None),
+        "candidates_per_step": sum(
+            r.num_candidates for r in [*regions, status.next_region] if r and r.mode == "crest"
+        )
+        / config.total_steps,
+        "embedded_by": sorted({r.embedded_by for r in regions if r.mode == "crest"}),
+        "side": sessions[0].side,
     }
     return result
 
@@ -368,6 +383,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "crest": {"strategy": "crest"},
     "auto": {"strategy": "auto"},
     "crest-balanced": {"strategy": "crest", "class_weighting": "balanced"},
+    "crest-service": {"strategy": "crest", "selection_side": "service"},
+    "auto-service": {"strategy": "auto", "selection_side": "service"},
 }
 """The methods a plan may name besides full: the CrestSetup fields each overrides (random runs
 locally, without the coordinator)."""
@@ -484,7 +501,8 @@ def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
             row["pool_per_class_end"] = np.mean(
                 [r.extra["pool_per_class_end"] for r in group], axis=0
             ).tolist()
-            for key in ("coreset_error", "random_error", "crest_step_share", "selection_share"):
+            for key in ("coreset_error", "random_error", "crest_step_share", "selection_share",
+                        "wait_s", "staleness", "candidates_per_step"):  # fmt: skip
                 values = [r.extra[key] for r in group if r.extra.get(key) is not None]
                 row[key] = statistics.fmean(values) if values else None
         rows.append(row)
@@ -523,6 +541,41 @@ def format_table(summary: list[dict[str, Any]]) -> str:
             f"| {opt(row['full_seconds_to_this_acc'], '.1f')} "
             f"| {opt(coreset, '.4f')} | {opt(random, '.4f')} | {opt(gain, '.2f')} "
             f"| {opt(row.get('crest_step_share'), '.0%')} "
+            f"| {opt(row.get('selection_share'), '.0%')} |"
+        )
+    return "\n".join(lines)
+
+
+def format_pipeline_table(summary: list[dict[str, Any]]) -> str:
+    """What the trainer pays per method: its wall-clock at equal steps (evaluation excluded)
+    against Random's, its wait for regions, the staleness of the weights behind the coresets,
+    and the candidates embedded per trained step."""
+    header = (
+        "| workload | method | frac | final acc % | trainer s | vs random | waiting s "
+        "| waiting % | staleness (steps) | candidates / step | selection share |"
+    )
+    lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
+    random_s = {
+        (row["workload"], row["train_frac"]): row["seconds"]["total"]
+        for row in summary
+        if row["method"] == "random"
+    }
+
+    def opt(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    for row in summary:
+        if row["method"] == "full":
+            continue
+        total = row["seconds"]["total"]
+        base = random_s.get((row["workload"], row["train_frac"]))
+        wait = row.get("wait_s")
+        lines.append(
+            f"| {row['workload']} | {row['method']} | {row['train_frac']:g} "
+            f"| {100 * row['final_acc'][0]:.2f} ± {100 * row['final_acc'][1]:.2f} "
+            f"| {total:.1f} | {opt(None if base is None else total / base, '.2f')}x "
+            f"| {opt(wait, '.2f')} | {opt(None if wait is None else wait / total, '.1%')} "
+            f"| {opt(row.get('staleness'), '.1f')} | {opt(row.get('candidates_per_step'), '.0f')} "
             f"| {opt(row.get('selection_share'), '.0%')} |"
         )
     return "\n".join(lines)

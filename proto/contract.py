@@ -490,5 +490,6 @@ class JobStatus(BaseModel):
     pool_per_class: list[int]
     class_sizes: list[int]  # examples per class in the whole training set
     dropped: int
-    regions: list[RegionStats]
+    regions: list[RegionStats]  # opened so far, the current one last
     trainers: list[TrainerTime] = []
+    next_region: RegionStats | None = None  # service side: drawn ahead, being prepared

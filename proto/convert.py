@@ -276,7 +276,9 @@ def _fields_from_pb(message: Message) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         value = getattr(message, field.name)
-        if field.message_type is pb.JobConfig.DESCRIPTOR:
+        if field.has_presence and not field.is_repeated and not message.HasField(field.name):
+            value = None
+        elif field.message_type is pb.JobConfig.DESCRIPTOR:
             value = config_from_pb(value)
         elif field.message_type is not None and field.is_repeated:
             value = [_fields_from_pb(item) for item in value]
@@ -284,8 +286,6 @@ def _fields_from_pb(message: Message) -> dict[str, Any]:
             value = _fields_from_pb(value)
         elif field.is_repeated:
             value = list(value)
-        elif field.has_presence and not message.HasField(field.name):
-            value = None
         fields[field.name] = value
     return fields
 

@@ -655,6 +655,11 @@ class JobState:
             region is not None and region.end_step >= self.config.total_steps and region.can_close()
         )
 
+    @property
+    def regions_opened(self) -> int:
+        """Regions opened so far (a region drawn ahead is not open yet)."""
+        return 0 if self.region is None else self.region.region_id + 1
+
     def status(self) -> JobStatus:
         region = self.region
         total = self.config.total_steps
@@ -670,7 +675,10 @@ class JobState:
             pool_per_class=self.pool.sizes_per_class().tolist(),
             class_sizes=np.bincount(self.pool.labels, minlength=self.config.num_classes).tolist(),
             dropped=int((~self.pool.in_pool).sum()),
-            regions=[s.model_copy(deep=True) for s in self.stats],
+            regions=[s.model_copy(deep=True) for s in self.stats[: self.regions_opened]],
+            next_region=None
+            if self.prepared is None
+            else self.stats[self.prepared.region_id].model_copy(deep=True),
             trainers=[
                 TrainerTime(rank=rank, train_seconds=t[0], selection_seconds=t[1])
                 for rank, t in sorted(self.trainer_times.items())

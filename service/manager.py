@@ -883,7 +883,7 @@ class JobManager:
                     f"job {job_id!r} was created with another config or other labels than the "
                     "checkpoint's job: create it with the checkpoint's config and labels"
                 )
-            if _regions_opened(state) <= _regions_opened(job.state):
+            if state.regions_opened <= job.state.regions_opened:
                 return False
             try:
                 await self.store.snapshot(job_id, snapshot)
@@ -940,10 +940,6 @@ def _snapshot(state: JobState) -> bytes:
 
 def _from_snapshot(snapshot: bytes) -> JobState:
     return JobState.from_state(unpack(snapshot))
-
-
-def _regions_opened(state: JobState) -> int:
-    return 0 if state.region is None else state.region.region_id + 1
 
 
 def _awaited_by_region(state: JobState) -> str:

@@ -68,11 +68,14 @@ class CoordinatorProcess:
             self.kill()
 
 
+@pytest.mark.parametrize("side", ["trainer", "service"])
 def test_sigkill_restart_on_redis_continues_the_exact_batch_sequence(
-    redis_server: RedisServer,
+    redis_server: RedisServer, side: str
 ) -> None:
+    """On the service side the restarted coordinator has lost the model and the weights (held
+    in memory only): it asks the trainer for them again, and the batches stay the same."""
     labels = blobs()[1].numpy()
-    config = job_config(seed=7)
+    config = job_config(seed=7, selection_side=side)
     with local_coordinator() as local:  # the uninterrupted run (remote == local elsewhere)
         expected = train(local, local.create_job(config, labels))[1]
 

@@ -52,6 +52,7 @@ def rich_status() -> JobStatus:
         regions=[closed, running],
         trainers=[TrainerTime(rank=0, train_seconds=12.5, selection_seconds=1e-9),
                   TrainerTime(rank=1, train_seconds=0.0, selection_seconds=0.0)],
+        next_region=running.model_copy(update={"region_id": 2}),
     )  # fmt: skip
 
 
@@ -66,6 +67,8 @@ def test_a_rich_status_survives_the_round_trip() -> None:
     assert decoded == status
     assert decoded.regions[1].end_step is None and decoded.regions[1].curvature is None
     assert decoded.regions[0].checks[1].relative_error == math.inf
+    assert convert.status_from_pb(convert.status_to_pb(status.model_copy(update={
+        "next_region": None}))).next_region is None, "an unset message is None"  # fmt: skip
 
 
 def test_a_status_of_a_fresh_job_survives_the_round_trip() -> None:
