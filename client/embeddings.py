@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from crest.proto.errors import InvalidArgument
+from crest.worker.model import logit_gradients
 
 __all__ = [
     "EmbeddingFn",
@@ -29,7 +29,8 @@ __all__ = [
 def gradient_embeddings(
     logits: Tensor, labels: Tensor, num_classes: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Loss gradients w.r.t. the logits, and the per-example cross-entropy.
+    """Loss gradients w.r.t. the logits, and the per-example cross-entropy
+    (:func:`~crest.worker.model.logit_gradients`, which selector workers use too).
 
     Args:
         logits: ``(n, C)`` float. labels: ``(n,)`` int64 in ``[0, C)``.
@@ -43,10 +44,7 @@ def gradient_embeddings(
         is too small for the labels).
     """
     check_outputs(logits, labels, num_classes)
-    logits = logits.float()
-    embeddings = logits.softmax(1)
-    embeddings[torch.arange(len(labels), device=labels.device), labels] -= 1.0
-    return embeddings, F.cross_entropy(logits, labels, reduction="none")
+    return logit_gradients(logits, labels)
 
 
 def check_outputs(logits: Tensor, labels: Tensor, num_classes: int | None = None) -> None:

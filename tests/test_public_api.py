@@ -27,6 +27,8 @@ def test_worker_exports_are_pinned() -> None:
     import crest.worker
 
     assert sorted(crest.worker.__all__) == [
+        "EmbedRequest",
+        "EmbedResult",
         "InProcessSelector",
         "KernelError",
         "PoolUnavailable",

@@ -1,16 +1,25 @@
 """Selection: facility-location kernels, and the selectors that run them.
 
 Only the problem types (:mod:`crest.worker.problems`, numpy) load with the package: the
-kernel and the in-process selector (torch) and the Ray pool (Ray) are imported on first use,
+kernel, the in-process selector and the exported models of :mod:`crest.worker.model`
+(torch) and the Ray pool (Ray) are imported on first use,
 so that the coordinator's state machine can use ``crest.worker.problems`` without either.
 """
 
 from importlib import import_module
 from typing import Any
 
-from crest.worker.problems import SelectionRequest, SelectionResult, Selector
+from crest.worker.problems import (
+    EmbedRequest,
+    EmbedResult,
+    SelectionRequest,
+    SelectionResult,
+    Selector,
+)
 
 __all__ = [
+    "EmbedRequest",
+    "EmbedResult",
     "InProcessSelector",
     "KernelError",
     "PoolUnavailable",

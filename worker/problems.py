@@ -1,5 +1,8 @@
 """Selection problems and answers: what the coordinator and the selectors exchange.
 
+Also embedding requests: candidates' rows, labels and the trainer's exported model
+(:mod:`crest.worker.model`), for selectors that compute gradient embeddings themselves.
+
 Plain numpy, no torch: the coordinator's state machine builds requests and reads results
 without importing the kernel. :mod:`crest.worker.selector` and :mod:`crest.worker.ray_pool`
 solve them.
@@ -44,13 +47,18 @@ class SelectionResult:
 
 @dataclass(frozen=True)
 class EmbedRequest:
-    """Candidates to embed with a job's served model (the service side).
+    """Candidates to embed with a trainer's model (:class:`~crest.worker.model.ExportedModel`).
 
     Attributes:
-        model_id: a digest of ``artifact``; selectors cache the loaded model under it.
-        artifact: the model as a ``torch.export`` artifact (:mod:`crest.worker.model`).
-        weights: flat float32 weights in the artifact's order.
-        inputs: ``(n, ...)`` float32 inputs of the candidates. labels: ``(n,)`` int64.
+        job_id: whose request this is.
+        model_id: a digest of ``artifact`` (the caller's): selectors keep loaded programs
+            and stored artifacts by it, so one id must always mean the same bytes.
+        artifact: :func:`~crest.worker.model.export_model`'s bytes.
+        weights: ``(P,)`` float32 weight vector (:func:`~crest.worker.model.model_weights`;
+            decode bfloat16 ones first).
+        inputs: ``(n, ...)`` float32 rows of the candidates, as the model takes them.
+        labels: ``(n,)`` int64 class of each candidate.
+        batch_size: rows per forward pass.
     """
 
     job_id: str
@@ -64,7 +72,8 @@ class EmbedRequest:
 
 @dataclass(frozen=True)
 class EmbedResult:
-    """``embeddings`` ``(n, C)`` float32 (softmax - onehot) and ``losses`` ``(n,)`` float32."""
+    """``embeddings`` ``(n, C)`` float32 (``softmax(z) - onehot(y)``) and per-example
+    cross-entropy ``losses`` ``(n,)`` float32, in the request's row order."""
 
     embeddings: np.ndarray
     losses: np.ndarray
@@ -87,7 +96,15 @@ class Selector(Protocol):
         ...
 
     async def embed(self, request: EmbedRequest, timeout_s: float | None = None) -> EmbedResult:
-        """Embed candidates with a served model; errors as :meth:`select`."""
+        """Embed one request's candidates, answering or raising within ``timeout_s`` (None:
+        the selector's own default). Same error contract as :meth:`select`.
+
+        Raises:
+            TimeoutError or :class:`~crest.proto.errors.Unavailable`: no answer in time, or
+                no worker to answer (expected).
+            Anything else: a bug (in the model, the request or the selector), e.g. a weight
+                vector that does not fit the model.
+        """
         ...
 
     async def healthy(self) -> bool:
@@ -116,3 +133,23 @@ def check_request(request: SelectionRequest) -> None:
         raise ValueError("budgets must be >= 0")
     if not np.isfinite(embeddings).all():
         raise ValueError("embeddings contain NaN or Inf")
+
+
+def check_embed_request(request: EmbedRequest) -> None:
+    """Raise ``ValueError`` unless ``request``'s arrays are well-formed (what can be checked
+    without its model: the weight count and the class range need the program)."""
+    weights, inputs, labels = request.weights, request.inputs, request.labels
+    if weights.ndim != 1 or weights.dtype != np.float32:
+        raise ValueError(
+            f"weights must be a (P,) float32 vector, got {weights.dtype}{weights.shape}"
+        )
+    if inputs.ndim < 1 or inputs.dtype.kind != "f":
+        raise ValueError(f"inputs must be (n, ...) floats, got {inputs.dtype}{inputs.shape}")
+    if labels.shape != inputs.shape[:1] or labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"labels must be ({len(inputs)},) integers, got {labels.dtype}{labels.shape}"
+        )
+    if request.batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {request.batch_size}")
+    if not request.artifact:
+        raise ValueError("the request carries no model artifact")

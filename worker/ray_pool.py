@@ -18,6 +18,11 @@ coordinator's asyncio loop:
   actor still busy when its whole batch has timed out is hung (or hopelessly slow): it is
   killed and restarted, so that it cannot stay stuck.
 * Nothing here blocks the event loop: ObjectRefs are awaited, never ``ray.get``.
+* :meth:`RaySelector.embed` runs a trainer's exported model (:mod:`crest.worker.model`) on
+  candidates through the same queue, alone in its call (so an actor never runs a forward
+  pass beside a kernel call), with the same deadline and retries. A model's artifact goes to
+  the object store once (kept by ``model_id``); each actor keeps the last few programs it
+  loaded, so a request ships only its weights and rows.
 
 Exceptions (the first two :class:`~crest.proto.errors.Unavailable`: expected, the caller
 falls back; a :class:`KernelError` is a bug)::
@@ -25,7 +30,7 @@ falls back; a :class:`KernelError` is a bug)::
     Unavailable
      ├── SelectionTimeout   no result within the per-selection deadline
      └── PoolUnavailable    actors cannot be scheduled or started, or the pool is closed
-    KernelError             the kernel raised on a valid request
+    KernelError             the kernel (or an embedding model) raised on a valid request
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import ipaddress
 import logging
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +51,24 @@ from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from crest.proto.errors import CrestError, InvalidArgument, Unavailable
 from crest.worker.fair_queue import FairQueue
-from crest.worker.selector import SelectionRequest, SelectionResult, check_request, solve_many
+from crest.worker.model import ModelCache
+from crest.worker.problems import EmbedRequest, EmbedResult, check_embed_request
+from crest.worker.selector import (
+    SelectionRequest,
+    SelectionResult,
+    check_request,
+    run_embedding,
+    solve_many,
+)
 
 log = logging.getLogger(__name__)
 
 # Requests larger than this are put into the object store from a worker thread, so that the
 # serialisation copy does not stall the event loop.
 _PUT_IN_THREAD_BYTES = 1 << 20
+
+# Model artifacts kept in the object store (by model_id, least recently used dropped first).
+_ARTIFACTS = 16
 
 
 class SelectionTimeout(Unavailable):
@@ -63,7 +80,8 @@ class PoolUnavailable(Unavailable):
 
 
 class KernelError(CrestError):
-    """The kernel raised on a request for a reason other than invalid input: a bug."""
+    """The kernel (or an embedding model) raised on a request for a reason other than
+    invalid input: a bug."""
 
 
 def init_ray(
@@ -111,7 +129,8 @@ def init_ray(
 
 
 class SelectorActor:
-    """Runs :func:`solve_many` in its own process. Stateless: a restart loses nothing.
+    """Runs :func:`solve_many` and :func:`run_embedding` in its own process. It keeps only
+    loaded models, which every request can rebuild: a restart loses nothing.
 
     Args:
         threads: torch intra-op threads (set in each call: with ``max_concurrency=2`` calls
@@ -123,6 +142,7 @@ class SelectorActor:
         self.threads = threads
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         torch.set_num_threads(threads)
+        self.models = ModelCache()
 
     def ping(self) -> tuple[int, str]:
         """``(pid, device)``; answers while a selection runs (a second concurrent slot)."""
@@ -134,20 +154,39 @@ class SelectorActor:
         requests = [SelectionRequest(*payload) for payload in payloads]
         return solve_many(requests, self.device)
 
+    def embed(
+        self,
+        model_id: str,
+        artifact: bytes,
+        payload: tuple[np.ndarray, np.ndarray, np.ndarray],
+        batch_size: int,
+    ) -> EmbedResult:
+        """Embed ``(weights, inputs, labels)`` with the model of ``model_id`` (loaded from
+        ``artifact`` unless cached)."""
+        torch.set_num_threads(self.threads)
+        request = EmbedRequest("", model_id, artifact, *payload, batch_size=batch_size)
+        return run_embedding(request, self.device, self.models)
+
 
 @dataclass(eq=False)
 class _Pending:
-    """A request waiting for (or in) a kernel call."""
+    """A request waiting for (or in) a kernel call or an embedding."""
 
-    request: SelectionRequest
-    payload: ray.ObjectRef
-    future: asyncio.Future[SelectionResult]
+    request: SelectionRequest | EmbedRequest
+    payload: ray.ObjectRef  # its arrays
+    future: asyncio.Future[Any]
     deadline: float  # loop time past which its caller has given up
+    artifact: ray.ObjectRef | None = None  # an embedding's model
     solo: bool = False  # must run alone (its batch failed; find out whether it is the cause)
 
     @property
     def rows(self) -> int:
-        return len(self.request.groups)
+        request = self.request
+        return len(request.labels if isinstance(request, EmbedRequest) else request.groups)
+
+    @property
+    def kind(self) -> str:
+        return "embedding" if isinstance(self.request, EmbedRequest) else "selection"
 
 
 @dataclass(eq=False)
@@ -225,6 +264,7 @@ class RaySelector:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: FairQueue[_Pending] = FairQueue(size=lambda item: item.rows, key=_batch_key)
         self._wake: asyncio.Condition | None = None
+        self._artifacts: OrderedDict[str, ray.ObjectRef] = OrderedDict()  # by model_id
         self._wait_ready(ready_timeout_s)
 
     @classmethod
@@ -290,32 +330,76 @@ class RaySelector:
             InvalidArgument: the kernel rejected the request.
             KernelError: the kernel raised anything else (a bug).
         """
-        limit = self.deadline_s if timeout_s is None else timeout_s
-        if self._closed:
-            raise PoolUnavailable("the selector pool is closed")
         try:
             check_request(request)  # here, so that a bad request never reaches a batch
         except ValueError as err:
             raise InvalidArgument(f"bad selection request: {err}") from None
+        payload = (request.embeddings, request.groups, request.budgets)
+        return await self._submit(request, payload, request.embeddings.nbytes, timeout_s)
+
+    async def embed(self, request: EmbedRequest, timeout_s: float | None = None) -> EmbedResult:
+        """Embed one request's candidates on an actor; what :func:`run_embedding` returns.
+
+        Args:
+            request: the candidates, the model's artifact and its weights.
+            timeout_s: the caller's deadline for this request (default ``deadline_s``).
+
+        Raises:
+            SelectionTimeout: no result within the deadline.
+            PoolUnavailable: the pool is closed.
+            InvalidArgument: the request is malformed, or its weights or labels do not fit
+                its model (a bug of the caller's).
+            KernelError: the model raised anything else (a bug).
+        """
+        try:
+            check_embed_request(request)
+        except ValueError as err:
+            raise InvalidArgument(f"bad embedding request: {err}") from None
+        payload = (request.weights, request.inputs, request.labels)
+        size = request.weights.nbytes + request.inputs.nbytes
+        return await self._submit(request, payload, size, timeout_s)
+
+    async def _submit(
+        self,
+        request: SelectionRequest | EmbedRequest,
+        payload: tuple[np.ndarray, ...],
+        nbytes: int,
+        timeout_s: float | None,
+    ) -> Any:
+        """Queue a checked request for the actors; its result, or SelectionTimeout."""
+        limit = self.deadline_s if timeout_s is None else timeout_s
+        if self._closed:
+            raise PoolUnavailable("the selector pool is closed")
         wake = self._start()
         try:
             async with asyncio.timeout(limit):
-                payload = (request.embeddings, request.groups, request.budgets)
-                if request.embeddings.nbytes > _PUT_IN_THREAD_BYTES:
-                    ref = await asyncio.to_thread(ray.put, payload)
-                else:
-                    ref = ray.put(payload)
+                ref = await _put(payload, nbytes)
+                artifact = None
+                if isinstance(request, EmbedRequest):
+                    artifact = await self._artifact(request)
                 loop = asyncio.get_running_loop()
-                item = _Pending(request, ref, loop.create_future(), loop.time() + limit)
+                item = _Pending(request, ref, loop.create_future(), loop.time() + limit, artifact)
                 async with wake:
                     self._queue.put(request.job_id, item)
                     wake.notify()
                 return await item.future
         except TimeoutError:
+            what = "embedding" if isinstance(request, EmbedRequest) else "selection"
             raise SelectionTimeout(
-                f"no selection within {limit:g} s from {len(self._slots)} actor(s) "
+                f"no {what} within {limit:g} s from {len(self._slots)} actor(s) "
                 f"(pids {self.actor_pids})"
             ) from None
+
+    async def _artifact(self, request: EmbedRequest) -> ray.ObjectRef:
+        """The object-store copy of a model's artifact, put there on its first request."""
+        ref = self._artifacts.get(request.model_id)
+        if ref is None:
+            ref = await _put(request.artifact, len(request.artifact))
+            self._artifacts[request.model_id] = ref
+            while len(self._artifacts) > _ARTIFACTS:
+                self._artifacts.popitem(last=False)
+        self._artifacts.move_to_end(request.model_id)
+        return ref
 
     async def healthy(self) -> bool:
         """True when at least one actor answers a ping within ``ping_timeout_s``."""
@@ -352,6 +436,7 @@ class RaySelector:
                 if not item.future.done():
                     item.future.set_exception(PoolUnavailable("the selector pool closed"))
         self._queue.discard(lambda item: False)
+        self._artifacts.clear()
 
     # ------------------------------------------------------------------------ serving
     def _start(self) -> asyncio.Condition:
@@ -373,15 +458,14 @@ class RaySelector:
             last = max(item.deadline for item in batch)
             watchdog = max(last - asyncio.get_running_loop().time(), 0.0) + self.ping_timeout_s
             try:
-                call = _resolve(slot.actor.select.remote(*[item.payload for item in batch]))
-                results = await asyncio.wait_for(call, watchdog)
+                results = await asyncio.wait_for(_run(slot.actor, batch), watchdog)
             except TimeoutError:
                 log.warning("selector actor %s busy past %.0f s; restarting it", slot.pid, watchdog)
                 ray.kill(slot.actor, no_restart=False)
                 await self._requeue(batch)
                 await self._recover(slot)
                 continue
-            except RayTaskError as err:  # the kernel raised: some request of the batch is bad
+            except RayTaskError as err:  # it raised: some request of the batch is bad
                 await self._fail_or_split(batch, err)
                 continue
             except RayActorError as err:  # the actor died: another one (or it, back) retries
@@ -390,10 +474,10 @@ class RaySelector:
                 await self._recover(slot)
                 continue
             except Exception as err:  # never let a serving task die: fail this batch only
-                log.exception("selection batch failed")
+                log.exception("%s batch failed", batch[0].kind)
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_exception(PoolUnavailable(f"selection failed: {err}"))
+                        item.future.set_exception(PoolUnavailable(f"{item.kind} failed: {err}"))
                 continue
             finally:
                 slot.in_flight = 0
@@ -429,10 +513,12 @@ class RaySelector:
             await self._requeue(batch, solo=True)
             return
         cause = err.cause if isinstance(err.cause, Exception) else err
+        kind = batch[0].kind
+        runner = "selection kernel" if kind == "selection" else "embedding model"
         error: Exception = (
-            InvalidArgument(f"selection rejected: {cause}")
+            InvalidArgument(f"{kind} rejected: {cause}")
             if isinstance(cause, ValueError)
-            else KernelError(f"the selection kernel raised {type(cause).__name__}: {cause}")
+            else KernelError(f"the {runner} raised {type(cause).__name__}: {cause}")
         )
         if not batch[0].future.done():
             batch[0].future.set_exception(error)
@@ -462,6 +548,28 @@ class RaySelector:
             delay = min(2 * delay, 1.0)
 
 
+async def _put(payload: object, nbytes: int) -> ray.ObjectRef:
+    """``ray.put``, from a worker thread for a large payload (its serialisation copy)."""
+    if nbytes > _PUT_IN_THREAD_BYTES:
+        return await asyncio.to_thread(ray.put, payload)
+    return ray.put(payload)
+
+
+async def _run(actor: Any, batch: list[_Pending]) -> list[Any]:
+    """One actor call for a batch: a kernel call, or one embedding (always alone)."""
+    first = batch[0]
+    if isinstance(first.request, EmbedRequest):
+        request = first.request
+        call = actor.embed.remote(
+            request.model_id, first.artifact, first.payload, request.batch_size
+        )
+        return [await call]
+    return await _resolve(actor.select.remote(*[item.payload for item in batch]))
+
+
 def _batch_key(item: _Pending) -> object:
-    """Requests share a kernel call only with the same embedding dimension (never solo ones)."""
-    return item if item.solo else item.request.embeddings.shape[1]
+    """Requests share a kernel call only with the same embedding dimension (never solo ones
+    or embeddings)."""
+    if item.solo or isinstance(item.request, EmbedRequest):
+        return item
+    return item.request.embeddings.shape[1]

@@ -4,28 +4,40 @@ A :class:`Selector` takes one :class:`SelectionRequest` (all (subset x class) pr
 region in the kernel's flat batched form) and returns a :class:`SelectionResult`. The
 in-process selector runs the kernel in a worker thread, so the caller's event loop stays free;
 the Ray selector (:mod:`crest.worker.ray_pool`) runs it on a pool of actors.
-:func:`solve_many` answers several requests with one kernel call.
+:func:`solve_many` answers several requests with one kernel call. Selectors also embed
+candidates with a trainer's exported model (:func:`run_embedding`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-from crest.worker.problems import SelectionRequest, SelectionResult, Selector, check_request
+from crest.worker.model import ExportedModel, ModelCache, tensor_view
+from crest.worker.problems import (
+    EmbedRequest,
+    EmbedResult,
+    SelectionRequest,
+    SelectionResult,
+    Selector,
+    check_embed_request,
+    check_request,
+)
 from crest.worker.selection import select_groups
 
 __all__ = [
+    "EmbedRequest",
+    "EmbedResult",
     "InProcessSelector",
     "SelectionRequest",
     "SelectionResult",
     "Selector",
     "check_request",
+    "run_embedding",
     "run_selection",
     "solve_many",
 ]
@@ -68,11 +80,13 @@ def solve_many(
         parts = [r.embeddings for r in requests]
         groups = np.concatenate([r.groups + f for r, f in zip(requests, first, strict=True)])
         budgets = np.concatenate([r.budgets for r in requests])
-    embeddings = torch.cat([_tensor(p) for p in parts]) if len(parts) > 1 else _tensor(parts[0])
+    embeddings = (
+        torch.cat([tensor_view(p) for p in parts]) if len(parts) > 1 else tensor_view(parts[0])
+    )
     chosen = select_groups(
         embeddings.to(device),
-        _tensor(np.asarray(groups, dtype=np.int64)),
-        _tensor(np.asarray(budgets, dtype=np.int64)),
+        tensor_view(np.asarray(groups, dtype=np.int64)),
+        tensor_view(np.asarray(budgets, dtype=np.int64)),
     )
     rows, chosen_groups, weights = (t.cpu().numpy() for t in chosen)
     if len(requests) == 1:
@@ -90,18 +104,25 @@ def solve_many(
     ]
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``array``'s memory, even when it is read-only (the kernel never
-    writes its input; torch would warn that writing through the tensor is undefined)."""
-    if array.flags.writeable:
-        return torch.from_numpy(array)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*not writable", category=UserWarning)
-        return torch.from_numpy(array)
+def run_embedding(
+    request: EmbedRequest, device: str | torch.device, cache: ModelCache
+) -> EmbedResult:
+    """Embed one request's candidates, synchronously, with its model from ``cache`` (loaded
+    from the request's artifact on ``device`` on a miss).
+
+    Raises:
+        ValueError: the request is malformed (:func:`check_embed_request`), or its weights
+            or labels do not fit its model.
+    """
+    check_embed_request(request)
+    model = cache.get(request.model_id, lambda: ExportedModel(request.artifact, device))
+    model.load_weights(request.weights)
+    return EmbedResult(*model.embed(request.inputs, request.labels, request.batch_size))
 
 
 class InProcessSelector:
-    """Runs the kernel in this process, on one worker thread (torch releases the GIL).
+    """Runs the kernel (and embeddings) in this process, on one worker thread (torch releases
+    the GIL); the worker keeps the last few models it embedded with.
 
     The worker uses a single torch thread. A second thread with its own OpenMP team makes
     libgomp oversubscribe the cores and throttle its spin-waits, which measured 2-3x slower
@@ -118,6 +139,7 @@ class InProcessSelector:
             max_workers=1, thread_name_prefix="crest-select",
             initializer=torch.set_num_threads, initargs=(threads,),
         )  # fmt: skip
+        self._models = ModelCache()  # used on the worker thread only
 
     async def select(
         self, request: SelectionRequest, timeout_s: float | None = None
@@ -125,6 +147,13 @@ class InProcessSelector:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout_s):  # the thread finishes its kernel call regardless
             return await loop.run_in_executor(self._executor, run_selection, request, self.device)
+
+    async def embed(self, request: EmbedRequest, timeout_s: float | None = None) -> EmbedResult:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout_s):  # the thread finishes its forward passes regardless
+            return await loop.run_in_executor(
+                self._executor, run_embedding, request, self.device, self._models
+            )
 
     async def healthy(self) -> bool:
         return True

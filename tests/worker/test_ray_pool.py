@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -16,7 +17,14 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from crest.worker.selector import InProcessSelector, SelectionRequest, SelectionResult
+from crest.worker.model import ExportedModel
+from crest.worker.selector import (
+    EmbedRequest,
+    InProcessSelector,
+    SelectionRequest,
+    SelectionResult,
+)
+from tests.worker.models import cnn, embed_request, mlp
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ray_session")]
 
@@ -220,6 +228,8 @@ def test_closed_pool_refuses_work() -> None:
     assert not asyncio.run(selector.healthy())
     with pytest.raises(ray_pool.PoolUnavailable, match="closed"):
         select_all(selector, [region(6, "a")])
+    with pytest.raises(ray_pool.PoolUnavailable, match="closed"):
+        asyncio.run(selector.embed(embed_request(mlp(), n=4)))
 
 
 def test_bad_request_fails_alone(pool) -> None:
@@ -237,3 +247,40 @@ def test_bad_request_fails_alone(pool) -> None:
     assert isinstance(bad_result, InvalidArgument)
     assert isinstance(good_result, SelectionResult)
     assert_same([good_result], expected([good]))
+
+
+def local_embedding(request: EmbedRequest) -> tuple[np.ndarray, np.ndarray]:
+    model = ExportedModel(request.artifact)
+    model.load_weights(request.weights)
+    return model.embed(request.inputs, request.labels)
+
+
+def test_embeddings_on_the_pool_equal_the_exported_models(pool) -> None:
+    first, second = embed_request(mlp(seed=1), n=60), embed_request(cnn(), n=30, job="b")
+    requests = [first, second, first, dataclasses.replace(second, weights=second.weights * 0.5)]
+
+    async def run() -> list[object]:
+        # Beside selections of both jobs: embeddings never share (or overlap) a kernel call.
+        work = [pool.embed(r) for r in requests] + [pool.select(region(11, "a"))]
+        return list(await asyncio.gather(*work))
+
+    *results, selected = asyncio.run(run())
+    for request, got in zip(requests, results, strict=True):
+        want = local_embedding(request)
+        np.testing.assert_allclose(got.embeddings, want[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.losses, want[1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(results[1].embeddings, results[3].embeddings)  # weights matter
+    assert_same([selected], expected([region(11, "a")]))
+    assert set(pool._artifacts) == {first.model_id, second.model_id}  # stored once each
+
+
+def test_embedding_with_wrong_weights_is_a_bug_not_a_timeout(pool) -> None:
+    from crest.proto.errors import InvalidArgument, Unavailable
+
+    request = embed_request(mlp(seed=2), n=10)
+    bad = dataclasses.replace(request, weights=request.weights[:-1])
+    with pytest.raises(InvalidArgument, match=rf"must have {len(request.weights)} values") as err:
+        asyncio.run(pool.embed(bad))
+    assert not isinstance(err.value, Unavailable)
+    with pytest.raises(InvalidArgument, match="float32"):  # refused before it reaches Ray
+        asyncio.run(pool.embed(dataclasses.replace(request, weights=request.weights.astype(int))))

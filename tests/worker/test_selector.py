@@ -1,7 +1,19 @@
+import asyncio
+import dataclasses
+
 import numpy as np
 import pytest
 
-from crest.worker.selector import SelectionRequest, check_request, run_selection, solve_many
+from crest.worker.model import ExportedModel
+from crest.worker.selector import (
+    EmbedResult,
+    InProcessSelector,
+    SelectionRequest,
+    check_request,
+    run_selection,
+    solve_many,
+)
+from tests.worker.models import embed_request, mlp
 
 
 def request(seed: int, dim: int = 6, job: str = "") -> SelectionRequest:
@@ -49,3 +61,37 @@ def test_different_dimensions_cannot_share_a_call() -> None:
 def test_malformed_requests_are_rejected(embeddings, groups, budgets, message) -> None:
     with pytest.raises(ValueError, match=message):
         check_request(SelectionRequest(embeddings, groups, budgets))
+
+
+def test_in_process_embedding_equals_the_exported_model() -> None:
+    request = embed_request(mlp(), n=40)
+    model = ExportedModel(request.artifact)
+    model.load_weights(request.weights)
+    want = model.embed(request.inputs, request.labels)
+
+    async def run() -> list[EmbedResult]:
+        selector = InProcessSelector()
+        try:
+            # The second call finds the model in the selector's cache.
+            return [await selector.embed(request), await selector.embed(request, timeout_s=60)]
+        finally:
+            selector.close()
+
+    for got in asyncio.run(run()):
+        np.testing.assert_array_equal(got.embeddings, want[0])
+        np.testing.assert_array_equal(got.losses, want[1])
+
+
+def test_in_process_embedding_with_wrong_weights_is_a_bug_not_a_timeout() -> None:
+    request = embed_request(mlp(), n=8)
+    bad = dataclasses.replace(request, weights=request.weights[:-3])
+
+    async def run() -> None:
+        selector = InProcessSelector()
+        try:
+            await selector.embed(bad, timeout_s=60)
+        finally:
+            selector.close()
+
+    with pytest.raises(ValueError, match=rf"must have {len(request.weights)} values"):
+        asyncio.run(run())
