@@ -412,7 +412,7 @@ class RemoteCoordinator:
 
     def publish_weights(self, job_id: str, version: int, weights: np.ndarray) -> None:
         """As :meth:`crest.proto.contract.Coordinator.publish_weights`: ``weights`` float32,
-        or bfloat16 as uint16 (:func:`crest.proto.convert.bfloat16_encode`), in chunks."""
+        or bfloat16 as uint16 (:func:`crest.proto.convert.encode_weights`), in chunks."""
         weights = np.ascontiguousarray(weights)
         per_chunk = CHUNK_BYTES // weights.dtype.itemsize
 

@@ -57,7 +57,7 @@ from crest.proto.contract import (
     RegionView,
     SessionInfo,
 )
-from crest.proto.convert import bfloat16_encode
+from crest.proto.convert import WEIGHT_DTYPES, encode_weights
 from crest.proto.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -186,10 +186,8 @@ class Session:
         seed: int = 0,
         weights_dtype: str = "float32",
     ) -> None:
-        if weights_dtype not in ("float32", "bfloat16"):
-            raise ValueError(
-                f"weights_dtype must be 'float32' or 'bfloat16', got {weights_dtype!r}"
-            )
+        if weights_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weights_dtype must be one of {WEIGHT_DTYPES}, got {weights_dtype!r}")
         if hessian_probes < 0:
             raise ValueError(f"hessian_probes must be >= 0, got {hessian_probes}")
         if gradient not in GRADIENTS:
@@ -560,8 +558,9 @@ class Session:
         self._publishing = self._publisher.submit(self._send_weights, step, weights)
 
     def _send_weights(self, step: int, weights: np.ndarray) -> None:
-        encoded = bfloat16_encode(weights) if self.weights_dtype == "bfloat16" else weights
-        self.coordinator.publish_weights(self.job_id, step, encoded)
+        self.coordinator.publish_weights(
+            self.job_id, step, encode_weights(weights, self.weights_dtype)
+        )
 
     def _resend_weights(self, step: int) -> None:
         if self._published is None or self._published[0] != step:

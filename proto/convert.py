@@ -290,16 +290,40 @@ def _fields_from_pb(message: Message) -> dict[str, Any]:
     return fields
 
 
-def bfloat16_encode(values: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 as uint16 (the upper half, rounded to nearest even)."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounding = ((bits >> 16) & 1) + 0x7FFF
-    return ((bits + rounding) >> 16).astype(np.uint16)
+WEIGHT_DTYPES = ("float32", "bfloat16")  # how published weights travel
 
 
-def bfloat16_decode(values: np.ndarray) -> np.ndarray:
-    """bfloat16 as uint16 -> float32 (exact)."""
-    return (np.asarray(values, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+def encode_weights(flat: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """A weight vector for the wire: ``"float32"`` as is, ``"bfloat16"`` as uint16 (the upper
+    half of each float32, rounded to nearest even; half the bytes, ~3 significant digits).
+
+    Raises:
+        ValueError: ``dtype`` is not one of ``WEIGHT_DTYPES``.
+    """
+    flat = np.ascontiguousarray(flat, dtype=np.float32)
+    if dtype == "float32":
+        return flat
+    if dtype != "bfloat16":
+        raise ValueError(f"weights dtype must be one of {WEIGHT_DTYPES}, got {dtype!r}")
+    bits = flat.view(np.uint32)
+    # Round to nearest even: add 0x7FFF plus the lowest kept bit, then truncate. Finite
+    # values cannot overflow uint32 (the largest becomes inf, as it should); NaNs are kept
+    # as a quiet NaN rather than rounded (their bits could round to inf).
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
+    return np.where(np.isnan(flat), np.uint16(0x7FC0), rounded)
+
+
+def decode_weights(encoded: np.ndarray) -> np.ndarray:
+    """The float32 weight vector of :func:`encode_weights`'s output (its dtype says which).
+
+    Raises:
+        ValueError: ``encoded`` is neither float32 nor uint16 (bfloat16).
+    """
+    if encoded.dtype == np.float32:
+        return encoded
+    if encoded.dtype == np.uint16:
+        return (encoded.astype(np.uint32) << 16).view(np.float32)
+    raise ValueError(f"encoded weights must be float32 or uint16 (bfloat16), got {encoded.dtype}")
 
 
 def rows_per_chunk(dim: int, embedding_itemsize: int) -> int:

@@ -192,9 +192,7 @@ class JobState:
 
     def _open(self, start: int) -> None:
         """Close the current region and open the next at ``start``: the prepared one if the
-        job still serves coresets from the selectors, else one drawn now. On the service side
-        the region after it is drawn now too, for the selectors to prepare from the weights
-        of step ``start`` while this one trains."""
+        job still serves coresets from the selectors, else one drawn now."""
         previous = self.region
         if previous is not None:
             self._close(previous)
@@ -207,8 +205,24 @@ class JobState:
             if prepared is not None:  # drawn for a mode the job has left: drawn again
                 self.stats.pop()
             self.region = self._draw(region_id, start, start)
-        if pipelined and self.region is not None and self.region.end_reason != "budget":
-            self.prepared = self._draw(region_id + 1, start, start)
+        self._prepare_next()
+
+    def _prepare_next(self) -> None:
+        """Service side: draw the region after the current one once the current one is both
+        open and ready (whichever comes last), so that the pool it draws from (drops, loss
+        histories) is the same however the selectors' timing falls. The selectors embed it
+        from the weights of the current region's first step."""
+        region = self.region
+        if (
+            self.side != "service"
+            or self.strategy.mode != "crest"
+            or self.prepared is not None
+            or region is None
+            or region.phase is not Phase.READY
+            or region.end_reason == "budget"
+        ):
+            return
+        self.prepared = self._draw(region.region_id + 1, region.start_step, region.start_step)
 
     def _draw(self, region_id: int, start: int, weights_version: int) -> Region:
         """Draw region ``region_id`` from the pool as it is now, and record its statistics.
@@ -577,10 +591,13 @@ class JobState:
         stats.weight_quantiles = np.quantile(
             region.coreset_weights, [0, 0.25, 0.5, 0.75, 1]
         ).tolist()
-        if not embedded:
-            return
+        if embedded:
+            self._record_losses(region, slots, stats)
+        self._prepare_next()
 
-        # Loss history: one observation per distinct example (ranks may share a few).
+    def _record_losses(self, region: Region, slots: np.ndarray, stats: RegionStats) -> None:
+        """The candidates' losses into their examples' history (one observation per distinct
+        example: ranks may share a few), and the region's loss statistics."""
         unique, first = np.unique(region.candidates, return_index=True)
         self.pool.record_losses(unique, region.losses[first])
 

@@ -105,9 +105,7 @@ class LocalCoordinator:
         self._call(self.manager.publish_model(job_id, artifact, inputs, num_weights, trainer_side))
 
     def publish_weights(self, job_id: str, version: int, weights: np.ndarray) -> None:
-        weights = np.asarray(weights)
-        if weights.dtype == np.uint16:  # bfloat16, as on the wire
-            weights = convert.bfloat16_decode(weights)
+        weights = convert.decode_weights(np.asarray(weights))  # bfloat16 as on the wire
         self._call(self.manager.publish_weights(job_id, version, weights))
 
     def report_check(self, job_id: str, rank: int, report: CheckReport) -> CheckDecision:

@@ -308,8 +308,7 @@ class CoordinatorService:
                     f"weights chunk at offset {request.offset}, expected {filled}"
                 )
             values = convert.from_array(request.weights, "weights", (pb.FLOAT32, pb.BFLOAT16), 1)
-            if values.dtype == np.uint16:
-                values = convert.bfloat16_decode(values)
+            values = convert.decode_weights(values)
             filled += len(values)
             if filled > first.size:
                 raise InvalidArgument(f"more than size={first.size} weights")

@@ -2,10 +2,10 @@
 
 The trainer exports its model's architecture once (:func:`export_model`, a ``torch.export``
 program with a dynamic batch dimension, as bytes) and publishes its weights as one flat
-float32 vector (:func:`model_weights`, optionally :func:`encode_weights` to bfloat16 for the
-wire). A worker loads the program once (:class:`ExportedModel`), loads each published vector
-into it, and computes candidates' gradient embeddings itself, with the same function the
-trainer would use (:func:`logit_gradients`).
+float32 vector (:func:`model_weights`; :func:`crest.proto.convert.encode_weights` makes it
+bfloat16 for the wire). A worker loads the program once (:class:`ExportedModel`), loads each
+published vector into it, and computes candidates' gradient embeddings itself, with the same
+function the trainer would use (:func:`logit_gradients`).
 
 Only torch and numpy: the worker's Ray actor and in-process selector both use it.
 
@@ -34,16 +34,12 @@ __all__ = [
     "ExportedModel",
     "ModelCache",
     "NotExportable",
-    "decode_weights",
-    "encode_weights",
     "export_model",
     "logit_gradients",
     "model_weights",
     "tensor_view",
     "weight_layout",
 ]
-
-WEIGHT_DTYPES = ("float32", "bfloat16")
 
 
 class NotExportable(Exception):
@@ -94,39 +90,6 @@ def model_weights(model: nn.Module) -> np.ndarray:
     if not tensors:
         return np.zeros(0, np.float32)
     return torch.cat(tensors).cpu().numpy()
-
-
-def encode_weights(flat: np.ndarray, dtype: str = "float32") -> np.ndarray:
-    """A weight vector for the wire: ``"float32"`` as is, ``"bfloat16"`` as uint16 (the upper
-    half of each float32, rounded to nearest even; half the bytes, ~3 significant digits).
-
-    Raises:
-        ValueError: ``dtype`` is not one of ``WEIGHT_DTYPES``.
-    """
-    flat = np.ascontiguousarray(flat, dtype=np.float32)
-    if dtype == "float32":
-        return flat
-    if dtype != "bfloat16":
-        raise ValueError(f"weights dtype must be one of {WEIGHT_DTYPES}, got {dtype!r}")
-    bits = flat.view(np.uint32)
-    # Round to nearest even: add 0x7FFF plus the lowest kept bit, then truncate. Finite
-    # values cannot overflow uint32 (the largest becomes inf, as it should); NaNs are kept
-    # as a quiet NaN rather than rounded (their bits could round to inf).
-    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) >> 16).astype(np.uint16)
-    return np.where(np.isnan(flat), np.uint16(0x7FC0), rounded)
-
-
-def decode_weights(encoded: np.ndarray) -> np.ndarray:
-    """The float32 weight vector of :func:`encode_weights`'s output (its dtype says which).
-
-    Raises:
-        ValueError: ``encoded`` is neither float32 nor uint16 (bfloat16).
-    """
-    if encoded.dtype == np.float32:
-        return encoded
-    if encoded.dtype == np.uint16:
-        return (encoded.astype(np.uint32) << 16).view(np.float32)
-    raise ValueError(f"encoded weights must be float32 or uint16 (bfloat16), got {encoded.dtype}")
 
 
 def export_model(model: nn.Module, sample_inputs: Tensor) -> bytes:

@@ -40,14 +40,17 @@ def service_job(**overrides) -> JobState:
     return make_job(selection_side="service", **fields)
 
 
-def test_the_next_region_is_drawn_when_one_opens_and_embedded_from_its_start_weights() -> None:
+def test_the_next_region_is_drawn_once_one_is_open_and_ready() -> None:
+    """From the weights of the open region's first step; drawn when the region is both open
+    and ready, so that the pool it draws from does not depend on the selectors' timing."""
     job = service_job()
     view = see(job, 0, 0)
     assert view.status is RegionStatus.SELECTING, "the ranks do not embed on the service side"
-    assert job.prepared is not None and job.prepared.region_id == 1
     assert job.region is not None and job.region.weights_version == 0
-    assert job.prepared.weights_version == 0
+    assert job.prepared is None, "region 0 is not ready yet"
     serve(job, 0, 0)
+    assert job.prepared is not None and job.prepared.region_id == 1
+    assert job.prepared.weights_version == 0
     serve(job, 1, 0)  # prepared while region 0 trains
     assert see(job, 0, 0).status is RegionStatus.READY
     fail_check_after(job, 2)  # region 1 starts at step 4, already prepared
@@ -56,6 +59,11 @@ def test_the_next_region_is_drawn_when_one_opens_and_embedded_from_its_start_wei
     assert job.stats[1].staleness == 4 and job.stats[1].embedded_by == "service"
     assert job.prepared is not None and job.prepared.weights_version == 4
     assert job.stats[2].region_id == 2 and len(job.stats) == 3
+    fail_check_after(job, 6)  # region 2 is not ready at its start: drawn once it is
+    see(job, 0, 8)
+    assert job.prepared is None
+    serve(job, 2, 4)
+    assert job.prepared is not None and job.prepared.weights_version == 8
 
 
 def test_the_ranks_measure_l0_since_the_embeddings_are_older_than_theta_0() -> None:

@@ -8,12 +8,11 @@ import torch
 from torch import nn
 
 from crest.client.embeddings import LogitEmbedding
+from crest.proto.convert import decode_weights, encode_weights
 from crest.worker.model import (
     ExportedModel,
     ModelCache,
     NotExportable,
-    decode_weights,
-    encode_weights,
     export_model,
     model_weights,
     weight_layout,
