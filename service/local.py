@@ -5,7 +5,9 @@ offers the synchronous :class:`crest.proto.contract.Coordinator` methods, so a t
 written against it runs unchanged against a remote coordinator. It checks its caller's
 arguments with the remote client's functions (:mod:`crest.proto.requests`) and sends its
 replies through the wire's conversions, message limit included: the same input succeeds or
-fails, with the same error, in both modes, and a job that runs here runs remotely.
+fails, with the same error, in both modes, and a job that runs here runs remotely. Its calls
+are no RPCs: the gRPC server's per-method metrics (:class:`crest.service.telemetry.RpcTelemetry`)
+do not count them.
 """
 
 from __future__ import annotations

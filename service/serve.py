@@ -13,6 +13,7 @@ from crest.service.manager import JobManager
 from crest.service.server import create_server
 from crest.service.settings import ServeSettings
 from crest.service.store import open_store
+from crest.service.telemetry import RpcTelemetry
 from crest.worker.selector import InProcessSelector, Selector
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,13 @@ async def serve(settings: ServeSettings) -> None:
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = (settings.tls_cert.read_bytes(), settings.tls_key.read_bytes())
     token = settings.token.get_secret_value() if settings.token else None
-    server, port, health_task = await create_server(manager, settings.address, token=token, tls=tls)
+    rpc = RpcTelemetry()  # the server's calls, shown by the dashboard
+    server, port, health_task = await create_server(
+        manager, settings.address, token=token, tls=tls, rpc=rpc
+    )
     dashboard = dashboard_task = None
     if settings.dashboard_port >= 0:
-        app = create_dashboard(manager, token)
+        app = create_dashboard(manager, token, rpc=rpc)
         dashboard = DashboardServer(app, settings.dashboard_host, settings.dashboard_port)
         dashboard_task = asyncio.create_task(dashboard.serve())
     # Installed after everything that may replace handlers (ray.init does).

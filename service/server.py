@@ -7,7 +7,8 @@ one worth retrying), never UNKNOWN.
 Requests are parsed by our own deserializers so that malformed bytes become INVALID_ARGUMENT
 too. Message size limits are set explicitly; a configured token guards every RPC, health and
 reflection included; the health service reports SERVING only while the store and the selector
-answer and every job's state can be stored.
+answer and every job's state can be stored. Given an :class:`RpcTelemetry`, the server counts
+its calls per method and final status and times them (:class:`RpcMetricsInterceptor`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import functools
 import hmac
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +43,7 @@ from crest.proto.errors import (
 from crest.proto.v1 import coordinator_pb2 as pb
 from crest.service.job import UploadChunk
 from crest.service.manager import JobManager, check_job_id
+from crest.service.telemetry import RpcTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,8 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", RECEIVE_LIMIT),
 ]
 HEALTH_PERIOD_S = 1.0
+# The RPCs RpcMetricsInterceptor records: every one with a single reply (all of them today).
+_OBSERVED = frozenset(m.name for m in _SERVICE_DESCRIPTOR.methods if not m.server_streaming)
 
 # gRPC's handler factory for each (request streaming, reply streaming) kind of RPC.
 _FACTORIES = {
@@ -404,6 +409,79 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grp
         return _refuse(await continuation(handler_call_details))
 
 
+class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Records each Coordinator call's method, final status code and latency in ``telemetry``.
+
+    The latency runs from the handler's start (a client-streaming call's first message) to
+    its reply or error. The final code is the one the client sees: OK, the code of an
+    ``abort`` or ``set_code``, UNKNOWN for an exception that escaped, and CANCELLED or
+    DEADLINE_EXCEEDED when the call was cancelled. Health and reflection calls are not
+    recorded, nor calls of unknown methods. Recording never breaks a call: a failure to
+    record is logged once and otherwise ignored.
+
+    Put it first among the interceptors, so that calls others refuse (a wrong token) count.
+    """
+
+    def __init__(self, telemetry: RpcTelemetry) -> None:
+        self._telemetry = telemetry
+        self._warned = False
+        for method in _OBSERVED:  # every method has a row (and zero counts) from the start
+            telemetry.method(method)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        service, _, method = str(handler_call_details.method).rpartition("/")
+        if handler is None or service != f"/{SERVICE}" or method not in _OBSERVED:
+            return handler
+        streams = handler.request_streaming
+        behavior = handler.stream_unary if streams else handler.unary_unary
+        return _FACTORIES[(streams, False)](
+            self._observed(method, behavior),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+    def _observed(
+        self, method: str, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                return await behavior(request, context)
+            except BaseException as err:  # abort() raises too, after setting the code
+                error = err
+                raise
+            finally:
+                self._record(method, context, error, time.perf_counter() - start)
+
+        return observed
+
+    def _record(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        error: BaseException | None,
+        seconds: float,
+    ) -> None:
+        try:
+            if isinstance(error, asyncio.CancelledError):
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            else:
+                code = context.code() or (grpc.StatusCode.UNKNOWN if error else grpc.StatusCode.OK)
+            self._telemetry.record(method, code.name, seconds)
+        except Exception:
+            if not self._warned:
+                self._warned = True
+                log.exception("could not record an RPC's metrics (logged once)")
+
+
 def _refuse(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
@@ -424,6 +502,7 @@ async def create_server(
     *,
     token: str | None = None,
     tls: tuple[bytes, bytes] | None = None,
+    rpc: RpcTelemetry | None = None,
 ) -> tuple[grpc.aio.Server, int, asyncio.Task[None]]:
     """Build and start the gRPC server (call inside the manager's event loop).
 
@@ -432,11 +511,15 @@ async def create_server(
         address: ``host:port``; port 0 picks a free one (tests).
         token: if set, every RPC must carry ``authorization: Bearer <token>``.
         tls: ``(certificate chain PEM, private key PEM)`` to serve TLS.
+        rpc: if set, every Coordinator call is counted and timed there (the dashboard's
+            ``/metrics`` and overview show it when given the same object).
 
     Returns:
         ``(server, port, health_task)``; cancel the task when the server stops.
     """
-    interceptors = [TokenInterceptor(token)] if token else []
+    interceptors = [RpcMetricsInterceptor(rpc)] if rpc is not None else []
+    if token:
+        interceptors.append(TokenInterceptor(token))
     server = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
     server.add_generic_rpc_handlers((CoordinatorService(manager).handler(),))
     health_servicer = health.aio.HealthServicer()

@@ -3,11 +3,14 @@
 Job state (:class:`crest.proto.contract.JobStatus`) says what was selected; telemetry says
 how the service kept up: each rank's progress (for batches per second), each selection's
 latency, and fallbacks to random batches. It lives in memory, is bounded, and is rebuilt from
-nothing after a restart (it is not needed to resume a job).
+nothing after a restart (it is not needed to resume a job). :class:`RpcTelemetry` says the
+same of the gRPC server's calls: how many, how they ended and how long they took.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -86,3 +89,71 @@ class JobTelemetry:
         self.fallbacks += event.fallback
         self.selections_total += 1
         self.selection_seconds_total += event.seconds
+
+
+# Upper bounds (seconds) of the RPC latency buckets: 0.5 ms (a status read) to a minute (a
+# GetRegion or ReportCheck may wait up to wait_s, 60 s by default, for peers or selection),
+# about 2-2.5x apart. One more bucket, +Inf, takes the rest.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+@dataclass
+class MethodCalls:
+    """One RPC method's calls since the server started: by final status code, and a latency
+    histogram over :data:`LATENCY_BUCKETS` (Prometheus' kind, so quantiles are estimates)."""
+
+    codes: dict[str, int] = field(default_factory=dict)  # status code name -> calls
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    seconds: float = 0.0  # summed latency
+
+    @property
+    def calls(self) -> int:
+        return sum(self.codes.values())
+
+    @property
+    def errors(self) -> int:
+        """Calls that ended with any status but OK."""
+        return self.calls - self.codes.get("OK", 0)
+
+    def record(self, code: str, seconds: float) -> None:
+        self.codes[code] = self.codes.get(code, 0) + 1
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.seconds += seconds
+
+    def cumulative(self) -> list[int]:
+        """Calls at or under each bound of :data:`LATENCY_BUCKETS`, then all calls (+Inf)."""
+        return list(itertools.accumulate(self.buckets))
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile of the latency as Prometheus' ``histogram_quantile`` estimates
+        it: linear within the bucket it falls in, the highest finite bound when it falls in
+        +Inf; None before the first call."""
+        total = self.calls
+        if total == 0:
+            return None
+        rank, below, lower = q * total, 0, 0.0
+        for upper, count in zip(LATENCY_BUCKETS, self.buckets, strict=False):
+            if count and below + count >= rank:
+                return lower + (upper - lower) * (rank - below) / count
+            below, lower = below + count, upper
+        return LATENCY_BUCKETS[-1]
+
+
+@dataclass
+class RpcTelemetry:
+    """The gRPC server's calls per method (short name, e.g. ``GetRegion``).
+
+    Filled by :class:`crest.service.server.RpcMetricsInterceptor` and read by the dashboard,
+    both on the server's event loop, so it needs no lock. The in-process coordinator
+    (:mod:`crest.service.local`) makes no RPCs and has none.
+    """
+
+    methods: dict[str, MethodCalls] = field(default_factory=dict)
+
+    def method(self, name: str) -> MethodCalls:
+        return self.methods.setdefault(name, MethodCalls())
+
+    def record(self, method: str, code: str, seconds: float) -> None:
+        self.method(method).record(code, seconds)

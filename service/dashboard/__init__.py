@@ -13,6 +13,7 @@ from crest.service.dashboard.models import (
     RankRate,
     RatePoint,
     RegionMonitor,
+    RpcMethod,
     SelectionRecord,
     TrainerShare,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "RankRate",
     "RatePoint",
     "RegionMonitor",
+    "RpcMethod",
     "SelectionRecord",
     "TrainerShare",
     "close_streams",

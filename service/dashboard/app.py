@@ -23,9 +23,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from crest.proto.errors import NotFound
 from crest.service.dashboard.metrics import MetricsCollector
-from crest.service.dashboard.models import JobDetail, JobSummary
-from crest.service.dashboard.views import all_summaries, job_detail
+from crest.service.dashboard.models import JobDetail, JobSummary, RpcMethod
+from crest.service.dashboard.views import all_summaries, job_detail, rpc_methods
 from crest.service.manager import JobManager
+from crest.service.telemetry import RpcTelemetry
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 DEFAULT_REFRESH_S = 1.0
@@ -103,7 +104,11 @@ Job = Annotated[str, Depends(_existing_job)]
 
 
 def create_dashboard(
-    manager: JobManager, token: str | None = None, *, refresh_s: float = DEFAULT_REFRESH_S
+    manager: JobManager,
+    token: str | None = None,
+    *,
+    refresh_s: float = DEFAULT_REFRESH_S,
+    rpc: RpcTelemetry | None = None,
 ) -> FastAPI:
     """A read-only dashboard app over ``manager``.
 
@@ -115,6 +120,10 @@ def create_dashboard(
             and event-stream calls). Static assets (the page's code and the chart library)
             hold no data and stay public.
         refresh_s: how often an open event stream re-reads its job.
+        rpc: the gRPC server's calls (the object given to
+            :func:`crest.service.server.create_server`, on the same loop), for ``/metrics``,
+            ``/api/rpc`` and the overview; None (an in-process coordinator, which makes no
+            RPCs) leaves them out.
 
     Returns:
         A new app; nothing global is shared between apps.
@@ -130,7 +139,7 @@ def create_dashboard(
     app.state.manager = manager
     app.state.token = token or None  # the URL to open carries it (DashboardServer.browser_url)
     app.state.streams = streams = _Streams(refresh_s)
-    collector = MetricsCollector(manager)
+    collector = MetricsCollector(manager, rpc)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -153,6 +162,17 @@ def create_dashboard(
             return await job_detail(manager, job_id)
         except NotFound as err:
             raise HTTPException(404, str(err)) from None
+
+    @app.get("/api/rpc", tags=["api"])
+    async def list_rpc_methods() -> list[RpcMethod]:
+        """The gRPC server's calls per method since it started (empty without one)."""
+        return rpc_methods(rpc)
+
+    @app.get("/api/rpc/events", response_class=EventSourceResponse, tags=["events"])
+    async def rpc_events() -> AsyncIterable[list[RpcMethod]]:
+        """Server-sent events: the gRPC server's calls per method whenever they change."""
+        async for methods in streams.poll(list_rpc_methods, lambda _: False):
+            yield methods
 
     @app.get("/api/events", response_class=EventSourceResponse, tags=["events"])
     async def overview_events() -> AsyncIterable[list[JobSummary]]:

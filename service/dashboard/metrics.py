@@ -13,6 +13,10 @@ join it where a name reads better, e.g.
 
 Latest-value figures (k, P, the last check's error, the last region's losses and weight
 quantiles, the newest monitor figures) are gauges; Prometheus keeps their history.
+
+The gRPC server's own figures, when the app is given its
+:class:`~crest.service.telemetry.RpcTelemetry`, carry a ``method`` label instead:
+``crest_rpc_calls_total{method, code}`` and the histogram ``crest_rpc_latency_seconds{method}``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
     SummaryMetricFamily,
@@ -35,6 +40,7 @@ from crest.proto.contract import RegionStats
 from crest.service.dashboard.models import JobDetail, Mode
 from crest.service.dashboard.views import all_details
 from crest.service.manager import JobManager
+from crest.service.telemetry import LATENCY_BUCKETS, RpcTelemetry
 
 # Per-class series cost one time series per class and job: above this many classes they are
 # left out (the JSON API still has them all).
@@ -122,10 +128,12 @@ class MetricsCollector(Collector):
 
     Args:
         manager: the jobs to report; read only through :meth:`scrape`, on its loop.
+        rpc: the gRPC server's calls, if it runs in this process (on the same loop).
     """
 
-    def __init__(self, manager: JobManager) -> None:
+    def __init__(self, manager: JobManager, rpc: RpcTelemetry | None = None) -> None:
         self._manager = manager
+        self._rpc = rpc
         self._details: list[JobDetail] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -141,6 +149,8 @@ class MetricsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from families(self._details)
+        if self._rpc is not None:
+            yield from rpc_families(self._rpc)
 
 
 def families(details: list[JobDetail]) -> Iterator[Metric]:
@@ -317,3 +327,24 @@ def _weights(details: list[JobDetail]) -> Iterator[Metric]:
             for q, value in zip(QUANTILES, region.weight_quantiles, strict=True):
                 weight.add_metric([detail.summary.job_id, q], value)
     yield weight
+
+
+def rpc_families(rpc: RpcTelemetry) -> Iterator[Metric]:
+    """The gRPC server's calls per method: by final status code, and their latency."""
+    calls = CounterMetricFamily(
+        "crest_rpc_calls",
+        "Coordinator RPCs finished, by method and final status code.",
+        labels=["method", "code"],
+    )
+    latency = HistogramMetricFamily(
+        "crest_rpc_latency_seconds",
+        "Coordinator RPC latency, from the handler's start to its reply or error.",
+        labels=["method"],
+    )
+    bounds = [*(f"{b:g}" for b in LATENCY_BUCKETS), "+Inf"]
+    for method, stats in sorted(rpc.methods.items()):
+        for code, count in sorted(stats.codes.items()):
+            calls.add_metric([method, code], count)
+        buckets = list(zip(bounds, stats.cumulative(), strict=True))
+        latency.add_metric([method], buckets, sum_value=stats.seconds)
+    yield from (calls, latency)

@@ -29,6 +29,10 @@ GAIN_HELP = (
     "random_error / coreset_error: how many times better than a random batch the coresets "
     "estimate their subset's gradient (1 when both are 0; None: not measured)"
 )
+QUANTILE_HELP = (
+    "estimated from the latency histogram's buckets as Prometheus' histogram_quantile does "
+    "(linear within a bucket); None before the first call"
+)
 
 
 class JobSummary(BaseModel):
@@ -151,3 +155,15 @@ class JobDetail(BaseModel):
     ranks: list[RankRate]
     monitor: list[RegionMonitor] = Field(description="one per region, in order")
     trainers: list[TrainerShare] = Field(description="ranks that have reported a check")
+
+
+class RpcMethod(BaseModel):
+    """One gRPC method's calls since the coordinator started (the overview's RPC table)."""
+
+    method: str = Field(description="the Coordinator RPC, e.g. GetRegion")
+    calls: int
+    errors: int = Field(description="calls that ended with any status but OK")
+    codes: dict[str, int] = Field(description="calls by final status code, e.g. NOT_FOUND")
+    mean_seconds: float | None = Field(description="mean latency; None before the first call")
+    p50_seconds: float | None = Field(description="median latency, " + QUANTILE_HELP)
+    p99_seconds: float | None = Field(description="99th percentile latency, " + QUANTILE_HELP)

@@ -19,12 +19,13 @@ from crest.service.dashboard.models import (
     RankRate,
     RatePoint,
     RegionMonitor,
+    RpcMethod,
     SelectionRecord,
     TrainerShare,
 )
 from crest.service.manager import JobManager
 from crest.service.strategy import monitor_gain
-from crest.service.telemetry import JobTelemetry
+from crest.service.telemetry import JobTelemetry, RpcTelemetry
 
 RATE_WINDOW_S = 10.0  # trailing window of the steps-per-second figures
 MAX_RANK_SERIES = 16  # ranks whose rate history is served (a chart of more is unreadable)
@@ -61,6 +62,24 @@ async def all_summaries(manager: JobManager) -> list[JobSummary]:
             continue
         summaries.append(_summary(status, manager.telemetry(job_id), time.time()))
     return summaries
+
+
+def rpc_methods(rpc: RpcTelemetry | None) -> list[RpcMethod]:
+    """The gRPC server's calls per method, by name; none without a server."""
+    if rpc is None:
+        return []
+    return [
+        RpcMethod(
+            method=name,
+            calls=calls.calls,
+            errors=calls.errors,
+            codes=dict(sorted(calls.codes.items())),
+            mean_seconds=calls.seconds / calls.calls if calls.calls else None,
+            p50_seconds=calls.quantile(0.5),
+            p99_seconds=calls.quantile(0.99),
+        )
+        for name, calls in sorted(rpc.methods.items())
+    ]
 
 
 def region_mode(region: RegionStats) -> Mode:

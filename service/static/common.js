@@ -67,6 +67,7 @@ const crest = (() => {
     },
     secs(v) {
       if (v === null || v === undefined) return "–";
+      if (v < 0.01) return (1000 * v).toFixed(1) + " ms";  // an RPC's fraction of a ms
       return v < 1 ? (1000 * v).toFixed(0) + " ms" : v.toFixed(2) + " s";
     },
   };

@@ -1,9 +1,11 @@
 "use strict";
-// The jobs overview: one row per job, refreshed by the /api/events stream.
+// The jobs overview: one row per job, refreshed by the /api/events stream; below it the
+// gRPC server's calls per method, refreshed by /api/rpc/events.
 
 (() => {
   const { fmt } = crest;
   const body = document.querySelector("#jobs tbody");
+  const rpcBody = document.querySelector("#rpcs tbody");
 
   function cell(text, title) {
     const td = document.createElement("td");
@@ -65,6 +67,37 @@
     );
     return tr;
   }
+
+  function rpcRow(m) {
+    const failed = Object.entries(m.codes).filter(([code]) => code !== "OK");
+    const errors = cell(fmt.int(m.errors));
+    if (m.errors > 0) errors.className = "warn";
+    const codes = cell(failed.map(([code, n]) => `${code} ${fmt.int(n)}`).join(" · ") || "–");
+    codes.className = "codes";
+    const tr = document.createElement("tr");
+    tr.append(
+      cell(m.method),
+      cell(fmt.int(m.calls)),
+      errors,
+      codes,
+      cell(fmt.secs(m.mean_seconds)),
+      cell(fmt.secs(m.p50_seconds)),
+      cell(fmt.secs(m.p99_seconds)),
+    );
+    return tr;
+  }
+
+  let rpcUpdates = 0;
+  crest.follow(
+    "/api/rpc/events",
+    (methods) => {
+      rpcBody.replaceChildren(...methods.map(rpcRow));
+      document.getElementById("rpc-wrap").hidden = methods.length === 0;
+      document.getElementById("rpc-empty").hidden = methods.length > 0;
+      document.body.dataset.rpcUpdates = String(++rpcUpdates);
+    },
+    () => {},  // the job list's stream shows the connection's state
+  );
 
   let updates = 0;
   crest.follow(

@@ -17,6 +17,7 @@ from crest.service.local import LocalCoordinator
 from crest.service.manager import JobManager
 from crest.service.server import create_server
 from crest.service.store import MemoryStore, StateStore
+from crest.service.telemetry import RpcTelemetry
 from crest.worker.selector import InProcessSelector
 
 
@@ -84,13 +85,17 @@ class LoopbackCoordinator:
 
 
 def start_loopback(
-    store: StateStore | None = None, token: str | None = None, tls=None, **manager_args
+    store: StateStore | None = None,
+    token: str | None = None,
+    tls=None,
+    rpc: RpcTelemetry | None = None,
+    **manager_args,
 ) -> tuple[LoopbackCoordinator, object, object]:
     local = LocalCoordinator(JobManager(InProcessSelector(), store or MemoryStore(), strict=True,
                                         **manager_args))  # fmt: skip
     local.submit(local.manager.start()).result()
     server, port, health_task = local.submit(
-        create_server(local.manager, "127.0.0.1:0", token=token, tls=tls)
+        create_server(local.manager, "127.0.0.1:0", token=token, tls=tls, rpc=rpc)
     ).result()
     return LoopbackCoordinator(local, port), server, health_task
 

@@ -1,5 +1,6 @@
 """A small real job for the dashboard tests: trainer ranks in threads, pausable mid-job, and
-the dashboard served by uvicorn on the coordinator's own event loop."""
+the dashboard (and, where a test needs RPCs, a gRPC server) on the coordinator's own event
+loop."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from fastapi import FastAPI
 from crest.client import JobConfig, Session, tensor_fetch, weighted_loss
 from crest.service.dashboard import DashboardServer
 from crest.service.local import LocalCoordinator
+from crest.service.server import create_server
+from crest.service.telemetry import RpcTelemetry
 from tests.client.test_session import blobs, make_model
 
 WAIT_S = 120  # seconds; generous: the machine is shared
@@ -120,6 +123,24 @@ def serving(coordinator: LocalCoordinator, app: FastAPI, grace_s: int = 5) -> It
     finally:
         server.stop()
         future.result(timeout=WAIT_S)
+
+
+@contextmanager
+def grpc_server(coordinator: LocalCoordinator, rpc: RpcTelemetry) -> Iterator[str]:
+    """A gRPC server over the coordinator's manager, on its loop, recording into ``rpc``;
+    yields its address."""
+    server, port, health_task = coordinator.submit(
+        create_server(coordinator.manager, rpc=rpc)
+    ).result(WAIT_S)
+
+    async def stop() -> None:
+        await server.stop(0)
+        health_task.cancel()
+
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        coordinator.submit(stop()).result(WAIT_S)
 
 
 def get(url: str, token: str | None = None) -> tuple[int, bytes, dict[str, str]]:

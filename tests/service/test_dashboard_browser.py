@@ -8,6 +8,9 @@ tick labels) or is cut off at the chart's edge, and nothing is wider than the wi
 draws its text on a canvas, out of the DOM's reach, so the page is given a script first that
 records where each ``fillText`` lands.
 
+The overview lists the jobs, and below them the calls a gRPC server over the same manager
+answered, per method.
+
 Set ``CREST_DASHBOARD_SCREENSHOT=<path.png>`` to keep the job page's screenshot (this is how
 ``docs/dashboard-auto.png`` is made); otherwise it goes to the test's temporary directory.
 A second test starts ``crest serve`` with a token and opens the dashboard URL it prints.
@@ -29,12 +32,21 @@ import pytest
 from crest.client.remote import RemoteCoordinator
 from crest.embedded import local_coordinator
 from crest.proto.contract import JobStatus
+from crest.proto.errors import NotFound
 from crest.service.dashboard import create_dashboard
 from crest.service.dashboard.app import STATIC_DIR
 from crest.service.dashboard.views import region_mode
 from crest.service.strategy import monitor_gain
+from crest.service.telemetry import RpcTelemetry
 from tests.service.chromium import Chromium, find_chromium
-from tests.service.dashboard_helpers import WAIT_S, LiveJob, get, job_config, serving
+from tests.service.dashboard_helpers import (
+    WAIT_S,
+    LiveJob,
+    get,
+    grpc_server,
+    job_config,
+    serving,
+)
 from tests.training import blobs
 
 pytestmark = pytest.mark.integration
@@ -107,6 +119,10 @@ LAYOUT = """(() => {
     .map((el) => `${el.className} ${el.scrollWidth} > ${el.clientWidth}`);
   return { charts, overflowing, pageWidth: document.documentElement.scrollWidth, innerWidth };
 })()"""
+NONE = "\N{EN DASH}"  # what the pages show for no value
+# The overview's RPC table: {method: [its cells' text]}.
+RPC_ROWS = """Object.fromEntries([...document.querySelectorAll('#rpcs tbody tr')]
+    .map(tr => [...tr.cells].map(td => td.innerText)).map(([m, ...rest]) => [m, rest]))"""
 
 
 def _assert_readable(browser: Chromium) -> dict:
@@ -159,8 +175,10 @@ def test_live_job_page_draws_every_chart_with_data(tmp_path: Path) -> None:
             modes = {region_mode(r) for r in status.regions}
             assert modes >= {"crest", "random"}, f"the job should mix modes: {modes}"
             expected = _monitor_expectations(status)
-            app = create_dashboard(coordinator.manager, token, refresh_s=0.2)
+            rpc = RpcTelemetry()
+            app = create_dashboard(coordinator.manager, token, refresh_s=0.2, rpc=rpc)
             with (
+                grpc_server(coordinator, rpc) as address,
                 serving(coordinator, app) as url,
                 Chromium(binary, tmp_path / "profile", VIEWPORT, timeout_s=WAIT_S) as browser,
             ):
@@ -223,6 +241,21 @@ def test_live_job_page_draws_every_chart_with_data(tmp_path: Path) -> None:
                 assert sorted(names) == sorted([NAME, LONG_NAME])
                 rows = browser.evaluate("document.querySelector('#jobs tbody').innerText")
                 assert job.job_id in rows and long_id in rows and "auto" in rows
+                # Below them, the gRPC server's calls, live: two answered, one NOT_FOUND.
+                with RemoteCoordinator(address, retry_s=5) as remote:
+                    remote.job_status(job.job_id)
+                    remote.job_status(long_id)
+                    with pytest.raises(NotFound):
+                        remote.job_status("no-such-job")
+                rpcs = browser.wait_for(
+                    f"(r => r.GetJobStatus && r.GetJobStatus[0] === '3' && r)({RPC_ROWS})",
+                    WAIT_S,
+                )
+                _, errors, codes, mean, p50, p99 = rpcs["GetJobStatus"]
+                assert (errors, codes) == ("1", "NOT_FOUND 1")
+                assert all(t.endswith(("ms", " s")) for t in (mean, p50, p99)), rpcs
+                assert rpcs["ReportCheck"] == ["0", "0", *[NONE] * 4]  # not called
+                assert browser.evaluate("document.getElementById('rpc-empty').hidden")
                 _assert_readable(browser)
                 browser.screenshot(tmp_path / "overview.png")
         finally:
@@ -264,6 +297,9 @@ def test_the_url_crest_serve_prints_opens_the_dashboard(tmp_path: Path) -> None:
             assert browser.evaluate("document.body.dataset.state") == "live"
             link = browser.evaluate("document.querySelector('#jobs td.name a').textContent")
             assert link == NAME
+            # crest serve shows its gRPC calls: the CreateJob above.
+            rpcs = browser.wait_for(f"(r => r.CreateJob && r)({RPC_ROWS})", WAIT_S)
+            assert rpcs["CreateJob"][:3] == ["1", "0", NONE]
             # Its link leads to the job page, which follows its own event stream.
             browser.evaluate("document.querySelector('#jobs td.name a').click()")
             browser.wait_for(f"document.title === {f'crest · {NAME}'!r}", WAIT_S)

@@ -47,6 +47,7 @@ def test_dashboard_exports_are_pinned() -> None:
         "RankRate",
         "RatePoint",
         "RegionMonitor",
+        "RpcMethod",
         "SelectionRecord",
         "TrainerShare",
         "close_streams",

@@ -1,4 +1,13 @@
-from crest.service.telemetry import JobTelemetry, RankProgress, SelectionEvent
+import pytest
+
+from crest.service.telemetry import (
+    LATENCY_BUCKETS,
+    JobTelemetry,
+    MethodCalls,
+    RankProgress,
+    RpcTelemetry,
+    SelectionEvent,
+)
 
 
 def test_rank_progress_rate_over_a_window() -> None:
@@ -41,3 +50,29 @@ def test_cumulative_selection_counters_outlive_the_bounded_history() -> None:
     assert len(telemetry.selections) < 600
     assert telemetry.selections_total == 600
     assert telemetry.selection_seconds_total == 300.0
+
+
+def test_rpc_calls_count_codes_and_fill_latency_buckets() -> None:
+    rpc = RpcTelemetry()
+    for seconds in (0.0003, 0.0005, 0.0015, 0.0015, 120.0):  # a bound is in its own bucket
+        rpc.record("GetRegion", "OK", seconds)
+    rpc.record("GetRegion", "NOT_FOUND", 0.004)
+    calls = rpc.method("GetRegion")
+    assert (calls.calls, calls.errors, calls.codes) == (6, 1, {"OK": 5, "NOT_FOUND": 1})
+    assert calls.seconds == pytest.approx(120.0078)
+    cumulative = calls.cumulative()
+    assert len(cumulative) == len(LATENCY_BUCKETS) + 1
+    assert cumulative[:4] == [2, 2, 4, 5]  # <= 0.5 ms, 1 ms, 2 ms, 5 ms
+    assert cumulative[-2:] == [5, 6]  # <= 60 s, +Inf
+    assert rpc.methods.keys() == {"GetRegion"}
+
+
+def test_rpc_latency_quantiles_interpolate_within_buckets() -> None:
+    calls = MethodCalls()
+    assert calls.quantile(0.5) is None
+    for _ in range(100):
+        calls.record("OK", 0.0015)  # all in (1 ms, 2 ms]
+    assert calls.quantile(0.5) == pytest.approx(0.0015)
+    assert calls.quantile(0.99) == pytest.approx(0.00199)
+    calls.record("OK", 1e3)  # beyond the last bound: estimated at that bound
+    assert calls.quantile(1.0) == LATENCY_BUCKETS[-1]
