@@ -493,3 +493,5 @@ class JobStatus(BaseModel):
     regions: list[RegionStats]  # opened so far, the current one last
     trainers: list[TrainerTime] = []
     next_region: RegionStats | None = None  # service side: drawn ahead, being prepared
+    selection_side: Literal["trainer", "service"] = "trainer"  # who embeds now
+    selection_side_reason: str = ""  # why (e.g. the model could not be exported)

@@ -693,6 +693,8 @@ class JobState:
             class_sizes=np.bincount(self.pool.labels, minlength=self.config.num_classes).tolist(),
             dropped=int((~self.pool.in_pool).sum()),
             regions=[s.model_copy(deep=True) for s in self.stats[: self.regions_opened]],
+            selection_side=self.side,
+            selection_side_reason=self.side_reason,
             next_region=None
             if self.prepared is None
             else self.stats[self.prepared.region_id].model_copy(deep=True),

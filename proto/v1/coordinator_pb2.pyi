@@ -305,7 +305,7 @@ class JobStatusReply(_message.Message):
     def __init__(self, json: _Optional[str] = ..., status: _Optional[_Union[JobStatus, _Mapping]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "config", "total_steps", "step", "finished", "pool_size", "pool_per_class", "class_sizes", "dropped", "regions", "trainers", "next_region")
+    __slots__ = ("job_id", "config", "total_steps", "step", "finished", "pool_size", "pool_per_class", "class_sizes", "dropped", "regions", "trainers", "next_region", "selection_side", "selection_side_reason")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +318,8 @@ class JobStatus(_message.Message):
     REGIONS_FIELD_NUMBER: _ClassVar[int]
     TRAINERS_FIELD_NUMBER: _ClassVar[int]
     NEXT_REGION_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_SIDE_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_SIDE_REASON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     config: JobConfig
     total_steps: int
@@ -330,7 +332,9 @@ class JobStatus(_message.Message):
     regions: _containers.RepeatedCompositeFieldContainer[RegionStats]
     trainers: _containers.RepeatedCompositeFieldContainer[TrainerTime]
     next_region: RegionStats
-    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., class_sizes: _Optional[_Iterable[int]] = ..., dropped: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[RegionStats, _Mapping]]] = ..., trainers: _Optional[_Iterable[_Union[TrainerTime, _Mapping]]] = ..., next_region: _Optional[_Union[RegionStats, _Mapping]] = ...) -> None: ...
+    selection_side: str
+    selection_side_reason: str
+    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., class_sizes: _Optional[_Iterable[int]] = ..., dropped: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[RegionStats, _Mapping]]] = ..., trainers: _Optional[_Iterable[_Union[TrainerTime, _Mapping]]] = ..., next_region: _Optional[_Union[RegionStats, _Mapping]] = ..., selection_side: _Optional[str] = ..., selection_side_reason: _Optional[str] = ...) -> None: ...
 
 class RegionStats(_message.Message):
     __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error", "embedded_by", "staleness")

@@ -115,6 +115,12 @@ _JOB_GAUGES: list[tuple[str, str, Callable[[JobDetail], float | None]]] = [
         "Share of all ranks' trainer time spent on selection work.",
         lambda d: d.summary.selection_share,
     ),
+    (
+        "crest_region_staleness_steps",
+        "Service side, current region: steps between the weights its candidates were embedded "
+        "with and its start.",
+        lambda d: d.summary.staleness,
+    ),
 ]
 
 

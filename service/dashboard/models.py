@@ -75,6 +75,14 @@ class JobSummary(BaseModel):
         description="share of all ranks' trainer time spent on selection work (None before "
         "the first check report)"
     )
+    selection_side: Literal["trainer", "service"] = Field(
+        description="who embeds the candidates now: the ranks, or the selectors from the "
+        "published weights (pipelined)"
+    )
+    staleness: int | None = Field(
+        description="the current region: steps between the weights its candidates were "
+        "embedded with and its start (None: embedded by the ranks at its start)"
+    )
 
 
 class ClassPool(BaseModel):

@@ -155,6 +155,8 @@ def _summary(status: JobStatus, telemetry: JobTelemetry, now: float) -> JobSumma
         gain=None if measured is None else measured.gain,
         auto_min_gain=cfg.auto_min_gain,
         selection_share=_total_share(status.trainers),
+        selection_side=status.selection_side,
+        staleness=None if current is None else current.staleness,
     )
 
 

@@ -372,6 +372,12 @@
         "fallbacks", fmt.int(s.fallbacks),
         "selections that failed or timed out: random batches instead", s.fallbacks > 0,
       ],
+      [
+        "staleness", s.staleness === null ? "–" : fmt.int(s.staleness),
+        `steps between the weights the current region was embedded with and its start ` +
+        `(${s.selection_side} side: ${s.selection_side === "service" ?
+          "the selectors embed, one region ahead" : "the ranks embed at the start"})`,
+      ],
       ["ranks", fmt.int(s.world_size), "trainer ranks (data parallel)"],
       ["batches/s", fmt.num(s.batches_per_second), "summed over ranks"],
     ];
