@@ -331,10 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument(
         "--methods",
         nargs="+",
-        choices=["random", "crest", "auto", "crest-balanced", "crest-service", "auto-service"],
+        choices=[
+            "random",
+            "crest",
+            "auto",
+            "crest-balanced",
+            "crest-service",
+            "auto-service",
+            "crest-lookahead",
+        ],
         help="besides full (default: random crest auto; crest-balanced is CREST with "
         "class_weighting=balanced; crest-service and auto-service embed on the service side, "
-        "pipelined)",
+        "pipelined; crest-lookahead also draws coresets from recent region lengths)",
     )
     e2e.add_argument(
         "--placement",

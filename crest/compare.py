@@ -78,6 +78,7 @@ class CrestSetup:
     auto_retest_epochs: float = 1.0
     selection_side: str = "trainer"
     max_staleness: int = 32
+    lookahead_coresets: bool = False
 
     def job_config(self, data: Dataset, train: TrainSetup, frac: float, seed: int) -> JobConfig:
         return JobConfig(
@@ -103,6 +104,7 @@ class CrestSetup:
             auto_retest_epochs=self.auto_retest_epochs,
             selection_side=self.selection_side,
             max_staleness=self.max_staleness,
+            lookahead_coresets=self.lookahead_coresets,
         )
 
 
@@ -385,6 +387,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "crest-balanced": {"strategy": "crest", "class_weighting": "balanced"},
     "crest-service": {"strategy": "crest", "selection_side": "service"},
     "auto-service": {"strategy": "auto", "selection_side": "service"},
+    "crest-lookahead": {
+        "strategy": "crest",
+        "selection_side": "service",
+        "lookahead_coresets": True,
+    },
 }
 """The methods a plan may name besides full: the CrestSetup fields each overrides (random runs
 locally, without the coordinator)."""

@@ -133,6 +133,11 @@ class JobConfig(BaseModel):
         "the trainer publishes and prepare each region one region ahead (pipelined); trainer: "
         "the trainer embeds its candidates at every region start and waits for the selection",
     )
+    lookahead_coresets: bool = Field(
+        False,
+        description="service side: draw only as many coresets per rank as recent regions "
+        "lasted steps (fewer candidates embedded per step; a longer region reuses them)",
+    )
     max_staleness: int = Field(
         32,
         ge=1,

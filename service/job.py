@@ -250,7 +250,9 @@ class JobState:
             length = self.strategy.random_steps(start, cfg)
             region = random_region(region_id, start, self.pool, cfg, length, rng)
         else:
-            coresets = self._lookahead_coresets() if service else self.adapt.num_coresets
+            coresets = self.adapt.num_coresets
+            if service and cfg.lookahead_coresets:
+                coresets = self._lookahead_coresets()
             region = crest_region(
                 region_id, start, self.pool, cfg, coresets, self.adapt.check_interval, rng
             )
@@ -297,9 +299,10 @@ class JobState:
         return bound if uses is None else min(num_coresets * uses, bound)
 
     def _lookahead_coresets(self) -> int:
-        """P of a region drawn ahead: as many coresets as recent regions lasted steps (at
-        least P_0, at most the adaptive P), so that coresets nobody trains on are not
-        embedded and selected. A region that outlasts them reuses them in turn."""
+        """P of a region drawn ahead with ``lookahead_coresets``: as many coresets as recent
+        regions lasted steps (at least P_0, at most the adaptive P), so that coresets nobody
+        trains on are not embedded and selected. A region that outlasts them reuses them in
+        turn (on W1 that cost accuracy: docs/benchmarks.md, so it is off by default)."""
         recent = [r.end_step - r.start_step for r in self.past[-3:]]
         wanted = max([self.config.num_coresets, *recent])
         return min(self.adapt.num_coresets, wanted)

@@ -167,7 +167,8 @@ def test_the_journal_replays_the_service_side_exactly() -> None:
 
 
 def test_lookahead_draws_as_many_coresets_as_recent_regions_lasted() -> None:
-    job = make_job(selection_side="service", num_coresets=2, max_coresets=20, check_interval=5)
+    job = make_job(selection_side="service", num_coresets=2, max_coresets=20, check_interval=5,
+                   lookahead_coresets=True)  # fmt: skip
     see(job, 0, 0)
     serve(job, 0, 0)
     serve(job, 1, 0)
