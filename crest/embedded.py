@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 from crest.client.remote import RemoteCoordinator
 from crest.proto.contract import Coordinator
@@ -11,14 +12,19 @@ from crest.service.manager import JobManager
 from crest.worker.selector import InProcessSelector
 
 
-def local_coordinator(device: str = "cpu") -> LocalCoordinator:
-    """An in-process coordinator with an in-process selector on ``device``.
+def local_coordinator(
+    device: str = "cpu", selector_cores: Collection[int] | None = None
+) -> LocalCoordinator:
+    """An in-process coordinator with an in-process selector on ``device``, its thread pinned
+    to ``selector_cores`` if given (:func:`crest.worker.placement.pin_current_thread`).
 
     ``CREST_STRICT=1`` (as for ``crest serve``'s ``strict`` setting) makes a selection bug fail
     the job's calls instead of falling back to random batches; the test suite sets it.
     """
     strict = os.environ.get("CREST_STRICT", "").lower() in ("1", "true")
-    return LocalCoordinator(JobManager(InProcessSelector(device), strict=strict))
+    return LocalCoordinator(
+        JobManager(InProcessSelector(device, cores=selector_cores), strict=strict)
+    )
 
 
 def connect(address: str | None = None, **remote_args: object) -> Coordinator:
