@@ -277,6 +277,11 @@ class RaySelector:
         return [slot.pid for slot in self._slots]
 
     @property
+    def actor_devices(self) -> list[str]:
+        """Torch device of each actor as last seen (``cuda`` where Ray gave it a GPU)."""
+        return [slot.device for slot in self._slots]
+
+    @property
     def in_flight(self) -> list[int]:
         """Requests each actor is working on now (0: idle or recovering)."""
         return [slot.in_flight for slot in self._slots]
