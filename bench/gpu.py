@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from crest.bench.selection import Region, timed
-from crest.compare import CrestSetup, TrainSetup, machine, run_baseline, run_crest
+from crest.compare import CrestSetup, TrainSetup, machine, run_baseline, run_crest, warm_up
 from crest.worker.selector import SelectionResult, run_selection
 from crest.workloads import WORKLOADS
 
@@ -125,6 +125,7 @@ def check_training(method: str) -> Callable[[GpuPlan, str, str], dict[str, Any]]
 
         data = WORKLOADS["w1"](plan.num_samples)
         setup = TrainSetup(epochs=plan.epochs, evals=2, device=device)
+        warm_up(data, setup)  # CUDA's and torch's first-call costs land on no row
         if method == "random":
             run = run_baseline(data, setup, plan.train_frac, plan.seed, progress=False)
         else:

@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ __all__ = [
     "parse_cores",
     "pin_current_thread",
     "pin_process",
+    "pinned",
     "selector_threads",
 ]
 
@@ -142,6 +144,23 @@ def pin_current_thread(cores: Collection[int]) -> None:
     import torch  # here: parsing and checking core lists (settings, flags) needs no torch
 
     torch.set_num_threads(len(wanted))
+
+
+@contextmanager
+def pinned(cores: Collection[int]) -> Iterator[None]:
+    """:func:`pin_current_thread` for a block; the thread's cores and torch thread count are
+    restored after it (threads started inside keep the pinning they inherited)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    before = available_cores()
+    pin_current_thread(cores)
+    try:
+        yield
+    finally:
+        if _CAN_PIN:
+            os.sched_setaffinity(0, before)
+        torch.set_num_threads(threads)
 
 
 def pin_process(cores: Collection[int]) -> None:

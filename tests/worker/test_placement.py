@@ -25,6 +25,7 @@ from crest.worker.placement import (
     format_cores,
     parse_cores,
     pin_current_thread,
+    pinned,
     selector_threads,
 )
 from crest.worker.selector import InProcessSelector, SelectionRequest, run_selection
@@ -104,6 +105,19 @@ def test_a_pinned_thread_runs_on_its_cores_and_only_it() -> None:
     assert torch.get_num_threads() == threads_before
 
 
+@two_cores
+def test_pinned_restores_the_thread_afterwards() -> None:
+    target = CORES[-1]
+
+    def run() -> tuple[tuple[int, ...], int, tuple[int, ...], int]:
+        torch.set_num_threads(2)
+        with pinned([target]):
+            inside = available_cores(), torch.get_num_threads()
+        return (*inside, available_cores(), torch.get_num_threads())
+
+    assert in_thread(run) == ((target,), 1, CORES, 2)
+
+
 def test_pinning_to_cores_that_do_not_exist_fails_and_moves_nothing() -> None:
     missing = os.cpu_count() or 1
 
@@ -164,6 +178,27 @@ def test_in_process_selector_refuses_bad_placements() -> None:
         InProcessSelector(cores=[os.cpu_count() or 1])
     with pytest.raises(ValueError, match="threads=2 but 1 core"):
         InProcessSelector(threads=2, cores=[0])
+
+
+@two_cores
+def test_local_coordinator_pins_its_threads_and_serves() -> None:
+    from crest.embedded import local_coordinator
+    from tests.training import blobs, job_config
+
+    target = CORES[-1]
+    before = os.sched_getaffinity(0)
+    with local_coordinator(cores=[target]) as local:
+
+        async def loop_cores() -> tuple[int, ...]:
+            return available_cores()
+
+        assert local.submit(loop_cores()).result() == (target,)
+        selector = local.manager.selector
+        assert isinstance(selector, InProcessSelector)
+        assert selector.worker_cores() == (target,)
+        job = local.create_job(job_config(), blobs()[1].numpy())
+        assert local.job_status(job).step == 0
+    assert os.sched_getaffinity(0) == before
 
 
 def test_settings_check_core_lists_and_threads() -> None:
