@@ -10,7 +10,8 @@ On Linux a thread's affinity is its own, and threads it starts later inherit it:
 main thread first thing and the whole process follows; pin a worker thread in its
 initializer and only that worker (and the OpenMP threads it starts) moves. Where
 ``sched_setaffinity`` does not exist (macOS, Windows) pinning is skipped with a warning and
-only the thread count is set.
+only the thread count is set. torch is imported by the pinning functions only, so that
+``crest serve``'s settings parse core lists without it.
 
 GPUs are not placed here: a process sees the GPUs ``CUDA_VISIBLE_DEVICES`` lists, and Ray
 gives each selector actor its own (``gpu_share``); see docs/deployment.md, "Placement".
