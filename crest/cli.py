@@ -161,6 +161,17 @@ def _faults_bench(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _gpu_bench(args: argparse.Namespace) -> int:
+    from crest.bench.gpu import GpuPlan, format_table, run_gpu_check
+    from crest.compare import write_json
+
+    result = run_gpu_check(GpuPlan(ray=not args.no_ray))
+    print(format_table(result))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    return 0 if result["ok"] else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -399,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     faults.add_argument("--out", default="results/faults.json")
     faults.set_defaults(func=_faults_bench)
+    gpu = which.add_parser(
+        "gpu", help="kernel, a selector actor and a short W1 run on the GPU (CPU without one)"
+    )
+    gpu.add_argument("--no-ray", action="store_true", help="skip the selector actor's check")
+    gpu.add_argument("--out", default="results/gpu.json")
+    gpu.set_defaults(func=_gpu_bench)
     return parser
 
 

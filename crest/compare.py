@@ -55,6 +55,7 @@ class TrainSetup:
     gamma: float = 0.1
     channels: int = 32
     evals: int = 30  # test evaluations per run, evenly spaced in steps
+    device: str = "cpu"  # the trainer's: model, batches and evaluation (e.g. "cuda:0")
 
 
 @dataclass(frozen=True)
@@ -146,10 +147,12 @@ def evaluate(
 ) -> Scores:
     was_training = model.training
     model.eval()
+    param = next(model.parameters(), None)  # the model's device; counting stays on the CPU
+    device = x.device if param is None else param.device
     hits = torch.zeros(num_classes, dtype=torch.int64)
     with torch.no_grad():
         for xs, ys in zip(x.split(batch), y.split(batch), strict=True):
-            right = ys[model(xs).argmax(1) == ys]
+            right = ys[model(xs.to(device)).argmax(1).cpu() == ys]
             hits += torch.bincount(right, minlength=num_classes)
     model.train(was_training)
     totals = torch.bincount(y, minlength=num_classes)
@@ -177,7 +180,7 @@ def _train(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The one training loop every method runs; only the batches differ."""
     torch.manual_seed(seed)
-    model = cnn1d(data.x_train.shape[1], setup.channels, data.num_classes)
+    model = cnn1d(data.x_train.shape[1], setup.channels, data.num_classes).to(setup.device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=setup.lr, momentum=setup.momentum, weight_decay=setup.weight_decay
     )
@@ -200,12 +203,12 @@ def _train(
             break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(setup, step, total)
-        logits = model(data.x_train[indices])
+        logits = model(data.x_train[indices].to(setup.device))
         targets = data.y_train[indices]
         if weights is None:
-            loss = nn.functional.cross_entropy(logits, targets)
+            loss = nn.functional.cross_entropy(logits, targets.to(setup.device))
         else:
-            loss = weighted_loss(logits, targets, weights)
+            loss = weighted_loss(logits, targets.to(setup.device), weights.to(setup.device))
         class_weight += torch.bincount(
             targets,
             weights=None if weights is None else weights.to(torch.float64),
@@ -284,7 +287,8 @@ def run_crest(
 
     def make_batches(model: nn.Module) -> Batches:
         session = Session(
-            coordinator, job_id, model=model, fetch=tensor_fetch(data.x_train, data.y_train),
+            coordinator, job_id, model=model,
+            fetch=tensor_fetch(data.x_train, data.y_train, setup.device),
             gradient=crest.gradient, hessian_probes=crest.hessian_probes, seed=seed,
         )  # fmt: skip
         sessions.append(session)
@@ -411,12 +415,11 @@ class E2EPlan:
 def warm_up(data: Dataset, setup: TrainSetup) -> None:
     """Pay one-time costs (lazy imports on the first optimizer step, allocator warm-up) before
     anything is timed, so that they land on no method's clock."""
-    model = cnn1d(data.x_train.shape[1], setup.channels, data.num_classes)
+    model = cnn1d(data.x_train.shape[1], setup.channels, data.num_classes).to(setup.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=setup.momentum)
+    x, y = data.x_train[: setup.batch_size], data.y_train[: setup.batch_size]
     for _ in range(3):
-        loss = nn.functional.cross_entropy(
-            model(data.x_train[: setup.batch_size]), data.y_train[: setup.batch_size]
-        )
+        loss = nn.functional.cross_entropy(model(x.to(setup.device)), y.to(setup.device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

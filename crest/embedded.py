@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
 from crest.client.remote import RemoteCoordinator
 from crest.proto.contract import Coordinator
 from crest.service.local import LocalCoordinator
 from crest.service.manager import JobManager
+from crest.worker.placement import pin_current_thread
 from crest.worker.selector import InProcessSelector
 
 
-def local_coordinator(device: str = "cpu") -> LocalCoordinator:
+def local_coordinator(
+    device: str = "cpu", cores: Collection[int] | None = None
+) -> LocalCoordinator:
     """An in-process coordinator with an in-process selector on ``device``.
+
+    ``cores`` pins the coordinator's side, its event-loop thread and its selector's thread,
+    to those cores (:func:`crest.worker.placement.pin_current_thread`); pin the training
+    thread to others, and the two stop sharing cores.
 
     ``CREST_STRICT=1`` (as for ``crest serve``'s ``strict`` setting) makes a selection bug fail
     the job's calls instead of falling back to random batches; the test suite sets it.
     """
     strict = os.environ.get("CREST_STRICT", "").lower() in ("1", "true")
-    return LocalCoordinator(JobManager(InProcessSelector(device), strict=strict))
+    local = LocalCoordinator(JobManager(InProcessSelector(device, cores=cores), strict=strict))
+    if cores:
+        local.submit(_pin(cores)).result()
+    return local
+
+
+async def _pin(cores: Collection[int]) -> None:
+    pin_current_thread(cores)  # on the loop's thread: it and the threads it starts later
 
 
 def connect(address: str | None = None, **remote_args: object) -> Coordinator:

@@ -33,7 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -117,7 +117,7 @@ class JobState:
         # Service side: who embeds now (the trainer takes over when its model cannot be
         # exported, and says why), and the region after the current one, drawn when the
         # current one opened and prepared by the selectors while it trains.
-        self.side: str = config.selection_side
+        self.side: Literal["trainer", "service"] = config.selection_side
         self.side_reason = "configured" if self.side == "service" else ""
         self.prepared: Region | None = None
 

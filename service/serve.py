@@ -14,6 +14,7 @@ from crest.service.server import create_server
 from crest.service.settings import ServeSettings
 from crest.service.store import open_store
 from crest.service.telemetry import RpcTelemetry
+from crest.worker.placement import parse_cores, pin_process
 from crest.worker.selector import InProcessSelector, Selector
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,9 @@ EMBEDDED_RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
 
 async def build_selector(settings: ServeSettings) -> Selector:
     """The in-process selector, or the Ray pool (joining ``ray_address`` or a local Ray)."""
+    cores = parse_cores(settings.selector_cores) if settings.selector_cores else None
     if settings.selector == "inprocess":
-        return InProcessSelector(settings.device)
+        return InProcessSelector(settings.device, settings.selector_threads, cores)
     embedded = not settings.ray_address
     if embedded:
         os.environ.update(EMBEDDED_RAY_ENV)
@@ -50,6 +52,7 @@ async def build_selector(settings: ServeSettings) -> Selector:
         num_actors=settings.selector_actors,
         gpu_share=settings.gpu_share,
         threads=settings.selector_threads,
+        cores=cores,
         deadline_s=settings.selection_timeout_s,
     )
 
@@ -59,7 +62,13 @@ async def serve(settings: ServeSettings) -> None:
 
     In-flight RPCs get ``grace_s`` to finish; every acknowledged change is already in the
     store (the journal is written before each reply), so stopping loses nothing.
+
+    With ``coordinator_cores`` the process is pinned first, so that every thread and process
+    it starts afterwards (gRPC's, an embedded Ray's) stays on those cores too.
     """
+    if settings.coordinator_cores:
+        pin_process(parse_cores(settings.coordinator_cores))
+        log.info("coordinator pinned to cores %s", settings.coordinator_cores)
     selector = await build_selector(settings)
     manager = JobManager(
         selector,

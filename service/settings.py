@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -73,12 +73,46 @@ class ServeSettings(BaseSettings):
     gpu_share: float = Field(
         1.0, gt=0, le=1, description="GPUs per selector actor where GPUs exist"
     )
-    selector_threads: int = Field(1, ge=1, description="torch threads per selector actor")
+    selector_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads per selector actor (or of the in-process selector); "
+        "default one per selector core, else 1",
+    )
+    selector_cores: str | None = Field(
+        None,
+        description="pin the selector actors (each on its node) or the in-process selector's "
+        "thread to these cores, e.g. 1 or 2-3; default unpinned",
+    )
+    coordinator_cores: str | None = Field(
+        None,
+        description="pin this process (event loop, gRPC and worker threads; an embedded Ray's "
+        "processes, and its actors unless selector_cores is set) to these cores, e.g. 1; "
+        "default unpinned",
+    )
+
+    @field_validator("selector_cores", "coordinator_cores")
+    @classmethod
+    def _core_list(cls, value: str | None) -> str | None:
+        """Checked and written canonically (``"2,3"`` -> ``"2-3"``); pinned by ``serve``."""
+        if value is None:
+            return None
+        from crest.worker.placement import format_cores, parse_cores
+
+        return format_cores(parse_cores(value))
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    @model_validator(mode="after")
+    def _threads_match_cores(self) -> ServeSettings:
+        from crest.worker.placement import parse_cores, selector_threads
+
+        cores = parse_cores(self.selector_cores) if self.selector_cores else None
+        selector_threads(self.selector_threads, cores)  # raises when they disagree
         return self
 
     @property

@@ -41,6 +41,7 @@ import logging
 import math
 import os
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 from crest.proto.errors import CrestError, InvalidArgument, Unavailable
 from crest.worker.fair_queue import FairQueue
 from crest.worker.model import ModelCache
+from crest.worker.placement import available_cores, pin_process, selector_threads
 from crest.worker.problems import EmbedRequest, EmbedResult, check_embed_request
 from crest.worker.selector import (
     SelectionRequest,
@@ -136,17 +138,25 @@ class SelectorActor:
         threads: torch intra-op threads (set in each call: with ``max_concurrency=2`` calls
             run on pool threads, and OpenMP's thread count is a per-thread setting).
         use_gpu: run on the GPU Ray assigned, if torch can see one.
+        cores: pin the whole actor process to these cores of its node
+            (:func:`~crest.worker.placement.pin_process`), ``threads`` being one per core.
     """
 
-    def __init__(self, threads: int, use_gpu: bool) -> None:
+    def __init__(self, threads: int, use_gpu: bool, cores: tuple[int, ...] | None = None) -> None:
         self.threads = threads
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        if cores:
+            pin_process(cores)  # Ray's threads too; threads started later inherit it
         torch.set_num_threads(threads)
         self.models = ModelCache()
 
     def ping(self) -> tuple[int, str]:
         """``(pid, device)``; answers while a selection runs (a second concurrent slot)."""
         return os.getpid(), self.device
+
+    def cores(self) -> tuple[int, ...]:
+        """The cores this actor runs on (those of the thread answering)."""
+        return available_cores()
 
     def select(self, *payloads: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[Any]:
         """Solve ``(embeddings, groups, budgets)`` payloads with one kernel call."""
@@ -216,7 +226,10 @@ class RaySelector:
         gpu_share: GPUs each actor requests where the cluster has GPUs (e.g. 0.5 leaves half
             of each to other work); never requested on a cluster without GPUs.
         cpus_per_actor: CPUs each actor requests from Ray.
-        threads: torch intra-op threads in each actor.
+        threads: torch intra-op threads in each actor; default one per core of ``cores``,
+            else 1.
+        cores: pin every actor's process to these cores of its node (all actors share the
+            set); default: unpinned (Ray's ``num_cpus`` is bookkeeping, not placement).
         deadline_s: longest time :meth:`select` may take before :class:`SelectionTimeout`
             when its caller passes no ``timeout_s`` (the coordinator always passes one).
         ready_timeout_s: longest wait for the actors to start; past it, the actors are
@@ -236,7 +249,8 @@ class RaySelector:
         num_actors: int | None = None,
         gpu_share: float = 1.0,
         cpus_per_actor: float = 1.0,
-        threads: int = 1,
+        threads: int | None = None,
+        cores: Collection[int] | None = None,
         deadline_s: float = 30.0,
         ready_timeout_s: float = 60.0,
         ping_timeout_s: float = 1.0,
@@ -249,8 +263,10 @@ class RaySelector:
         self.gpu_share = gpu_share if gpus > 0 else 0.0
         if num_actors is None:
             num_actors = max(1, math.floor(gpus)) if self.gpu_share else 1
-        if num_actors < 1 or threads < 1 or deadline_s <= 0 or max_batch_rows < 1:
-            raise ValueError("num_actors, threads, deadline_s and max_batch_rows must be > 0")
+        self.cores = tuple(sorted(cores)) if cores else None
+        threads = selector_threads(threads, self.cores)
+        if num_actors < 1 or deadline_s <= 0 or max_batch_rows < 1:
+            raise ValueError("num_actors, deadline_s and max_batch_rows must be > 0")
         self.deadline_s = deadline_s
         self.ping_timeout_s = ping_timeout_s
         self.max_batch_rows = max_batch_rows
@@ -258,7 +274,7 @@ class RaySelector:
         self._actor_class = ray.remote(SelectorActor).options(
             **self.resources, max_restarts=max_restarts, max_task_retries=0, max_concurrency=2
         )
-        self._actor_args = (threads, self.gpu_share > 0)
+        self._actor_args = (threads, self.gpu_share > 0, self.cores)
         self._slots = [_Slot(self._new_actor()) for _ in range(num_actors)]
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -299,6 +315,11 @@ class RaySelector:
     def actor_pids(self) -> list[int | None]:
         """Process id of each actor as last seen (for operators and fault tests)."""
         return [slot.pid for slot in self._slots]
+
+    @property
+    def actor_devices(self) -> list[str]:
+        """Torch device of each actor as last seen (``cuda`` where Ray gave it a GPU)."""
+        return [slot.device for slot in self._slots]
 
     @property
     def in_flight(self) -> list[int]:

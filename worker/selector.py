@@ -11,13 +11,14 @@ candidates with a trainer's exported model (:func:`run_embedding`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from crest.worker.model import ExportedModel, ModelCache, tensor_view
+from crest.worker.placement import available_cores, pin_current_thread, selector_threads
 from crest.worker.problems import (
     EmbedRequest,
     EmbedResult,
@@ -124,22 +125,48 @@ class InProcessSelector:
     """Runs the kernel (and embeddings) in this process, on one worker thread (torch releases
     the GIL); the worker keeps the last few models it embedded with.
 
-    The worker uses a single torch thread. A second thread with its own OpenMP team makes
-    libgomp oversubscribe the cores and throttle its spin-waits, which measured 2-3x slower
-    small ops in the *training* thread for as long as the worker lived.
+    The worker uses a single torch thread by default. A second thread with its own OpenMP
+    team makes libgomp oversubscribe the cores and throttle its spin-waits, which measured
+    2-3x slower small ops in the *training* thread for as long as the worker lived. Pinned to
+    other cores than the training thread (``cores``), the two no longer share a core.
 
     Args:
         device: where the kernel runs.
-        threads: torch intra-op threads of the worker (keep 1 beside a CPU training loop).
+        threads: torch intra-op threads of the worker (keep 1 beside a CPU training loop);
+            default one per core of ``cores``, else 1.
+        cores: pin the worker thread to these cores
+            (:func:`~crest.worker.placement.pin_current_thread`); default: unpinned.
+
+    Raises:
+        ValueError: ``threads`` disagrees with ``cores``, or a core does not exist.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", threads: int = 1) -> None:
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        cores: Collection[int] | None = None,
+    ) -> None:
         self.device = torch.device(device)
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="crest-select",
-            initializer=torch.set_num_threads, initargs=(threads,),
-        )  # fmt: skip
         self._models = ModelCache()  # used on the worker thread only
+        self.cores = tuple(sorted(cores)) if cores else None
+        self.threads = selector_threads(threads, self.cores)
+        # The pool's one thread lives as long as the pool: what its first task sets, it keeps.
+        # (An initializer's error would only break the pool; this one reaches the caller.)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crest-select")
+        if self.cores:
+            setup = self._executor.submit(pin_current_thread, self.cores)
+        else:
+            setup = self._executor.submit(torch.set_num_threads, self.threads)
+        try:
+            setup.result()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+
+    def worker_cores(self) -> tuple[int, ...]:
+        """The cores the worker thread runs on (what pinning did, seen from the thread)."""
+        return self._executor.submit(available_cores).result()
 
     async def select(
         self, request: SelectionRequest, timeout_s: float | None = None

@@ -1,7 +1,9 @@
-"""``crest serve`` with its own Ray: every socket on loopback, Ray's token required."""
+"""``crest serve`` with its own Ray: every socket on loopback, Ray's token required, the
+processes pinned as asked."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -14,11 +16,37 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crest.worker.placement import available_cores
 from tests.integration.conftest import crest_command, free_port, wait_for_port
 from tests.integration.test_processes import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 RAY_TOKEN = "c" * 32
+CORES = available_cores()
+# Pinned apart where there are two cores: the coordinator (and Ray) on one, the actor on the other.
+PINNED = (
+    ("--coordinator-cores", str(CORES[0]), "--selector-cores", str(CORES[1]))
+    if len(CORES) > 1
+    else ()
+)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def placement(pid: int) -> set[str]:
+    """The distinct cpu lists of process ``pid``'s threads (empty if it is gone)."""
+    found = set()
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    found.add(line.split(":", 1)[1].strip())
+    return found
 
 
 def descendants(root: int) -> set[int]:
@@ -86,7 +114,7 @@ def test_embedded_ray_listens_on_loopback_only_and_requires_its_token(tmp_path: 
     serve = subprocess.Popen(
         crest_command("serve", "--port", str(port), "--dashboard-port", "-1", "--selector", "ray",
                       "--ray-num-cpus", "1", "--ray-object-store-mb", "128",
-                      "--selector-actors", "1"),
+                      "--selector-actors", "1", *PINNED),
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
     )  # fmt: skip
     ray_pids: set[int] = set()
@@ -103,6 +131,12 @@ def test_embedded_ray_listens_on_loopback_only_and_requires_its_token(tmp_path: 
         assert {"gcs_server", "raylet"} <= names, f"Ray's servers not found: {sockets}"
         exposed = [(address, name) for address, name in sockets if not is_loopback(address)]
         assert exposed == [], f"listening beyond loopback: {exposed}"
+        if PINNED:  # Ray's servers inherit the coordinator's core; the actor pins itself
+            assert placement(serve.pid) == {str(CORES[0])}
+            for pid in ray_pids:
+                expected = {str(CORES[1 if "SelectorActor" in cmdline(pid) else 0])}
+                assert placement(pid) in (expected, set()), (cmdline(pid), placement(pid))
+            assert any("SelectorActor" in cmdline(pid) for pid in ray_pids)
 
         gcs = [address for address, name in sockets if name == "gcs_server"]
         for address in gcs:

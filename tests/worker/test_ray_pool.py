@@ -284,3 +284,35 @@ def test_embedding_with_wrong_weights_is_a_bug_not_a_timeout(pool) -> None:
     assert not isinstance(err.value, Unavailable)
     with pytest.raises(InvalidArgument, match="float32"):  # refused before it reaches Ray
         asyncio.run(pool.embed(dataclasses.replace(request, weights=request.weights.astype(int))))
+
+
+def test_pinned_actors_run_on_their_cores_with_one_thread_each() -> None:
+    from pathlib import Path
+
+    from crest.worker.placement import available_cores
+
+    target = available_cores()[-1]
+    pinned = ray_pool.RaySelector(**EXTRA, cores=[target])
+    try:
+        import ray
+
+        assert ray.get(pinned.actors[0].cores.remote(), timeout=60) == (target,)
+        # Every thread of the actor's process, Ray's own included, seen from outside.
+        (pid,) = pinned.actor_pids
+        seen = set()
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+                seen.add(tuple(sorted(os.sched_getaffinity(int(task.name)))))
+        assert seen == {(target,)}
+        request = region(11, "a")
+        assert_same(select_all(pinned, [request]), expected([request]))
+    finally:
+        pinned.close()
+    with pytest.raises(ValueError, match="threads=2 but 1 core"):
+        ray_pool.RaySelector(**EXTRA, threads=2, cores=[target])
+
+
+def test_an_actor_pinned_to_a_missing_core_fails_to_start_with_the_reason() -> None:
+    missing = os.cpu_count() or 1
+    with pytest.raises(ray_pool.PoolUnavailable, match=rf"core\(s\) {missing} do not exist"):
+        ray_pool.RaySelector(**EXTRA, cores=[missing])
