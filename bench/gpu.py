@@ -6,11 +6,12 @@ CPU, labelled ``cpu (no GPU)`` (CI runs that fallback, in seconds):
 * **kernel**: one synthetic CREST region solved on the CPU and on the device
   (:func:`~crest.worker.selector.run_selection`); the selections must be identical.
 * **selector actor**: a :class:`~crest.worker.ray_pool.RaySelector` of one actor that asks Ray
-  for a GPU (``gpu_share``) answers the region; it reports its device, and its answer must be
-  the CPU's.
-* **W1 random** and **W1 crest**: short MNIST-1D runs with the trainer's model, batches and
-  evaluation on the device (:attr:`crest.compare.TrainSetup.device`); CREST's coordinator is
-  in-process, its selector on the device too.
+  for a GPU (``gpu_share``) answers the region and embeds candidates with W1's exported model
+  (the service side); it reports its device, and its answers must be the CPU's.
+* **W1 random**, **W1 crest** and **W1 crest, service side**: short MNIST-1D runs with the
+  trainer's model, batches and evaluation on the device
+  (:attr:`crest.compare.TrainSetup.device`); CREST's coordinator is in-process, its selector
+  (which embeds, on the service side) on the device too.
 
 A failing check is a row that says why, and the command exits non-zero. Prints a table,
 writes ``results/gpu.json``. Timings are indicative (first calls, a shared machine).
@@ -19,6 +20,7 @@ writes ``results/gpu.json``. Timings are indicative (first calls, a shared machi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,8 +31,10 @@ import torch
 
 from crest.bench.selection import Region, timed
 from crest.compare import CrestSetup, TrainSetup, machine, run_baseline, run_crest, warm_up
+from crest.worker.model import ExportedModel, export_model, model_weights
+from crest.worker.problems import EmbedRequest
 from crest.worker.selector import SelectionResult, run_selection
-from crest.workloads import WORKLOADS
+from crest.workloads import WORKLOADS, cnn1d
 
 REGION = Region(per_class=200, dim=32, budget=20)  # 50 problems x 200 rows
 
@@ -100,6 +104,10 @@ def check_actor(plan: GpuPlan, device: str, label: str) -> dict[str, Any]:
             first = time.perf_counter()
             got = asyncio.run(pool.select(request))
             answer_ms = (time.perf_counter() - first) * 1e3
+            embedding = embed_request(plan)
+            first = time.perf_counter()
+            embedded = asyncio.run(pool.embed(embedding))
+            embed_ms = (time.perf_counter() - first) * 1e3
             (actor_device,) = pool.actor_devices
         finally:
             pool.close()
@@ -107,19 +115,43 @@ def check_actor(plan: GpuPlan, device: str, label: str) -> dict[str, Any]:
         if started:
             ray.shutdown()
     same = same_selection(got, run_selection(request, "cpu"))
+    reference = ExportedModel(embedding.artifact)
+    reference.load_weights(embedding.weights)
+    want = reference.embed(embedding.inputs, embedding.labels)
+    close = np.allclose(embedded.embeddings, want[0], atol=1e-4) and np.allclose(
+        embedded.losses, want[1], atol=1e-4
+    )
     expected = "cuda" if device == "cuda" else "cpu"
     return {
         "device": label if actor_device == expected else f"{actor_device} (expected {expected})",
-        "ok": same and actor_device == expected,
+        "ok": same and close and actor_device == expected,
         "ready_s": ready,
         "answer_ms": answer_ms,
+        "embed_ms": embed_ms,
         "actor_device": actor_device,
-        "time": f"ready {ready:.1f} s, first answer {answer_ms:.0f} ms",
-        "result": "equal to cpu" if same else "DIFFERS from cpu",
+        "time": f"ready {ready:.1f} s, first answer {answer_ms:.0f} ms, "
+        f"first embedding {embed_ms:.0f} ms",
+        "result": ("selection equal to cpu" if same else "selection DIFFERS from cpu")
+        + (", embeddings equal" if close else ", embeddings DIFFER"),
     }
 
 
-def check_training(method: str) -> Callable[[GpuPlan, str, str], dict[str, Any]]:
+def embed_request(plan: GpuPlan) -> EmbedRequest:
+    """W1's model, exported, and 2,048 candidates to embed with it (the service side)."""
+    torch.manual_seed(plan.seed)
+    model = cnn1d(40, 32, 10)
+    inputs = torch.randn(2048, 40)
+    artifact = export_model(model, inputs[:4])
+    return EmbedRequest(
+        job_id="gpu-check", model_id=hashlib.sha256(artifact).hexdigest()[:16],
+        artifact=artifact, weights=model_weights(model), inputs=inputs.numpy(),
+        labels=np.arange(2048, dtype=np.int64) % 10,
+    )  # fmt: skip
+
+
+def check_training(
+    method: str, side: str = "trainer"
+) -> Callable[[GpuPlan, str, str], dict[str, Any]]:
     def check(plan: GpuPlan, device: str, label: str) -> dict[str, Any]:
         from crest.embedded import local_coordinator
 
@@ -130,8 +162,8 @@ def check_training(method: str) -> Callable[[GpuPlan, str, str], dict[str, Any]]
             run = run_baseline(data, setup, plan.train_frac, plan.seed, progress=False)
         else:
             with local_coordinator(device) as coordinator:
-                run = run_crest(data, setup, CrestSetup(), plan.train_frac, plan.seed,
-                                coordinator, progress=False)  # fmt: skip
+                run = run_crest(data, setup, CrestSetup(selection_side=side), plan.train_frac,
+                                plan.seed, coordinator, progress=False)  # fmt: skip
         seconds = run.seconds["total"] + run.seconds["eval"]
         return {
             "device": label,
@@ -151,6 +183,7 @@ CHECKS: dict[str, Callable[[GpuPlan, str, str], dict[str, Any]]] = {
     "selector actor": check_actor,
     "W1 random, trainer": check_training("random"),
     "W1 crest, trainer": check_training("crest"),
+    "W1 crest, service side": check_training("crest", "service"),
 }
 
 

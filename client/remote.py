@@ -388,7 +388,7 @@ class RemoteCoordinator:
     ) -> None:
         """As :meth:`crest.proto.contract.Coordinator.publish_model`, in chunks under the
         message limit (one stream: the coordinator takes it whole or not at all)."""
-        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        inputs = requests.model(artifact, inputs)
 
         def messages() -> Iterator[pb.ModelChunk]:
             header = pb.ModelHeader(

@@ -58,7 +58,7 @@ from crest.proto.contract import (
     SessionInfo,
 )
 from crest.proto.convert import WEIGHT_DTYPES, encode_weights
-from crest.proto.errors import FailedPrecondition
+from crest.proto.errors import FailedPrecondition, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +473,8 @@ class Session:
             if view.status is RegionStatus.DONE:
                 return None
             if view.status is RegionStatus.EMBED:
+                if self.side == "service":  # e.g. rank 0 could not export the model
+                    self.side, self.side_reason = "trainer", "the job moved to the trainer side"
                 self._embed(view)
             elif view.status is RegionStatus.READY:
                 break
@@ -520,13 +522,12 @@ class Session:
             device = next(self.model.parameters()).device
             artifact = export_model(self.model, sample.to(device))
             num_weights = len(model_weights(self.model))
-        except NotExportable as err:
+            self.coordinator.publish_model(self.job_id, artifact, inputs, num_weights)
+        except (NotExportable, ResourceExhausted) as err:
             self.side, self.side_reason = "trainer", str(err)
             log.warning("job %s: the trainer embeds, since the service cannot: %s",
                         self.job_id, err)  # fmt: skip
             self.coordinator.publish_model(self.job_id, b"", np.zeros(0, np.float32), 0, str(err))
-            return
-        self.coordinator.publish_model(self.job_id, artifact, inputs, num_weights)
 
     def _all_inputs(self) -> np.ndarray:
         """Every example's inputs, read through ``fetch``, as one float32 array."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from crest.proto import convert
 from crest.proto.contract import JobConfig
-from crest.proto.errors import InvalidArgument
+from crest.proto.errors import InvalidArgument, ResourceExhausted
 
 
 def job(config: JobConfig | dict[str, Any], labels: np.ndarray) -> tuple[JobConfig, np.ndarray]:
@@ -95,3 +95,23 @@ def upload(
     if np.any(ordered[1:] == ordered[:-1]):
         raise InvalidArgument("indices contain duplicates")
     return indices.astype(np.int64, copy=False), embeddings, losses
+
+
+def model(artifact: bytes, inputs: np.ndarray) -> np.ndarray:
+    """A published model's inputs as sent: float32, one row per example, and with the artifact
+    within the wire's limit for one PublishModel stream.
+
+    Raises:
+        ResourceExhausted: over :data:`crest.proto.convert.MAX_PUBLISH_BYTES` (the job then
+            embeds on the trainer side).
+    """
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    if inputs.ndim < 1:
+        raise InvalidArgument(f"inputs must have one row per example, got shape {inputs.shape}")
+    size = len(artifact) + inputs.nbytes
+    if size > convert.MAX_PUBLISH_BYTES:
+        raise ResourceExhausted(
+            f"the model and its inputs are {size} bytes, over the {convert.MAX_PUBLISH_BYTES}"
+            "-byte limit of one publication"
+        )
+    return inputs

@@ -478,8 +478,10 @@ class JobState:
                 f"{region.weights_version}, not {weights_version}"
             )
         count = len(region.candidates)
-        embeddings = np.asarray(embeddings, dtype=np.float32)
-        losses = np.asarray(losses, dtype=np.float32)
+        # Own copies: the region keeps its losses, and a caller's arrays may be views of
+        # memory it does not own (e.g. Ray's object store).
+        embeddings = np.array(embeddings, dtype=np.float32)
+        losses = np.array(losses, dtype=np.float32)
         if embeddings.ndim != 2 or len(embeddings) != count or losses.shape != (count,):
             raise InvalidArgument(
                 f"region {region_id} needs ({count}, d) embeddings and ({count},) losses, got "

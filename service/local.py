@@ -103,7 +103,7 @@ class LocalCoordinator:
         num_weights: int,
         trainer_side: str = "",
     ) -> None:
-        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        inputs = requests.model(artifact, inputs)  # as the remote client checks it
         self._call(self.manager.publish_model(job_id, artifact, inputs, num_weights, trainer_side))
 
     def publish_weights(self, job_id: str, version: int, weights: np.ndarray) -> None:

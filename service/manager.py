@@ -678,10 +678,10 @@ class JobManager:
             if job.stale or job.gone or region is None or region.phase is not Phase.EMBED:
                 return
             model, version = job.model, region.weights_version
-            assert model is not None
-            request = await _off_loop(
-                _embed_request, job.state, region, model, job.weights[version]
-            )
+            weights = job.weights.get(version)
+            if model is None or weights is None:  # dropped meanwhile: GetRegion asks again
+                return
+            request = await _off_loop(_embed_request, job.state, region, model, weights)
         result: EmbedResult | None = None
         limit = self.selection_timeout_s
         try:

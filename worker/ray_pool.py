@@ -581,10 +581,12 @@ async def _run(actor: Any, batch: list[_Pending]) -> list[Any]:
     first = batch[0]
     if isinstance(first.request, EmbedRequest):
         request = first.request
-        call = actor.embed.remote(
+        result = await actor.embed.remote(
             request.model_id, first.artifact, first.payload, request.batch_size
         )
-        return [await call]
+        # Copies: the arrays are read-only views of the object store, which would keep the
+        # object pinned (and, held by a job for long, fill the store until Ray spills).
+        return [EmbedResult(result.embeddings.copy(), result.losses.copy())]
     return await _resolve(actor.select.remote(*[item.payload for item in batch]))
 
 

@@ -1,5 +1,5 @@
 """``crest serve`` with its own Ray: every socket on loopback, Ray's token required, the
-processes pinned as asked."""
+processes pinned as asked, and a service-side job embedded by the selector actor."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crest.client.remote import RemoteCoordinator
 from crest.worker.placement import available_cores
 from tests.integration.conftest import crest_command, free_port, wait_for_port
 from tests.integration.test_processes import ROOT
+from tests.training import blobs, job_config, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 RAY_TOKEN = "c" * 32
@@ -144,6 +146,14 @@ def test_embedded_ray_listens_on_loopback_only_and_requires_its_token(tmp_path: 
             assert gcs_call(address, None) is grpc.StatusCode.UNAUTHENTICATED
             assert gcs_call(address, "wrong" * 8) is grpc.StatusCode.UNAUTHENTICATED
             assert gcs_call(address, RAY_TOKEN) is grpc.StatusCode.OK
+        # The service side through it: the selector actor embeds from the published weights.
+        with RemoteCoordinator(f"127.0.0.1:{port}") as remote:
+            config = job_config(selection_side="service", seed=2)
+            job_id = remote.create_job(config, blobs()[1].numpy(), job_id="served")
+            session = train(remote, job_id)[0]
+            regions = remote.job_status(job_id).regions
+        assert session.side == "service" and session.timings.embed == 0.0
+        assert all(r.embedded_by == "service" and not r.fallback for r in regions)
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()
     finally:

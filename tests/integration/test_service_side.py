@@ -102,3 +102,18 @@ def test_a_model_that_cannot_be_exported_falls_back_to_the_trainer_side(caplog) 
     assert status.finished
     assert all(r.embedded_by == "trainer" for r in status.regions)
     assert session.timings.embed > 0
+
+
+def test_inputs_over_the_publication_limit_fall_back_to_the_trainer_side(monkeypatch) -> None:
+    """In-process as remotely: the limit of one PublishModel stream (1 GiB), lowered here."""
+    from crest.proto import convert
+
+    monkeypatch.setattr(convert, "MAX_PUBLISH_BYTES", 1000)
+    labels = blobs()[1].numpy()
+    with local_coordinator() as local:
+        job_id = local.create_job(service_config(seed=1), labels)
+        session = train(local, job_id)[0]
+        status = local.job_status(job_id)
+    assert session.side == "trainer" and "limit" in session.side_reason
+    assert status.selection_side == "trainer" and "limit" in status.selection_side_reason
+    assert status.finished and all(r.embedded_by == "trainer" for r in status.regions)

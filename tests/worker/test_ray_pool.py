@@ -269,6 +269,8 @@ def test_embeddings_on_the_pool_equal_the_exported_models(pool) -> None:
         want = local_embedding(request)
         np.testing.assert_allclose(got.embeddings, want[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got.losses, want[1], rtol=1e-5, atol=1e-6)
+        # The caller's own memory, not views pinning objects in the store (a job keeps them).
+        assert got.embeddings.flags.writeable and got.losses.flags.writeable
     assert not np.allclose(results[1].embeddings, results[3].embeddings)  # weights matter
     assert_same([selected], expected([region(11, "a")]))
     assert set(pool._artifacts) == {first.model_id, second.model_id}  # stored once each
