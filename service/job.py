@@ -29,6 +29,7 @@ an identical machine.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -54,6 +55,7 @@ from crest.service.pool import DropSchedule, ExamplePool, class_weights, distinc
 from crest.service.region import (
     Phase,
     Region,
+    closed,
     crest_region,
     random_region,
     region_end,
@@ -63,9 +65,31 @@ from crest.service.region import (
 from crest.service.strategy import AutoPolicy, coreset_quality
 from crest.worker.problems import SelectionRequest, SelectionResult
 
-__all__ = ["MAX_EMBEDDING_DIM", "JobState", "Phase", "Region", "Upload", "UploadChunk"]
+__all__ = [
+    "LIVE_CLOSED_REGIONS",
+    "MAX_EMBEDDING_DIM",
+    "ArchivedRegion",
+    "JobState",
+    "Phase",
+    "Region",
+    "Upload",
+    "UploadChunk",
+]
 
 MAX_EMBEDDING_DIM = 1 << 16
+# Closed regions the live state keeps whole (a rank a little behind the others still reads
+# the previous region); older ones leave it for the coordinator's archive, so that the live
+# state, and every snapshot of it, stays O(N) however many regions a job runs.
+LIVE_CLOSED_REGIONS = 2
+
+
+class ArchivedRegion(Exception):
+    """A read needs closed region ``region_id``, which left the live state: the coordinator
+    loads it from its archive (the state machine does no I/O) and asks the region itself."""
+
+    def __init__(self, region_id: int) -> None:
+        super().__init__(f"region {region_id} is archived")
+        self.region_id = region_id
 
 
 class Upload(StrEnum):
@@ -107,7 +131,8 @@ class JobState:
         self.config = config
         self.pool = ExamplePool(labels, config.num_classes, config.loss_window)
         self.region: Region | None = None
-        self.past: list[Region] = []  # closed regions, without embeddings
+        # The last LIVE_CLOSED_REGIONS closed regions, as :func:`closed` keeps them.
+        self.past: list[Region] = []
         self.stats: list[RegionStats] = []
         self.drops = DropSchedule.start(config)
         self.adapt = Adaptivity(config.check_interval, config.num_coresets)
@@ -120,6 +145,9 @@ class JobState:
         self.side: Literal["trainer", "service"] = config.selection_side
         self.side_reason = "configured" if self.side == "service" else ""
         self.prepared: Region | None = None
+        # Closed regions that just left ``past``: the coordinator archives them before it
+        # journals the change that closed them, so no snapshot needs them (not stored).
+        self.leaving: list[Region] = []
 
     # ----------------------------------------------------------------------------- regions
     def view(self, rank: int, step: int) -> RegionView:
@@ -129,6 +157,7 @@ class JobState:
             InvalidArgument: rank or step out of range.
             FailedPrecondition: ``step`` lies beyond an undecided check, or in a region that
                 is due but not open yet (:meth:`open_region` first).
+            ArchivedRegion: ``step`` lies in a closed region that left the live state.
         """
         if self._opens_region(rank, step):
             raise FailedPrecondition(f"the region starting at step {step} is not open yet")
@@ -188,6 +217,11 @@ class JobState:
         for region in reversed(self.past):
             if region.start_step <= step < region.end_step:
                 return region
+        # Archived: the region statistics say which one (closed ones, in step order).
+        closed_count = self.past[0].region_id if self.past else 0
+        found = bisect.bisect_right(self.stats, step, hi=closed_count, key=lambda s: s.start_step)
+        if found > 0 and step < (self.stats[found - 1].end_step or 0):
+            raise ArchivedRegion(found - 1)
         raise FailedPrecondition(f"step {step} belongs to no recorded region")
 
     def _open(self, start: int) -> None:
@@ -303,19 +337,25 @@ class JobState:
         regions lasted steps (at least P_0, at most the adaptive P), so that coresets nobody
         trains on are not embedded and selected. A region that outlasts them reuses them in
         turn (on W1 that cost accuracy: docs/benchmarks.md, so it is off by default)."""
-        recent = [r.end_step - r.start_step for r in self.past[-3:]]
+        closed_count = self.past[-1].region_id + 1 if self.past else 0
+        recent = [
+            (s.end_step or s.start_step) - s.start_step
+            for s in self.stats[max(0, closed_count - 3) : closed_count]
+        ]
         wanted = max([self.config.num_coresets, *recent])
         return min(self.adapt.num_coresets, wanted)
 
     def _close(self, region: Region) -> None:
-        """Adapt k and P and the strategy to the closing region, and archive it."""
+        """Adapt k and P and the strategy to the closing region, keep what its views need,
+        and hand the oldest closed region to the archive when the live window is full."""
         stats = self.stats[region.region_id]
         stats.end_step, stats.end_reason = region.end_step, region.end_reason
         stats.curvature = region.curvature
         self.adapt.after(region, self.config)
         self.strategy.after(region, stats, self.config)
-        region.pending = {}
-        self.past.append(region)
+        self.past.append(closed(region))
+        while len(self.past) > LIVE_CLOSED_REGIONS:
+            self.leaving.append(self.past.pop(0))
 
     def _pool_floor(self) -> np.ndarray:
         """``(C,)`` pool members each class keeps: enough for P x W disjoint subsets."""
@@ -618,20 +658,17 @@ class JobState:
         Returns:
             The decision, or None while other ranks have not reported. Reporting a step that
             is already decided, in this region or a past one (a trainer replaying from a
-            checkpoint), returns the recorded decision.
+            checkpoint), returns the recorded decision (see :meth:`decided`).
 
         Raises:
             InvalidArgument: malformed scalars or a step that is not a check step.
             FailedPrecondition: wrong region, phase, or a check out of order.
+            ArchivedRegion: the report is of a closed region that left the live state.
         """
-        self._check_rank(rank)
-        if 0 <= report.region_id < len(self.past):  # past regions are archived in id order
-            past = self.past[report.region_id]
-            if report.step in past.decisions:
-                return past.decisions[report.step]
+        known = self.decided(rank, report)
+        if known is not None:
+            return known
         region = self._current(report.region_id)
-        if report.step in region.decisions:
-            return region.decisions[report.step]
         if region.phase is not Phase.READY:
             raise FailedPrecondition(f"region {region.region_id} has no coresets yet")
         validate_report(report)
@@ -649,6 +686,23 @@ class JobState:
         stats.checks.append(record)
         stats.initial_loss = region.initial_loss
         return decision
+
+    def decided(self, rank: int, report: CheckReport) -> CheckDecision | None:
+        """The decision already recorded for ``report``'s check, if any: reporting it again
+        changes nothing (the coordinator journals only reports that are not).
+
+        Raises:
+            InvalidArgument: rank out of range.
+            ArchivedRegion: the report is of a closed region that left the live state.
+        """
+        self._check_rank(rank)
+        region_id = report.region_id
+        for region in (self.region, *self.past):
+            if region is not None and region.region_id == region_id:
+                return region.decisions.get(report.step)
+        if 0 <= region_id < (self.past[0].region_id if self.past else 0):
+            raise ArchivedRegion(region_id)
+        return None
 
     # ----------------------------------------------------------------------------- helpers
     def _check_rank(self, rank: int) -> None:
@@ -719,6 +773,7 @@ class JobState:
         job = cls.__new__(cls)  # every attribute comes from the state (checked when stored)
         for name, (_, decode) in _STATE.items():
             setattr(job, name, decode(state[name]))
+        job.leaving = []
         return job
 
 
@@ -727,7 +782,8 @@ def _optional_region(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 # Every attribute of a JobState and how it is stored: the one list of them for snapshots and
-# restores (tests/service/test_job.py checks it against a new job's attributes).
+# restores (tests/service/test_job.py checks it against a new job's attributes, which also
+# have ``leaving``: regions on their way to the archive, empty whenever a snapshot is taken).
 _STATE: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "job_id": (str, str),
     "config": (lambda c: c.model_dump(mode="json"), JobConfig.model_validate),

@@ -6,13 +6,14 @@ events to the same snapshot gives the same state, because the state machine is d
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 
 from crest.proto.contract import CheckReport
 from crest.service.codec import pack, unpack
-from crest.service.job import JobState, UploadChunk
+from crest.service.job import ArchivedRegion, JobState, UploadChunk
 from crest.worker.problems import SelectionResult
 
 
@@ -108,6 +109,8 @@ def replay(state: JobState, blob: bytes) -> None:
     elif op == "fallback":
         state.complete_fallback(event["region_id"])
     elif op == "check":
-        state.record_check(event["rank"], CheckReport(**event["report"]))
+        # A report of an archived region (journaled by older coordinators) changed nothing.
+        with contextlib.suppress(ArchivedRegion):
+            state.record_check(event["rank"], CheckReport(**event["report"]))
     else:
         raise ValueError(f"unknown journal event {op!r}")

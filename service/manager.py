@@ -23,6 +23,13 @@ releases the GIL for large array work; the Python loops left between (per subset
 bounded by the config's region limits, :data:`crest.proto.contract.MAX_REGION_PROBLEMS`) give
 the loop the GIL back every switch interval.
 
+Bounded state: a job's live state keeps its last few closed regions
+(:data:`crest.service.job.LIVE_CLOSED_REGIONS`); older ones go to the store's archive, one
+value each, before the change that closed them is journaled, and the archive keeps the last
+``archived_regions`` of them. A trainer resuming into an archived region (its view, or a
+check it reports again) is answered from the archive; into an expired one, with
+:class:`FailedPrecondition`. So snapshots and the stored bytes of a job stay O(N).
+
 Lifecycle: :meth:`JobManager.delete_job` removes a job from memory and from the store; with
 ``finished_ttl_s`` set, finished jobs are deleted that long after they finished (the finish
 time is stored, so the clock survives restarts).
@@ -63,9 +70,10 @@ from crest.proto.errors import (
     Unavailable,
 )
 from crest.service import journal
-from crest.service.codec import pack, unpack
-from crest.service.job import JobState, Phase, Region, Upload, UploadChunk
-from crest.service.store import MemoryStore, StateStore, StoredJob
+from crest.service.codec import join, pack, split, unpack
+from crest.service.job import ArchivedRegion, JobState, Phase, Region, Upload, UploadChunk
+from crest.service.region import region_from_state, region_to_state
+from crest.service.store import MemoryStore, StateStore, StoredJob, StoredRegion
 from crest.service.telemetry import JobTelemetry, SelectionEvent
 from crest.worker.problems import EmbedRequest, EmbedResult, SelectionResult, Selector
 
@@ -76,6 +84,10 @@ T = TypeVar("T")
 DEFAULT_WAIT_S = 60.0
 DEFAULT_SELECTION_TIMEOUT_S = 30.0
 SNAPSHOT_EVERY = 64  # journal events between snapshots
+# Stored snapshots cut arrays into pieces of about this size: every value stays small (well
+# under a 1 MiB CREST_STORE_MAX_VALUE_MB), and a snapshot rewrites only the pieces that changed.
+PIECE_BYTES = 512 * 2**10
+ARCHIVED_REGIONS = 256  # closed regions a job's archive keeps (resumes into older ones fail)
 MAX_JOB_ID_LENGTH = 128
 
 
@@ -111,6 +123,7 @@ class _Job:
     model: ServedModel | None = None  # service side: published by the trainer, in memory only
     weights: dict[int, np.ndarray] = field(default_factory=dict)  # step -> flat float32
     journal_length: int = 0
+    archived: Region | None = None  # the archived region read last (a resuming rank's)
     stale: bool = False  # memory may hold changes the store does not: reload first
     finished_at: float | None = None  # Unix time the job was first seen finished
     gone: CrestError | None = None  # deleted, lost, or (strict mode) hit a selection bug: what
@@ -173,16 +186,19 @@ async def _off_loop(fn: Callable[..., T], *args: object) -> T:
 
 def _rebuild(stored: StoredJob) -> JobState:
     """A job's state from its snapshot and journal (heavy: regions are drawn again)."""
-    state = JobState.from_state(unpack(stored.snapshot))
+    state = JobState.from_state(join(unpack(stored.snapshot), stored.pieces))
     for event in stored.log:
         journal.replay(state, event)
+    state.leaving.clear()  # archived before their events were journaled
     return state
 
 
-def _new_job(job_id: str, config: JobConfig, labels: np.ndarray) -> tuple[JobState, bytes]:
+def _new_job(
+    job_id: str, config: JobConfig, labels: np.ndarray
+) -> tuple[JobState, tuple[bytes, dict[str, bytes]]]:
     """A new job's state and its first snapshot."""
     state = JobState(job_id, config, labels)
-    return state, pack(state.to_state())
+    return state, _stored_snapshot(state)
 
 
 def _checked_upload(
@@ -210,6 +226,9 @@ class JobManager:
             the job's waiting calls with :class:`SelectionCrashed` instead of falling back.
             Either way it is logged with its type and counted in the job's telemetry.
         snapshot_every: journal events between snapshots (bounds replay at restart).
+        archived_regions: closed regions each job's archive keeps for trainers that resume
+            from a checkpoint; a resume into an older region fails with
+            :class:`FailedPrecondition`.
         finished_ttl_s: delete finished jobs this long after they finished; 0 keeps them.
     """
 
@@ -221,6 +240,7 @@ class JobManager:
         wait_s: float = DEFAULT_WAIT_S,
         selection_timeout_s: float = DEFAULT_SELECTION_TIMEOUT_S,
         snapshot_every: int = SNAPSHOT_EVERY,
+        archived_regions: int = ARCHIVED_REGIONS,
         strict: bool = False,
         finished_ttl_s: float = 0.0,
     ) -> None:
@@ -229,6 +249,9 @@ class JobManager:
         self.wait_s = wait_s
         self.selection_timeout_s = selection_timeout_s
         self.snapshot_every = snapshot_every
+        if archived_regions < 1:
+            raise ValueError(f"archived_regions must be >= 1, got {archived_regions}")
+        self.archived_regions = archived_regions
         self.strict = strict
         self.finished_ttl_s = finished_ttl_s
         self._jobs: dict[str, _Job] = {}
@@ -299,9 +322,9 @@ class JobManager:
                     raise FailedPrecondition(f"job {job_id!r} exists with another config or labels")
                 return job_id
             job_id = job_id or uuid.uuid4().hex[:16]
-            state, snapshot = await _off_loop(_new_job, job_id, config, labels)
+            state, (head, pieces) = await _off_loop(_new_job, job_id, config, labels)
             try:
-                await self.store.create(job_id, snapshot)
+                await self.store.create(job_id, head, pieces)
             except ResourceExhausted:  # too large to store: permanent, and nothing was created
                 raise
             except Exception as err:
@@ -412,13 +435,16 @@ class JobManager:
         """Make one applied change durable before it is acknowledged.
 
         When a snapshot is due it is written instead of the event (it holds the event's
-        effect), so that a write that fails leaves the store exactly as it was.
+        effect), so that a write that fails leaves the store exactly as it was. Closed
+        regions the change moved out of the live state are archived first, so that the
+        stored state never lacks one (a retried archive write stores the same bytes).
         """
         job_id = job.state.job_id
         try:
+            await self._archive(job)
             if job.journal_length + 1 >= self.snapshot_every:
-                snapshot = await _off_loop(_snapshot, job.state)
-                await self.store.snapshot(job_id, snapshot)
+                head, pieces = await _off_loop(_stored_snapshot, job.state)
+                await self.store.snapshot(job_id, head, pieces)
                 job.journal_length = 0
             else:
                 job.journal_length = await self.store.append(job_id, event)
@@ -438,6 +464,40 @@ class JobManager:
             raise Unavailable(f"the state store failed: {err}") from None
         self._unwritable.pop(job_id, None)
         await self._note_finished(job)
+
+    async def _archive(self, job: _Job) -> None:
+        """Write the closed regions that left the job's live state to the archive."""
+        leaving = job.state.leaving
+        while leaving:
+            stored = await _off_loop(_pack_region, leaving[0])
+            await self.store.archive(
+                job.state.job_id, leaving[0].region_id, stored, self.archived_regions
+            )
+            leaving.pop(0)
+
+    async def _archived(self, job: _Job, region_id: int) -> Region:
+        """Closed region ``region_id`` from the archive (call with the job's lock held).
+
+        Raises:
+            FailedPrecondition: it expired: the trainer resumes from too old a checkpoint.
+            Unavailable: the store failed.
+        """
+        if job.archived is not None and job.archived.region_id == region_id:
+            return job.archived
+        job_id = job.state.job_id
+        try:
+            stored = await self.store.archived(job_id, region_id)
+        except Exception as err:
+            raise Unavailable(f"the state store failed: {err}") from None
+        if stored is None:
+            raise FailedPrecondition(
+                f"region {region_id} of job {job_id!r} has expired: the coordinator keeps the "
+                f"last {self.archived_regions} closed regions of a job (archived_regions), and "
+                f"the job is in region {job.state.regions_opened - 1}. The checkpoint is too "
+                "old to resume from: use a more recent one"
+            )
+        job.archived = await _off_loop(_unpack_region, stored)
+        return job.archived
 
     async def _note_finished(self, job: _Job) -> None:
         """Record when a job finished (its expiry clock), once."""
@@ -527,7 +587,10 @@ class JobManager:
     async def _view(self, job: _Job, rank: int, step: int) -> RegionView:
         """The view of ``step``, opening (and journaling) its region first when it is due."""
         await _to_the_end(self._open(job, rank, step))
-        return job.state.view(rank, step)
+        try:
+            return job.state.view(rank, step)
+        except ArchivedRegion as archived:  # a rank resuming from a checkpoint
+            return (await self._archived(job, archived.region_id)).view(rank)
 
     async def _open(self, job: _Job, rank: int, step: int) -> None:
         if await _off_loop(job.state.open_region, rank, step):
@@ -823,12 +886,12 @@ class JobManager:
         job = self._job(job_id)
         async with job.changed:
             await self._fresh(job)
-            region = job.state.region
-            known = region is not None and report.step in region.decisions
-            decision = job.state.record_check(rank, report)
-            if not known:
-                await self._journal(job, journal.checked(rank, report))
+            known = await self._decided(job, rank, report)
             job.telemetry.rank(rank).advance(report.step + 1)
+            if known is not None:  # reported again (a retry, a resume): nothing changes
+                return known
+            decision = job.state.record_check(rank, report)
+            await self._journal(job, journal.checked(rank, report))
             if decision is not None:
                 job.changed.notify_all()
                 return decision
@@ -837,6 +900,20 @@ class JobManager:
             await self._wait(job, lambda: report.step in region.decisions,
                              lambda: "the other ranks' check reports", timeout)  # fmt: skip
             return region.decisions[report.step]
+
+    async def _decided(self, job: _Job, rank: int, report: CheckReport) -> CheckDecision | None:
+        """The decision already recorded for ``report``'s check, from the archive if need be
+        (see :meth:`JobState.decided`)."""
+        try:
+            return job.state.decided(rank, report)
+        except ArchivedRegion as archived:
+            decision = (await self._archived(job, archived.region_id)).decisions.get(report.step)
+            if decision is None:
+                raise FailedPrecondition(
+                    f"region {archived.region_id} is closed, and it decided no check after step "
+                    f"{report.step}"
+                ) from None
+            return decision
 
     async def _wait(
         self,
@@ -885,12 +962,15 @@ class JobManager:
                 )
             if state.regions_opened <= job.state.regions_opened:
                 return False
-            try:
-                await self.store.snapshot(job_id, snapshot)
+            head, pieces = await _off_loop(_stored_snapshot, state)
+            try:  # the job starts over from the snapshot: its archive was of another history
+                await self.store.create(job_id, head, pieces)
             except Exception as err:
                 raise Unavailable(f"the state store failed: {err}") from None
             job.cancel_work()
             job.state, job.journal_length, job.telemetry = state, 0, JobTelemetry()
+            job.archived, job.finished_at = None, None
+            await self._note_finished(job)
             job.changed.notify_all()
             log.info("restored job %s from a checkpoint at step %d", job_id, state.status().step)
             return True
@@ -935,11 +1015,27 @@ def _embed_request(
 
 
 def _snapshot(state: JobState) -> bytes:
+    """The whole state in one blob, for a trainer's checkpoint."""
     return pack(state.to_state())
+
+
+def _stored_snapshot(state: JobState) -> tuple[bytes, dict[str, bytes]]:
+    """The state as the store keeps it: a head and pieces (:func:`split`)."""
+    head, pieces = split(state.to_state(), PIECE_BYTES)
+    return pack(head), pieces
 
 
 def _from_snapshot(snapshot: bytes) -> JobState:
     return JobState.from_state(unpack(snapshot))
+
+
+def _pack_region(region: Region) -> StoredRegion:
+    head, pieces = split(region_to_state(region), PIECE_BYTES)
+    return StoredRegion(pack(head), pieces)
+
+
+def _unpack_region(stored: StoredRegion) -> Region:
+    return region_from_state(join(unpack(stored.head), stored.pieces))
 
 
 def _awaited_by_region(state: JobState) -> str:

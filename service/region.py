@@ -8,6 +8,7 @@ random batches and is ready at once. Arrays over *candidate slots* are rank-majo
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field, fields
@@ -110,6 +111,25 @@ class Region:
             batches=batches,
             initial_loss=self.initial_loss,
         )
+
+
+def closed(region: Region) -> Region:
+    """What a closed region keeps: what :meth:`Region.view` and its recorded decisions need
+    (a trainer resuming from a checkpoint asks for them), without the selection's working
+    arrays (members and their problems, losses, class budgets, embeddings), which are as large
+    as its candidates and never read again once it closed."""
+    empty = np.zeros(0, np.int64)
+    return dataclasses.replace(
+        region,
+        members=empty,
+        member_groups=empty,
+        class_budgets=empty,
+        embeddings=None,
+        losses=np.zeros(0, np.float32),
+        # only an unfinished region's view reads which slots arrived
+        received=region.received if region.phase is Phase.EMBED else np.zeros(0, bool),
+        pending={},
+    )
 
 
 # ----------------------------------------------------------------------------- drawing

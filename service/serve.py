@@ -75,6 +75,7 @@ async def serve(settings: ServeSettings) -> None:
         open_store(settings.store, settings.store_max_value_mb * 2**20),
         wait_s=settings.wait_s,
         selection_timeout_s=settings.selection_timeout_s,
+        archived_regions=settings.archived_regions,
         strict=settings.strict,
         finished_ttl_s=settings.finished_job_ttl_s,
     )

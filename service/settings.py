@@ -26,7 +26,17 @@ class ServeSettings(BaseSettings):
         "memory://", description="job state: memory:// or redis://host:port/db (durable)"
     )
     store_max_value_mb: int = Field(
-        64, ge=1, le=511, description="largest job snapshot or event written to Redis, MiB"
+        64,
+        ge=1,
+        le=511,
+        description="largest value written to Redis (a job's snapshot head or piece, event, "
+        "archived region), MiB",
+    )
+    archived_regions: int = Field(
+        256,
+        ge=1,
+        description="closed regions kept per job for trainers resuming from a checkpoint; a "
+        "resume into an older region fails",
     )
     finished_job_ttl_s: float = Field(
         7 * 86400.0, ge=0, description="delete finished jobs this long after they finish; 0 never"

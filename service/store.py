@@ -3,7 +3,10 @@
 The job state machine is deterministic, so a job is stored as its last snapshot plus the
 events applied since (see :mod:`crest.service.journal`); replaying them rebuilds the exact
 state. Every acknowledged change is one atomic append, written before the RPC that caused it
-is answered; a snapshot replaces the journal atomically.
+is answered; a snapshot replaces the journal atomically. A snapshot comes as a *head* and
+*pieces* (:func:`crest.service.codec.split`: the large arrays, such as the per-example state,
+in bounded row ranges named by their content): the store writes only the pieces it does not
+hold yet, and drops the ones the new head no longer names.
 
 Two implementations of :class:`StateStore`: :class:`MemoryStore` (the default; state lives as
 long as the process) and :class:`RedisStore`. Redis key layout, for job ``J`` and key prefix
@@ -13,21 +16,29 @@ long as the process) and :class:`RedisStore`. Redis key layout, for job ``J`` an
 key                   type    content
 ====================  ======  =============================================================
 ``P jobs``            set     ids of all jobs
-``P job:J:snapshot``  string  :func:`crest.service.codec.pack` of ``JobState.to_state()``
+``P job:J:snapshot``  string  the snapshot's head: the packed state, large arrays split out
+``P job:J:pieces``    hash    piece name -> packed piece (what the head names, maybe more)
 ``P job:J:log``       list    packed events applied after the snapshot, oldest first
+``P job:J:archive``   hash    closed regions that left the live state: field ``I`` the head
+                              of region ``I``, ``I:name`` its pieces
 ``P finished``        hash    job id -> Unix time the job finished (drives expiry)
 ====================  ======  =============================================================
 
 :class:`RedisStore` refuses a value over ``max_value_bytes`` with :class:`ResourceExhausted`
 before sending it: Redis itself drops the connection on a value past its ``proto-max-bulk-len``
 (indistinguishable from an outage, so the write would be retried forever), and a value of a
-few hundred MB already outlasts the socket timeout. Writing to a job the store no longer
+few hundred MB already outlasts the socket timeout. No command carries more than one value:
+pieces and events are written and read one at a time, and the socket timeout grows with
+``max_value_bytes``. Closed regions that left the live state live in the archive (split like
+snapshots), at most ``keep`` per job (the oldest expire), so that neither a snapshot nor the
+stored bytes of a job grow with the regions it ran. Writing to a job the store no longer
 holds (a Redis restarted without its data) raises :class:`DataLoss` rather than recreating
 part of it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlparse
@@ -35,17 +46,30 @@ from urllib.parse import urlparse
 from crest.proto.errors import DataLoss, InvalidArgument, ResourceExhausted
 
 DEFAULT_MAX_VALUE_BYTES = 64 * 2**20
+_NO_PIECES: Mapping[str, bytes] = {}
 
 
 @dataclass
 class StoredJob:
-    snapshot: bytes
+    snapshot: bytes  # the head
     log: list[bytes] = field(default_factory=list)
+    pieces: dict[str, bytes] = field(default_factory=dict)  # at least those the head names
+
+
+@dataclass
+class StoredRegion:
+    """An archived region, split like a snapshot (:func:`crest.service.codec.split`)."""
+
+    head: bytes
+    pieces: dict[str, bytes] = field(default_factory=dict)
 
 
 class StateStore(Protocol):
-    async def create(self, job_id: str, snapshot: bytes) -> None:
-        """Record a new job with its initial snapshot and an empty journal."""
+    async def create(
+        self, job_id: str, snapshot: bytes, pieces: Mapping[str, bytes] = _NO_PIECES
+    ) -> None:
+        """Record a job with its initial snapshot (head and pieces), an empty journal and an
+        empty archive (replacing whatever was stored for ``job_id``)."""
         ...
 
     async def append(self, job_id: str, event: bytes) -> int:
@@ -57,16 +81,33 @@ class StateStore(Protocol):
         """
         ...
 
-    async def snapshot(self, job_id: str, snapshot: bytes) -> None:
-        """Replace a job's snapshot and empty its journal, atomically.
+    async def snapshot(
+        self, job_id: str, snapshot: bytes, pieces: Mapping[str, bytes] = _NO_PIECES
+    ) -> None:
+        """Replace a job's snapshot (head and pieces) and empty its journal, atomically.
 
         Raises:
             DataLoss: the store does not hold the job.
-            ResourceExhausted: the snapshot is over the value limit.
+            ResourceExhausted: the head or a piece is over the value limit.
         """
         ...
 
     async def load(self, job_id: str) -> StoredJob | None: ...
+
+    async def archive(self, job_id: str, region_id: int, region: StoredRegion, keep: int) -> None:
+        """Keep closed region ``region_id`` apart from the live state, and expire the
+        archived regions ``keep`` or more ids older, so that a job holds at most ``keep``.
+        Writing a region again replaces it (a retried write stores the same bytes).
+
+        Raises:
+            DataLoss: the store does not hold the job.
+            ResourceExhausted: the head or a piece is over the value limit.
+        """
+        ...
+
+    async def archived(self, job_id: str, region_id: int) -> StoredRegion | None:
+        """A region :meth:`archive` kept; None if it never was or has expired."""
+        ...
 
     async def job_ids(self) -> list[str]: ...
 
@@ -98,10 +139,26 @@ def _check_size(job_id: str, what: str, value: bytes, limit: int | None) -> None
         )
 
 
+def _check_sizes(
+    job_id: str, snapshot: bytes, pieces: Mapping[str, bytes], limit: int | None
+) -> None:
+    _check_size(job_id, "snapshot head", snapshot, limit)
+    for piece in pieces.values():
+        _check_size(job_id, "snapshot piece", piece, limit)
+
+
 def _text(reply: bytes | str) -> str:
     """A Redis key or member as text: replies are bytes (the client does not decode them, since
     snapshots and logs are binary), though redis-py's types also allow str."""
     return reply.decode() if isinstance(reply, bytes) else reply
+
+
+def _blob(job_id: str, reply: bytes | str | None) -> bytes:
+    """A stored value read back (binary: the client does not decode replies); None when it
+    vanished while it was read, as when Redis lost the job meanwhile."""
+    if not isinstance(reply, bytes):
+        raise _lost(job_id)
+    return reply
 
 
 def _lost(job_id: str) -> DataLoss:
@@ -123,10 +180,14 @@ class MemoryStore:
         self.max_value_bytes = max_value_bytes
         self._jobs: dict[str, StoredJob] = {}
         self._finished: dict[str, float] = {}
+        self._archives: dict[str, dict[int, StoredRegion]] = {}
 
-    async def create(self, job_id: str, snapshot: bytes) -> None:
-        _check_size(job_id, "snapshot", snapshot, self.max_value_bytes)
-        self._jobs[job_id] = StoredJob(snapshot)
+    async def create(
+        self, job_id: str, snapshot: bytes, pieces: Mapping[str, bytes] = _NO_PIECES
+    ) -> None:
+        _check_sizes(job_id, snapshot, pieces, self.max_value_bytes)
+        self._jobs[job_id] = StoredJob(snapshot, pieces=dict(pieces))
+        self._archives[job_id] = {}
 
     async def append(self, job_id: str, event: bytes) -> int:
         _check_size(job_id, "journal event", event, self.max_value_bytes)
@@ -136,21 +197,36 @@ class MemoryStore:
         log.append(event)
         return len(log)
 
-    async def snapshot(self, job_id: str, snapshot: bytes) -> None:
-        _check_size(job_id, "snapshot", snapshot, self.max_value_bytes)
+    async def snapshot(
+        self, job_id: str, snapshot: bytes, pieces: Mapping[str, bytes] = _NO_PIECES
+    ) -> None:
+        _check_sizes(job_id, snapshot, pieces, self.max_value_bytes)
         if job_id not in self._jobs:
             raise _lost(job_id)
-        self._jobs[job_id] = StoredJob(snapshot)
+        self._jobs[job_id] = StoredJob(snapshot, pieces=dict(pieces))
 
     async def load(self, job_id: str) -> StoredJob | None:
         job = self._jobs.get(job_id)
-        return None if job is None else StoredJob(job.snapshot, list(job.log))
+        return None if job is None else StoredJob(job.snapshot, list(job.log), dict(job.pieces))
+
+    async def archive(self, job_id: str, region_id: int, region: StoredRegion, keep: int) -> None:
+        _check_sizes(job_id, region.head, region.pieces, self.max_value_bytes)
+        if job_id not in self._jobs:
+            raise _lost(job_id)
+        kept = self._archives.setdefault(job_id, {})
+        kept[region_id] = StoredRegion(region.head, dict(region.pieces))
+        for old in [i for i in kept if i <= region_id - keep]:
+            del kept[old]
+
+    async def archived(self, job_id: str, region_id: int) -> StoredRegion | None:
+        return self._archives.get(job_id, {}).get(region_id)
 
     async def job_ids(self) -> list[str]:
         return list(self._jobs)
 
     async def delete(self, job_id: str) -> bool:
         self._finished.pop(job_id, None)
+        self._archives.pop(job_id, None)
         return self._jobs.pop(job_id, None) is not None
 
     async def mark_finished(self, job_id: str, at: float) -> None:
@@ -172,15 +248,36 @@ class RedisStore:
     Args:
         url: ``redis://host:port/db`` (``rediss://`` for TLS).
         prefix: key prefix, so several deployments can share one Redis.
-        max_value_bytes: the largest snapshot or event sent (keep it well under the
-            server's ``proto-max-bulk-len``, 512 MiB by default).
+        max_value_bytes: the largest value sent (keep it well under the server's
+            ``proto-max-bulk-len``, 512 MiB by default); the socket timeout allows 5 s plus
+            one second per ``TIMEOUT_BYTES_PER_S`` of it.
     """
+
+    TIMEOUT_BYTES_PER_S = 16 * 2**20  # a slow link, or a busy server: still no timeout
 
     # Appends only to a job whose snapshot exists: a bare RPUSH would recreate a journal
     # without its snapshot after Redis lost the job.
     _APPEND = """
     if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
     return redis.call('RPUSH', KEYS[2], ARGV[1])
+    """
+    # Writes a snapshot or archive piece (ARGV[1]: field, ARGV[2]: blob) of a job whose
+    # snapshot exists.
+    _PIECE = """
+    if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+    return redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+    """
+    # Completes an archived region (ARGV[1]: id, ARGV[2]: head; its pieces are in) of a job
+    # whose snapshot exists, and expires the regions up to id ARGV[3], pieces and all (the
+    # hash holds about ``keep`` regions' fields to scan).
+    _ARCHIVE = """
+    if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+    local last = tonumber(ARGV[3])
+    for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
+        if tonumber(string.match(field, '^%d+')) <= last then redis.call('HDEL', KEYS[2], field) end
+    end
+    return 0
     """
 
     def __init__(
@@ -196,24 +293,48 @@ class RedisStore:
         self.max_value_bytes = max_value_bytes
         self._redis = redis.Redis.from_url(
             url,
-            socket_timeout=5,
+            socket_timeout=5 + max_value_bytes / self.TIMEOUT_BYTES_PER_S,
             socket_connect_timeout=5,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._append = self._redis.register_script(self._APPEND)
+        self._archive = self._redis.register_script(self._ARCHIVE)
+        self._piece = self._redis.register_script(self._PIECE)
 
     def _key(self, job_id: str, part: str) -> str:
         return f"{self.prefix}job:{job_id}:{part}"
 
-    async def create(self, job_id: str, snapshot: bytes) -> None:
-        _check_size(job_id, "snapshot", snapshot, self.max_value_bytes)
+    async def create(
+        self, job_id: str, snapshot: bytes, pieces: Mapping[str, bytes] = _NO_PIECES
+    ) -> None:
+        _check_sizes(job_id, snapshot, pieces, self.max_value_bytes)
+        stale = await self._write_pieces(job_id, pieces, guarded=False)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.sadd(f"{self.prefix}jobs", job_id)
             pipe.set(self._key(job_id, "snapshot"), snapshot)
-            pipe.delete(self._key(job_id, "log"))
+            pipe.delete(self._key(job_id, "log"), self._key(job_id, "archive"))
+            if stale:
+                pipe.hdel(self._key(job_id, "pieces"), *stale)
             pipe.hdel(f"{self.prefix}finished", job_id)
             await pipe.execute()
+
+    async def _write_pieces(
+        self, job_id: str, pieces: Mapping[str, bytes], guarded: bool
+    ) -> list[str]:
+        """Write the pieces the job does not hold yet, one command each (guarded: only while
+        its head exists); returns the names held that ``pieces`` does not name."""
+        key = self._key(job_id, "pieces")
+        held = {_text(name) for name in await self._redis.hkeys(key)}
+        for name, piece in pieces.items():
+            if name in held:
+                continue
+            if not guarded:
+                await self._redis.hset(key, name, piece)
+            elif int(await self._piece(keys=[self._key(job_id, "snapshot"), key],
+                                       args=[name, piece])) < 0:  # fmt: skip
+                raise _lost(job_id)
+        return sorted(held.difference(pieces))
 
     async def append(self, job_id: str, event: bytes) -> int:
         _check_size(job_id, "journal event", event, self.max_value_bytes)
@@ -223,21 +344,59 @@ class RedisStore:
             raise _lost(job_id)
         return length
 
-    async def snapshot(self, job_id: str, snapshot: bytes) -> None:
-        _check_size(job_id, "snapshot", snapshot, self.max_value_bytes)
+    async def snapshot(
+        self, job_id: str, snapshot: bytes, pieces: Mapping[str, bytes] = _NO_PIECES
+    ) -> None:
+        _check_sizes(job_id, snapshot, pieces, self.max_value_bytes)
+        stale = await self._write_pieces(job_id, pieces, guarded=True)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.set(self._key(job_id, "snapshot"), snapshot, xx=True)  # only if it exists
             pipe.delete(self._key(job_id, "log"))
-            replaced, _ = await pipe.execute()
+            if stale:
+                pipe.hdel(self._key(job_id, "pieces"), *stale)
+            replaced, *_ = await pipe.execute()
         if not replaced:
             raise _lost(job_id)
 
     async def load(self, job_id: str) -> StoredJob | None:
+        """The job's head and journal (read together), then its pieces and events one by
+        one: no reply carries more than one value. Only the coordinator that loads a job
+        writes it, so nothing changes in between."""
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(self._key(job_id, "snapshot"))
-            pipe.lrange(self._key(job_id, "log"), 0, -1)
-            snapshot, log = await pipe.execute()
-        return None if snapshot is None else StoredJob(snapshot, list(log))
+            pipe.llen(self._key(job_id, "log"))
+            pipe.hkeys(self._key(job_id, "pieces"))
+            snapshot, length, names = await pipe.execute()
+        if snapshot is None:
+            return None
+        log_key, pieces_key = self._key(job_id, "log"), self._key(job_id, "pieces")
+        log = [_blob(job_id, await self._redis.lindex(log_key, i)) for i in range(length)]
+        pieces = {}
+        for name in names:
+            pieces[_text(name)] = _blob(job_id, await self._redis.hget(pieces_key, name))
+        return StoredJob(snapshot, log, pieces)
+
+    async def archive(self, job_id: str, region_id: int, region: StoredRegion, keep: int) -> None:
+        """The pieces one command each, then the head, which makes the region readable."""
+        _check_sizes(job_id, region.head, region.pieces, self.max_value_bytes)
+        keys = [self._key(job_id, "snapshot"), self._key(job_id, "archive")]
+        for name, piece in region.pieces.items():
+            if int(await self._piece(keys=keys, args=[f"{region_id}:{name}", piece])) < 0:
+                raise _lost(job_id)
+        if int(await self._archive(keys=keys, args=[region_id, region.head, region_id - keep])) < 0:
+            raise _lost(job_id)
+
+    async def archived(self, job_id: str, region_id: int) -> StoredRegion | None:
+        key = self._key(job_id, "archive")
+        head = await self._redis.hget(key, str(region_id))
+        if head is None:
+            return None
+        prefix = f"{region_id}:"
+        pieces = {}
+        for name in map(_text, await self._redis.hkeys(key)):
+            if name.startswith(prefix):
+                pieces[name.removeprefix(prefix)] = _blob(job_id, await self._redis.hget(key, name))
+        return StoredRegion(_blob(job_id, head), pieces)
 
     async def job_ids(self) -> list[str]:
         members = await self._redis.smembers(f"{self.prefix}jobs")
@@ -246,7 +405,7 @@ class RedisStore:
     async def delete(self, job_id: str) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.srem(f"{self.prefix}jobs", job_id)
-            pipe.delete(self._key(job_id, "snapshot"), self._key(job_id, "log"))
+            pipe.delete(*(self._key(job_id, p) for p in ("snapshot", "log", "pieces", "archive")))
             pipe.hdel(f"{self.prefix}finished", job_id)
             member, keys, _ = await pipe.execute()
         return bool(member or keys)

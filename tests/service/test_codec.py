@@ -26,3 +26,22 @@ def test_rejects_foreign_blobs_and_objects() -> None:
         unpack(b"\x80\x04pickle")
     with pytest.raises(TypeError):
         pack({"x": object()})
+
+
+def test_split_cuts_large_arrays_into_named_pieces_that_join_back() -> None:
+    from crest.service.codec import join, split
+
+    history = np.arange(10_000, dtype=np.float32).reshape(2500, 4)
+    tree = {"labels": np.arange(3000), "history": history, "small": np.ones(3), "n": [1, "x"]}
+    head, pieces = split(tree, 4096)
+    assert len(head["labels"]["__pieces__"]) == 6  # 24,000 bytes in rows of 4,096 at most
+    assert all(len(piece) < 4096 + 200 for piece in pieces.values())
+    assert isinstance(head["small"], np.ndarray), "a small array stays in the head"
+    back = join(unpack(pack(head)), pieces)
+    assert np.array_equal(back["labels"], tree["labels"])
+    assert np.array_equal(back["history"], history) and back["history"].dtype == np.float32
+    assert back["n"] == [1, "x"]
+
+    history[-1] = -1  # one row changed: one piece renamed, the others named as before
+    _, again = split(tree, 4096)
+    assert len(set(again) - set(pieces)) == 1

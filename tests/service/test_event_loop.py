@@ -147,13 +147,14 @@ def test_a_cancelled_open_finishes_and_is_journaled_under_the_lock(monkeypatch) 
 
 def test_snapshots_are_packed_off_the_loop(monkeypatch) -> None:
     threads: list[int] = []
-    pack_state = manager_module._snapshot
+    for name in ("_snapshot", "_stored_snapshot"):  # a checkpoint's, and the store's
+        pack_state = getattr(manager_module, name)
 
-    def recording(state: JobState) -> bytes:
-        threads.append(threading.get_ident())
-        return pack_state(state)
+        def recording(state: JobState, pack_state=pack_state) -> object:
+            threads.append(threading.get_ident())
+            return pack_state(state)
 
-    monkeypatch.setattr(manager_module, "_snapshot", recording)
+        monkeypatch.setattr(manager_module, name, recording)
 
     async def main() -> None:
         manager = JobManager(InProcessSelector(), MemoryStore(), snapshot_every=1)
@@ -161,7 +162,7 @@ def test_snapshots_are_packed_off_the_loop(monkeypatch) -> None:
             job_id = await manager.create_job(SMALL, SMALL_LABELS, job_id="j")
             await manager.get_region(job_id, 0, 0)  # journaled as a snapshot
             await manager.export_job(job_id)
-            assert len(threads) == 2
+            assert len(threads) == 3  # the new job's, the snapshot, the export
             assert threading.get_ident() not in threads
         finally:
             await manager.close()

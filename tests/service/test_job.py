@@ -1,9 +1,10 @@
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-from crest.proto.contract import CheckReport, RegionStatus
+from crest.proto.contract import CheckReport, RegionStatus, RegionView
 from crest.proto.errors import FailedPrecondition, InvalidArgument
 from crest.service.codec import pack
 from crest.service.job import JobState, Upload
@@ -374,6 +375,67 @@ def test_the_stored_state_lists_every_attribute_of_a_job() -> None:
     from crest.service.job import _STATE
 
     job = make_job()
-    assert set(_STATE) == set(vars(job)), "an attribute the snapshot would drop (or invent)"
+    transient = {"leaving"}  # regions on their way to the archive: empty at every snapshot
+    assert set(_STATE) | transient == set(vars(job)), "an attribute a snapshot would drop"
     restored = JobState.from_state(job.to_state())
     assert set(vars(restored)) == set(vars(job))
+
+
+def assert_same_view(got: RegionView, expected: RegionView) -> None:
+    for field in dataclasses.fields(RegionView):
+        a, b = getattr(got, field.name), getattr(expected, field.name)
+        if field.name == "batches":
+            assert len(a) == len(b)
+            for (ia, wa), (ib, wb) in zip(a, b, strict=True):
+                assert np.array_equal(ia, ib) and np.array_equal(wa, wb)
+        elif isinstance(b, np.ndarray):
+            assert np.array_equal(a, b), field.name
+        else:
+            assert a == b, field.name
+
+
+def test_closed_regions_leave_the_live_state_and_their_views_survive_the_archive() -> None:
+    """Only the last closed regions stay whole in the state (and its snapshots); older ones
+    are handed out in ``leaving``, and a read that needs one says which, so that the
+    coordinator answers it from its archive exactly as the live state did."""
+    from crest.service.codec import unpack
+    from crest.service.job import LIVE_CLOSED_REGIONS, ArchivedRegion
+    from crest.service.region import region_from_state, region_to_state
+
+    job = make_job(max_coreset_uses=1)
+    before: dict[int, list[tuple[int, RegionView]]] = {}  # views while still live
+    decided: dict[tuple[int, int], object] = {}
+    step = 0
+    while len(job.leaving) < 6:
+        view = see(job, 0, step)
+        if view.status is RegionStatus.EMBED:
+            fill_region(job, step, loss=0.5)
+            view = see(job, 0, step)
+        if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
+            answer = report(job, step, loss=0.5 + 0.1 * (step % 4))[0]
+            decided[(view.region_id, step)] = answer
+        step += 1
+        for region in job.past:  # closed, still live: its views are final
+            if region.region_id not in before:
+                steps = range(region.start_step, region.end_step)
+                before[region.region_id] = [(s, job.view(0, s)) for s in steps]
+    assert [r.region_id for r in job.past] == [len(job.leaving) + i
+                                               for i in range(LIVE_CLOSED_REGIONS)]  # fmt: skip
+    assert len(unpack(snapshot(job))["past"]) == LIVE_CLOSED_REGIONS
+
+    for gone in job.leaving:
+        archived = region_from_state(unpack(pack(region_to_state(gone))))  # as stored
+        assert archived.members.size == 0, "the archive keeps what views need, not selection's"
+        for step, view in before[gone.region_id]:
+            with pytest.raises(ArchivedRegion) as raised:
+                job.view(0, step)
+            assert raised.value.region_id == gone.region_id
+            assert_same_view(archived.view(0), view)
+        for (region_id, check_step), answer in decided.items():
+            if region_id == gone.region_id:
+                assert archived.decisions[check_step] == answer
+                again = CheckReport(region_id, check_step, 1.0, 1, 0.0, 0.0, 1.0)
+                with pytest.raises(ArchivedRegion):
+                    job.record_check(0, again)
+    with pytest.raises(FailedPrecondition, match="is not current"):  # never decided there
+        job.record_check(0, CheckReport(job.past[0].region_id, 10**6, 1.0, 1, 0.0, 0.0, 1.0))

@@ -1,13 +1,14 @@
 """JobManager: journaling, restart from the store, store failures, selection fallback."""
 
 import asyncio
+from collections.abc import Mapping
 
 import numpy as np
 import pytest
 
 from crest.proto.contract import CheckReport, JobConfig, RegionStatus
-from crest.proto.errors import InvalidArgument, SelectionCrashed, Unavailable
-from crest.service.codec import unpack
+from crest.proto.errors import FailedPrecondition, InvalidArgument, SelectionCrashed, Unavailable
+from crest.service.codec import join, unpack
 from crest.service.manager import JobManager
 from crest.service.store import MemoryStore
 from crest.worker.selector import InProcessSelector, SelectionRequest, SelectionResult
@@ -80,7 +81,7 @@ async def _copy(store: MemoryStore) -> dict:
     copied = {}
     for job_id in await store.job_ids():
         stored = await store.load(job_id)
-        copied[job_id] = StoredJob(stored.snapshot, list(stored.log))
+        copied[job_id] = StoredJob(stored.snapshot, list(stored.log), dict(stored.pieces))
     return copied
 
 
@@ -205,13 +206,15 @@ def test_journal_holds_changes_not_duplicates() -> None:
 
 
 def test_a_create_job_retry_that_overtakes_the_first_attempt_finds_its_job() -> None:
+    NONE: Mapping[str, bytes] = {}
+
     class SlowStore(MemoryStore):
         creates = 0
 
-        async def create(self, job_id: str, snapshot: bytes) -> None:
+        async def create(self, job_id: str, snapshot: bytes, pieces: Mapping = NONE) -> None:
             SlowStore.creates += 1
             await asyncio.sleep(0.2)  # the first attempt is still storing the job
-            await super().create(job_id, snapshot)
+            await super().create(job_id, snapshot, pieces)
 
     async def main() -> None:
         manager = new_manager(SlowStore())
@@ -252,6 +255,48 @@ def test_an_oversized_job_id_is_refused_in_process_too() -> None:
         ):
             with pytest.raises(InvalidArgument, match="1-128 printable characters"):
                 await call
+        await manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_resume_into_an_archived_region_is_answered_from_the_archive_until_it_expires() -> None:
+    """Closed regions beyond the live window are read back from the store's archive (views
+    and decisions as they were, nothing journaled); past ``archived_regions`` they expire,
+    and a resume that needs one fails precisely."""
+    from crest.service.job import LIVE_CLOSED_REGIONS
+    from crest.service.region import region_from_state
+
+    async def main() -> None:
+        store = MemoryStore()
+        keep = 3
+        manager = new_manager(store, snapshot_every=5, archived_regions=keep)
+        config = CONFIG.model_copy(update={"epochs": 40, "max_coreset_uses": 1})
+        await manager.create_job(config, LABELS, job_id="a")
+        served = await drive(manager, "a", 0, 200, [0])
+        current = manager._jobs["a"].state.regions_opened - 1
+        archived = range(current - LIVE_CLOSED_REGIONS - keep, current - LIVE_CLOSED_REGIONS)
+        assert archived.start > 0, "some regions expired"
+        assert sorted(store._archives["a"]) == list(archived)
+        log_length = len((await store.load("a")).log)
+
+        for step, region_id, indices, weights in served:
+            if region_id in archived:  # a trainer resuming from a checkpoint at ``step``
+                view = await manager.get_region("a", 0, step)
+                assert view.region_id == region_id
+                batch = view.batches[(step - view.start_step) % len(view.batches)]
+                assert (batch[0].tolist(), batch[1].tolist()) == (indices, weights)
+        stored = await store.archived("a", archived[-1])
+        region = region_from_state(join(unpack(stored.head), stored.pieces))
+        for check_step, decision in region.decisions.items():
+            again = CheckReport(region.region_id, check_step, 1.0, 1, 0.0, 0.0, 1.0)
+            assert await manager.report_check("a", 0, again) == decision
+        assert region.decisions, "the region had checks to replay"
+        assert len((await store.load("a")).log) == log_length, "reads journal nothing"
+
+        expired = next(step for step, region_id, _, _ in served if region_id < archived.start)
+        with pytest.raises(FailedPrecondition, match=r"has expired.*too old"):
+            await manager.get_region("a", 0, expired)
         await manager.close()
 
     asyncio.run(main())
