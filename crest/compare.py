@@ -82,8 +82,9 @@ class CrestSetup:
     lookahead_coresets: bool = False
 
     def job_config(self, data: Dataset, train: TrainSetup, frac: float, seed: int) -> JobConfig:
+        side = " (service side)" if self.selection_side == "service" else ""
         return JobConfig(
-            name=f"{data.name} {self.strategy} ({self.selection_side} side) {frac:.0%} seed {seed}",
+            name=f"{data.name} {self.strategy}{side} {frac:.0%} seed {seed}",  # the dashboard's
             num_examples=len(data.y_train),
             num_classes=data.num_classes,
             batch_size=train.batch_size,

@@ -34,7 +34,8 @@ def test_cpu_fallback_runs_every_check_and_says_so(
     assert result["ok"], format_table(result)
     assert {row["device"] for row in result["rows"]} == {"cpu (no GPU)"}
     actor = next(row for row in result["rows"] if row["check"] == "selector actor")
-    assert actor["actor_device"] == "cpu" and actor["result"] == "equal to cpu"
+    assert actor["actor_device"] == "cpu"
+    assert actor["result"] == "selection equal to cpu, embeddings equal"
     table = format_table(result)
     assert "| W1 crest, trainer | cpu (no GPU) |" in table
     json.dumps(result)  # what `crest bench gpu` writes
