@@ -9,6 +9,13 @@ split into chunks under the message limit and numbered, and sent in streams of a
 ``MAX_STREAM_CHUNKS`` chunks, each committed all or nothing; after a broken stream the client
 asks which chunks were committed and resends only the rest.
 
+Coordinator replicas: given several addresses (``"a:50051,b:50051"`` or a list), the client
+sends each job's calls to the replica that owns the job. A replica that does not own the job
+answers UNAVAILABLE with the owner's address in the ``crest-owner`` trailing metadata, and the
+client goes there; an unreachable replica sends the client on to the next address. A dead
+owner's jobs are taken over by another replica once its lease expires, so a trainer rides out
+a replica's death as it rides out a restart: by retrying.
+
 Create one client per process, after any fork (a DataLoader's workers must not inherit a
 channel); it is thread-safe.
 """
@@ -23,7 +30,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +47,7 @@ from crest.proto.contract import (
     SessionInfo,
 )
 from crest.proto.errors import (
+    OWNER_METADATA,
     CrestError,
     Unauthenticated,
     Unavailable,
@@ -79,7 +87,9 @@ class RemoteCoordinator:
     """A client of ``crest serve``.
 
     Args:
-        address: ``host:port`` of the coordinator.
+        address: ``host:port`` of the coordinator; with coordinator replicas, several (a list,
+            or one string separated by commas): any of them, or one address in front of them
+            all. Calls about a job go to the replica that owns it.
         token: sent as ``authorization: Bearer <token>`` when set.
         tls_ca: PEM file of the CA that signed the server's certificate (enables TLS).
         call_timeout_s: deadline of each call (calls that wait for peers or selection wait
@@ -87,18 +97,20 @@ class RemoteCoordinator:
         connect_timeout_s: how long the first call waits for a connection before it fails
             with :class:`Unavailable` naming the address (a wrong address fails fast).
         retry_s: once the coordinator has been reached, how long to keep retrying while it
-            is unreachable (e.g. restarting) before giving up with :class:`Unavailable`; a
-            WARNING is logged every few seconds meanwhile.
+            is unreachable (e.g. restarting, or a dead replica's jobs not yet taken over)
+            before giving up with :class:`Unavailable`; a WARNING is logged every few seconds
+            meanwhile.
         embedding_dtype: ``"float32"`` or ``"float16"`` on the wire (half the bytes; the
             coordinator computes in float32 either way).
 
     Raises:
-        ValueError: an unknown ``embedding_dtype`` or a timeout that is not positive.
+        ValueError: an unknown ``embedding_dtype``, a timeout that is not positive, or no
+            address.
     """
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         *,
         token: str | None = None,
         tls_ca: str | Path | None = None,
@@ -123,7 +135,13 @@ class RemoteCoordinator:
         self._pid = -1
         self._connect_lock = threading.Lock()
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.address = address
+        parts = address.split(",") if isinstance(address, str) else list(address)
+        self.addresses = [part.strip() for part in parts if part.strip()]
+        if not self.addresses:
+            raise ValueError(f"no coordinator address in {address!r}")
+        self.address = self.addresses[0]  # where calls go that no owner is known for
+        self._owners: dict[str, str] = {}  # job id -> the replica that owns it
+        self._channels: dict[str, tuple[grpc.Channel, pb_grpc.CoordinatorStub]] = {}
         self.call_timeout_s = call_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.retry_s = retry_s
@@ -135,27 +153,31 @@ class RemoteCoordinator:
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------- plumbing
+    def _stub_at(self, address: str) -> pb_grpc.CoordinatorStub:
+        """The stub of this process's channel to ``address``: a forked child (a DataLoader
+        worker) opens its own instead of using the parent's. Until some address has been
+        reached, a new channel must connect within ``connect_timeout_s``."""
+        with self._connect_lock:
+            if self._pid != os.getpid():  # a new process: the parent's channels are not ours
+                self._channels, self._pid = {}, os.getpid()
+            if address not in self._channels:
+                if self._credentials is not None:
+                    channel = grpc.secure_channel(
+                        address, self._credentials, options=CHANNEL_OPTIONS
+                    )
+                else:
+                    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                if not self._reached:
+                    self._first_connection(channel, address)
+                self._channels[address] = (channel, pb_grpc.CoordinatorStub(channel))
+            return self._channels[address][1]
+
     @property
     def _stub(self) -> pb_grpc.CoordinatorStub:
-        """The stub of this process's channel: a forked child (a DataLoader worker) opens its
-        own instead of using the parent's. The first connection must succeed within
-        ``connect_timeout_s``."""
-        if self._pid != os.getpid():
-            with self._connect_lock:
-                if self._pid != os.getpid():
-                    if self._credentials is not None:
-                        channel = grpc.secure_channel(
-                            self.address, self._credentials, options=CHANNEL_OPTIONS
-                        )
-                    else:
-                        channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-                    if not self._reached:
-                        self._first_connection(channel)
-                    self._channel, self._stub_ = channel, pb_grpc.CoordinatorStub(channel)
-                    self._pid = os.getpid()
-        return self._stub_
+        """The stub of the default address (:attr:`address`)."""
+        return self._stub_at(self.address)
 
-    def _first_connection(self, channel: grpc.Channel) -> None:
+    def _first_connection(self, channel: grpc.Channel, address: str) -> None:
         """Wait until ``channel`` connects, or close it and fail with a precise error."""
         ready = grpc.channel_ready_future(channel)
         try:
@@ -163,16 +185,16 @@ class RemoteCoordinator:
         except grpc.FutureTimeoutError:
             ready.cancel()
             channel.close()
-            untrusted = self._untrusted_certificate()
+            untrusted = self._untrusted_certificate(address)
             if untrusted is not None:  # no amount of waiting cures that
                 raise Unauthenticated(
-                    f"the coordinator at {self.address} presented a TLS certificate that "
+                    f"the coordinator at {address} presented a TLS certificate that "
                     f"tls_ca does not verify (wrong CA, or a certificate not for this host): "
                     f"{untrusted}"
                 ) from None
             tls = "with TLS (tls_ca=...)" if self._credentials is not None else "without TLS"
             raise Unavailable(
-                f"could not connect to the crest coordinator at {self.address} within "
+                f"could not connect to the crest coordinator at {address} within "
                 f"{self.connect_timeout_s:g} s: check that `crest serve` runs there and that "
                 f"the host and port are right (its gRPC port, 50051 unless --port says "
                 f"otherwise; not the dashboard's), that no firewall blocks it, and that it "
@@ -180,7 +202,7 @@ class RemoteCoordinator:
             ) from None
         self._reached = True
 
-    def _untrusted_certificate(self) -> str | None:
+    def _untrusted_certificate(self, address: str) -> str | None:
         """Why the server's certificate fails verification against ``tls_ca``, if it does.
 
         A handshake of our own: the ready future never says why a channel did not connect,
@@ -189,7 +211,7 @@ class RemoteCoordinator:
         """
         if self._tls_ca is None:
             return None
-        host, _, port = self.address.rpartition(":")
+        host, _, port = address.rpartition(":")
         host = host.strip("[]")
         context = ssl.create_default_context(cadata=self._tls_ca.decode())
         context.set_alpn_protocols(["h2"])
@@ -211,34 +233,61 @@ class RemoteCoordinator:
                 continue  # nothing listens at this address: try the next
         return None
 
-    def _call(self, name: str, attempt: Callable[[], T]) -> T:
+    def _call(
+        self,
+        name: str,
+        attempt: Callable[[pb_grpc.CoordinatorStub], T],
+        job_id: str | None = None,
+    ) -> T:
         """Run one idempotent call, retrying while the coordinator is unreachable.
 
-        Retries last up to ``retry_s``, with a WARNING every :data:`WARN_EVERY_S` seconds that
-        names the address and the outage so far.
+        ``attempt`` gets the stub of the replica to ask: the owner of ``job_id`` when known,
+        else :attr:`address`. A redirect (UNAVAILABLE naming the owner) goes to the owner at
+        once; an unreachable replica sends the next attempt to the next address. Retries last
+        up to ``retry_s``, with a WARNING every :data:`WARN_EVERY_S` seconds that names the
+        address and the outage so far.
         """
         started = time.monotonic()
         deadline = started + self.retry_s
         warn_at = started  # the first retry warns: a trainer should not stall silently
         delay = 0.05
+        unreached: set[str] = set()  # never connected to, in this call
+        redirected: set[str] = set()  # owners this call was sent to
         while True:
+            address = self._owners.get(job_id, self.address) if job_id else self.address
             try:
-                return attempt()
+                stub = self._stub_at(address)
+            except Unavailable:  # the first connection failed: fail once none is left
+                unreached.add(address)
+                if unreached.issuperset(self.addresses):
+                    raise
+                self._move_on(job_id, address)
+                continue
+            try:
+                return attempt(stub)
             except grpc.RpcError as err:
                 code = err.code()
                 if code not in RETRYABLE or _UNTRUSTED_CERTIFICATE in (err.details() or ""):
-                    raise self._permanent(err) from None
+                    raise self._permanent(err, address) from None
+                owner = _owner(err)
+                if owner and job_id:
+                    self._owners[job_id] = owner
+                    if owner not in redirected:  # a live owner answers now: no pause
+                        redirected.add(owner)
+                        continue
+                elif len(self.addresses) > 1 or job_id in self._owners:
+                    self._move_on(job_id, address)
                 now = time.monotonic()
                 if now + delay > deadline:
                     raise Unavailable(
-                        f"{name}: coordinator at {self.address} unavailable for "
+                        f"{name}: coordinator at {address} unavailable for "
                         f"{self.retry_s:.0f} s: {err.details()}"
                     ) from None
                 if now >= warn_at:
                     log.warning(
                         "%s: crest coordinator at %s unavailable for %.1f s so far (%s: %s); "
                         "retrying for up to %.0f s",
-                        name, self.address, now - started, code.name, err.details(),
+                        name, address, now - started, code.name, err.details(),
                         self.retry_s,
                     )  # fmt: skip
                     warn_at = now + WARN_EVERY_S
@@ -248,22 +297,32 @@ class RemoteCoordinator:
                 # `crest bench faults`); a retry costs the coordinator one refused connection.
                 delay = min(delay * 2, MAX_RETRY_DELAY_S)
 
-    def _permanent(self, err: grpc.RpcError) -> CrestError:
+    def _move_on(self, job_id: str | None, address: str) -> None:
+        """After ``address`` failed: forget it as the job's owner, and make the next address
+        the default when it was the default."""
+        if job_id is not None and self._owners.get(job_id) == address:
+            del self._owners[job_id]
+        if self.address == address and address in self.addresses:
+            position = self.addresses.index(address)
+            self.address = self.addresses[(position + 1) % len(self.addresses)]
+
+    def _permanent(self, err: grpc.RpcError, address: str) -> CrestError:
         """The crest error of a failure that retrying cannot cure."""
         details = err.details() or ""
         if _UNTRUSTED_CERTIFICATE in details:
             return Unauthenticated(
-                f"the coordinator at {self.address} presented a TLS certificate that tls_ca "
+                f"the coordinator at {address} presented a TLS certificate that tls_ca "
                 f"does not verify (wrong CA, or a certificate not for this host): {details}"
             )
         return error_for_status(err.code().name, details)
 
     def _unary(self, name: str, request, timeout: float | None = None):
-        method = getattr(self._stub, name)
+        """One unary call about ``request.job_id`` (every unary RPC names its job)."""
         return self._call(
             name,
-            lambda: method(request, timeout=timeout or self.call_timeout_s,
-                           metadata=self._metadata),
+            lambda stub: getattr(stub, name)(request, timeout=timeout or self.call_timeout_s,
+                                             metadata=self._metadata),
+            request.job_id,
         )  # fmt: skip
 
     # --------------------------------------------------------------------- coordinator
@@ -298,8 +357,9 @@ class RemoteCoordinator:
 
         reply = self._call(
             "CreateJob",
-            lambda: self._stub.CreateJob(messages(), timeout=self.call_timeout_s,
-                                         metadata=self._metadata),
+            lambda stub: stub.CreateJob(messages(), timeout=self.call_timeout_s,
+                                        metadata=self._metadata),
+            job_id,
         )  # fmt: skip
         return reply.job_id
 
@@ -360,7 +420,7 @@ class RemoteCoordinator:
         """Send one stream of chunks (committed all or nothing), retrying until it is in."""
         retry = False
 
-        def attempt() -> None:
+        def attempt(stub: pb_grpc.CoordinatorStub) -> None:
             nonlocal retry
             pending = chunks
             if retry:  # after a broken stream, resend only what was not committed
@@ -372,11 +432,11 @@ class RemoteCoordinator:
             for chunk in pending:  # so that a cut-off stream commits nothing
                 chunk.stream_chunks = len(pending)
             if pending:  # else the lost reply was the only thing missing
-                self._stub.UploadEmbeddings(
+                stub.UploadEmbeddings(
                     iter(pending), timeout=self.call_timeout_s, metadata=self._metadata
                 )
 
-        self._call("UploadEmbeddings", attempt)
+        self._call("UploadEmbeddings", attempt, job_id)
 
     def publish_model(
         self,
@@ -406,8 +466,9 @@ class RemoteCoordinator:
 
         self._call(
             "PublishModel",
-            lambda: self._stub.PublishModel(messages(), timeout=self.call_timeout_s,
-                                            metadata=self._metadata),
+            lambda stub: stub.PublishModel(messages(), timeout=self.call_timeout_s,
+                                           metadata=self._metadata),
+            job_id,
         )  # fmt: skip
 
     def publish_weights(self, job_id: str, version: int, weights: np.ndarray) -> None:
@@ -425,8 +486,9 @@ class RemoteCoordinator:
 
         self._call(
             "PublishWeights",
-            lambda: self._stub.PublishWeights(messages(), timeout=self.call_timeout_s,
-                                              metadata=self._metadata),
+            lambda stub: stub.PublishWeights(messages(), timeout=self.call_timeout_s,
+                                             metadata=self._metadata),
+            job_id,
         )  # fmt: skip
 
     def report_check(self, job_id: str, rank: int, report: CheckReport) -> CheckDecision:
@@ -438,12 +500,23 @@ class RemoteCoordinator:
         return convert.status_from_pb(reply.status)
 
     def close(self) -> None:
-        if self._pid == os.getpid():
-            self._channel.close()
-            self._pid = -1
+        with self._connect_lock:
+            if self._pid == os.getpid():
+                for channel, _ in self._channels.values():
+                    channel.close()
+            self._channels, self._pid = {}, -1
 
     def __enter__(self) -> RemoteCoordinator:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _owner(err: grpc.RpcError) -> str:
+    """The owner's address a replica sent with a redirect (``crest-owner``), or ''."""
+    trailing = getattr(err, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == OWNER_METADATA:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""

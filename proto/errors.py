@@ -14,6 +14,7 @@
      ├── DataLoss             the store lost a job the coordinator knew (a Redis that
      │                        restarted without its data): create the job again
      ├── Unavailable          the coordinator or its selector cannot answer now
+     │    └── NotOwner        another coordinator replica owns the job: ask it
      └── SelectionCrashed     selection hit a bug (coordinators in strict mode only)
 
 Only :class:`Unavailable` (and a deadline) is worth retrying; every other error is permanent
@@ -62,6 +63,22 @@ class DataLoss(CrestError):
 
 class Unavailable(CrestError):
     """The coordinator or its selector cannot answer now; retrying later may succeed."""
+
+
+class NotOwner(Unavailable):
+    """Another coordinator replica owns the job (it holds the job's lease), or this one just
+    lost it. ``owner`` is the owner's advertised ``host:port`` (empty when unknown); the
+    server sends it as the :data:`OWNER_METADATA` trailing metadata of an UNAVAILABLE status,
+    and the remote client goes there. Retryable: a dead owner's lease expires and another
+    replica takes the job over."""
+
+    def __init__(self, message: str, owner: str = "") -> None:
+        super().__init__(message)
+        self.owner = owner
+
+
+# The trailing metadata key that carries :attr:`NotOwner.owner`.
+OWNER_METADATA = "crest-owner"
 
 
 class SelectionCrashed(CrestError):

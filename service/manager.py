@@ -30,6 +30,15 @@ value each, before the change that closed them is journaled, and the archive kee
 check it reports again) is answered from the archive; into an expired one, with
 :class:`FailedPrecondition`. So snapshots and the stored bytes of a job stay O(N).
 
+Replicas: with ``leases`` (:class:`crest.service.leases.RedisLeases`), several managers share
+one Redis and each job is served by the replica holding its lease. :meth:`JobManager.start`
+then loads nothing: :meth:`JobManager.claim` (called by the gRPC servicer before every call
+naming a job) takes a free or expired lease and loads the job from the store, or fails with
+:class:`NotOwner` naming the replica that holds it. A background task renews the leases of
+the jobs in memory every third of the TTL and drops a job whose lease it lost; the store is
+fenced, so a job's state is written only while its lease is held. Without leases nothing
+changes: one manager owns every job in the store.
+
 Lifecycle: :meth:`JobManager.delete_job` removes a job from memory and from the store; with
 ``finished_ttl_s`` set, finished jobs are deleted that long after they finished (the finish
 time is stored, so the clock survives restarts).
@@ -65,6 +74,7 @@ from crest.proto.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    NotOwner,
     ResourceExhausted,
     SelectionCrashed,
     Unavailable,
@@ -72,6 +82,7 @@ from crest.proto.errors import (
 from crest.service import journal
 from crest.service.codec import join, pack, split, unpack
 from crest.service.job import ArchivedRegion, JobState, Phase, Region, Upload, UploadChunk
+from crest.service.leases import RedisLeases
 from crest.service.region import region_from_state, region_to_state
 from crest.service.store import MemoryStore, StateStore, StoredJob, StoredRegion
 from crest.service.telemetry import JobTelemetry, SelectionEvent
@@ -230,6 +241,8 @@ class JobManager:
             from a checkpoint; a resume into an older region fails with
             :class:`FailedPrecondition`.
         finished_ttl_s: delete finished jobs this long after they finished; 0 keeps them.
+        leases: one of several replicas sharing a Redis store (fenced by these leases): serve
+            only the jobs whose lease this replica holds (see :meth:`claim`).
     """
 
     def __init__(
@@ -243,6 +256,7 @@ class JobManager:
         archived_regions: int = ARCHIVED_REGIONS,
         strict: bool = False,
         finished_ttl_s: float = 0.0,
+        leases: RedisLeases | None = None,
     ) -> None:
         self.selector = selector
         self.store = store if store is not None else MemoryStore()
@@ -260,9 +274,21 @@ class JobManager:
         # Held from "is the id free?" to "registered": a retried CreateJob that overtakes its
         # own first attempt (which is still storing the job) must find it, not create it twice.
         self._creating = asyncio.Lock()
+        self.leases = leases
+        self._claims: dict[str, asyncio.Lock] = {}  # job id -> held while it is being claimed
+        self._renewal: asyncio.Task[None] | None = None
+        self._drops: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Load every job the store holds (after a restart); start expiring finished jobs."""
+        """Load every job the store holds (after a restart); start expiring finished jobs.
+
+        With leases, load nothing (each job is loaded by the replica that claims it) and start
+        renewing the leases of the jobs claimed."""
+        if self.finished_ttl_s > 0:
+            self._expiry = asyncio.create_task(self._expire_loop())
+        if self.leases is not None:
+            self._renewal = asyncio.create_task(self._renew_loop(self.leases))
+            return
         finished = await self.store.finished_times()
         for job_id in await self.store.job_ids():
             state, length = await self._load(job_id)
@@ -272,8 +298,6 @@ class JobManager:
             job.finished_at = finished.get(job_id)
             await self._note_finished(job)  # finished before its time was recorded
             log.info("resumed job %s at step %d", job_id, state.status().step)
-        if self.finished_ttl_s > 0:
-            self._expiry = asyncio.create_task(self._expire_loop())
 
     async def _load(self, job_id: str) -> tuple[JobState, int]:
         stored = await self.store.load(job_id)
@@ -287,12 +311,111 @@ class JobManager:
         return bool(store_ok and selector_ok and not self._unwritable)
 
     async def close(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
+        """Stop; with leases, give the jobs' leases up first, so that other replicas take the
+        jobs over at once (every acknowledged change is stored already)."""
+        for task in (self._expiry, self._renewal, *self._drops):
+            if task is not None:
+                task.cancel()
         for job in self._jobs.values():
             job.cancel_work()
+        if self.leases is not None and self._jobs:
+            try:
+                await self.leases.release(list(self._jobs))
+            except Exception as err:  # they expire after the TTL instead
+                log.warning("could not release the leases of %d jobs: %s", len(self._jobs), err)
         self.selector.close()
         await self.store.close()
+
+    # ------------------------------------------------------------------------ replicas
+    async def claim(self, job_id: str) -> None:
+        """With leases, make this replica the owner of ``job_id`` before a call serves it.
+
+        A job in memory is held (the renewal drops a job whose lease was lost). Otherwise take
+        its lease if it is free or expired, and load the job from the store if it is there:
+        a dead replica's job is taken over exactly where its journal ends. A job the store
+        does not hold keeps the fresh lease for :meth:`create_job` (an unknown job's call
+        fails with :class:`NotFound` as usual; the unrenewed lease expires). Without leases,
+        nothing to do.
+
+        Raises:
+            NotOwner: another live replica holds the lease (its address in ``owner``).
+            Unavailable: the store failed.
+        """
+        if self.leases is None or check_job_id(job_id) in self._jobs:
+            return
+        lock = self._claims.setdefault(job_id, asyncio.Lock())
+        try:
+            async with lock:
+                if job_id not in self._jobs:
+                    await self._take_over(self.leases, job_id)
+        finally:
+            self._claims.pop(job_id, None)  # a later claim finds the job, or tries again
+
+    async def _take_over(self, leases: RedisLeases, job_id: str) -> None:
+        try:
+            holder = await leases.acquire(job_id)
+            if holder is not None:
+                raise NotOwner(
+                    f"job {job_id!r} is owned by the coordinator replica at {holder.address} "
+                    f"({holder.token.split('/')[0]}; its lease runs {holder.expires_in_s:.1f} s "
+                    "more unless renewed)",
+                    holder.address,
+                )
+            stored = await self.store.load(job_id)
+            if stored is None:
+                return
+            state = await _off_loop(_rebuild, stored)
+            digest = await _off_loop(_labels_digest, state.pool.labels)
+            finished = (await self.store.finished_times()).get(job_id)
+        except CrestError:
+            raise
+        except Exception as err:
+            raise Unavailable(f"the state store failed: {err}") from None
+        if job_id in self._jobs:  # registered by a claim that overlapped this one
+            return
+        job = _Job(state, digest, journal_length=len(stored.log))
+        job.finished_at = finished
+        self._jobs[job_id] = job
+        log.info("replica %s took job %s over at step %d", leases.replica_id, job_id,
+                 state.status().step)  # fmt: skip
+
+    async def _renew_loop(self, leases: RedisLeases) -> None:
+        """Renew the leases of the jobs in memory every third of the TTL; drop the jobs whose
+        lease was lost, and all of them once renewal has failed for a whole TTL (their leases
+        have expired: another replica may own them)."""
+        period = leases.ttl_s / 3
+        renewed = time.monotonic()  # when the last successful renewal was sent
+        while True:
+            await asyncio.sleep(period)
+            job_ids, sent = list(self._jobs), time.monotonic()
+            try:
+                kept = await leases.renew(job_ids)
+                renewed = sent
+            except Exception as err:
+                log.warning("could not renew the leases of %d jobs: %s", len(job_ids), err)
+                if time.monotonic() - renewed < leases.ttl_s:
+                    continue
+                kept = set()
+            for job_id in job_ids:
+                if job_id not in kept:
+                    self._drop(job_id)
+
+    def _drop(self, job_id: str) -> None:
+        """Forget a job whose lease this replica lost: new calls claim it again (and are
+        redirected to its owner); calls in progress fail once they hold its lock."""
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return
+        log.warning("replica lost the lease of job %s: dropped", job_id)
+        error = NotOwner(f"this coordinator replica lost the lease of job {job_id!r}")
+
+        async def forget() -> None:
+            async with job.lock:  # not in the renewal loop: a long call would hold it up
+                self._forget(job, error)
+
+        task = asyncio.create_task(forget())
+        self._drops.add(task)
+        task.add_done_callback(self._drops.discard)
 
     # ---------------------------------------------------------------------------- jobs
     async def create_job(
@@ -315,6 +438,9 @@ class JobManager:
         labels = np.asarray(labels)
         integers = np.issubdtype(labels.dtype, np.integer)
         digest = await _off_loop(_labels_digest, labels) if integers else ""
+        if self.leases is not None:  # the lease, and the job if another replica created it
+            job_id = job_id or uuid.uuid4().hex[:16]
+            await self.claim(job_id)
         async with self._creating:
             if job_id is not None and job_id in self._jobs:
                 existing = self._jobs[job_id]
@@ -453,6 +579,10 @@ class JobManager:
             raise
         except DataLoss:
             raise self._lost(job) from None
+        except NotOwner as err:  # fenced: another replica owns the job now
+            log.warning("%s: dropped", err)
+            self._forget(job, err)
+            raise
         except ResourceExhausted as err:  # permanent for this job: say so, and in health
             job.stale = True
             if job_id not in self._unwritable:

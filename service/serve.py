@@ -9,10 +9,11 @@ import signal
 import sys
 
 from crest.service.dashboard import DashboardServer, create_dashboard
+from crest.service.leases import RedisLeases
 from crest.service.manager import JobManager
 from crest.service.server import create_server
 from crest.service.settings import ServeSettings
-from crest.service.store import open_store
+from crest.service.store import RedisStore, open_store
 from crest.service.telemetry import RpcTelemetry
 from crest.worker.placement import parse_cores, pin_process
 from crest.worker.selector import InProcessSelector, Selector
@@ -70,14 +71,22 @@ async def serve(settings: ServeSettings) -> None:
         pin_process(parse_cores(settings.coordinator_cores))
         log.info("coordinator pinned to cores %s", settings.coordinator_cores)
     selector = await build_selector(settings)
+    store = open_store(settings.store, settings.store_max_value_mb * 2**20)
+    leases = None
+    if settings.lease_s > 0:  # the settings checked that the store is Redis
+        assert isinstance(store, RedisStore)
+        # With port 0 the address is known once bound, before anybody could learn the port.
+        address = settings.advertised(settings.port) if settings.port else ""
+        leases = RedisLeases(store, settings.lease_s, address, settings.replica_id)
     manager = JobManager(
         selector,
-        open_store(settings.store, settings.store_max_value_mb * 2**20),
+        store,
         wait_s=settings.wait_s,
         selection_timeout_s=settings.selection_timeout_s,
         archived_regions=settings.archived_regions,
         strict=settings.strict,
         finished_ttl_s=settings.finished_job_ttl_s,
+        leases=leases,
     )
     await manager.start()
     tls = None
@@ -88,6 +97,10 @@ async def serve(settings: ServeSettings) -> None:
     server, port, health_task = await create_server(
         manager, settings.address, token=token, tls=tls, rpc=rpc
     )
+    if leases is not None:
+        leases.address = settings.advertised(port)
+        log.info("replica %s advertised at %s, leases of %g s", leases.replica_id,
+                 leases.address, leases.ttl_s)  # fmt: skip
     dashboard = dashboard_task = None
     if settings.dashboard_port >= 0:
         app = create_dashboard(manager, token, rpc=rpc)

@@ -3,7 +3,9 @@
 Each handler validates and converts its request, calls the manager, and maps errors through
 :func:`crest.proto.errors.status_of`: a client sees INVALID_ARGUMENT, NOT_FOUND,
 FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNAUTHENTICATED, DATA_LOSS or UNAVAILABLE (the only
-one worth retrying), never UNKNOWN.
+one worth retrying), never UNKNOWN. With coordinator replicas, every call naming a job first
+claims it (:meth:`JobManager.claim`); a job another replica owns fails with UNAVAILABLE and the
+owner's ``host:port`` in the ``crest-owner`` trailing metadata.
 Requests are parsed by our own deserializers so that malformed bytes become INVALID_ARGUMENT
 too. Message size limits are set explicitly; a configured token guards every RPC, health and
 reflection included; the health service reports SERVING only while the store and the selector
@@ -33,9 +35,11 @@ from pydantic import ValidationError
 
 from crest.proto import convert
 from crest.proto.errors import (
+    OWNER_METADATA,
     CrestError,
     InvalidArgument,
     NotFound,
+    NotOwner,
     ResourceExhausted,
     invalid_fields,
     status_of,
@@ -100,6 +104,9 @@ def _handler(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
     ) -> Any:
         try:
             return await method(self, request, context)
+        except NotOwner as err:  # another replica owns the job: the client goes there
+            owner = ((OWNER_METADATA, err.owner),) if err.owner else ()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err), trailing_metadata=owner)
         except CrestError as err:
             await context.abort(grpc.StatusCode[status_of(err)], str(err))
         except ValidationError as err:
@@ -163,6 +170,7 @@ class CoordinatorService:
         self, request: pb.OpenSessionRequest, context: grpc.aio.ServicerContext
     ) -> pb.OpenSessionResponse:
         request = _checked(request)
+        await self.manager.claim(request.job_id)
         info = await self.manager.open_session(request.job_id, request.rank)
         return convert.session_to_pb(info)
 
@@ -171,6 +179,7 @@ class CoordinatorService:
         self, request: pb.GetRegionRequest, context: grpc.aio.ServicerContext
     ) -> pb.Region:
         request = _checked(request)
+        await self.manager.claim(request.job_id)
         view = await self.manager.get_region(
             request.job_id, request.rank, request.step, timeout=_timeout(context)
         )
@@ -223,6 +232,7 @@ class CoordinatorService:
                 f"the upload stream ended after {len(chunks)} of its {first.stream_chunks} "
                 "chunks: nothing was committed"
             )
+        await self.manager.claim(first.job_id)
         committed = await self.manager.submit_upload(
             first.job_id, first.rank, first.region_id, chunks
         )
@@ -274,6 +284,7 @@ class CoordinatorService:
                 raise InvalidArgument("only the first PublishModel message may carry a header")
         if header is None:
             raise InvalidArgument("PublishModel needs a header")
+        await self.manager.claim(header.job_id)
         if header.trainer_side:
             empty = np.zeros((0,), np.float32)
             await self.manager.publish_model(header.job_id, b"", empty, 0, header.trainer_side)
@@ -323,6 +334,7 @@ class CoordinatorService:
         if filled != first.size:
             raise InvalidArgument(f"the weights stream ended after {filled} of {first.size}")
         weights = np.concatenate(parts).astype(np.float32)
+        await self.manager.claim(first.job_id)
         await self.manager.publish_weights(first.job_id, first.version, weights)
         return pb.PublishAck()
 
@@ -331,6 +343,7 @@ class CoordinatorService:
         self, request: pb.CheckReport, context: grpc.aio.ServicerContext
     ) -> pb.CheckDecision:
         request = _checked(request)
+        await self.manager.claim(request.job_id)
         decision = await self.manager.report_check(
             request.job_id, request.rank, convert.report_from_pb(request),
             timeout=_timeout(context),
@@ -342,6 +355,7 @@ class CoordinatorService:
         self, request: pb.JobStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.JobStatusReply:
         request = _checked(request)
+        await self.manager.claim(request.job_id)
         status = await self.manager.job_status(request.job_id)
         return pb.JobStatusReply(status=convert.status_to_pb(status))
 
@@ -371,6 +385,7 @@ class CoordinatorService:
         self, request: pb.DeleteJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteJobReply:
         request = _checked(request)
+        await self.manager.claim(request.job_id)
         return pb.DeleteJobReply(deleted=await self.manager.delete_job(request.job_id))
 
     def handler(self) -> grpc.GenericRpcHandler:

@@ -38,6 +38,25 @@ class ServeSettings(BaseSettings):
         description="closed regions kept per job for trainers resuming from a checkpoint; a "
         "resume into an older region fails",
     )
+    lease_s: float = Field(
+        0.0,
+        ge=0,
+        description="coordinator replicas: several `crest serve` sharing one Redis store, each "
+        "job owned by the replica holding its lease in Redis, which expires this long after "
+        "its last renewal (a dead replica's jobs are taken over after it); 0: one coordinator "
+        "owns every job, no leases",
+    )
+    replica_id: str | None = Field(
+        None,
+        description="with lease_s: this replica's name in leases, redirects and logs (e.g. the "
+        "pod's name); default a random one",
+    )
+    advertise: str | None = Field(
+        None,
+        description="with lease_s: the host:port trainers reach this replica at (sent to them "
+        "when they call another replica about its jobs); default this machine's hostname and "
+        "the gRPC port when host is 0.0.0.0, else host:port",
+    )
     finished_job_ttl_s: float = Field(
         7 * 86400.0, ge=0, description="delete finished jobs this long after they finish; 0 never"
     )
@@ -112,6 +131,15 @@ class ServeSettings(BaseSettings):
         return format_cores(parse_cores(value))
 
     @model_validator(mode="after")
+    def _leases_need_redis(self) -> ServeSettings:
+        if self.lease_s > 0 and not self.store.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "lease_s (coordinator replicas) needs a shared Redis store: "
+                "store=redis://host:port/db"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _tls_pair(self) -> ServeSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
@@ -128,3 +156,12 @@ class ServeSettings(BaseSettings):
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def advertised(self, port: int) -> str:
+        """The ``host:port`` other processes reach this replica at, once bound to ``port``."""
+        if self.advertise:
+            return self.advertise
+        import socket
+
+        wildcard = self.host in ("0.0.0.0", "::", "[::]", "")
+        return f"{socket.gethostname() if wildcard else self.host}:{port}"

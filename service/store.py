@@ -22,6 +22,8 @@ key                   type    content
 ``P job:J:archive``   hash    closed regions that left the live state: field ``I`` the head
                               of region ``I``, ``I:name`` its pieces
 ``P finished``        hash    job id -> Unix time the job finished (drives expiry)
+``P lease:J``         string  with replicas: ``"<token> <host:port>"`` of the replica that
+                              owns the job, expiring unless renewed (:mod:`~crest.service.leases`)
 ====================  ======  =============================================================
 
 :class:`RedisStore` refuses a value over ``max_value_bytes`` with :class:`ResourceExhausted`
@@ -33,17 +35,20 @@ pieces and events are written and read one at a time, and the socket timeout gro
 snapshots), at most ``keep`` per job (the oldest expire), so that neither a snapshot nor the
 stored bytes of a job grow with the regions it ran. Writing to a job the store no longer
 holds (a Redis restarted without its data) raises :class:`DataLoss` rather than recreating
-part of it.
+part of it. Every write of a job's state (head, journal, archive, deletion) is one Lua
+script, so that with coordinator replicas (:meth:`RedisStore.fence`) each write checks,
+atomically with it, that this replica still holds the job's lease: a replica that lost it
+writes nothing (:class:`NotOwner`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from crest.proto.errors import DataLoss, InvalidArgument, ResourceExhausted
+from crest.proto.errors import DataLoss, InvalidArgument, NotOwner, ResourceExhausted
 
 DEFAULT_MAX_VALUE_BYTES = 64 * 2**20
 _NO_PIECES: Mapping[str, bytes] = {}
@@ -255,30 +260,86 @@ class RedisStore:
 
     TIMEOUT_BYTES_PER_S = 16 * 2**20  # a slow link, or a busy server: still no timeout
 
-    # Appends only to a job whose snapshot exists: a bare RPUSH would recreate a journal
-    # without its snapshot after Redis lost the job.
-    _APPEND = """
-    if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-    return redis.call('RPUSH', KEYS[2], ARGV[1])
+    # Every write script starts with the lease check (the fence): KEYS[1] is the job's lease,
+    # ARGV[1] the holder prefix of this replica ("<token> ") or '' without leases. A replica that
+    # lost the lease (paused past its TTL, cut off from Redis) writes nothing: -2.
+    _FENCE = """
+    if ARGV[1] ~= '' then
+        local held = redis.call('GET', KEYS[1])
+        if not held or string.sub(held, 1, #ARGV[1]) ~= ARGV[1] then return -2 end
+    end
     """
-    # Writes a snapshot or archive piece (ARGV[1]: field, ARGV[2]: blob) of a job whose
-    # snapshot exists.
-    _PIECE = """
-    if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-    return redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+    # Appends (ARGV[2]) only to a job whose snapshot (KEYS[2]) exists: a bare RPUSH would
+    # recreate a journal (KEYS[3]) without its snapshot after Redis lost the job.
+    _APPEND = (
+        _FENCE
+        + """
+    if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+    return redis.call('RPUSH', KEYS[3], ARGV[2])
     """
-    # Completes an archived region (ARGV[1]: id, ARGV[2]: head; its pieces are in) of a job
-    # whose snapshot exists, and expires the regions up to id ARGV[3], pieces and all (the
-    # hash holds about ``keep`` regions' fields to scan).
-    _ARCHIVE = """
-    if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-    local last = tonumber(ARGV[3])
-    for _, field in ipairs(redis.call('HKEYS', KEYS[2])) do
-        if tonumber(string.match(field, '^%d+')) <= last then redis.call('HDEL', KEYS[2], field) end
+    )
+    # Writes a snapshot or archive piece (ARGV[2]: field, ARGV[3]: blob) into hash KEYS[3] of a
+    # job whose snapshot (KEYS[2]) exists.
+    _PIECE = (
+        _FENCE
+        + """
+    if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+    return redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+    """
+    )
+    # Completes an archived region (ARGV[2]: id, ARGV[3]: head; its pieces are in) in hash
+    # KEYS[3] of a job whose snapshot (KEYS[2]) exists, and expires the regions up to id ARGV[4],
+    # pieces and all (the hash holds about ``keep`` regions' fields to scan).
+    _ARCHIVE = (
+        _FENCE
+        + """
+    if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+    redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+    local last = tonumber(ARGV[4])
+    for _, field in ipairs(redis.call('HKEYS', KEYS[3])) do
+        if tonumber(string.match(field, '^%d+')) <= last then redis.call('HDEL', KEYS[3], field) end
     end
     return 0
     """
+    )
+    # Replaces the head (KEYS[2], ARGV[2]) of a job whose head exists, empties its journal
+    # (KEYS[3]) and drops the pieces (hash KEYS[4]) the new head no longer names (ARGV[3:]).
+    _SNAPSHOT = (
+        _FENCE
+        + """
+    if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+    redis.call('SET', KEYS[2], ARGV[2])
+    redis.call('DEL', KEYS[3])
+    for i = 3, #ARGV do redis.call('HDEL', KEYS[4], ARGV[i]) end
+    return 0
+    """
+    )
+    # Records job ARGV[2] (set KEYS[2]) with head ARGV[3] (KEYS[3]), an empty journal and
+    # archive (KEYS[4], KEYS[5]), without the pieces ARGV[4:] (hash KEYS[6]) and not finished
+    # (hash KEYS[7]).
+    _CREATE = (
+        _FENCE
+        + """
+    redis.call('SADD', KEYS[2], ARGV[2])
+    redis.call('SET', KEYS[3], ARGV[3])
+    redis.call('DEL', KEYS[4], KEYS[5])
+    for i = 4, #ARGV do redis.call('HDEL', KEYS[6], ARGV[i]) end
+    redis.call('HDEL', KEYS[7], ARGV[2])
+    return 0
+    """
+    )
+    # Removes job ARGV[2] (set KEYS[2]; KEYS[3..6]; hash KEYS[7]) and, with leases, its lease:
+    # the number of things removed.
+    _DELETE = (
+        _FENCE
+        + """
+    local removed = redis.call('SREM', KEYS[2], ARGV[2])
+    removed = removed + redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+    redis.call('HDEL', KEYS[7], ARGV[2])
+    if ARGV[1] ~= '' then redis.call('DEL', KEYS[1]) end
+    return removed
+    """
+    )
 
     def __init__(
         self, url: str, prefix: str = "crest:", max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
@@ -301,23 +362,58 @@ class RedisStore:
         self._append = self._redis.register_script(self._APPEND)
         self._archive = self._redis.register_script(self._ARCHIVE)
         self._piece = self._redis.register_script(self._PIECE)
+        self._snapshot = self._redis.register_script(self._SNAPSHOT)
+        self._create = self._redis.register_script(self._CREATE)
+        self._delete = self._redis.register_script(self._DELETE)
+        self._holder = ""  # "<token> " once fenced: every write checks the job's lease
+
+    @property
+    def client(self) -> Any:
+        """The ``redis.asyncio.Redis`` client (the job leases share it)."""
+        return self._redis
+
+    def lease_key(self, job_id: str) -> str:
+        """The key of the job's lease (:mod:`crest.service.leases`)."""
+        return f"{self.prefix}lease:{job_id}"
+
+    def fence(self, token: str) -> None:
+        """From now on write a job only while its lease is held by ``token``: a write of a
+        job whose lease another holder has, or nobody, raises :class:`NotOwner` and changes
+        nothing (see :class:`crest.service.leases.RedisLeases`)."""
+        if not token or " " in token:
+            raise ValueError(f"a lease token is non-empty and has no spaces, got {token!r}")
+        self._holder = f"{token} "
 
     def _key(self, job_id: str, part: str) -> str:
         return f"{self.prefix}job:{job_id}:{part}"
+
+    def _keys(self, job_id: str, *parts: str) -> list[str]:
+        """The job's lease key (checked by every write script), then the keys of ``parts``."""
+        return [self.lease_key(job_id), *(self._key(job_id, part) for part in parts)]
+
+    def _written(self, job_id: str, reply: Any) -> int:
+        """A write script's reply: -1 the job is gone, -2 its lease is not this replica's."""
+        result: int = int(reply)
+        if result == -2:
+            raise NotOwner(
+                f"this coordinator replica no longer holds the lease of job {job_id!r}: "
+                "another replica owns it now"
+            )
+        if result < 0:
+            raise _lost(job_id)
+        return result
 
     async def create(
         self, job_id: str, snapshot: bytes, pieces: Mapping[str, bytes] = _NO_PIECES
     ) -> None:
         _check_sizes(job_id, snapshot, pieces, self.max_value_bytes)
         stale = await self._write_pieces(job_id, pieces, guarded=False)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(f"{self.prefix}jobs", job_id)
-            pipe.set(self._key(job_id, "snapshot"), snapshot)
-            pipe.delete(self._key(job_id, "log"), self._key(job_id, "archive"))
-            if stale:
-                pipe.hdel(self._key(job_id, "pieces"), *stale)
-            pipe.hdel(f"{self.prefix}finished", job_id)
-            await pipe.execute()
+        keys = [*self._keys(job_id), f"{self.prefix}jobs",
+                *(self._key(job_id, p) for p in ("snapshot", "log", "archive", "pieces")),
+                f"{self.prefix}finished"]  # fmt: skip
+        self._written(
+            job_id, await self._create(keys=keys, args=[self._holder, job_id, snapshot, *stale])
+        )
 
     async def _write_pieces(
         self, job_id: str, pieces: Mapping[str, bytes], guarded: bool
@@ -331,32 +427,26 @@ class RedisStore:
                 continue
             if not guarded:
                 await self._redis.hset(key, name, piece)
-            elif int(await self._piece(keys=[self._key(job_id, "snapshot"), key],
-                                       args=[name, piece])) < 0:  # fmt: skip
-                raise _lost(job_id)
+            else:
+                keys = [*self._keys(job_id, "snapshot"), key]
+                self._written(
+                    job_id, await self._piece(keys=keys, args=[self._holder, name, piece])
+                )
         return sorted(held.difference(pieces))
 
     async def append(self, job_id: str, event: bytes) -> int:
         _check_size(job_id, "journal event", event, self.max_value_bytes)
-        keys = [self._key(job_id, "snapshot"), self._key(job_id, "log")]
-        length = int(await self._append(keys=keys, args=[event]))
-        if length < 0:
-            raise _lost(job_id)
-        return length
+        keys = self._keys(job_id, "snapshot", "log")
+        return self._written(job_id, await self._append(keys=keys, args=[self._holder, event]))
 
     async def snapshot(
         self, job_id: str, snapshot: bytes, pieces: Mapping[str, bytes] = _NO_PIECES
     ) -> None:
         _check_sizes(job_id, snapshot, pieces, self.max_value_bytes)
         stale = await self._write_pieces(job_id, pieces, guarded=True)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(self._key(job_id, "snapshot"), snapshot, xx=True)  # only if it exists
-            pipe.delete(self._key(job_id, "log"))
-            if stale:
-                pipe.hdel(self._key(job_id, "pieces"), *stale)
-            replaced, *_ = await pipe.execute()
-        if not replaced:
-            raise _lost(job_id)
+        keys = self._keys(job_id, "snapshot", "log", "pieces")
+        reply = await self._snapshot(keys=keys, args=[self._holder, snapshot, *stale])
+        self._written(job_id, reply)
 
     async def load(self, job_id: str) -> StoredJob | None:
         """The job's head and journal (read together), then its pieces and events one by
@@ -379,12 +469,14 @@ class RedisStore:
     async def archive(self, job_id: str, region_id: int, region: StoredRegion, keep: int) -> None:
         """The pieces one command each, then the head, which makes the region readable."""
         _check_sizes(job_id, region.head, region.pieces, self.max_value_bytes)
-        keys = [self._key(job_id, "snapshot"), self._key(job_id, "archive")]
+        keys = self._keys(job_id, "snapshot", "archive")
         for name, piece in region.pieces.items():
-            if int(await self._piece(keys=keys, args=[f"{region_id}:{name}", piece])) < 0:
-                raise _lost(job_id)
-        if int(await self._archive(keys=keys, args=[region_id, region.head, region_id - keep])) < 0:
-            raise _lost(job_id)
+            reply = await self._piece(keys=keys, args=[self._holder, f"{region_id}:{name}", piece])
+            self._written(job_id, reply)
+        reply = await self._archive(
+            keys=keys, args=[self._holder, region_id, region.head, region_id - keep]
+        )
+        self._written(job_id, reply)
 
     async def archived(self, job_id: str, region_id: int) -> StoredRegion | None:
         key = self._key(job_id, "archive")
@@ -403,12 +495,11 @@ class RedisStore:
         return sorted(_text(m) for m in members)
 
     async def delete(self, job_id: str) -> bool:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.srem(f"{self.prefix}jobs", job_id)
-            pipe.delete(*(self._key(job_id, p) for p in ("snapshot", "log", "pieces", "archive")))
-            pipe.hdel(f"{self.prefix}finished", job_id)
-            member, keys, _ = await pipe.execute()
-        return bool(member or keys)
+        keys = [*self._keys(job_id), f"{self.prefix}jobs",
+                *(self._key(job_id, p) for p in ("snapshot", "log", "pieces", "archive")),
+                f"{self.prefix}finished"]  # fmt: skip
+        removed = await self._delete(keys=keys, args=[self._holder, job_id])
+        return self._written(job_id, removed) > 0
 
     async def mark_finished(self, job_id: str, at: float) -> None:
         await self._redis.hset(f"{self.prefix}finished", job_id, repr(at))

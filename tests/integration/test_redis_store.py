@@ -107,7 +107,7 @@ def test_snapshots_write_only_new_pieces_and_drop_unnamed_ones(redis_server: Red
         written, write = [], store._piece
 
         async def counted(keys: list[str], args: list) -> int:
-            written.append(args[0])
+            written.append(args[1])  # args[0]: the lease holder (empty without leases)
             return await write(keys=keys, args=args)
 
         store._piece = counted
