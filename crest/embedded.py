@@ -38,7 +38,8 @@ async def _pin(cores: Collection[int]) -> None:
 
 def connect(address: str | None = None, **remote_args: object) -> Coordinator:
     """A coordinator for a training script: remote at ``address`` (``host:port``, e.g. a
-    ``crest serve``), or in this process when ``address`` is None.
+    ``crest serve``; coordinator replicas' addresses separated by commas), or in this process
+    when ``address`` is None.
 
     The remote coordinator's ``token`` defaults to ``$CREST_TOKEN`` (as for ``crest health``),
     so a script runs unchanged against a coordinator that requires one (docker-compose.yml

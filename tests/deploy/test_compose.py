@@ -28,7 +28,8 @@ from tests.deploy.manifests import (
     variables,
 )
 
-PYTHON_SERVICES = {"ray-head", "ray-worker", "coordinator", "trainer"}
+COORDINATORS = ("coordinator", "coordinator-b")  # replicas sharing Redis
+PYTHON_SERVICES = {"ray-head", "ray-worker", *COORDINATORS, "trainer"}
 TOKENS = {"CREST_TOKEN", "RAY_AUTH_TOKEN"}
 
 
@@ -42,8 +43,8 @@ def services(compose: dict) -> dict:
     return compose["services"]
 
 
-def coordinator_settings(services: dict):
-    coordinator = services["coordinator"]
+def coordinator_settings(services: dict, name: str = "coordinator"):
+    coordinator = services[name]
     argv = command_argv(coordinator["command"])
     assert argv[0] == COORDINATOR_COMMAND
     return serve_settings(environment(coordinator), argv[1:])
@@ -60,6 +61,7 @@ def test_services_wait_for_healthy_dependencies(services: dict) -> None:
     expected = {
         "ray-worker": {"ray-head"},
         "coordinator": {"redis", "ray-head"},
+        "coordinator-b": {"redis", "ray-head"},
         "trainer": {"coordinator"},
     }
     for name, service in services.items():
@@ -87,12 +89,28 @@ def test_redis_keeps_an_append_only_file_on_a_named_volume(compose: dict, servic
 def test_crest_variables_are_settings_with_valid_values(services: dict) -> None:
     for service in services.values():
         serve_settings(environment(service))  # every CREST_* is a setting, and valid
-    settings = coordinator_settings(services)
-    assert settings.host == settings.dashboard_host == "0.0.0.0"
-    assert settings.store == "redis://redis:6379/0"
-    assert settings.selector == "ray"
-    assert settings.ray_address == "ray-head:6380"
-    assert settings.token is not None
+    for name in COORDINATORS:
+        settings = coordinator_settings(services, name)
+        assert settings.host == settings.dashboard_host == "0.0.0.0"
+        assert settings.store == "redis://redis:6379/0"
+        assert settings.selector == "ray"
+        assert settings.ray_address == "ray-head:6380"
+        assert settings.token is not None
+
+
+def test_coordinator_replicas_share_redis_with_leases_each_under_its_own_name(
+    services: dict,
+) -> None:
+    replicas = {name: coordinator_settings(services, name) for name in COORDINATORS}
+    assert len({(s.store, s.lease_s, s.token.get_secret_value()) for s in replicas.values()}) == 1
+    for name, settings in replicas.items():
+        assert settings.lease_s > 0 and settings.replica_id == name
+        assert host_port(settings.advertised(settings.port)) == (name, settings.port), (
+            "advertised at the service's name on the compose network"
+        )
+    differ = {"CREST_REPLICA_ID", "CREST_ADVERTISE"}
+    a, b = (environment(services[name]) for name in COORDINATORS)
+    assert {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)} == differ
 
 
 def test_crest_command_lines_parse_with_the_crest_cli(services: dict) -> None:
@@ -107,21 +125,26 @@ def test_crest_command_lines_parse_with_the_crest_cli(services: dict) -> None:
 
 
 def test_coordinator_health_is_the_grpc_health_service_on_its_port(services: dict) -> None:
-    settings = coordinator_settings(services)
-    args = parse_crest(healthcheck_argv(services["coordinator"])[1:])
-    assert args.command == "health"
-    assert host_port(args.address) == ("127.0.0.1", settings.port)
+    for name in COORDINATORS:
+        settings = coordinator_settings(services, name)
+        args = parse_crest(healthcheck_argv(services[name])[1:])
+        assert args.command == "health"
+        assert host_port(args.address) == ("127.0.0.1", settings.port)
 
 
 def test_published_ports_are_the_configured_ones(services: dict) -> None:
-    settings = coordinator_settings(services)
-    published = {}
-    for spec in services["coordinator"]["ports"]:
-        *host, container = str(spec).split(":")
-        published[int(container)] = host
-    assert set(published) == {settings.port, settings.dashboard_port}
+    on_host = []
+    for name in COORDINATORS:
+        settings = coordinator_settings(services, name)
+        published = {}
+        for spec in services[name]["ports"]:
+            *host, container = str(spec).split(":")
+            published[int(container)] = host
+            on_host.append(tuple(host))
+        assert set(published) == {settings.port, settings.dashboard_port}, name
+    assert len(set(on_host)) == len(on_host), "each replica has its own host ports"
     for name, service in services.items():
-        if name != "coordinator":
+        if name not in COORDINATORS:
             assert "ports" not in service, f"{name} publishes ports"
 
 
@@ -130,9 +153,10 @@ def test_trainer_runs_the_mnist1d_example_against_the_coordinator(services: dict
     assert trainer["profiles"] == ["train"]
     flags = check_example_command(command_argv(trainer["command"]))
     assert command_argv(trainer["command"])[1] == "examples/train_mnist1d.py"
-    assert host_port(flags["--address"]) == ("coordinator", settings.port)
+    addresses = [host_port(address) for address in flags["--address"].split(",")]
+    assert addresses == [(name, settings.port) for name in COORDINATORS], "every replica"
     health = parse_crest(healthcheck_argv(trainer)[1:])
-    assert health.address == flags["--address"]
+    assert health.address == flags["--address"].split(",")[0]
     coordinator_token = environment(services["coordinator"])["CREST_TOKEN"]
     assert environment(trainer)["CREST_TOKEN"] == coordinator_token
 
@@ -148,7 +172,7 @@ def test_ray_head_worker_and_coordinator_form_one_authenticated_cluster(services
         check = parse_ray(healthcheck_argv(services[name]))
         assert host_port(check["address"])[1] == head["port"], name
     token = dotenv()["RAY_AUTH_TOKEN"]
-    for name in ("ray-head", "ray-worker", "coordinator"):
+    for name in ("ray-head", "ray-worker", *COORDINATORS):
         env = environment(services[name])
         assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN"] == token, name
 

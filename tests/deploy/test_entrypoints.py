@@ -31,7 +31,6 @@ from tests.deploy.manifests import (
     healthcheck_argv,
     host_port,
     load_compose,
-    parse_crest,
 )
 from tests.integration.conftest import free_port, wait_for_port
 
@@ -112,10 +111,12 @@ def test_compose_entrypoints_serve_and_train_against_redis(tmp_path: Path) -> No
             time.sleep(0.5)
 
         # The trainer service's command and environment: the digits example, 2 epochs.
+        # One coordinator here (the compose file's first replica, leases and all): the trainer's
+        # list of replicas becomes its address.
         trainer_argv = command_argv(trainer["command"])
-        compose_address = parse_crest(healthcheck_argv(trainer)[1:]).address
-        assert host_port(compose_address)[1] == compose_port
-        trainer_argv = with_address(trainer_argv, compose_address, address)
+        compose_addresses = trainer_argv[trainer_argv.index("--address") + 1]
+        assert {host_port(a)[1] for a in compose_addresses.split(",")} == {compose_port}
+        trainer_argv = with_address(trainer_argv, compose_addresses, address)
         trainer_argv = [sys.executable if a == "python" else a for a in trainer_argv]
         trainer_argv = [*with_address(trainer_argv, "examples/train_mnist1d.py",
                                       "examples/train_digits.py"), "--epochs", "2"]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -26,15 +27,23 @@ CREST_IMAGES = {"crest-coresets:cpu", "crest-coresets:cuda"}
 STANDALONE = {"secret.yaml", "train-job.yaml"}  # applied on their own, not by kustomization
 
 
-def container_env(container: dict, secret: dict | None = None) -> dict[str, str]:
-    """A container's environment; values from the Secret come from its placeholders."""
-    env = {}
+def container_env(
+    container: dict, secret: dict | None = None, pod: dict | None = None
+) -> dict[str, str]:
+    """A container's environment as Kubernetes makes it: values from the Secret come from its
+    placeholders, values from the pod's fields (``fieldRef``) from ``pod`` (a placeholder
+    without it), and ``$(NAME)`` names a variable defined before."""
+    env: dict[str, str] = {}
     for item in container.get("env", []):
         if "value" in item:
-            env[item["name"]] = str(item["value"])
-        else:
+            value = re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), str(item["value"]))
+        elif "secretKeyRef" in item["valueFrom"]:
             ref = item["valueFrom"]["secretKeyRef"]
-            env[item["name"]] = (secret or {}).get(ref["key"], f"<{ref['key']}>")
+            value = (secret or {}).get(ref["key"], f"<{ref['key']}>")
+        else:
+            path = item["valueFrom"]["fieldRef"]["fieldPath"]
+            value = (pod or {}).get(path, f"<{path}>")
+        env[item["name"]] = value
     return env
 
 
@@ -43,15 +52,16 @@ def secret_data() -> dict[str, str]:
 
 
 def coordinator() -> tuple[dict, dict]:
-    deployment = k8s_object("Deployment", "crest-coordinator")
+    deployment = k8s_object("StatefulSet", "crest-coordinator")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return deployment, container
 
 
-def coordinator_settings():
+def coordinator_settings(pod: str = "crest-coordinator-0"):
     _, container = coordinator()
     assert container["command"][0] == COORDINATOR_COMMAND
-    return serve_settings(container_env(container, secret_data()), container["command"][1:])
+    env = container_env(container, secret_data(), {"metadata.name": pod})
+    return serve_settings(env, container["command"][1:])
 
 
 def ray_cluster() -> dict:
@@ -89,7 +99,7 @@ def test_kubectl_kustomize_builds_the_manifests() -> None:
                             text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     kinds = {(d["kind"], d["metadata"].get("namespace")) for d in yaml.safe_load_all(result.stdout)}
-    assert ("RayCluster", "crest") in kinds and ("Deployment", "crest") in kinds
+    assert ("RayCluster", "crest") in kinds and ("StatefulSet", "crest") in kinds
 
 
 def test_secret_has_placeholders_for_every_token_the_pods_read() -> None:
@@ -130,11 +140,26 @@ def test_coordinator_ports_probes_and_service() -> None:
     service = k8s_object("Service", "crest-coordinator")
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
     assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate"
     env = container_env(container, secret_data())
     assert env["RAY_AUTH_MODE"] == "token"
     assert env["RAY_AUTH_TOKEN"] == secret_data()["RAY_AUTH_TOKEN"]
+
+
+def test_coordinator_replicas_lease_jobs_and_advertise_their_stable_names() -> None:
+    statefulset, _ = coordinator()
+    assert statefulset["spec"]["replicas"] >= 2
+    headless = k8s_object("Service", statefulset["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
+    (grpc,) = headless["spec"]["ports"]
+    pods = [f"crest-coordinator-{i}" for i in range(statefulset["spec"]["replicas"])]
+    settings = [coordinator_settings(pod) for pod in pods]
+    for pod, replica in zip(pods, settings, strict=True):
+        assert replica.lease_s > 0 and replica.replica_id == pod
+        assert replica.store.startswith("redis://")
+        host, port = host_port(replica.advertised(replica.port))
+        assert (host, port) == (f"{pod}.{headless['metadata']['name']}", grpc["port"])
+        assert port == replica.port
 
 
 def test_ray_cluster_head_port_workers_and_coordinator_agree() -> None:

@@ -146,7 +146,7 @@ def probe_commands() -> dict[str, list[str]]:
     from tests.deploy.manifests import healthcheck_argv, k8s_object, load_compose
 
     probes = {"compose": healthcheck_argv(load_compose()["services"]["coordinator"])}
-    (container,) = k8s_object("Deployment", "crest-coordinator")["spec"]["template"]["spec"][
+    (container,) = k8s_object("StatefulSet", "crest-coordinator")["spec"]["template"]["spec"][
         "containers"
     ]
     for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
