@@ -501,15 +501,40 @@ class JobManager:
             if job.finished_at is not None and now - job.finished_at >= self.finished_ttl_s
         ]
         expired = []
-        for job_id in due:
+        for job_id in due + await self._unowned_due(now):
             try:
-                if await self.delete_job(job_id):
+                if await self.delete_job(job_id) or await self._delete_unowned(job_id):
                     expired.append(job_id)
                     log.info("job %s expired (finished over %.0f s ago)", job_id,
                              self.finished_ttl_s)  # fmt: skip
             except Unavailable as err:  # the next sweep tries again
                 log.warning("could not expire job %s: %s", job_id, err)
         return expired
+
+    async def _unowned_due(self, now: float) -> list[str]:
+        """With leases: the stored jobs due to expire that this replica does not hold (their
+        owner died after they finished, and no trainer came back to them)."""
+        if self.leases is None:
+            return []
+        try:
+            finished = await self.store.finished_times()
+        except Exception as err:
+            log.warning("could not read the finish times: %s", err)
+            return []
+        return [job_id for job_id, at in finished.items()
+                if job_id not in self._jobs and now - at >= self.finished_ttl_s]  # fmt: skip
+
+    async def _delete_unowned(self, job_id: str) -> bool:
+        """Delete a stored job this replica does not hold, if its lease is free (taken for the
+        deletion, which the store fences); False if another replica holds it."""
+        if self.leases is None or job_id in self._jobs:
+            return False
+        try:
+            if await self.leases.acquire(job_id) is not None:
+                return False  # its owner is alive: its own sweep expires it
+            return await self.store.delete(job_id)
+        except Exception as err:
+            raise Unavailable(f"the state store failed: {err}") from None
 
     async def _expire_loop(self) -> None:
         period = min(max(self.finished_ttl_s / 4, 0.05), MAX_EXPIRY_PERIOD_S)

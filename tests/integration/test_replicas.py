@@ -19,7 +19,9 @@ from crest.proto.errors import OWNER_METADATA, NotFound, NotOwner
 from crest.proto.v1 import coordinator_pb2 as pb
 from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from crest.service.leases import RedisLeases
+from crest.service.manager import JobManager
 from crest.service.store import RedisStore, StoredRegion
+from crest.worker.selector import InProcessSelector
 from tests.integration.conftest import (
     LoopbackCoordinator,
     RedisServer,
@@ -195,3 +197,34 @@ def test_several_addresses_skip_an_unreachable_one(replicas) -> None:
         assert remote.address == a.address
     with pytest.raises(ValueError, match="no coordinator address"):
         RemoteCoordinator(" , ")
+
+
+def test_a_finished_job_whose_owner_died_expires_on_another_replica(
+    redis_server: RedisServer,
+) -> None:
+    async def main() -> None:
+        dead_store, live_store = (RedisStore(redis_server.url) for _ in range(2))
+        dead = RedisLeases(dead_store, ttl_s=0.2, address="dead:1", replica_id="dead")
+        live = RedisLeases(live_store, ttl_s=30, address="live:1", replica_id="live")
+        for job_id, leases, store in [("orphan", dead, dead_store), ("owned", live, live_store)]:
+            assert await leases.acquire(job_id) is None
+            await store.create(job_id, b"head")
+            await store.mark_finished(job_id, time.time() - 60)
+        await asyncio.sleep(0.4)  # the dead replica's lease expires
+        replica_store = RedisStore(redis_server.url)
+        manager = JobManager(
+            InProcessSelector(),
+            replica_store,
+            finished_ttl_s=10,
+            leases=RedisLeases(replica_store, ttl_s=30, address="replica:1"),
+        )
+        try:
+            assert await manager.expire_finished() == ["orphan"]
+            assert await live_store.job_ids() == ["owned"], "a live owner's job is its own"
+            assert manager.job_ids() == []
+        finally:
+            await manager.close()
+            await dead_store.close()
+            await live_store.close()
+
+    asyncio.run(main())
