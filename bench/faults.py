@@ -18,6 +18,12 @@ Scenarios (each bounded in time and count; each stops everything it started):
   the fsync policy allows: nothing with ``always``, about a second with ``everysec``.
 * ``actor``: SIGKILL of a Ray selector actor just after a region's last batch, while the next
   selection is being prepared or runs: same batches; fallbacks (random batches) are counted.
+* ``replica``: two ``crest serve --lease-s`` replicas on one Redis, the trainer given both
+  addresses. At random steps the replica that owns the job (the one that serves it; the other
+  must redirect to it) is SIGKILLed and restarted at once on its port, a new replica owning
+  nothing: the job is taken over (by either) once the dead one's lease expires, and the trainer
+  finishes by itself with the same batches. Per kill: the takeover (kill to the trainer's next
+  batch) and the stall beyond the undisturbed run's batch gap.
 * ``soak``: N concurrent closed-loop sessions for S seconds (``crest bench service``'s fetch
   loop) against a Redis-backed coordinator: errors, p50/p99.
 * ``fuzz``: N hypothesis-generated requests (random bytes to every RPC, random uploads, job
@@ -46,6 +52,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,8 +65,9 @@ from crest.proto.contract import JobConfig
 if TYPE_CHECKING:
     import torch  # the trainer's; imported where used (the bench's own process needs none)
 
-SCENARIOS = ("coordinator", "redis", "actor", "soak", "fuzz")
+SCENARIOS = ("coordinator", "redis", "actor", "replica", "soak", "fuzz")
 START_S = 180.0  # longest wait for a process to start (Ray's start on a busy 2-core machine)
+REPLICA_STEP_S = 0.02  # the replica scenario's trainer: 150 steps take 3 s or more
 TRAINER_RETRY_S = 300.0  # the trainer's RemoteCoordinator retry_s: rides out every outage here
 
 
@@ -73,6 +81,7 @@ class TrainJob:
     epochs: int = 8
     train_frac: float = 0.5
     seed: int = 0
+    step_s: float = 0.0  # the trainer sleeps this long after each step (same batches, slower)
 
     def config(self) -> JobConfig:
         return JobConfig(num_examples=self.examples, num_classes=self.classes,
@@ -100,6 +109,8 @@ class FaultPlan:
     redis_kills: int = 3
     redis_fsync: str = "always"  # appendfsync of the Redis scenario ("everysec": compose's)
     actor_kills: int = 9
+    replica_kills: int = 3  # SIGKILLs of the replica that owns the job
+    lease_s: float = 5.0  # the replicas' --lease-s
     soak_sessions: int = 64
     soak_s: float = 60.0
     fuzz_n: int = 20_000
@@ -107,11 +118,12 @@ class FaultPlan:
 
 
 def quick_plan(plan: FaultPlan | None = None) -> FaultPlan:
-    """About a minute on an idle 2-core machine: a 150-step job, 2 coordinator kills, one Redis
-    kill, one actor kill, 8 sessions for 10 s, 300 fuzzed requests."""
+    """About a minute and a half on an idle 2-core machine: a 150-step job, 2 coordinator
+    kills, one Redis kill, one actor kill, one replica kill (2 s leases), 8 sessions for 10 s,
+    300 fuzzed requests."""
     return replace(plan or FaultPlan(), job=TrainJob(examples=2_400, epochs=4), kills=2,
-                   redis_kills=1, actor_kills=1, soak_sessions=8, soak_s=10.0,
-                   fuzz_n=300)  # fmt: skip
+                   redis_kills=1, actor_kills=1, replica_kills=1, lease_s=2.0, soak_sessions=8,
+                   soak_s=10.0, fuzz_n=300)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- processes
@@ -292,6 +304,13 @@ class Trainer:
             time.sleep(0.05)
         return False
 
+    def pause(self) -> None:
+        """Stop the trainer where it is (SIGSTOP); :meth:`resume` lets it go on."""
+        _kill_group(self.process, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        _kill_group(self.process, signal.SIGCONT)
+
     def steps_done(self) -> int:
         return self.batches[-1][0] + 1 if self.batches else 0
 
@@ -340,6 +359,8 @@ def train(address: str, job_id: str, job: TrainJob, emit: Callable[[Batch], None
             for batch in session.batches():
                 emit((batch.step, batch.indices.tolist(), batch.weights.tolist(),
                       batch.region_id, time.time()))  # fmt: skip
+                if job.step_s:
+                    time.sleep(job.step_s)
                 loss = weighted_loss(model(x[batch.indices]), y[batch.indices], batch.weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -492,6 +513,101 @@ def redis_kills(ctx: Context) -> dict[str, Any]:
             "reloaded_unchanged": served == reloaded,
             "reload_differs_in": sorted(k for k in served if served[k] != reloaded.get(k)),
             **_verdict(batches, ctx.baseline), **_outage_summary(per_kill)}  # fmt: skip
+
+
+def who_serves(address: str, job_id: str) -> tuple[str, str]:
+    """What a replica answers about ``job_id`` now: the status name of ``GetJobStatus``, and
+    the owner it redirects to (``crest-owner``; '' when it serves the job itself)."""
+    from crest.client.remote import redirect_owner
+    from crest.proto.v1 import coordinator_pb2 as pb
+    from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            pb_grpc.CoordinatorStub(channel).GetJobStatus(
+                pb.JobStatusRequest(job_id=job_id), timeout=60
+            )
+        except grpc.RpcError as err:
+            return err.code().name, redirect_owner(err)
+    return "OK", ""
+
+
+def replica_kills(ctx: Context) -> dict[str, Any]:
+    plan, dirs = ctx.plan, ctx.workdir / "replica"
+    dirs.mkdir()
+    # kill, takeover, how long the trainer was paused before the kill, redirected?, its step
+    faults: list[tuple[float, float, float, bool, int]] = []
+    with RedisServer(dirs) as redis, contextlib.ExitStack() as stack:
+        replicas = [
+            CoordinatorProcess(dirs / f"serve-{name}.log", "--store", redis.url, "--selector",
+                               "inprocess", "--lease-s", f"{plan.lease_s:g}",
+                               "--replica-id", name)
+            for name in ("a", "b")
+        ]  # fmt: skip
+        for replica in replicas:
+            stack.callback(replica.stop)
+        with ThreadPoolExecutor(len(replicas)) as pool:  # both start at once
+            list(pool.map(CoordinatorProcess.start, replicas))
+        addresses = ",".join(replica.address for replica in replicas)
+        # Slowed down, so that the owner dies mid-job rather than after the trainer's last
+        # step: the whole job takes a fraction of a second otherwise.
+        job = replace(plan.job, step_s=REPLICA_STEP_S)
+        trainer = Trainer(addresses, "replica-kill", job, dirs / "trainer.log")
+        timeout_s = ctx.trainer_timeout_s(plan.replica_kills)
+        try:
+            for step in ctx.kill_steps(plan.replica_kills):
+                trainer.wait_for(step, timeout_s)
+                ctx.jitter()
+                # The trainer waits (SIGSTOP) while the replicas are asked which owns the job
+                # (seconds on a busy machine), so that the kill lands where it was meant to.
+                paused = time.time()
+                trainer.pause()
+                try:
+                    owner, redirected = _owner_replica(replicas, "replica-kill", timeout_s)
+                    down = time.time()
+                    owner.kill()
+                    killed_at = trainer.steps_done()
+                finally:
+                    trainer.resume()
+                # Taken over once a surviving replica serves the job (asking claims it too, as
+                # the trainer's calls do): the dead owner's lease expired, the job was loaded.
+                _owner_replica([r for r in replicas if r is not owner], "replica-kill", timeout_s)
+                faults.append((down, time.time(), down - paused, redirected, killed_at))
+                owner.start()  # a new process and token: it owns nothing until it takes a lease
+            batches = trainer.finish(timeout_s)
+        finally:
+            trainer.kill()
+    per_kill = []
+    for down, up, paused_s, redirected, steps in faults:
+        stall = _stall(batches, ctx.baseline, down, up)
+        per_kill.append({"takeover_s": up - down, "recover_s": stall["recover_s"],
+                         "stall_s": max(0.0, stall["stall_s"] - paused_s),
+                         "redirected": redirected, "killed_at_step": steps})  # fmt: skip
+    return {"kills": len(faults), "lease_s": plan.lease_s, "per_kill": per_kill,
+            "redirected": all(k["redirected"] for k in per_kill),
+            "mid_job": all(k["killed_at_step"] < len(batches) for k in per_kill),
+            "total_stall_s": sum(k["stall_s"] for k in per_kill),
+            "max_takeover_s": max((k["takeover_s"] for k in per_kill), default=0.0),
+            "max_recover_s": max((k["recover_s"] for k in per_kill), default=0.0),
+            **_verdict(batches, ctx.baseline)}  # fmt: skip
+
+
+def _owner_replica(
+    replicas: list[CoordinatorProcess], job_id: str, timeout_s: float
+) -> tuple[CoordinatorProcess, bool]:
+    """The replica that serves ``job_id``, and whether every other one redirects to it. Asking
+    claims the job too, so a job whose owner died is taken over by one of them meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answers = [who_serves(replica.address, job_id) for replica in replicas]
+        owners = [r for r, answer in zip(replicas, answers, strict=True) if answer == ("OK", "")]
+        if len(owners) == 1:
+            (owner,) = owners
+            others = [a for r, a in zip(replicas, answers, strict=True) if r is not owner]
+            return owner, all(answer == ("UNAVAILABLE", owner.address) for answer in others)
+        if len(owners) > 1 or time.monotonic() > deadline:
+            raise RuntimeError(f"not one owner of job {job_id}: the replicas say {answers}")
+        time.sleep(0.2)  # the dead owner's lease has not expired yet
 
 
 def selector_actor_pids(session: int) -> list[int]:
@@ -735,6 +851,7 @@ RUNNERS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "coordinator": coordinator_kills,
     "redis": redis_kills,
     "actor": actor_kills,
+    "replica": replica_kills,
     "soak": soak,
     "fuzz": fuzz,
 }
@@ -748,6 +865,7 @@ def passed(name: str, result: dict[str, Any]) -> bool:
         "coordinator": lambda r: r["identical"],
         "redis": lambda r: r["identical"] and r["reloaded_unchanged"],
         "actor": lambda r: r["identical"] and r["fallbacks"] == 0,
+        "replica": lambda r: r["identical"] and r["redirected"] and r["mid_job"],
         "soak": lambda r: r["errors"] == 0,
         "fuzz": lambda r: r["violations"] == 0 and r["still_serving"],
     }[name](result)
@@ -766,7 +884,7 @@ def run_faults(plan: FaultPlan, progress: Callable[[str], None] = print) -> dict
     results: dict[str, Any] = {}
     started = time.monotonic()
     try:
-        if {"coordinator", "redis", "actor"} & set(plan.scenarios):
+        if {"coordinator", "redis", "actor", "replica"} & set(plan.scenarios):
             progress("undisturbed run ...")
             run_baseline(ctx)
         for name in plan.scenarios:
@@ -810,6 +928,14 @@ def format_table(result: dict[str, Any]) -> str:
             "selector actor SIGKILL (Ray, 1 actor), at region switches", f"{r['kills']} kills",
             f"{r['batches']:,} batches, {_same_text(r)}; {r['fallbacks']} fallbacks in "
             f"{r['regions']} regions"),
+        "replica": lambda r: (
+            f"coordinator replica SIGKILL (2 replicas, {r['lease_s']:g} s leases), the job's "
+            "owner", f"{r['kills']} kills",
+            f"{r['batches']:,} batches, {_same_text(r)}; taken over <= "
+            f"{r['max_takeover_s']:.1f} s after the kill, the trainer's next batch <= "
+            f"{r['max_recover_s']:.2f} s after that, trainer stall {r['total_stall_s']:.1f} s "
+            "in all; the other replica redirected to the owner: "
+            + ("yes" if r["redirected"] else "**no**")),
         "soak": lambda r: (
             "soak: closed-loop region fetches (Redis store)",
             f"{r['sessions']} sessions x {r['seconds']:g} s",

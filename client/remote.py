@@ -269,7 +269,7 @@ class RemoteCoordinator:
                 code = err.code()
                 if code not in RETRYABLE or _UNTRUSTED_CERTIFICATE in (err.details() or ""):
                     raise self._permanent(err, address) from None
-                owner = _owner(err)
+                owner = redirect_owner(err)
                 if owner and job_id:
                     self._owners[job_id] = owner
                     if owner not in redirected:  # a live owner answers now: no pause
@@ -513,7 +513,7 @@ class RemoteCoordinator:
         self.close()
 
 
-def _owner(err: grpc.RpcError) -> str:
+def redirect_owner(err: grpc.RpcError) -> str:
     """The owner's address a replica sent with a redirect (``crest-owner``), or ''."""
     trailing = getattr(err, "trailing_metadata", None)
     for key, value in (trailing() if callable(trailing) else None) or ():

@@ -146,6 +146,8 @@ def _faults_bench(args: argparse.Namespace) -> int:
         "redis_kills": args.redis_kills,
         "redis_fsync": args.redis_fsync,
         "actor_kills": args.actor_kills,
+        "replica_kills": args.replica_kills,
+        "lease_s": args.lease_s,
         "soak_sessions": args.soak_sessions,
         "soak_s": args.soak_s,
         "fuzz_n": args.fuzz_n,
@@ -387,10 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument("--out", default="results/loader.json")
     loader.set_defaults(func=_loader_bench)
     faults = which.add_parser(
-        "faults", help="coordinator, Redis and actor kills, a soak, fuzzing (reliability)"
+        "faults", help="coordinator, Redis, actor and replica kills, a soak, fuzzing (reliability)"
     )
     faults.add_argument(
-        "--scenarios", nargs="+", help="of coordinator redis actor soak fuzz (default: all)"
+        "--scenarios", nargs="+", help="of coordinator redis actor replica soak fuzz (default: all)"
     )
     faults.add_argument("--kills", type=int, help="coordinator SIGKILLs (default 10)")
     faults.add_argument(
@@ -401,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-fsync", choices=["always", "everysec"], help="Redis's appendfsync (default always)"
     )
     faults.add_argument("--actor-kills", type=int, help="default 9")
+    faults.add_argument(
+        "--replica-kills", type=int, help="SIGKILLs of the replica owning the job (default 3)"
+    )
+    faults.add_argument("--lease-s", type=float, help="the replicas' leases (default 5)")
     faults.add_argument("--soak-sessions", type=int, help="default 64")
     faults.add_argument("--soak-s", type=float, help="soak seconds (default 60)")
     faults.add_argument("--fuzz-n", type=int, help="fuzzed requests (default 20,000)")

@@ -2,7 +2,8 @@
 
 Two gRPC coordinators in this process (each its own event loop, store client and leases) on a
 private redis-server; short lease TTLs keep the waits under a few seconds. The SIGKILL of a
-whole ``crest serve`` replica mid-job is tests/reliability/test_replicas.py.
+whole ``crest serve`` replica mid-job is ``crest bench faults``' ``replica`` scenario
+(tests/reliability/test_faults.py).
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import asyncio
 import time
 from collections.abc import Iterator
 
-import grpc
 import pytest
 
-from crest.client.remote import RemoteCoordinator, _owner
+from crest.bench.faults import who_serves
+from crest.client.remote import RemoteCoordinator
 from crest.proto.errors import OWNER_METADATA, NotFound, NotOwner
-from crest.proto.v1 import coordinator_pb2 as pb
-from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from crest.service.leases import RedisLeases
 from crest.service.manager import JobManager
 from crest.service.store import RedisStore, StoredRegion
@@ -107,20 +106,8 @@ def replicas(redis_server: RedisServer) -> Iterator[tuple[LoopbackCoordinator, .
             stop_loopback(*replica)
 
 
-def redirect_of(address: str, job_id: str) -> tuple[grpc.StatusCode, str]:
-    """What a replica answers about ``job_id``: its status code, and the owner it names."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            pb_grpc.CoordinatorStub(channel).GetJobStatus(
-                pb.JobStatusRequest(job_id=job_id), timeout=60
-            )
-        except grpc.RpcError as err:
-            return err.code(), _owner(err)
-    return grpc.StatusCode.OK, ""
-
-
-REDIRECTED = grpc.StatusCode.UNAVAILABLE
-SERVED = (grpc.StatusCode.OK, "")
+REDIRECTED = "UNAVAILABLE"
+SERVED = ("OK", "")
 
 
 def test_calls_reach_the_owner_and_a_paused_owner_is_fenced_out(
@@ -132,8 +119,8 @@ def test_calls_reach_the_owner_and_a_paused_owner_is_fenced_out(
         both.create_job(job_config(), y.numpy(), job_id="j")  # the first address: a creates it
         assert a.manager.job_ids() == ["j"] and b.manager.job_ids() == []
         time.sleep(2 * TTL_S)  # a renews its lease meanwhile
-        assert redirect_of(b.address, "j") == (REDIRECTED, a.address), OWNER_METADATA
-        assert redirect_of(a.address, "j") == SERVED
+        assert who_serves(b.address, "j") == (REDIRECTED, a.address), OWNER_METADATA
+        assert who_serves(a.address, "j") == SERVED
         with RemoteCoordinator(b.address, retry_s=60) as via_b:  # follows the redirect
             assert via_b.job_status("j") == both.job_status("j")
             assert via_b._owners == {"j": a.address}
@@ -142,10 +129,10 @@ def test_calls_reach_the_owner_and_a_paused_owner_is_fenced_out(
         # at the next call, from the store.
         a.local.submit(_cancel_renewal(a)).result()
         time.sleep(TTL_S * 1.5)
-        assert redirect_of(b.address, "j") == SERVED
+        assert who_serves(b.address, "j") == SERVED
         assert b.manager.job_ids() == ["j"]
         # a, not knowing yet, answers reads from memory: the same deterministic state
-        assert redirect_of(a.address, "j") == SERVED
+        assert who_serves(a.address, "j") == SERVED
 
         # a still holds the job in memory but may not write it: opening region 0 (a journal
         # write) fails, nothing reaches the store, and a drops the job.
