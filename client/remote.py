@@ -257,10 +257,15 @@ class RemoteCoordinator:
             address = self._owners.get(job_id, self.address) if job_id else self.address
             try:
                 stub = self._stub_at(address)
-            except Unavailable:  # the first connection failed: fail once none is left
+            except Unavailable as err:  # the first connection failed: fail once none is left
                 unreached.add(address)
                 if unreached.issuperset(self.addresses):
-                    raise
+                    if len(self.addresses) == 1:
+                        raise
+                    raise Unavailable(
+                        f"none of the coordinator replicas {', '.join(self.addresses)} "
+                        f"answered; the last one: {err}"
+                    ) from None
                 self._move_on(job_id, address)
                 continue
             try:

@@ -16,7 +16,7 @@ import pytest
 
 from crest.bench.faults import who_serves
 from crest.client.remote import RemoteCoordinator
-from crest.proto.errors import OWNER_METADATA, NotFound, NotOwner
+from crest.proto.errors import OWNER_METADATA, NotFound, NotOwner, Unavailable
 from crest.service.leases import RedisLeases
 from crest.service.manager import JobManager
 from crest.service.store import RedisStore, StoredRegion
@@ -24,6 +24,7 @@ from crest.worker.selector import InProcessSelector
 from tests.integration.conftest import (
     LoopbackCoordinator,
     RedisServer,
+    free_port,
     start_loopback,
     stop_loopback,
 )
@@ -174,8 +175,6 @@ def test_an_unknown_job_is_not_found_on_every_replica(replicas) -> None:
 
 def test_several_addresses_skip_an_unreachable_one(replicas) -> None:
     a, _ = replicas
-    from tests.integration.conftest import free_port
-
     dead = f"127.0.0.1:{free_port()}"
     with RemoteCoordinator(f"{dead}, {a.address}", connect_timeout_s=2, retry_s=30) as remote:
         assert remote.addresses == [dead, a.address]
@@ -215,3 +214,13 @@ def test_a_finished_job_whose_owner_died_expires_on_another_replica(
             await live_store.close()
 
     asyncio.run(main())
+
+
+def test_no_reachable_replica_fails_naming_them_all() -> None:
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    with (
+        RemoteCoordinator(dead, connect_timeout_s=0.5) as remote,
+        pytest.raises(Unavailable, match="none of the coordinator replicas") as failed,
+    ):
+        remote.job_status("j")
+    assert all(address in str(failed.value) for address in dead)
