@@ -300,12 +300,17 @@ class RegionView:
 
 @dataclass(frozen=True)
 class CheckReport:
-    """One rank's scalars for the quadratic-model check after ``step``.
+    """One rank's scalars for the quadratic-model check after ``step``, or all ranks'.
 
     ``loss_sum``/``count``: summed per-example loss over this rank's check indices (eval mode,
     unweighted); ``linear`` = g·δ; ``quadratic`` = δᵀ diag(h) δ; ``curvature`` = ‖h‖ (or ‖g‖
     for a first-order model), which adapts k and P. ``train_seconds``/``selection_seconds``:
     the rank's cumulative time in the training loop and in selection work (statistics only).
+
+    ``ranks``: how many ranks the report covers: 1 (the sender's own), or the job's world
+    size, when rank 0 reports on behalf of all ranks (combined through ``torch.distributed``);
+    every scalar is then the sum over the ranks, added in rank order, so that the decision is
+    the one their separate reports would get.
     """
 
     region_id: int
@@ -321,6 +326,7 @@ class CheckReport:
     # measured by the trainer, since the selectors embedded the region from older weights.
     # NaN: not measured (trainer side: L_0 comes from the region's embeddings).
     initial_loss_sum: float = math.nan
+    ranks: int = 1
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,9 @@ def report_to_pb(job_id: str, rank: int, report: CheckReport) -> pb.CheckReport:
 
 
 def report_from_pb(message: pb.CheckReport) -> CheckReport:
-    return CheckReport(**{f.name: getattr(message, f.name) for f in fields(CheckReport)})
+    values = {f.name: getattr(message, f.name) for f in fields(CheckReport)}
+    values["ranks"] = values["ranks"] or 1  # unset (0, e.g. an older client): the sender's own
+    return CheckReport(**values)
 
 
 def decision_to_pb(decision: CheckDecision) -> pb.CheckDecision:

@@ -653,7 +653,8 @@ class JobState:
 
     # ------------------------------------------------------------------------------ checks
     def record_check(self, rank: int, report: CheckReport) -> CheckDecision | None:
-        """Record one rank's check scalars; decide once every rank has reported.
+        """Record one rank's check scalars, or rank 0's report on behalf of all ranks
+        (``report.ranks`` = world size); decide once every rank is covered.
 
         Returns:
             The decision, or None while other ranks have not reported. Reporting a step that
@@ -661,8 +662,10 @@ class JobState:
             checkpoint), returns the recorded decision (see :meth:`decided`).
 
         Raises:
-            InvalidArgument: malformed scalars or a step that is not a check step.
-            FailedPrecondition: wrong region, phase, or a check out of order.
+            InvalidArgument: malformed scalars, a step that is not a check step, or a
+                combined report that does not cover exactly the job's ranks from rank 0.
+            FailedPrecondition: wrong region, phase, or a check out of order; a combined
+                report of a check that some ranks reported for themselves.
             ArchivedRegion: the report is of a closed region that left the live state.
         """
         known = self.decided(rank, report)
@@ -677,15 +680,34 @@ class JobState:
                 f"the next check of region {region.region_id} is after step "
                 f"{region.next_check()}, not {report.step}"
             )
+        self._check_coverage(rank, report, region)
         region.pending[rank] = report
         self.trainer_times[rank] = (report.train_seconds, report.selection_seconds)
-        if len(region.pending) < self.config.world_size:
+        if sum(r.ranks for r in region.pending.values()) < self.config.world_size:
             return None
         decision, record = decide(region, self.config.tau)
         stats = self.stats[region.region_id]
         stats.checks.append(record)
         stats.initial_loss = region.initial_loss
         return decision
+
+    def _check_coverage(self, rank: int, report: CheckReport, region: Region) -> None:
+        """A check is reported either by every rank for itself or by rank 0 for all ranks:
+        never both, never a part of the ranks at once."""
+        if report.ranks == 1:
+            return
+        world_size = self.config.world_size
+        if report.ranks != world_size or rank != 0:
+            raise InvalidArgument(
+                f"a report covering {report.ranks} ranks from rank {rank}: a combined report "
+                f"comes from rank 0 and covers all {world_size} ranks of job {self.job_id!r}"
+            )
+        if region.pending:
+            raise FailedPrecondition(
+                f"rank 0 reported the check after step {report.step} on behalf of all ranks, "
+                f"but ranks {sorted(region.pending)} reported it for themselves: every rank "
+                "must combine its checks through torch.distributed, or none"
+            )
 
     def decided(self, rank: int, report: CheckReport) -> CheckDecision | None:
         """The decision already recorded for ``report``'s check, if any: reporting it again

@@ -882,12 +882,15 @@ class JobManager:
     async def report_check(
         self, job_id: str, rank: int, report: CheckReport, timeout: float | None = None
     ) -> CheckDecision:
-        """Record a rank's check; return the decision once every rank has reported."""
+        """Record a rank's check (or rank 0's on behalf of all ranks, ``report.ranks`` > 1);
+        return the decision once every rank is covered."""
         job = self._job(job_id)
         async with job.changed:
             await self._fresh(job)
             known = await self._decided(job, rank, report)
-            job.telemetry.rank(rank).advance(report.step + 1)
+            covered = range(job.state.config.world_size) if report.ranks > 1 else (rank,)
+            for each in covered:  # a combined report says every rank got this far
+                job.telemetry.rank(each).advance(report.step + 1)
             if known is not None:  # reported again (a retry, a resume): nothing changes
                 return known
             decision = job.state.record_check(rank, report)

@@ -56,7 +56,7 @@ class Region:
     coreset_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     initial_loss: float = 0.0
     last_decided: int = -1  # last step whose check is decided (start_step - 1 before any)
-    pending: dict[int, CheckReport] = field(default_factory=dict)  # rank -> report
+    pending: dict[int, CheckReport] = field(default_factory=dict)  # rank -> report (or 0 -> all)
     decisions: dict[int, CheckDecision] = field(default_factory=dict)  # step -> decision
     curvature: float | None = None
     mode: Literal["crest", "random"] = (

@@ -249,7 +249,7 @@ class UploadAck(_message.Message):
     def __init__(self, committed_seq: _Optional[int] = ...) -> None: ...
 
 class CheckReport(_message.Message):
-    __slots__ = ("job_id", "rank", "region_id", "step", "loss_sum", "count", "linear", "quadratic", "curvature", "train_seconds", "selection_seconds", "initial_loss_sum")
+    __slots__ = ("job_id", "rank", "region_id", "step", "loss_sum", "count", "linear", "quadratic", "curvature", "train_seconds", "selection_seconds", "initial_loss_sum", "ranks")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +262,7 @@ class CheckReport(_message.Message):
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INITIAL_LOSS_SUM_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     region_id: int
@@ -274,7 +275,8 @@ class CheckReport(_message.Message):
     train_seconds: float
     selection_seconds: float
     initial_loss_sum: float
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., step: _Optional[int] = ..., loss_sum: _Optional[float] = ..., count: _Optional[int] = ..., linear: _Optional[float] = ..., quadratic: _Optional[float] = ..., curvature: _Optional[float] = ..., train_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ..., initial_loss_sum: _Optional[float] = ...) -> None: ...
+    ranks: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., step: _Optional[int] = ..., loss_sum: _Optional[float] = ..., count: _Optional[int] = ..., linear: _Optional[float] = ..., quadratic: _Optional[float] = ..., curvature: _Optional[float] = ..., train_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ..., initial_loss_sum: _Optional[float] = ..., ranks: _Optional[int] = ...) -> None: ...
 
 class CheckDecision(_message.Message):
     __slots__ = ("region_id", "step", "new_region", "loss", "predicted", "relative_error")
