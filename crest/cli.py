@@ -67,7 +67,7 @@ def _e2e_separate(plan, args: argparse.Namespace) -> dict:
     trainer, selection = cores[:1], cores[1:2]
     serve_flags = ["--coordinator-cores", str(selection[0]), "--selector-cores",
                    str(selection[0]), "--ray-num-cpus", "1"]  # fmt: skip
-    with coordinator_process(*serve_flags) as (address, _dashboard):
+    with coordinator_process(*serve_flags) as (address, _dashboard, _pid):
         pin_current_thread(trainer)
         with RemoteCoordinator(address) as coordinator:
             result = run_e2e(plan, coordinator, progress=not args.no_progress)
@@ -102,13 +102,22 @@ def _selection(args: argparse.Namespace) -> int:
 
 
 def _service_bench(args: argparse.Namespace) -> int:
-    from crest.bench.service import format_table, run_service_bench
     from crest.compare import write_json
 
-    result = run_service_bench(quick=args.quick)
-    print(format_table(result))
-    write_json(result, Path(args.out))
-    print(f"\nwrote {args.out}")
+    if args.ranks:
+        from crest.bench.ranks import format_table as ranks_table
+        from crest.bench.ranks import run_ranks_bench
+
+        result = run_ranks_bench(args.ranks, args.steps, args.steps_per_s)
+        table, out = ranks_table(result), args.out or "results/service_ranks.json"
+    else:
+        from crest.bench.service import format_table, run_service_bench
+
+        result = run_service_bench(quick=args.quick)
+        table, out = format_table(result), args.out or "results/service.json"
+    print(table)
+    write_json(result, Path(out))
+    print(f"\nwrote {out}")
     return 0
 
 
@@ -377,7 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     selection.set_defaults(func=_selection)
     service = which.add_parser("service", help="gRPC coordinator latency and throughput")
     service.add_argument("--quick", action="store_true", help="short runs")
-    service.add_argument("--out", default="results/service.json")
+    service.add_argument(
+        "--ranks", type=int, nargs="+", metavar="W",
+        help="instead: one job of W simulated ranks (per-rank vs combined checks), e.g. 1024",
+    )  # fmt: skip
+    service.add_argument("--steps", type=int, default=60, help="--ranks: steps per job")
+    service.add_argument(
+        "--steps-per-s", type=float, default=10.0, help="--ranks: the pace RPCs/s assume"
+    )
+    service.add_argument("--out", help="default results/service.json (--ranks: service_ranks.json)")
     service.set_defaults(func=_service_bench)
     loader = which.add_parser("loader", help="CrestLoader against the tensor path, same job")
     loader.add_argument("--quick", action="store_true", help="fewer steps, one repeat")
