@@ -181,6 +181,31 @@ def _gpu_bench(args: argparse.Namespace) -> int:
     return 0 if result["ok"] else 1
 
 
+def _scale_bench(args: argparse.Namespace) -> int:
+    from crest.bench.scale import ScalePlan, format_table, quick_plan, run_scale, select_cases
+    from crest.compare import write_json
+
+    plan = quick_plan() if args.quick else ScalePlan()
+    try:
+        plan = select_cases(plan, args.sizes, args.regions)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.max_s is not None:
+        plan = replace(plan, cases=tuple(replace(c, max_s=args.max_s) for c in plan.cases))
+    if args.jobs is not None and plan.many is not None:
+        plan = replace(plan, many=replace(plan.many, jobs=args.jobs))
+    if args.selector is not None and plan.many is not None:
+        plan = replace(plan, many=replace(plan.many, selector=args.selector))
+    result = run_scale(plan)
+    print(format_table(result))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    if not result["ok"]:
+        print(f"a case failed; logs kept in {result['logs']}", file=sys.stderr)
+    return 0 if result["ok"] else 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -427,6 +452,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     faults.add_argument("--out", default="results/faults.json")
     faults.set_defaults(func=_faults_bench)
+    scale = which.add_parser(
+        "scale", help="job sizes up to 10M examples and 1,000 classes, and 100 jobs at once"
+    )
+    scale.add_argument(
+        "--sizes", nargs="+", metavar="SIZE",
+        help="of 100k 1M 10M 1.28Mx1000 many (default: all; --quick: 20k many)",
+    )  # fmt: skip
+    scale.add_argument("--regions", type=int, help="region switches per size (default 1,000)")
+    scale.add_argument(
+        "--max-s", type=float, help="seconds of region switches per size at most (default 180)"
+    )
+    scale.add_argument("--jobs", type=int, help="concurrent jobs (default 100)")
+    scale.add_argument(
+        "--selector", choices=["ray", "inprocess"], help="the many jobs' (default ray)"
+    )
+    scale.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    scale.add_argument("--out", default="results/scale.json")
+    scale.set_defaults(func=_scale_bench)
     gpu = which.add_parser(
         "gpu", help="kernel, a selector actor and a short W1 run on the GPU (CPU without one)"
     )
