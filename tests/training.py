@@ -43,10 +43,12 @@ def train(
     job_id: str,
     rank: int = 0,
     on_step: Callable[[int], None] | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
     **session_args,
 ) -> tuple[Session, list[Batch]]:
-    """Train the MLP through a session; ``on_step(step)`` runs after each optimizer step."""
-    x, y = blobs()
+    """Train the MLP through a session on ``data`` (default :func:`blobs`); ``on_step(step)``
+    runs after each optimizer step."""
+    x, y = blobs() if data is None else data
     model = make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     seen: list[Batch] = []

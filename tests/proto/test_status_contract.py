@@ -53,7 +53,7 @@ def rich_status() -> JobStatus:
         trainers=[TrainerTime(rank=0, train_seconds=12.5, selection_seconds=1e-9),
                   TrainerTime(rank=1, train_seconds=0.0, selection_seconds=0.0)],
         next_region=running.model_copy(update={"region_id": 2}),
-        selection_side="service", selection_side_reason="configured",
+        selection_side="service", selection_side_reason="configured", regions_omitted=0,
     )  # fmt: skip
 
 
