@@ -57,6 +57,9 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", RECEIVE_LIMIT),
 ]
 HEALTH_PERIOD_S = 1.0
+# The most one JobListing takes: two strings of at most 128 characters (4 bytes each in
+# UTF-8), six numbers, and their tags and lengths.
+_MAX_LISTING_BYTES = 2 * (128 * 4 + 3) + 6 * 11 + 3
 # Regions of fewer candidates are encoded on the event loop (cheaper than a thread's hop).
 _INLINE_REGION_ROWS = 1 << 16
 # The RPCs RpcMetricsInterceptor records: every one with a single reply (all of them today).
@@ -366,10 +369,14 @@ class CoordinatorService:
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsReply:
-        _checked(request)
+        request = _checked(request)
         reply = pb.ListJobsReply()
         ttl = self.manager.finished_ttl_s
-        for job_id in sorted(self.manager.job_ids()):
+        room = convert.MAX_MESSAGE_BYTES - convert.MESSAGE_OVERHEAD_BYTES
+        for job_id in sorted(j for j in self.manager.job_ids() if j > request.after):
+            if reply.ByteSize() > room - _MAX_LISTING_BYTES:
+                reply.more = True  # the client asks again, after the last id here
+                break
             try:
                 status = await self.manager.job_status(job_id)
                 finished_at = self.manager.finished_at(job_id) or 0.0

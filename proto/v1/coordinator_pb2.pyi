@@ -433,8 +433,10 @@ class TrainerTime(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., train_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("after",)
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    after: str
+    def __init__(self, after: _Optional[str] = ...) -> None: ...
 
 class JobListing(_message.Message):
     __slots__ = ("job_id", "name", "step", "total_steps", "finished", "world_size", "finished_at", "expires_at")
@@ -457,10 +459,12 @@ class JobListing(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., finished: _Optional[bool] = ..., world_size: _Optional[int] = ..., finished_at: _Optional[float] = ..., expires_at: _Optional[float] = ...) -> None: ...
 
 class ListJobsReply(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "more")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobListing]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobListing, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobListing, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class DeleteJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -138,7 +138,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """The coordinator's jobs, one line each (`crest jobs list`).
+        """The coordinator's jobs, one line each (`crest jobs list`), in replies under the limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
