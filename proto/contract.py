@@ -470,6 +470,8 @@ class RegionStats(BaseModel):
     # published weights), and how many steps old those weights were when the region started.
     embedded_by: Literal["trainer", "service"] = "trainer"
     staleness: int | None = None
+    # The oldest checks left out of ``checks`` so that a remote status fits one message.
+    checks_omitted: int = 0
 
 
 class TrainerTime(BaseModel):

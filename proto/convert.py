@@ -391,9 +391,12 @@ def status_to_pb(status: JobStatus, limit: int | None = MAX_MESSAGE_BYTES) -> pb
         limit: the most bytes the message may take; None: no limit, nothing left out (the
             in-process coordinator, whose replies are no messages).
 
+    A region of very many checks (~100,000: one check a step, no bound on a region's uses)
+    leaves its oldest checks out too (``checks_omitted``).
+
     Raises:
-        ResourceExhausted: the status is over ``limit`` even with one region (a region of
-            more than ~100,000 checks).
+        ResourceExhausted: the status is over ``limit`` even so (the counts per class alone
+            cannot be: 100,000 classes take ~1 MB).
     """
     message = pb.JobStatus()
     _model_to_pb(status, message)
@@ -409,6 +412,15 @@ def status_to_pb(status: JobStatus, limit: int | None = MAX_MESSAGE_BYTES) -> pb
     if omitted:
         del message.regions[:omitted]
         message.regions_omitted = status.regions_omitted + omitted
+    if excess > 0 and message.regions:  # one region of very many checks: its oldest ones
+        region = message.regions[0]
+        dropped = 0
+        while excess > 0 and dropped < len(region.checks):
+            size = region.checks[dropped].ByteSize()
+            excess -= size + 1 + _varint_bytes(size)
+            dropped += 1
+        del region.checks[:dropped]
+        region.checks_omitted += dropped
     return _within_limit(
         message,
         f"the status of job {status.job_id!r} is {{size}} bytes even with only its last region",

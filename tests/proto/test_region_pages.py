@@ -9,6 +9,7 @@ import pytest
 from crest.proto import convert
 from crest.proto.contract import (
     MAX_REGION_CANDIDATES,
+    CheckRecord,
     JobConfig,
     JobStatus,
     RegionStats,
@@ -167,3 +168,20 @@ def test_a_long_status_leaves_out_its_oldest_regions_to_fit_one_message() -> Non
     assert decoded.model_copy(update={"regions": status.regions, "regions_omitted": 0}) == status
     short = long_status(3, 100_000)
     assert convert.status_from_pb(convert.status_to_pb(short)) == short  # nothing left out
+
+
+def test_a_region_of_very_many_checks_leaves_its_oldest_checks_out() -> None:
+    # One check a step and no bound on a region's uses: one region can outgrow a message
+    # (~130,000 checks); here 10,000 outgrow a 100 kB limit.
+    status = long_status(2, 10)
+    checks = [CheckRecord(step=s, loss=1.0 / (s + 1), predicted=0.5, relative_error=0.25,
+                          new_region=False) for s in range(10_000)]  # fmt: skip
+    status.regions[-1].checks = checks
+    message = convert.status_to_pb(status, limit=100_000)
+    assert message.ByteSize() <= 100_000
+    assert message.regions_omitted == 1 and len(message.regions) == 1
+    kept = message.regions[0]
+    assert 0 < len(kept.checks) < len(checks)
+    assert kept.checks_omitted == len(checks) - len(kept.checks)
+    decoded = convert.status_from_pb(message)
+    assert decoded.regions[0].checks == checks[-len(kept.checks) :]
