@@ -362,7 +362,9 @@ class RaySelector:
     async def select(
         self, request: SelectionRequest, timeout_s: float | None = None
     ) -> SelectionResult:
-        """Solve one request on the pool; what :func:`run_selection` would return.
+        """Solve one request on the pool; what :func:`run_selection` would return. A request
+        over ``max_batch_rows`` rows is solved in chunks of whole problems, on every idle
+        actor, with other jobs' requests served between them; the result is the same.
 
         Args:
             request: the region's problems.
