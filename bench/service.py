@@ -95,7 +95,7 @@ async def _fetch_loop(address: str, job_ids: list[str], seconds: float) -> list[
         latencies: list[float] = []
 
         async def session(job_id: str) -> None:
-            request = pb.GetRegionRequest(job_id=job_id, rank=0, step=0)
+            request = pb.GetRegionRequest(job_id=job_id, rank=0, step=0, page=0)
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 started = time.perf_counter()

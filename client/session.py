@@ -455,7 +455,8 @@ class Session:
         if saved is None:
             return
         region_id = saved["view"]["region_id"]
-        opened = len(self.coordinator.job_status(self.job_id).regions)
+        status = self.coordinator.job_status(self.job_id)
+        opened = status.regions_omitted + len(status.regions)
         if opened <= region_id:
             where = (
                 "the checkpoint carries no job state to rebuild it from"

@@ -281,8 +281,14 @@ def _jobs(args: argparse.Namespace) -> int:
         stub = pb_grpc.CoordinatorStub(channel)
         try:
             if args.action == "list":
-                jobs = stub.ListJobs(pb.ListJobsRequest(), timeout=args.timeout,
-                                     metadata=metadata).jobs  # fmt: skip
+                jobs: list[pb.JobListing] = []
+                more = True
+                while more:  # a long list comes in several replies
+                    after = jobs[-1].job_id if jobs else ""
+                    reply = stub.ListJobs(pb.ListJobsRequest(after=after), timeout=args.timeout,
+                                          metadata=metadata)  # fmt: skip
+                    jobs += reply.jobs
+                    more = reply.more and bool(reply.jobs)
                 rows = [("JOB", "NAME", "STEP", "FINISHED", "EXPIRES")]
                 rows += [(j.job_id, j.name or "-", f"{j.step}/{j.total_steps}",
                           _when(j.finished_at), _when(j.expires_at)) for j in jobs]  # fmt: skip

@@ -476,6 +476,8 @@ class RegionStats(BaseModel):
     # published weights), and how many steps old those weights were when the region started.
     embedded_by: Literal["trainer", "service"] = "trainer"
     staleness: int | None = None
+    # The oldest checks left out of ``checks`` so that a remote status fits one message.
+    checks_omitted: int = 0
 
 
 class TrainerTime(BaseModel):
@@ -506,3 +508,6 @@ class JobStatus(BaseModel):
     next_region: RegionStats | None = None  # service side: drawn ahead, being prepared
     selection_side: Literal["trainer", "service"] = "trainer"  # who embeds now
     selection_side_reason: str = ""  # why (e.g. the model could not be exported)
+    # The oldest regions left out of ``regions`` so that a remote status fits one message
+    # (``regions`` then starts at region ``regions_omitted``); 0 in-process and on the dashboard.
+    regions_omitted: int = 0

@@ -542,9 +542,10 @@ class JobManager:
 
     # ------------------------------------------------------------------------- regions
     async def get_region(
-        self, job_id: str, rank: int, step: int, timeout: float | None = None
+        self, job_id: str, rank: int, step: int, timeout: float | None = None, wait: bool = True
     ) -> RegionView:
-        """The region holding ``step``; waits (up to the timeout) while selection runs.
+        """The region holding ``step``; waits (up to the timeout) while selection runs, unless
+        not ``wait`` (a later page of a region whose first page the caller has).
 
         On the service side it answers at once, with ``wants_model``/``wants_weights`` set,
         when the region waits for a model or weights this coordinator does not have (at the
@@ -556,7 +557,7 @@ class JobManager:
             view = await self._view(job, rank, step)
             job.telemetry.rank(rank).advance(step)
             self._ensure_work(job)  # e.g. after opening a region, a failed attempt, a restart
-            if view.status is RegionStatus.SELECTING:
+            if view.status is RegionStatus.SELECTING and wait:
                 wants = self._wants(job)
                 if wants is not None:
                     return dataclasses.replace(view, wants_model=wants[0], wants_weights=wants[1])

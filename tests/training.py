@@ -44,11 +44,13 @@ def train(
     rank: int = 0,
     on_step: Callable[[int], None] | None = None,
     wrap: Callable[[nn.Module], nn.Module] | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
     **session_args,
 ) -> tuple[Session, list[Batch]]:
-    """Train the MLP through a session; ``on_step(step)`` runs after each optimizer step;
-    ``wrap`` wraps the model for training (e.g. in ``DistributedDataParallel``)."""
-    x, y = blobs()
+    """Train the MLP through a session on ``data`` (default :func:`blobs`); ``on_step(step)``
+    runs after each optimizer step; ``wrap`` wraps the model for training (e.g. in
+    ``DistributedDataParallel``)."""
+    x, y = blobs() if data is None else data
     model = make_model()
     net = model if wrap is None else wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
