@@ -17,11 +17,12 @@ from crest.compare import (
     TrainSetup,
     evaluate,
     format_class_table,
+    format_noise_table,
     format_table,
     run_e2e,
 )
 from crest.embedded import local_coordinator
-from crest.workloads import W3_SHARES, WORKLOADS, mnist1d_imbalanced
+from crest.workloads import W3_SHARES, WORKLOADS, mnist1d_imbalanced, mnist1d_redundant
 
 SOURCE = 5_000  # MNIST-1D samples: 4,000 train / 1,000 test before subsampling
 
@@ -124,3 +125,45 @@ def test_tiny_w3_run_reports_balanced_accuracy_and_class_weights() -> None:
     table, classes = format_table(result["summary"]), format_class_table(result["summary"])
     assert "| balanced acc % |" in table and "| crest-balanced | 0.5 |" in table
     assert "| recall 9 % |" in classes
+
+
+def test_w2_noise_levels_share_their_inputs_and_differ_in_the_labels_they_flip() -> None:
+    clean, w2, noisy = (WORKLOADS[name](SOURCE) for name in ("w2-0", "w2", "w2-30"))
+    assert (clean.name, w2.name, noisy.name) == (
+        "mnist1d-redundant-noise0", "mnist1d-redundant", "mnist1d-redundant-noise30",
+    )  # fmt: skip
+    # One draw of the base examples and their jitter (the order differs): each example's
+    # label at 0% noise, looked up by its inputs, differs from the noisy levels' on their share.
+    pairs = zip(clean.x_train.numpy(), clean.y_train.tolist(), strict=True)
+    clean_label = {x.tobytes(): y for x, y in pairs}
+    for data, share in ((w2, 0.1), (noisy, 0.3)):
+        labels = [clean_label[x.tobytes()] for x in data.x_train.numpy()]
+        flipped = float(np.mean(np.asarray(labels) != data.y_train.numpy()))
+        assert flipped == pytest.approx(share, abs=0.02)
+    with pytest.raises(ValueError, match="label_noise"):
+        mnist1d_redundant(SOURCE, label_noise=1.5)
+
+
+@pytest.mark.e2e
+def test_tiny_run_without_full_trains_robust_coresets_on_noisy_w2() -> None:
+    plan = E2EPlan(
+        workloads=("w2-30",),
+        methods=("random", "crest-robust"),
+        seeds=(0,),
+        fracs=(0.5,),
+        full=False,
+        num_samples=SOURCE,
+        train=TrainSetup(epochs=2, batch_size=32, evals=2),
+    )
+    with local_coordinator() as coordinator:
+        result = run_e2e(plan, coordinator, progress=False)
+    rows = {row["method"]: row for row in result["summary"]}
+    assert set(rows) == {"random", "crest-robust"}
+    assert rows["random"]["speedup_vs_full"] is None
+    assert rows["crest-robust"]["workload"] == "mnist1d-redundant-noise30"
+    assert "label_noise=0.3" in result["workloads"]["w2-30"]
+    assert "| crest-robust | 0.5 |" in format_table(result["summary"])
+    (robust,) = [run for run in result["runs"] if run["method"] == "crest-robust"]
+    assert robust["extra"]["excluded_share"] > 0, "30% noise: some candidates are excluded"
+    noise = format_noise_table(result["summary"])
+    assert "| excluded share |" in noise and "| random | 0.5 |" in noise
