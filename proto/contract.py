@@ -156,9 +156,10 @@ class JobConfig(BaseModel):
         3.0,
         gt=0,
         le=1e6,
-        description="exclude_noisy: a candidate is excluded when its loss exceeds its class's "
-        "median + noisy_mads x 1.4826 x MAD over the region's candidates (a class keeps at "
-        "least the budget of lowest-loss candidates per subset)",
+        description="exclude_noisy: a candidate is excluded when its loss exceeds both its "
+        "class's median + noisy_mads x 1.4826 x MAD over the region's candidates and "
+        "ln(num_classes) (a class keeps at least the budget of lowest-loss candidates per "
+        "subset)",
     )
 
     @model_validator(mode="after")

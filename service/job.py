@@ -503,6 +503,7 @@ class JobState:
             region.member_groups,
             region.class_budgets.reshape(-1),
             self.config.noisy_mads,
+            classes,
         )
         self.stats[region.region_id].excluded = int(len(eligible) - eligible.sum())
         return np.flatnonzero(eligible)

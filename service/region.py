@@ -280,14 +280,19 @@ def eligible_members(
     groups: np.ndarray,
     budgets: np.ndarray,
     mads: float,
+    num_classes: int,
 ) -> np.ndarray:
     """Which subset members may represent their problem (``exclude_noisy``): a bool mask.
 
-    A member is excluded when its loss exceeds its class's ``median + mads x 1.4826 x MAD``,
-    the median and the median absolute deviation taken over every member of that class in the
-    region (more draws than one subset holds, so one subset's few outliers cannot move them).
-    Mislabelled examples are the ones the model fits worst within their (wrong) class, and
-    facility location would otherwise pick them first (they cover only themselves).
+    A member is excluded when its loss exceeds both its class's ``median + mads x 1.4826 x
+    MAD``, the median and the median absolute deviation taken over every member of that class
+    in the region (more draws than one subset holds, so one subset's few outliers cannot move
+    them), and ``ln(num_classes)``, the loss of a uniform guess: the model must find the label
+    less likely than chance. Mislabelled examples are the ones the model fits worst within
+    their (wrong) class, and facility location would otherwise pick them first (they cover
+    only themselves). Without the floor, late in training (clean losses near 0, a MAD of a few
+    hundredths) the rule also excluded the clean examples still being learned, and coresets of
+    learned examples stalled the run (``docs/benchmarks.md``, section 1).
     Each problem keeps at least ``budgets[g]`` eligible members, its lowest-loss ones (ties:
     the earlier member), so a coreset is never short. Deterministic.
 
@@ -297,11 +302,13 @@ def eligible_members(
         groups: ``(M,)`` int64 each member's problem, in ``[0, len(budgets))``.
         budgets: ``(G,)`` int64 how many members each problem selects.
         mads: ``k``, the threshold in (scaled) median absolute deviations.
+        num_classes: C, whose ``ln`` is the least loss that may be excluded.
     """
     losses = np.asarray(losses, dtype=np.float64)
     median = _medians(losses, classes)
     spread = MAD_SCALE * _medians(np.abs(losses - median[classes]), classes)
-    eligible = losses <= (median + mads * spread)[classes]
+    threshold = np.maximum(median + mads * spread, math.log(num_classes))
+    eligible = losses <= threshold[classes]
     # Each problem's members by loss (then position): the first budget of them stay eligible.
     order = np.lexsort((np.arange(len(losses)), losses, groups))
     first = np.searchsorted(groups[order], groups[order])  # start of each member's problem

@@ -28,14 +28,20 @@ def test_the_rule_excludes_exactly_the_far_losses_of_each_class_and_keeps_the_bu
     # problem 3 selects 3 of its 4, so its three lowest (0.95, 1.05, 7.0) stay.
     threshold = 0.375 + 3 * MAD_SCALE * 0.15
     assert threshold == pytest.approx(1.0422, abs=1e-4)
-    eligible = eligible_members(losses, groups % 2, groups, np.array([1, 1, 1, 3]), 3.0)
+    # (Both thresholds are above ln 2, the least loss that may be excluded with two classes.)
+    eligible = eligible_members(losses, groups % 2, groups, np.array([1, 1, 1, 3]), 3.0, 2)
     assert np.flatnonzero(~eligible).tolist() == [2, 10, 12]
     # A looser threshold (k = 20: class 0's is 4.82, class 1's 4.78) keeps 2.0, not 5.0.
-    eligible = eligible_members(losses, groups % 2, groups, np.array([1, 1, 1, 1]), 20.0)
+    eligible = eligible_members(losses, groups % 2, groups, np.array([1, 1, 1, 1]), 20.0, 2)
     assert np.flatnonzero(~eligible).tolist() == [2, 12, 13]
+    # Late in training: median 0.035, MAD 0.02 -> 0.124, under ln 4 = 1.386 (four classes),
+    # so the floor decides: 1.0 (still being learned) stays, 2.0 goes.
+    late = np.array([0.01, 0.02, 0.03, 0.04, 1.0, 2.0])
+    one = np.zeros(6, np.int64)
+    assert eligible_members(late, one, one, np.array([1]), 3.0, 4).tolist() == [True] * 5 + [False]
     # Ties for the budget's last place go to the earlier member.
     tied = eligible_members(np.array([0.0, 0.0, 0.0, 9.0, 9.0]), np.zeros(5, np.int64),
-                            np.zeros(5, np.int64), np.array([4]), 3.0)  # fmt: skip
+                            np.zeros(5, np.int64), np.array([4]), 3.0, 2)  # fmt: skip
     assert tied.tolist() == [True, True, True, True, False]
 
 
