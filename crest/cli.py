@@ -24,6 +24,8 @@ def _e2e(args: argparse.Namespace) -> int:
     )
     from crest.embedded import local_coordinator
 
+    if args.merge:
+        return _e2e_merge(args)
     plan = E2EPlan()
     if args.quick:
         plan = quick_plan(plan)
@@ -53,6 +55,21 @@ def _e2e(args: argparse.Namespace) -> int:
     print(format_pipeline_table(result["summary"]))
     print()
     print(format_class_table(result["summary"]))
+    print()
+    print(format_noise_table(result["summary"]))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def _e2e_merge(args: argparse.Namespace) -> int:
+    """The tables of earlier runs, from their JSON files (partial ones too), and OUT with
+    all of their runs; a (workload, method, fraction, seed) run in several files counts once,
+    from the first file that has it."""
+    from crest.compare import format_noise_table, format_table, merge_results, write_json
+
+    result = merge_results([Path(path) for path in args.merge])
+    print(format_table(result["summary"]))
     print()
     print(format_noise_table(result["summary"]))
     write_json(result, Path(args.out))
@@ -376,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument("--crest", help="CREST settings as JSON, e.g. '{\"tau\": 0.2}'")
     e2e.add_argument(
         "--no-full", action="store_true", help="skip Full (and the columns measured against it)"
+    )
+    e2e.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: combine earlier runs' results (e.g. partial ones, or one method "
+        "run again) into OUT and print their tables",
     )
     e2e.add_argument("--quick", action="store_true", help="the demo's short plan")
     e2e.add_argument(

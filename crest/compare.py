@@ -581,7 +581,8 @@ def format_table(summary: list[dict[str, Any]]) -> str:
             f"| {opt(row.get('mean_num_coresets'), '.1f')} | {opt(row.get('pool_end'), '.0f')} "
             f"| {s['train']:.1f} | {s.get('embed', 0):.1f} | {s.get('select', 0):.1f} "
             f"| {s.get('hessian', 0):.1f} | {s.get('check', 0):.1f} | {s['eval']:.1f} "
-            f"| {s['total']:.1f} | {opt(row['speedup_vs_full'], '.2f')}x "
+            f"| {s['total']:.1f} | {opt(row['speedup_vs_full'], '.2f')}"
+            f"{'' if row['speedup_vs_full'] is None else 'x'} "
             f"| {opt(row['full_seconds_to_this_acc'], '.1f')} "
             f"| {opt(coreset, '.4f')} | {opt(random, '.4f')} | {opt(gain, '.2f')} "
             f"| {opt(row.get('crest_step_share'), '.0%')} "
@@ -677,6 +678,26 @@ def format_noise_table(summary: list[dict[str, Any]]) -> str:
             f"| {opt(row.get('excluded_share'), '.1%')} |"
         )
     return "\n".join(lines)
+
+
+def merge_results(paths: list[Path]) -> dict[str, Any]:
+    """:func:`run_e2e`'s result from the runs in earlier results' JSON files (partial ones
+    too), each (workload, method, fraction, seed) once: from the first file that has it."""
+    runs: dict[tuple[str, str, float, int], RunResult] = {}
+    for path in paths:
+        for run in json.loads(path.read_text())["runs"]:
+            key = (run["workload"], run["method"], run["train_frac"], run["seed"])
+            runs.setdefault(key, RunResult(**run))
+    if not runs:
+        raise ValueError(f"no runs in {', '.join(map(str, paths))}")
+    merged = list(runs.values())
+    return {
+        "benchmark": "e2e",
+        "merged_from": [str(path) for path in paths],
+        "machine": machine(),
+        "runs": [asdict(r) for r in merged],
+        "summary": summarise(merged),
+    }
 
 
 def machine() -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +16,13 @@ from crest.cli import build_parser
 from crest.compare import (
     METHODS,
     E2EPlan,
+    RunResult,
     TrainSetup,
     evaluate,
     format_class_table,
     format_noise_table,
     format_table,
+    merge_results,
     run_e2e,
 )
 from crest.embedded import local_coordinator
@@ -167,3 +171,32 @@ def test_tiny_run_without_full_trains_robust_coresets_on_noisy_w2() -> None:
     assert robust["extra"]["excluded_share"] > 0, "30% noise: some candidates are excluded"
     noise = format_noise_table(result["summary"])
     assert "| excluded share |" in noise and "| random | 0.5 |" in noise
+
+
+def _run(method: str, seed: int, acc: float) -> dict:
+    curve = [(10, 1.0, acc, acc)]
+    return asdict(RunResult(
+        workload="w", method=method, train_frac=0.1, seed=seed, steps=10, final_acc=acc,
+        best_acc=acc, final_balanced_acc=acc, per_class_recall=[acc], curve=curve,
+        seconds={"train": 1.0, "eval": 0.0, "total": 1.0},
+        extra={"class_weight_share": [1.0], "selected_minus_candidate_loss": 0.5,
+               "pool_per_class_end": [5]},
+    ))  # fmt: skip
+
+
+def test_merged_results_count_each_run_once_and_compare_with_random(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.partial.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"runs": [_run("random", 0, 0.90), _run("crest", 0, 0.92)]}))
+    second.write_text(json.dumps({"runs": [_run("crest", 0, 0.50), _run("crest", 1, 0.94)]}))
+    result = merge_results([first, second])
+    assert len(result["runs"]) == 3  # crest seed 0 from the first file only
+    rows = {row["method"]: row for row in result["summary"]}
+    assert rows["crest"]["final_acc"][0] == pytest.approx(0.93)
+    assert rows["crest"]["speedup_vs_full"] is None  # no Full run
+    assert "| w | crest | 0.1 | 93.00 ± 1.00 | +3.00 | +0.50 | - |" in format_noise_table(
+        result["summary"]
+    )
+    assert "| - | - |" in format_table(result["summary"])  # speed-up and time vs Full
+    (tmp_path / "empty.json").write_text('{"runs": []}')
+    with pytest.raises(ValueError, match="no runs"):
+        merge_results([tmp_path / "empty.json"])
