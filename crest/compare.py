@@ -84,9 +84,10 @@ class CrestSetup:
     noisy_mads: float = JobConfig.model_fields["noisy_mads"].default
 
     def job_config(self, data: Dataset, train: TrainSetup, frac: float, seed: int) -> JobConfig:
-        side = " (service side)" if self.selection_side == "service" else ""
+        tags = " (service side)" if self.selection_side == "service" else ""
+        tags += " (robust)" if self.exclude_noisy else ""
         return JobConfig(
-            name=f"{data.name} {self.strategy}{side} {frac:.0%} seed {seed}",  # the dashboard's
+            name=f"{data.name} {self.strategy}{tags} {frac:.0%} seed {seed}",  # the dashboard's
             num_examples=len(data.y_train),
             num_classes=data.num_classes,
             batch_size=train.batch_size,
