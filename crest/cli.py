@@ -15,6 +15,7 @@ def _e2e(args: argparse.Namespace) -> int:
         CrestSetup,
         E2EPlan,
         format_class_table,
+        format_noise_table,
         format_pipeline_table,
         format_table,
         quick_plan,
@@ -23,6 +24,8 @@ def _e2e(args: argparse.Namespace) -> int:
     )
     from crest.embedded import local_coordinator
 
+    if args.merge:
+        return _e2e_merge(args)
     plan = E2EPlan()
     if args.quick:
         plan = quick_plan(plan)
@@ -34,26 +37,47 @@ def _e2e(args: argparse.Namespace) -> int:
         plan = replace(plan, workloads=tuple(args.workloads))
     if args.methods:
         plan = replace(plan, methods=tuple(args.methods))
+    if args.no_full:
+        plan = replace(plan, full=False)
     if args.epochs:
         plan = replace(plan, train=replace(plan.train, epochs=args.epochs))
     if args.crest:
         plan = replace(plan, crest=CrestSetup(**{**vars(plan.crest), **json.loads(args.crest)}))
+    partial = Path(args.out).with_suffix(".partial.json")
     if args.placement == "separate":
-        result = _e2e_separate(plan, args)
+        result = _e2e_separate(plan, args, partial)
     else:
         with local_coordinator() as coordinator:
-            result = run_e2e(plan, coordinator, progress=not args.no_progress)
+            result = run_e2e(plan, coordinator, progress=not args.no_progress, partial=partial)
+    partial.unlink(missing_ok=True)
     print(format_table(result["summary"]))
     print()
     print(format_pipeline_table(result["summary"]))
     print()
     print(format_class_table(result["summary"]))
+    print()
+    print(format_noise_table(result["summary"]))
     write_json(result, Path(args.out))
     print(f"\nwrote {args.out}")
     return 0
 
 
-def _e2e_separate(plan, args: argparse.Namespace) -> dict:
+def _e2e_merge(args: argparse.Namespace) -> int:
+    """The tables of earlier runs, from their JSON files (partial ones too), and OUT with
+    all of their runs; a (workload, method, fraction, seed) run in several files counts once,
+    from the first file that has it."""
+    from crest.compare import format_noise_table, format_table, merge_results, write_json
+
+    result = merge_results([Path(path) for path in args.merge])
+    print(format_table(result["summary"]))
+    print()
+    print(format_noise_table(result["summary"]))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def _e2e_separate(plan, args: argparse.Namespace, partial: Path) -> dict:
     """The trainer alone on core 0 (one torch thread); the coordinator and its selector
     actor on core 1, in a ``crest serve`` process of their own."""
     from crest.bench.service import coordinator_process
@@ -70,7 +94,7 @@ def _e2e_separate(plan, args: argparse.Namespace) -> dict:
     with coordinator_process(*serve_flags) as (address, _dashboard, _pid):
         pin_current_thread(trainer)
         with RemoteCoordinator(address) as coordinator:
-            result = run_e2e(plan, coordinator, progress=not args.no_progress)
+            result = run_e2e(plan, coordinator, progress=not args.no_progress, partial=partial)
     result["placement"] = {"trainer_cores": list(trainer), "selection_cores": list(selection)}
     return result
 
@@ -376,8 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument(
         "--workloads",
         nargs="+",
-        choices=["w1", "w2", "w3"],
-        help="W1 MNIST-1D, W2 redundant and noisy, W3 imbalanced (default: all)",
+        choices=["w1", "w2", "w2-0", "w2-30", "w3"],
+        help="W1 MNIST-1D, W2 redundant and noisy (10%% of labels wrong; w2-0 and w2-30: 0%% "
+        "and 30%%), W3 imbalanced (default: w1 w2 w3)",
     )
     e2e.add_argument(
         "--methods",
@@ -387,13 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
             "crest",
             "auto",
             "crest-balanced",
+            "crest-robust",
             "crest-service",
             "auto-service",
             "crest-lookahead",
         ],
         help="besides full (default: random crest auto; crest-balanced is CREST with "
-        "class_weighting=balanced; crest-service and auto-service embed on the service side, "
-        "pipelined; crest-lookahead also draws coresets from recent region lengths)",
+        "class_weighting=balanced; crest-robust with exclude_noisy; crest-service and "
+        "auto-service embed on the service side, pipelined; crest-lookahead also draws "
+        "coresets from recent region lengths)",
     )
     e2e.add_argument(
         "--placement",
@@ -404,8 +431,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e2e.add_argument("--epochs", type=float, help="full-training epochs (default 30)")
     e2e.add_argument("--crest", help="CREST settings as JSON, e.g. '{\"tau\": 0.2}'")
+    e2e.add_argument(
+        "--no-full", action="store_true", help="skip Full (and the columns measured against it)"
+    )
+    e2e.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: combine earlier runs' results (e.g. partial ones, or one method "
+        "run again) into OUT and print their tables",
+    )
     e2e.add_argument("--quick", action="store_true", help="the demo's short plan")
-    e2e.add_argument("--out", default="results/e2e.json")
+    e2e.add_argument(
+        "--out",
+        default="results/e2e.json",
+        help="the results (the runs so far are in OUT with the suffix .partial.json until the end)",
+    )
     e2e.add_argument("--no-progress", action="store_true")
     e2e.set_defaults(func=_e2e)
     selection = which.add_parser("selection", help="selection kernel, baselines and Ray pool")

@@ -146,6 +146,22 @@ class JobConfig(BaseModel):
         "region's coresets come from weights at most this many steps old",
     )
 
+    exclude_noisy: bool = Field(
+        False,
+        description="coresets robust to label noise: a candidate whose loss is far above its "
+        "class's (likely mislabelled) is neither chosen as a representative nor counted in a "
+        "cluster's weight; see noisy_mads",
+    )
+    noisy_mads: float = Field(
+        3.0,
+        gt=0,
+        le=1e6,
+        description="exclude_noisy: a candidate is excluded when its loss exceeds both its "
+        "class's median + noisy_mads x 1.4826 x MAD over the region's candidates and "
+        "ln(num_classes) (a class keeps at least the budget of lowest-loss candidates per "
+        "subset)",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:
         if self.subset_size is not None and self.subset_size > self.num_examples:
@@ -478,6 +494,8 @@ class RegionStats(BaseModel):
     staleness: int | None = None
     # The oldest checks left out of ``checks`` so that a remote status fits one message.
     checks_omitted: int = 0
+    # exclude_noisy: subset members (candidate draws) not eligible as representatives.
+    excluded: int = 0
 
 
 class TrainerTime(BaseModel):

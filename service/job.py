@@ -57,6 +57,7 @@ from crest.service.region import (
     Region,
     closed,
     crest_region,
+    eligible_members,
     random_region,
     region_end,
     region_from_state,
@@ -479,12 +480,33 @@ class JobState:
         if region.phase is not Phase.SELECTING:
             raise FailedPrecondition(f"region {region_id} is not waiting for selection")
         assert region.embeddings is not None
+        rows = self._eligible_rows(region)
+        members = region.members if rows is None else region.members[rows]
         return SelectionRequest(
             job_id=self.job_id,
-            embeddings=region.embeddings[region.members],
-            groups=region.member_groups,
+            embeddings=region.embeddings[members],
+            groups=region.member_groups if rows is None else region.member_groups[rows],
             budgets=region.class_budgets.reshape(-1),  # problem = subset * C + class
         )
+
+    def _eligible_rows(self, region: Region) -> np.ndarray | None:
+        """``exclude_noisy``: the subset members (rows of ``region.members``) that may be
+        selected, in order, and their count in the region's statistics; None when every member
+        may. The request holds only these rows, so the excluded count in no cluster's weight.
+        A function of the region's losses, so that the answer's rows can be mapped back."""
+        if not self.config.exclude_noisy:
+            return None
+        classes = self.config.num_classes
+        eligible = eligible_members(
+            region.losses[region.members],
+            region.member_groups % classes,
+            region.member_groups,
+            region.class_budgets.reshape(-1),
+            self.config.noisy_mads,
+            classes,
+        )
+        self.stats[region.region_id].excluded = int(len(eligible) - eligible.sum())
+        return np.flatnonzero(eligible)
 
     def unfinished(self) -> list[Region]:
         """The current and the prepared region, where they still wait for embeddings or
@@ -552,8 +574,9 @@ class JobState:
     def complete_selection(self, region_id: int, result: SelectionResult) -> None:
         """Assemble the region's coresets from a selector's answer to :meth:`selection_request`.
 
-        ``result.rows`` index the request's rows (subset members); its groups must be those
-        rows' problems, non-decreasing; its weights raw cluster sizes (>= 1).
+        ``result.rows`` index the request's rows (the subset members eligible for selection:
+        all of them unless ``exclude_noisy``); its groups must be those rows' problems,
+        non-decreasing; its weights raw cluster sizes (>= 1).
         """
         region = self._region(region_id)
         if region.phase is not Phase.SELECTING:
@@ -563,8 +586,12 @@ class JobState:
         weights = np.asarray(result.weights, dtype=np.float32)
         if not (rows.shape == groups.shape == weights.shape) or rows.ndim != 1:
             raise InvalidArgument("rows, groups and weights must be 1-D of one length")
-        if rows.size and (rows.min() < 0 or rows.max() >= len(region.members)):
+        eligible = self._eligible_rows(region)
+        requested = len(region.members) if eligible is None else len(eligible)
+        if rows.size and (rows.min() < 0 or rows.max() >= requested):
             raise InvalidArgument("selected rows out of range")
+        if eligible is not None:
+            rows = eligible[rows]
         if not np.array_equal(region.member_groups[rows], groups) or np.any(np.diff(groups) < 0):
             raise InvalidArgument("selected rows do not match their problems")
         if not np.all(np.isfinite(weights)) or np.any(weights < 1):
