@@ -13,7 +13,7 @@ from crest.service.leases import RedisLeases
 from crest.service.manager import JobManager
 from crest.service.server import create_server
 from crest.service.settings import ServeSettings
-from crest.service.store import RedisStore, open_store
+from crest.service.store import RedisStore, StateStore, open_store
 from crest.service.telemetry import RpcTelemetry
 from crest.worker.placement import parse_cores, pin_process
 from crest.worker.selector import InProcessSelector, Selector
@@ -58,6 +58,32 @@ async def build_selector(settings: ServeSettings) -> Selector:
     )
 
 
+def build_manager(
+    settings: ServeSettings, selector: Selector, store: StateStore | None = None
+) -> JobManager:
+    """The coordinator's core as ``crest serve`` configures it; ``store`` replaces the one
+    the settings name (``crest bench scale`` passes that one wrapped, to time its writes)."""
+    if store is None:
+        store = open_store(settings.store, settings.store_max_value_mb * 2**20)
+    leases = None
+    if settings.lease_s > 0:  # the settings checked that the store named is Redis
+        if not isinstance(store, RedisStore):
+            raise ValueError(f"replica leases (lease_s > 0) need a RedisStore, got {store!r}")
+        # With port 0 the address is known once bound, before anybody could learn the port.
+        address = settings.advertised(settings.port) if settings.port else ""
+        leases = RedisLeases(store, settings.lease_s, address, settings.replica_id)
+    return JobManager(
+        selector,
+        store,
+        wait_s=settings.wait_s,
+        selection_timeout_s=settings.selection_timeout_s,
+        archived_regions=settings.archived_regions,
+        strict=settings.strict,
+        finished_ttl_s=settings.finished_job_ttl_s,
+        leases=leases,
+    )
+
+
 async def serve(settings: ServeSettings) -> None:
     """Run the coordinator until SIGTERM or SIGINT, then stop gracefully.
 
@@ -70,24 +96,7 @@ async def serve(settings: ServeSettings) -> None:
     if settings.coordinator_cores:
         pin_process(parse_cores(settings.coordinator_cores))
         log.info("coordinator pinned to cores %s", settings.coordinator_cores)
-    selector = await build_selector(settings)
-    store = open_store(settings.store, settings.store_max_value_mb * 2**20)
-    leases = None
-    if settings.lease_s > 0:  # the settings checked that the store is Redis
-        assert isinstance(store, RedisStore)
-        # With port 0 the address is known once bound, before anybody could learn the port.
-        address = settings.advertised(settings.port) if settings.port else ""
-        leases = RedisLeases(store, settings.lease_s, address, settings.replica_id)
-    manager = JobManager(
-        selector,
-        store,
-        wait_s=settings.wait_s,
-        selection_timeout_s=settings.selection_timeout_s,
-        archived_regions=settings.archived_regions,
-        strict=settings.strict,
-        finished_ttl_s=settings.finished_job_ttl_s,
-        leases=leases,
-    )
+    manager = build_manager(settings, await build_selector(settings))
     await manager.start()
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
@@ -97,6 +106,7 @@ async def serve(settings: ServeSettings) -> None:
     server, port, health_task = await create_server(
         manager, settings.address, token=token, tls=tls, rpc=rpc
     )
+    leases = manager.leases
     if leases is not None:
         leases.address = settings.advertised(port)
         log.info("replica %s advertised at %s, leases of %g s", leases.replica_id,

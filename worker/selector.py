@@ -20,13 +20,17 @@ import torch
 from crest.worker.model import ExportedModel, ModelCache, tensor_view
 from crest.worker.placement import available_cores, pin_current_thread, selector_threads
 from crest.worker.problems import (
+    CHUNK_ROWS,
     EmbedRequest,
     EmbedResult,
+    RequestChunk,
     SelectionRequest,
     SelectionResult,
     Selector,
     check_embed_request,
     check_request,
+    join_results,
+    split_request,
 )
 from crest.worker.selection import select_groups
 
@@ -121,6 +125,11 @@ def run_embedding(
     return EmbedResult(*model.embed(request.inputs, request.labels, request.batch_size))
 
 
+def _checked_split(request: SelectionRequest, max_rows: int) -> list[RequestChunk]:
+    check_request(request)
+    return split_request(request, max_rows)
+
+
 class InProcessSelector:
     """Runs the kernel (and embeddings) in this process, on one worker thread (torch releases
     the GIL); the worker keeps the last few models it embedded with.
@@ -136,6 +145,8 @@ class InProcessSelector:
             default one per core of ``cores``, else 1.
         cores: pin the worker thread to these cores
             (:func:`~crest.worker.placement.pin_current_thread`); default: unpinned.
+        chunk_rows: rows of one kernel call; a larger request is solved in chunks of whole
+            problems under it (:func:`~crest.worker.problems.split_request`).
 
     Raises:
         ValueError: ``threads`` disagrees with ``cores``, or a core does not exist.
@@ -146,7 +157,11 @@ class InProcessSelector:
         device: str | torch.device = "cpu",
         threads: int | None = None,
         cores: Collection[int] | None = None,
+        chunk_rows: int = CHUNK_ROWS,
     ) -> None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        self.chunk_rows = chunk_rows
         self.device = torch.device(device)
         self._models = ModelCache()  # used on the worker thread only
         self.cores = tuple(sorted(cores)) if cores else None
@@ -171,9 +186,23 @@ class InProcessSelector:
     async def select(
         self, request: SelectionRequest, timeout_s: float | None = None
     ) -> SelectionResult:
+        """Solve ``request`` on the worker thread, in chunks of whole problems of at most
+        ``chunk_rows`` rows, one kernel call each and one after another: another job's request
+        queues behind the chunk running, not behind the whole selection, and a selection that
+        times out stops after its current chunk."""
         loop = asyncio.get_running_loop()
+        results = []
         async with asyncio.timeout(timeout_s):  # the thread finishes its kernel call regardless
-            return await loop.run_in_executor(self._executor, run_selection, request, self.device)
+            chunks = await loop.run_in_executor(
+                self._executor, _checked_split, request, self.chunk_rows
+            )
+            for chunk in chunks:
+                results.append(
+                    await loop.run_in_executor(
+                        self._executor, run_selection, chunk.request, self.device
+                    )
+                )
+        return join_results(chunks, results)
 
     async def embed(self, request: EmbedRequest, timeout_s: float | None = None) -> EmbedResult:
         loop = asyncio.get_running_loop()
