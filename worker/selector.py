@@ -11,12 +11,14 @@ candidates with a trainer's exported model (:func:`run_embedding`).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from crest.worker.cancel import Cancellation, SelectionCancelled
 from crest.worker.model import ExportedModel, ModelCache, tensor_view
 from crest.worker.placement import available_cores, pin_current_thread, selector_threads
 from crest.worker.problems import (
@@ -44,13 +46,19 @@ __all__ = [
 ]
 
 
-def run_selection(request: SelectionRequest, device: str | torch.device = "cpu") -> SelectionResult:
+def run_selection(
+    request: SelectionRequest,
+    device: str | torch.device = "cpu",
+    cancel: Cancellation | None = None,
+) -> SelectionResult:
     """Run the batched kernel on one request, synchronously."""
-    return solve_many([request], device)[0]
+    return solve_many([request], device, cancel)[0]
 
 
 def solve_many(
-    requests: Sequence[SelectionRequest], device: str | torch.device = "cpu"
+    requests: Sequence[SelectionRequest],
+    device: str | torch.device = "cpu",
+    cancel: Cancellation | None = None,
 ) -> list[SelectionResult]:
     """Solve several requests with one kernel call; one result per request, in order.
 
@@ -60,12 +68,14 @@ def solve_many(
     Args:
         requests: the requests; each one's group ids start at 0.
         device: where the kernel runs.
+        cancel: abandons the call (:func:`~crest.worker.selection.select_groups`).
 
     Returns:
         What :func:`run_selection` returns for each request alone.
 
     Raises:
         ValueError: a request is malformed (:func:`check_request`), or dimensions differ.
+        SelectionCancelled: ``cancel`` was cancelled or its deadline passed.
     """
     for request in requests:
         check_request(request)
@@ -88,6 +98,7 @@ def solve_many(
         embeddings.to(device),
         tensor_view(np.asarray(groups, dtype=np.int64)),
         tensor_view(np.asarray(budgets, dtype=np.int64)),
+        cancel,
     )
     rows, chosen_groups, weights = (t.cpu().numpy() for t in chosen)
     if len(requests) == 1:
@@ -148,6 +159,8 @@ class InProcessSelector:
         cores: Collection[int] | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.abandoned = 0  # selections their callers gave up on, stopped or never started
+        self._abandoned_lock = threading.Lock()
         self._models = ModelCache()  # used on the worker thread only
         self.cores = tuple(sorted(cores)) if cores else None
         self.threads = selector_threads(threads, self.cores)
@@ -171,9 +184,36 @@ class InProcessSelector:
     async def select(
         self, request: SelectionRequest, timeout_s: float | None = None
     ) -> SelectionResult:
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout_s):  # the thread finishes its kernel call regardless
-            return await loop.run_in_executor(self._executor, run_selection, request, self.device)
+        """Solve one request on the worker thread. A selection its caller abandons (past
+        ``timeout_s``, or cancelled) does not hold the thread: still queued, it never starts;
+        running, it stops at the kernel's next check
+        (:class:`~crest.worker.cancel.Cancellation`). Either way it counts in
+        :attr:`abandoned`.
+
+        Raises:
+            TimeoutError: no answer within ``timeout_s``.
+        """
+        cancel = Cancellation.after(timeout_s)
+        job = self._executor.submit(self._select, request, cancel)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await asyncio.wrap_future(job)
+        except BaseException:
+            cancel.cancel()  # running: it stops at its next check
+            if job.cancel():  # (or was) still queued: it never runs
+                self._abandon()
+            raise
+
+    def _select(self, request: SelectionRequest, cancel: Cancellation) -> SelectionResult:
+        try:
+            return run_selection(request, self.device, cancel)
+        except SelectionCancelled:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        with self._abandoned_lock:  # the loop's thread and the worker's both count
+            self.abandoned += 1
 
     async def embed(self, request: EmbedRequest, timeout_s: float | None = None) -> EmbedResult:
         loop = asyncio.get_running_loop()

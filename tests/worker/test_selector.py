@@ -95,3 +95,32 @@ def test_in_process_embedding_with_wrong_weights_is_a_bug_not_a_timeout() -> Non
 
     with pytest.raises(ValueError, match=rf"must have {len(request.weights)} values"):
         asyncio.run(run())
+
+
+def test_timed_out_selection_is_abandoned_and_the_worker_serves_the_next() -> None:
+    # The worker thread is held until the first request has timed out: abandoned by its
+    # caller, that request must never run (counted in ``abandoned``; a running one stops at
+    # the kernel's next check, test_selection's cancellation tests), and the next is served.
+    import threading
+
+    selector = InProcessSelector()
+    release = threading.Event()
+    first, second = request(3), request(4)
+
+    async def run() -> object:
+        loop = asyncio.get_running_loop()
+        held = loop.run_in_executor(selector._executor, release.wait)
+        with pytest.raises(TimeoutError):
+            await selector.select(first, timeout_s=0.01)
+        release.set()
+        await held
+        return await selector.select(second, timeout_s=120)
+
+    try:
+        result = asyncio.run(run())
+        assert selector.abandoned == 1
+    finally:
+        release.set()
+        selector.close()
+    want = run_selection(second)
+    assert np.array_equal(result.rows, want.rows) and np.array_equal(result.weights, want.weights)
