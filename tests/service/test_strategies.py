@@ -174,7 +174,9 @@ def test_auto_keeps_coresets_while_they_pay() -> None:
 
 def test_auto_is_deterministic_for_a_seed() -> None:
     def decisions(seed: int) -> list[tuple[str, str]]:
-        job = make_job(strategy="auto", seed=seed, auto_min_gain=3.5)
+        # With the default subset of 4 max(B, C) candidates the gains here are about 4-11x:
+        # a threshold of 7 keeps some regions' coresets and drops others'.
+        job = make_job(strategy="auto", seed=seed, auto_min_gain=7.0)
         walk(job, 80)
         return [(r.mode, r.decision) for r in job.status().regions]
 
