@@ -23,8 +23,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import numpy as np
@@ -37,10 +38,16 @@ from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from crest.service.server import CHANNEL_OPTIONS
 
 
+class Served(NamedTuple):
+    address: str  # gRPC host:port
+    dashboard: str  # URL
+    pid: int
+
+
 @contextmanager
-def coordinator_process(*args: str):
-    """``crest serve`` (Ray selector, dashboard on a free port) in a subprocess; yields
-    ``(grpc address, dashboard url)``."""
+def coordinator_process(*args: str) -> Iterator[Served]:
+    """``crest serve`` (Ray selector unless ``args`` say otherwise, dashboard on a free port)
+    in a subprocess."""
     process = subprocess.Popen(
         [sys.executable, "-m", "crest.cli", "serve", "--port", "0", "--dashboard-port", "0",
          "--log-level", "WARNING", *args],
@@ -50,8 +57,8 @@ def coordinator_process(*args: str):
         lines = [process.stdout.readline() if process.stdout else "" for _ in range(2)]
         if "listening on" not in lines[0]:
             raise RuntimeError(f"crest serve did not start: {''.join(lines)}")
-        yield (lines[0].split("listening on ")[1].strip(),
-               lines[1].split(" on ")[1].strip().rstrip("/"))  # fmt: skip
+        yield Served(lines[0].split("listening on ")[1].strip(),
+                     lines[1].split(" on ")[1].strip().rstrip("/"), process.pid)  # fmt: skip
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -88,7 +95,7 @@ async def _fetch_loop(address: str, job_ids: list[str], seconds: float) -> list[
         latencies: list[float] = []
 
         async def session(job_id: str) -> None:
-            request = pb.GetRegionRequest(job_id=job_id, rank=0, step=0)
+            request = pb.GetRegionRequest(job_id=job_id, rank=0, step=0, page=0)
             end = time.perf_counter() + seconds
             while time.perf_counter() < end:
                 started = time.perf_counter()
@@ -208,7 +215,7 @@ def region_switch(timings: dict[str, float], selections: list[dict[str, Any]]) -
 
 def run_service_bench(quick: bool = False) -> dict[str, Any]:
     seconds = 2.0 if quick else 8.0
-    with coordinator_process() as (address, dashboard):
+    with coordinator_process() as (address, dashboard, _):
         latency = [fetch_latency(address, n, seconds) for n in (1, 8, 32)]
         delivery = big_region_delivery(address, 5 if quick else 30)
         throughput = ingest(address, dim=256, rows=20_000 if quick else 100_000)

@@ -7,7 +7,8 @@ caller's id, :meth:`RemoteCoordinator.create_job` picks a random one and sends i
 attempt, so a retry after a lost reply finds the job instead of creating another. Uploads are
 split into chunks under the message limit and numbered, and sent in streams of at most
 ``MAX_STREAM_CHUNKS`` chunks, each committed all or nothing; after a broken stream the client
-asks which chunks were committed and resends only the rest.
+asks which chunks were committed and resends only the rest. A region over one message comes
+in pages (one call each, reassembled here); any other region in one call.
 
 Create one client per process, after any fork (a DataLoader's workers must not inherit a
 channel); it is thread-safe.
@@ -41,6 +42,7 @@ from crest.proto.contract import (
 )
 from crest.proto.errors import (
     CrestError,
+    FailedPrecondition,
     Unauthenticated,
     Unavailable,
     error_for_status,
@@ -73,6 +75,10 @@ WARN_EVERY_S = 5.0  # while retrying, one WARNING line per this many seconds of 
 MAX_RETRY_DELAY_S = 0.5  # longest sleep between two attempts of a call
 LABELS_PER_CHUNK = (convert.MAX_MESSAGE_BYTES - convert.MESSAGE_OVERHEAD_BYTES) // 8
 CHUNK_BYTES = convert.MAX_MESSAGE_BYTES - convert.MESSAGE_OVERHEAD_BYTES  # of a model or weights
+# Fetches of a paged region's pages from the first, should the region change between pages
+# (a region changes a few times in its life: selected, ended by a check; a fetch takes
+# milliseconds per page).
+MAX_REGION_FETCHES = 8
 
 
 class RemoteCoordinator:
@@ -311,8 +317,29 @@ class RemoteCoordinator:
         return info
 
     def get_region(self, job_id: str, rank: int, step: int) -> RegionView:
-        reply = self._unary("GetRegion", pb.GetRegionRequest(job_id=job_id, rank=rank, step=step))
-        return convert.region_from_pb(reply)
+        """The region holding ``step``: one call for a region that fits one message, else
+        one per page, reassembled. Should the region move on between two pages (a check
+        ended it, its selection finished), the pages are fetched again from the first."""
+        for _ in range(MAX_REGION_FETCHES):
+            request = pb.GetRegionRequest(job_id=job_id, rank=rank, step=step, page=0)
+            first = self._unary("GetRegion", request)
+            pages = [first]
+            for page in range(1, first.num_pages):
+                request = pb.GetRegionRequest(job_id=job_id, rank=rank, step=step, page=page,
+                                              region_id=first.region_id)  # fmt: skip
+                try:
+                    reply = self._unary("GetRegion", request)
+                except FailedPrecondition:  # the step is in another region by now
+                    break
+                if not convert.same_region(first, reply):  # e.g. its selection finished
+                    break
+                pages.append(reply)
+            else:
+                return convert.region_from_pb(*pages)
+        raise Unavailable(
+            f"GetRegion: region of step {step} changed while its pages were fetched, "
+            f"{MAX_REGION_FETCHES} times in a row"
+        )
 
     def submit_embeddings(
         self,

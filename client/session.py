@@ -10,7 +10,9 @@ A training loop changes by a few lines::
 
 Between the user's steps the session does CREST's trainer-side work: at a region start it
 embeds its share of the candidates (one eval-mode forward pass, no backward), snapshots θ_0
-and builds the region's model terms; every k steps it measures the check loss and reports.
+and builds the region's model terms; every k steps it measures the check loss and reports
+(with the other ranks' scalars, through ``torch.distributed``, where it runs with the job's
+ranks: :mod:`crest.client.ranks`).
 
 The check compares ``L_true`` (eval-mode mean loss on the region's check sample) with
 ``F(δ) = L_0 + gᵀδ + ½ δᵀ diag(h) δ``. Where g comes from is the ``gradient`` option:
@@ -47,6 +49,7 @@ from torch import Tensor, nn
 from crest.client.embeddings import EMBEDDINGS, EmbeddingFn
 from crest.client.loss import weighted_loss
 from crest.client.quadratic import GradientCapture, QuadraticModel, hutchinson_diagonal, trainable
+from crest.client.ranks import CheckGroup, check_group
 from crest.proto import steps
 from crest.proto.contract import (
     CheckDecision,
@@ -161,6 +164,11 @@ class Session:
         seed: seed of the Hessian probes.
         weights_dtype: how published weights travel (service side): ``"float32"`` or
             ``"bfloat16"`` (half the bytes; embeddings from rounded weights).
+        combine_checks: whether the ranks combine their check reports through
+            ``torch.distributed`` (rank 0 sends one report for all, and shares the
+            decision): None (default) does so when the default process group is the job's
+            ranks, True requires it, False has every rank report for itself. Every rank
+            must pass the same value.
 
     Who embeds the candidates is the job's ``selection_side``. On the ``"service"`` side rank 0
     hands the coordinator the model once (a ``torch.export`` artifact, with the inputs of all
@@ -185,6 +193,7 @@ class Session:
         eval_batch_size: int = 1024,
         seed: int = 0,
         weights_dtype: str = "float32",
+        combine_checks: bool | None = None,
     ) -> None:
         if weights_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weights_dtype must be one of {WEIGHT_DTYPES}, got {weights_dtype!r}")
@@ -209,6 +218,7 @@ class Session:
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.info: SessionInfo = coordinator.open_session(job_id, rank)
+        self._group: CheckGroup | None = check_group(combine_checks, rank, self.info.world_size)
         if isinstance(embedding, str):  # made for the job's C: a model of the wrong width fails
             embedding = EMBEDDINGS[embedding](self.info.num_classes)
         self.embedding: EmbeddingFn = embedding
@@ -218,7 +228,9 @@ class Session:
         # Check reports travel on their own thread while the next step trains; the decision
         # is collected before the step it could affect (two steps after the check).
         self._reporter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crest-check")
-        self._pending: tuple[_RegionRun, CheckReport, Future[CheckDecision]] | None = None
+        # With a check group, rank 0 alone sends (the combined report) and the others have
+        # no future: their decision comes from rank 0 (see :mod:`crest.client.ranks`).
+        self._pending: tuple[_RegionRun, CheckReport, Future[CheckDecision] | None] | None = None
         self._trained: int | None = None  # the step handed out whose CREST work is still due
         self._handed_out = 0.0  # when that step's batch was handed out
         self._finished = False  # advance() has returned None
@@ -431,11 +443,8 @@ class Session:
             self._published = (published["step"], published["weights"].numpy().copy())
         self._pending = None
         if state["pending_check"] is not None and self._run is not None:
-            report = CheckReport(**state["pending_check"])
-            future = self._reporter.submit(
-                self.coordinator.report_check, self.job_id, self.rank, report
-            )
-            self._pending = (self._run, report, future)
+            report = CheckReport(**state["pending_check"])  # this rank's own, in either mode
+            self._pending = (self._run, report, self._report(report))
 
     def _restore_job(self, state: dict[str, Any]) -> None:
         """Make sure the coordinator holds the job as far as the checkpoint got."""
@@ -446,7 +455,8 @@ class Session:
         if saved is None:
             return
         region_id = saved["view"]["region_id"]
-        opened = len(self.coordinator.job_status(self.job_id).regions)
+        status = self.coordinator.job_status(self.job_id)
+        opened = status.regions_omitted + len(status.regions)
         if opened <= region_id:
             where = (
                 "the checkpoint carries no job state to rebuild it from"
@@ -644,11 +654,19 @@ class Session:
                 # The trainer side's L_0 comes from its own embeddings at θ_0.
                 initial_loss_sum=run.initial_loss_sum if self.side == "service" else math.nan,
             )
-            future = self._reporter.submit(
-                self.coordinator.report_check, self.job_id, self.rank, report
-            )
+            future = self._report(report)
         self._pending = (run, report, future)
         self.timings.checks += 1
+
+    def _report(self, report: CheckReport) -> Future[CheckDecision] | None:
+        """Send this rank's report, or combine it with the other ranks' and send that from
+        rank 0 (a collective: every rank calls it at the same check). In the background."""
+        if self._group is not None:
+            combined = self._group.combine(report)
+            if combined is None:
+                return None
+            report = combined
+        return self._reporter.submit(self.coordinator.report_check, self.job_id, self.rank, report)
 
     def _collect_decision(self) -> None:
         """Apply the outstanding check's decision: a failed check ends its region."""
@@ -657,7 +675,11 @@ class Session:
         run, _, future = self._pending
         self._pending = None
         with self._timed("check"):
-            decision = future.result()
+            if self._group is not None:
+                decision = self._group.share(future)
+            else:
+                assert future is not None
+                decision = future.result()
         if decision.new_region:
             run.end_step = min(run.end_step, steps.end_after_failed_check(decision.step))
 

@@ -15,6 +15,7 @@ def _e2e(args: argparse.Namespace) -> int:
         CrestSetup,
         E2EPlan,
         format_class_table,
+        format_noise_table,
         format_pipeline_table,
         format_table,
         quick_plan,
@@ -23,6 +24,8 @@ def _e2e(args: argparse.Namespace) -> int:
     )
     from crest.embedded import local_coordinator
 
+    if args.merge:
+        return _e2e_merge(args)
     plan = E2EPlan()
     if args.quick:
         plan = quick_plan(plan)
@@ -34,26 +37,47 @@ def _e2e(args: argparse.Namespace) -> int:
         plan = replace(plan, workloads=tuple(args.workloads))
     if args.methods:
         plan = replace(plan, methods=tuple(args.methods))
+    if args.no_full:
+        plan = replace(plan, full=False)
     if args.epochs:
         plan = replace(plan, train=replace(plan.train, epochs=args.epochs))
     if args.crest:
         plan = replace(plan, crest=CrestSetup(**{**vars(plan.crest), **json.loads(args.crest)}))
+    partial = Path(args.out).with_suffix(".partial.json")
     if args.placement == "separate":
-        result = _e2e_separate(plan, args)
+        result = _e2e_separate(plan, args, partial)
     else:
         with local_coordinator() as coordinator:
-            result = run_e2e(plan, coordinator, progress=not args.no_progress)
+            result = run_e2e(plan, coordinator, progress=not args.no_progress, partial=partial)
+    partial.unlink(missing_ok=True)
     print(format_table(result["summary"]))
     print()
     print(format_pipeline_table(result["summary"]))
     print()
     print(format_class_table(result["summary"]))
+    print()
+    print(format_noise_table(result["summary"]))
     write_json(result, Path(args.out))
     print(f"\nwrote {args.out}")
     return 0
 
 
-def _e2e_separate(plan, args: argparse.Namespace) -> dict:
+def _e2e_merge(args: argparse.Namespace) -> int:
+    """The tables of earlier runs, from their JSON files (partial ones too), and OUT with
+    all of their runs; a (workload, method, fraction, seed) run in several files counts once,
+    from the first file that has it."""
+    from crest.compare import format_noise_table, format_table, merge_results, write_json
+
+    result = merge_results([Path(path) for path in args.merge])
+    print(format_table(result["summary"]))
+    print()
+    print(format_noise_table(result["summary"]))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+def _e2e_separate(plan, args: argparse.Namespace, partial: Path) -> dict:
     """The trainer alone on core 0 (one torch thread); the coordinator and its selector
     actor on core 1, in a ``crest serve`` process of their own."""
     from crest.bench.service import coordinator_process
@@ -67,10 +91,10 @@ def _e2e_separate(plan, args: argparse.Namespace) -> dict:
     trainer, selection = cores[:1], cores[1:2]
     serve_flags = ["--coordinator-cores", str(selection[0]), "--selector-cores",
                    str(selection[0]), "--ray-num-cpus", "1"]  # fmt: skip
-    with coordinator_process(*serve_flags) as (address, _dashboard):
+    with coordinator_process(*serve_flags) as (address, _dashboard, _pid):
         pin_current_thread(trainer)
         with RemoteCoordinator(address) as coordinator:
-            result = run_e2e(plan, coordinator, progress=not args.no_progress)
+            result = run_e2e(plan, coordinator, progress=not args.no_progress, partial=partial)
     result["placement"] = {"trainer_cores": list(trainer), "selection_cores": list(selection)}
     return result
 
@@ -102,13 +126,22 @@ def _selection(args: argparse.Namespace) -> int:
 
 
 def _service_bench(args: argparse.Namespace) -> int:
-    from crest.bench.service import format_table, run_service_bench
     from crest.compare import write_json
 
-    result = run_service_bench(quick=args.quick)
-    print(format_table(result))
-    write_json(result, Path(args.out))
-    print(f"\nwrote {args.out}")
+    if args.ranks:
+        from crest.bench.ranks import format_table as ranks_table
+        from crest.bench.ranks import run_ranks_bench
+
+        result = run_ranks_bench(args.ranks, args.steps, args.steps_per_s)
+        table, out = ranks_table(result), args.out or "results/service_ranks.json"
+    else:
+        from crest.bench.service import format_table, run_service_bench
+
+        result = run_service_bench(quick=args.quick)
+        table, out = format_table(result), args.out or "results/service.json"
+    print(table)
+    write_json(result, Path(out))
+    print(f"\nwrote {out}")
     return 0
 
 
@@ -169,6 +202,31 @@ def _gpu_bench(args: argparse.Namespace) -> int:
     print(format_table(result))
     write_json(result, Path(args.out))
     print(f"\nwrote {args.out}")
+    return 0 if result["ok"] else 1
+
+
+def _scale_bench(args: argparse.Namespace) -> int:
+    from crest.bench.scale import ScalePlan, format_table, quick_plan, run_scale, select_cases
+    from crest.compare import write_json
+
+    plan = quick_plan() if args.quick else ScalePlan()
+    try:
+        plan = select_cases(plan, args.sizes, args.regions)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.max_s is not None:
+        plan = replace(plan, cases=tuple(replace(c, max_s=args.max_s) for c in plan.cases))
+    if args.jobs is not None and plan.many is not None:
+        plan = replace(plan, many=replace(plan.many, jobs=args.jobs))
+    if args.selector is not None and plan.many is not None:
+        plan = replace(plan, many=replace(plan.many, selector=args.selector))
+    result = run_scale(plan)
+    print(format_table(result))
+    write_json(result, Path(args.out))
+    print(f"\nwrote {args.out}")
+    if not result["ok"]:
+        print(f"a case failed; logs kept in {result['logs']}", file=sys.stderr)
     return 0 if result["ok"] else 1
 
 
@@ -247,8 +305,14 @@ def _jobs(args: argparse.Namespace) -> int:
         stub = pb_grpc.CoordinatorStub(channel)
         try:
             if args.action == "list":
-                jobs = stub.ListJobs(pb.ListJobsRequest(), timeout=args.timeout,
-                                     metadata=metadata).jobs  # fmt: skip
+                jobs: list[pb.JobListing] = []
+                more = True
+                while more:  # a long list comes in several replies
+                    after = jobs[-1].job_id if jobs else ""
+                    reply = stub.ListJobs(pb.ListJobsRequest(after=after), timeout=args.timeout,
+                                          metadata=metadata)  # fmt: skip
+                    jobs += reply.jobs
+                    more = reply.more and bool(reply.jobs)
                 rows = [("JOB", "NAME", "STEP", "FINISHED", "EXPIRES")]
                 rows += [(j.job_id, j.name or "-", f"{j.step}/{j.total_steps}",
                           _when(j.finished_at), _when(j.expires_at)) for j in jobs]  # fmt: skip
@@ -336,8 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument(
         "--workloads",
         nargs="+",
-        choices=["w1", "w2", "w3"],
-        help="W1 MNIST-1D, W2 redundant and noisy, W3 imbalanced (default: all)",
+        choices=["w1", "w2", "w2-0", "w2-30", "w3"],
+        help="W1 MNIST-1D, W2 redundant and noisy (10%% of labels wrong; w2-0 and w2-30: 0%% "
+        "and 30%%), W3 imbalanced (default: w1 w2 w3)",
     )
     e2e.add_argument(
         "--methods",
@@ -347,13 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
             "crest",
             "auto",
             "crest-balanced",
+            "crest-robust",
             "crest-service",
             "auto-service",
             "crest-lookahead",
         ],
         help="besides full (default: random crest auto; crest-balanced is CREST with "
-        "class_weighting=balanced; crest-service and auto-service embed on the service side, "
-        "pipelined; crest-lookahead also draws coresets from recent region lengths)",
+        "class_weighting=balanced; crest-robust with exclude_noisy; crest-service and "
+        "auto-service embed on the service side, pipelined; crest-lookahead also draws "
+        "coresets from recent region lengths)",
     )
     e2e.add_argument(
         "--placement",
@@ -364,8 +431,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e2e.add_argument("--epochs", type=float, help="full-training epochs (default 30)")
     e2e.add_argument("--crest", help="CREST settings as JSON, e.g. '{\"tau\": 0.2}'")
+    e2e.add_argument(
+        "--no-full", action="store_true", help="skip Full (and the columns measured against it)"
+    )
+    e2e.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="train nothing: combine earlier runs' results (e.g. partial ones, or one method "
+        "run again) into OUT and print their tables",
+    )
     e2e.add_argument("--quick", action="store_true", help="the demo's short plan")
-    e2e.add_argument("--out", default="results/e2e.json")
+    e2e.add_argument(
+        "--out",
+        default="results/e2e.json",
+        help="the results (the runs so far are in OUT with the suffix .partial.json until the end)",
+    )
     e2e.add_argument("--no-progress", action="store_true")
     e2e.set_defaults(func=_e2e)
     selection = which.add_parser("selection", help="selection kernel, baselines and Ray pool")
@@ -377,7 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
     selection.set_defaults(func=_selection)
     service = which.add_parser("service", help="gRPC coordinator latency and throughput")
     service.add_argument("--quick", action="store_true", help="short runs")
-    service.add_argument("--out", default="results/service.json")
+    service.add_argument(
+        "--ranks", type=int, nargs="+", metavar="W",
+        help="instead: one job of W simulated ranks (per-rank vs combined checks), e.g. 1024",
+    )  # fmt: skip
+    service.add_argument("--steps", type=int, default=60, help="--ranks: steps per job")
+    service.add_argument(
+        "--steps-per-s", type=float, default=10.0, help="--ranks: the pace RPCs/s assume"
+    )
+    service.add_argument("--out", help="default results/service.json (--ranks: service_ranks.json)")
     service.set_defaults(func=_service_bench)
     loader = which.add_parser("loader", help="CrestLoader against the tensor path, same job")
     loader.add_argument("--quick", action="store_true", help="fewer steps, one repeat")
@@ -410,6 +499,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     faults.add_argument("--out", default="results/faults.json")
     faults.set_defaults(func=_faults_bench)
+    scale = which.add_parser(
+        "scale", help="job sizes up to 10M examples and 1,000 classes, and 100 jobs at once"
+    )
+    scale.add_argument(
+        "--sizes", nargs="+", metavar="SIZE",
+        help="of 100k 1M 10M 1.28Mx1000 many (default: all; --quick: 20k many)",
+    )  # fmt: skip
+    scale.add_argument("--regions", type=int, help="region switches per size (default 1,000)")
+    scale.add_argument(
+        "--max-s", type=float, help="seconds of region switches per size at most (default 180)"
+    )
+    scale.add_argument("--jobs", type=int, help="concurrent jobs (default 100)")
+    scale.add_argument(
+        "--selector", choices=["ray", "inprocess"], help="the many jobs' (default ray)"
+    )
+    scale.add_argument("--quick", action="store_true", help="small sizes (seconds)")
+    scale.add_argument("--out", default="results/scale.json")
+    scale.set_defaults(func=_scale_bench)
     gpu = which.add_parser(
         "gpu", help="kernel, a selector actor and a short W1 run on the GPU (CPU without one)"
     )

@@ -80,11 +80,14 @@ class CrestSetup:
     selection_side: str = "trainer"
     max_staleness: int = 32
     lookahead_coresets: bool = False
+    exclude_noisy: bool = JobConfig.model_fields["exclude_noisy"].default
+    noisy_mads: float = JobConfig.model_fields["noisy_mads"].default
 
     def job_config(self, data: Dataset, train: TrainSetup, frac: float, seed: int) -> JobConfig:
-        side = " (service side)" if self.selection_side == "service" else ""
+        tags = " (service side)" if self.selection_side == "service" else ""
+        tags += " (robust)" if self.exclude_noisy else ""
         return JobConfig(
-            name=f"{data.name} {self.strategy}{side} {frac:.0%} seed {seed}",  # the dashboard's
+            name=f"{data.name} {self.strategy}{tags} {frac:.0%} seed {seed}",  # the dashboard's
             num_examples=len(data.y_train),
             num_classes=data.num_classes,
             batch_size=train.batch_size,
@@ -107,6 +110,8 @@ class CrestSetup:
             selection_side=self.selection_side,
             max_staleness=self.max_staleness,
             lookahead_coresets=self.lookahead_coresets,
+            exclude_noisy=self.exclude_noisy,
+            noisy_mads=self.noisy_mads,
         )
 
 
@@ -334,6 +339,13 @@ def run_crest(
             (r.end_step or config.total_steps) - r.start_step for r in regions if r.mode == "crest"
         )
         / config.total_steps,
+        # exclude_noisy: the share of subset members (W x P x r per region, give or take a
+        # class budget's rounding) kept from selection, over coreset regions
+        "excluded_share": _mean(
+            r.excluded / (config.world_size * r.num_coresets * config.resolved_subset_size)
+            for r in regions
+            if r.mode == "crest"
+        ),
         "coreset_error": _mean(r.coreset_error for r in regions if r.coreset_error is not None),
         "random_error": _mean(r.random_error for r in regions if r.random_error is not None),
         "selection_share": sessions[0].timings.selection_share,
@@ -390,6 +402,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "crest": {"strategy": "crest"},
     "auto": {"strategy": "auto"},
     "crest-balanced": {"strategy": "crest", "class_weighting": "balanced"},
+    "crest-robust": {"strategy": "crest", "exclude_noisy": True},
     "crest-service": {"strategy": "crest", "selection_side": "service"},
     "auto-service": {"strategy": "auto", "selection_side": "service"},
     "crest-lookahead": {
@@ -408,9 +421,18 @@ class E2EPlan:
     methods: tuple[str, ...] = ("random", "crest", "auto")  # besides full; see METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
     fracs: tuple[float, ...] = (0.1, 0.2)
+    full: bool = True  # also train on all data (the speed-up and time-to-accuracy columns)
     num_samples: int = 50_000
     train: TrainSetup = TrainSetup()
     crest: CrestSetup = CrestSetup()
+
+
+def describe_workload(name: str) -> str:
+    """A workload's one-line description (its function's, with the arguments it fixes)."""
+    make = WORKLOADS[name]
+    doc = (getattr(make, "func", make).__doc__ or "").split("\n")[0]
+    fixed = getattr(make, "keywords", {})
+    return doc + (f" ({', '.join(f'{k}={v}' for k, v in fixed.items())})" if fixed else "")
 
 
 def warm_up(data: Dataset, setup: TrainSetup) -> None:
@@ -427,7 +449,11 @@ def warm_up(data: Dataset, setup: TrainSetup) -> None:
     evaluate(model, data.x_test, data.y_test, data.num_classes)
 
 
-def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> dict[str, Any]:
+def run_e2e(
+    plan: E2EPlan, coordinator: Coordinator, progress: bool = True, partial: Path | None = None
+) -> dict[str, Any]:
+    """Train every (workload, seed, fraction, method) of ``plan``; with ``partial``, the runs
+    so far are written there after each one (a long benchmark stopped early keeps them)."""
     unknown = sorted(set(plan.workloads) - set(WORKLOADS))
     unknown += sorted(set(plan.methods) - set(METHODS))
     if unknown:
@@ -440,8 +466,9 @@ def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> d
         data = WORKLOADS[workload](plan.num_samples)
         warm_up(data, plan.train)
         for seed in plan.seeds:
-            full = run_baseline(data, plan.train, 1.0, seed, progress)
-            runs.append(full)
+            full = run_baseline(data, plan.train, 1.0, seed, progress) if plan.full else None
+            if full is not None:
+                runs.append(full)
             for frac in plan.fracs:
                 for method in plan.methods:
                     if method == "random":
@@ -451,6 +478,11 @@ def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> d
                         result = run_crest(data, plan.train, crest, frac, seed, coordinator,
                                            progress, method)  # fmt: skip
                     runs.append(result)
+                    if partial is not None:
+                        write_json({"benchmark": "e2e", "partial": True,
+                                    "runs": [asdict(r) for r in runs]}, partial)  # fmt: skip
+            if full is None:
+                continue
             for r in runs:
                 if r.workload == full.workload and r.seed == seed:
                     r.extra["full_seconds_to_this_acc"] = time_to_accuracy(full.curve, r.final_acc)
@@ -458,9 +490,7 @@ def run_e2e(plan: E2EPlan, coordinator: Coordinator, progress: bool = True) -> d
                     r.extra["acc_gap_to_full"] = full.final_acc - r.final_acc
     return {
         "benchmark": "e2e",
-        "workloads": {
-            name: (WORKLOADS[name].__doc__ or "").split("\n")[0] for name in plan.workloads
-        },
+        "workloads": {name: describe_workload(name) for name in plan.workloads},
         "plan": asdict(plan),
         "machine": machine(),
         "runs": [asdict(r) for r in runs],
@@ -498,11 +528,14 @@ def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
             ).tolist(),
             "steps": group[0].steps,
             "seconds": {k: statistics.fmean(r.seconds[k] for r in group) for k in group[0].seconds},
-            "speedup_vs_full": statistics.fmean(r.extra["speedup_vs_full"] for r in group),
+            "speedup_vs_full": _mean(
+                r.extra["speedup_vs_full"] for r in group if "speedup_vs_full" in r.extra
+            ),
         }
-        tta = [r.extra["full_seconds_to_this_acc"] for r in group]
+        tta = [r.extra.get("full_seconds_to_this_acc") for r in group]
+        reached = [t for t in tta if t is not None]  # none without Full runs
         row["full_seconds_to_this_acc"] = (
-            statistics.fmean(tta) if all(t is not None for t in tta) else None
+            statistics.fmean(reached) if len(reached) == len(tta) else None
         )
         if method not in ("full", "random"):  # runs on the coordinator's batches
             row["regions"] = statistics.fmean(r.regions for r in group)
@@ -513,7 +546,8 @@ def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
                 [r.extra["pool_per_class_end"] for r in group], axis=0
             ).tolist()
             for key in ("coreset_error", "random_error", "crest_step_share", "selection_share",
-                        "wait_s", "staleness", "candidates_per_step"):  # fmt: skip
+                        "wait_s", "staleness", "candidates_per_step", "excluded_share",
+                        "selected_minus_candidate_loss"):  # fmt: skip
                 values = [r.extra[key] for r in group if r.extra.get(key) is not None]
                 row[key] = statistics.fmean(values) if values else None
         rows.append(row)
@@ -548,7 +582,8 @@ def format_table(summary: list[dict[str, Any]]) -> str:
             f"| {opt(row.get('mean_num_coresets'), '.1f')} | {opt(row.get('pool_end'), '.0f')} "
             f"| {s['train']:.1f} | {s.get('embed', 0):.1f} | {s.get('select', 0):.1f} "
             f"| {s.get('hessian', 0):.1f} | {s.get('check', 0):.1f} | {s['eval']:.1f} "
-            f"| {s['total']:.1f} | {row['speedup_vs_full']:.2f}x "
+            f"| {s['total']:.1f} | {opt(row['speedup_vs_full'], '.2f')}"
+            f"{'' if row['speedup_vs_full'] is None else 'x'} "
             f"| {opt(row['full_seconds_to_this_acc'], '.1f')} "
             f"| {opt(coreset, '.4f')} | {opt(random, '.4f')} | {opt(gain, '.2f')} "
             f"| {opt(row.get('crest_step_share'), '.0%')} "
@@ -612,6 +647,58 @@ def format_class_table(summary: list[dict[str, Any]]) -> str:
             f"| {weight} | {pool_text} |"
         )
     return "\n".join(lines)
+
+
+def format_noise_table(summary: list[dict[str, Any]]) -> str:
+    """Label noise: each method's accuracy against Random's at the same fraction, how much
+    harder (higher-loss) its selected examples were than the candidates, and the share of
+    candidates ``exclude_noisy`` kept from selection."""
+    header = (
+        "| workload | method | frac | final acc % | vs random (points) "
+        "| selected - candidate loss | excluded share |"
+    )
+    lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
+    random_acc = {
+        (row["workload"], row["train_frac"]): row["final_acc"][0]
+        for row in summary
+        if row["method"] == "random"
+    }
+
+    def opt(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    for row in summary:
+        if row["method"] == "full":
+            continue
+        base = random_acc.get((row["workload"], row["train_frac"]))
+        gap = None if base is None else 100 * (row["final_acc"][0] - base)
+        lines.append(
+            f"| {row['workload']} | {row['method']} | {row['train_frac']:g} "
+            f"| {100 * row['final_acc'][0]:.2f} ± {100 * row['final_acc'][1]:.2f} "
+            f"| {opt(gap, '+.2f')} | {opt(row.get('selected_minus_candidate_loss'), '+.2f')} "
+            f"| {opt(row.get('excluded_share'), '.1%')} |"
+        )
+    return "\n".join(lines)
+
+
+def merge_results(paths: list[Path]) -> dict[str, Any]:
+    """:func:`run_e2e`'s result from the runs in earlier results' JSON files (partial ones
+    too), each (workload, method, fraction, seed) once: from the first file that has it."""
+    runs: dict[tuple[str, str, float, int], RunResult] = {}
+    for path in paths:
+        for run in json.loads(path.read_text())["runs"]:
+            key = (run["workload"], run["method"], run["train_frac"], run["seed"])
+            runs.setdefault(key, RunResult(**run))
+    if not runs:
+        raise ValueError(f"no runs in {', '.join(map(str, paths))}")
+    merged = list(runs.values())
+    return {
+        "benchmark": "e2e",
+        "merged_from": [str(path) for path in paths],
+        "machine": machine(),
+        "runs": [asdict(r) for r in merged],
+        "summary": summarise(merged),
+    }
 
 
 def machine() -> dict[str, Any]:

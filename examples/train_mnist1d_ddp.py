@@ -4,7 +4,8 @@
     torchrun --standalone --nproc_per_node 2 examples/train_mnist1d_ddp.py --address 127.0.0.1:50051
 
 Each rank trains on its own coresets (disjoint across ranks), every rank switches region at
-the same step, and the coordinator judges each check on all ranks' reports.
+the same step, and the coordinator judges each check on all ranks' scalars, which rank 0
+reports for all of them (the sessions combine them through the gloo process group).
 """
 
 import argparse

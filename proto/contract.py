@@ -154,6 +154,22 @@ class JobConfig(BaseModel):
         "region's coresets come from weights at most this many steps old",
     )
 
+    exclude_noisy: bool = Field(
+        False,
+        description="coresets robust to label noise: a candidate whose loss is far above its "
+        "class's (likely mislabelled) is neither chosen as a representative nor counted in a "
+        "cluster's weight; see noisy_mads",
+    )
+    noisy_mads: float = Field(
+        3.0,
+        gt=0,
+        le=1e6,
+        description="exclude_noisy: a candidate is excluded when its loss exceeds both its "
+        "class's median + noisy_mads x 1.4826 x MAD over the region's candidates and "
+        "ln(num_classes) (a class keeps at least the budget of lowest-loss candidates per "
+        "subset)",
+    )
+
     @model_validator(mode="after")
     def _consistent(self) -> JobConfig:
         if self.subset_size is not None and self.subset_size > self.num_examples:
@@ -316,12 +332,17 @@ class RegionView:
 
 @dataclass(frozen=True)
 class CheckReport:
-    """One rank's scalars for the quadratic-model check after ``step``.
+    """One rank's scalars for the quadratic-model check after ``step``, or all ranks'.
 
     ``loss_sum``/``count``: summed per-example loss over this rank's check indices (eval mode,
     unweighted); ``linear`` = g·δ; ``quadratic`` = δᵀ diag(h) δ; ``curvature`` = ‖h‖ (or ‖g‖
     for a first-order model), which adapts k and P. ``train_seconds``/``selection_seconds``:
     the rank's cumulative time in the training loop and in selection work (statistics only).
+
+    ``ranks``: how many ranks the report covers: 1 (the sender's own), or the job's world
+    size, when rank 0 reports on behalf of all ranks (combined through ``torch.distributed``);
+    every scalar is then the sum over the ranks, added in rank order, so that the decision is
+    the one their separate reports would get.
     """
 
     region_id: int
@@ -337,6 +358,7 @@ class CheckReport:
     # measured by the trainer, since the selectors embedded the region from older weights.
     # NaN: not measured (trainer side: L_0 comes from the region's embeddings).
     initial_loss_sum: float = math.nan
+    ranks: int = 1
 
 
 @dataclass(frozen=True)
@@ -490,6 +512,10 @@ class RegionStats(BaseModel):
     # published weights), and how many steps old those weights were when the region started.
     embedded_by: Literal["trainer", "service"] = "trainer"
     staleness: int | None = None
+    # The oldest checks left out of ``checks`` so that a remote status fits one message.
+    checks_omitted: int = 0
+    # exclude_noisy: subset members (candidate draws) not eligible as representatives.
+    excluded: int = 0
 
 
 class TrainerTime(BaseModel):
@@ -520,3 +546,6 @@ class JobStatus(BaseModel):
     next_region: RegionStats | None = None  # service side: drawn ahead, being prepared
     selection_side: Literal["trainer", "service"] = "trainer"  # who embeds now
     selection_side_reason: str = ""  # why (e.g. the model could not be exported)
+    # The oldest regions left out of ``regions`` so that a remote status fits one message
+    # (``regions`` then starts at region ``regions_omitted``); 0 in-process and on the dashboard.
+    regions_omitted: int = 0

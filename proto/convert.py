@@ -6,8 +6,9 @@ byte length, sizes) and raises :class:`InvalidArgument` with a precise message.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 import numpy as np
@@ -155,59 +156,209 @@ def session_from_pb(message: pb.OpenSessionResponse) -> SessionInfo:
     return SessionInfo(**{f.name: getattr(message, f.name) for f in fields(SessionInfo)})
 
 
-def region_to_pb(view: RegionView) -> pb.Region:
-    """The wire's region.
+# A region over one message travels in pages (GetRegion's ``page``): each page carries the
+# next stretch of the region's candidates, check indices and batches, sized by the bytes
+# their elements take plus a margin per batch piece for its framing, so that every page is
+# under the message limit however large the region (MAX_REGION_CANDIDATES allows 128 MiB of
+# candidates for one rank) or its batches (batch_size up to a million: 12 MB).
+PAGE_BYTES = MAX_MESSAGE_BYTES - MESSAGE_OVERHEAD_BYTES
+_BATCH_PIECE_BYTES = 64  # a WeightedBatch's tags, lengths, dtypes and shapes (about 40)
+_INDEX_BYTES = 8
+_BATCH_ELEMENT_BYTES = 12  # an int64 index and a float32 weight
+
+
+@dataclass(frozen=True)
+class _Page:
+    """What one page of a region carries: slices of its arrays, and ``(batch, slice)`` pieces
+    of its batches."""
+
+    candidates: slice = dataclasses.field(default_factory=lambda: slice(0, 0))
+    check_indices: slice = dataclasses.field(default_factory=lambda: slice(0, 0))
+    batches: tuple[tuple[int, slice], ...] = ()
+
+
+def _layout(view: RegionView, page_bytes: int = PAGE_BYTES) -> list[_Page]:
+    """The pages of ``view``, filled greedily in order: candidates, check indices, batches."""
+    batch_sizes = [len(indices) for indices, _ in view.batches]
+    whole = (
+        _INDEX_BYTES * (len(view.candidates) + len(view.check_indices))
+        + _BATCH_PIECE_BYTES * len(batch_sizes)
+        + _BATCH_ELEMENT_BYTES * sum(batch_sizes)
+    )
+    if whole <= page_bytes:  # the common case: one page
+        pieces = tuple((number, slice(0, size)) for number, size in enumerate(batch_sizes))
+        return [_Page(slice(0, len(view.candidates)), slice(0, len(view.check_indices)), pieces)]
+    pages: list[_Page] = []
+    current: dict[str, Any] = {"batches": []}
+    room = page_bytes
+
+    def new_page() -> None:
+        nonlocal current, room
+        pages.append(_Page(**{**current, "batches": tuple(current["batches"])}))
+        current, room = {"batches": []}, page_bytes
+
+    for name in ("candidates", "check_indices"):
+        total, done = len(getattr(view, name)), 0
+        while done < total:
+            if room < _INDEX_BYTES:
+                new_page()
+            count = min(total - done, room // _INDEX_BYTES)
+            current[name] = slice(done, done + count)
+            room -= count * _INDEX_BYTES
+            done += count
+    for number, total in enumerate(batch_sizes):
+        done = 0
+        while True:
+            if room < _BATCH_PIECE_BYTES + (_BATCH_ELEMENT_BYTES if total > done else 0):
+                new_page()
+            count = min(total - done, (room - _BATCH_PIECE_BYTES) // _BATCH_ELEMENT_BYTES)
+            current["batches"].append((number, slice(done, done + count)))
+            room -= _BATCH_PIECE_BYTES + count * _BATCH_ELEMENT_BYTES
+            done += count
+            if done == total:
+                break
+    new_page()
+    return pages
+
+
+def region_to_pb(view: RegionView, page: int | None = 0) -> pb.Region:
+    """Page ``page`` of the wire's region (the whole region when it fits one message).
+
+    Args:
+        page: which page; None for a client that does not page, which gets the whole region
+            in one message or, over the limit, ResourceExhausted.
 
     Raises:
-        ResourceExhausted: the region is over the message limit. The in-process coordinator
-            applies the same limit, so that a job that runs in-process runs remotely.
+        InvalidArgument: ``page`` is not one of the region's pages.
+        ResourceExhausted: ``page`` is None and the region is over one message.
     """
+    return _page_message(view, _layout(view), page)
+
+
+def region_to_pages(view: RegionView) -> list[pb.Region]:
+    """Every page of the wire's region, in order."""
+    layout = _layout(view)
+    return [_page_message(view, layout, page) for page in range(len(layout))]
+
+
+def _page_message(view: RegionView, layout: list[_Page], page: int | None) -> pb.Region:
+    if page is None:
+        if len(layout) > 1:
+            raise ResourceExhausted(
+                f"region {view.region_id} takes {len(layout)} messages for one rank and the "
+                "request asked for no page (GetRegionRequest.page): this client does not "
+                "page; use a current crest client"
+            )
+        page = 0
+    if not 0 <= page < len(layout):
+        raise InvalidArgument(
+            f"page {page} of region {view.region_id} does not exist: it has {len(layout)} "
+            f"page(s), 0 to {len(layout) - 1}"
+        )
+    part = layout[page]
     message = pb.Region(
         region_id=view.region_id,
         status=_STATUS_TO_PB[view.status],
         start_step=view.start_step,
         end_step=view.end_step,
         check_interval=view.check_interval,
-        candidates=to_array(view.candidates.astype(np.int64)),
-        check_indices=to_array(view.check_indices.astype(np.int64)),
+        candidates=to_array(view.candidates[part.candidates].astype(np.int64)),
+        check_indices=to_array(view.check_indices[part.check_indices].astype(np.int64)),
         batches=[
-            pb.WeightedBatch(indices=to_array(i), weights=to_array(w)) for i, w in view.batches
+            pb.WeightedBatch(
+                indices=to_array(view.batches[number][0][span]),
+                weights=to_array(view.batches[number][1][span]),
+            )
+            for number, span in part.batches
         ],
         initial_loss=view.initial_loss,
         wants_model=view.wants_model,
         wants_weights=view.wants_weights,
+        page=page,
+        num_pages=len(layout),
+        num_candidates=len(view.candidates),
+        num_check_indices=len(view.check_indices),
+        num_batches=len(view.batches),
+        continues_batch=bool(part.batches) and part.batches[0][1].start > 0,
     )
+    # The layout keeps every page under the limit; this is the guard should it ever not.
     return _within_limit(
-        message,
-        f"region {view.region_id} is {{size}} bytes for one rank",
-        "lower subset_size or max_coresets, or add ranks",
+        message, f"page {page} of region {view.region_id} is {{size}} bytes", "a crest bug"
     )
 
 
-def region_from_pb(message: pb.Region) -> RegionView:
-    """Decode a region (writable copies: the trainer hands these arrays to torch)."""
-    if message.status not in _STATUS_FROM_PB:
-        raise InvalidArgument(f"unknown region status {message.status}")
-    batches = tuple(
-        (
-            from_array(b.indices, "batch indices", (pb.INT64,), 1).copy(),
-            from_array(b.weights, "batch weights", (pb.FLOAT32,), 1).copy(),
+def same_region(first: pb.Region, page: pb.Region) -> bool:
+    """Whether ``page`` belongs with ``first`` (page 0): the same region, status and layout.
+    A client that gets a page that does not starts again from page 0."""
+    keys = ("region_id", "status", "num_pages", "num_candidates", "num_check_indices",
+            "num_batches")  # fmt: skip
+    return all(getattr(first, key) == getattr(page, key) for key in keys)
+
+
+def region_from_pb(*pages: pb.Region) -> RegionView:
+    """Decode a region from its pages, in order (writable copies: the trainer hands these
+    arrays to torch). One page for a region that fits one message.
+
+    Raises:
+        InvalidArgument: an unknown status, pages that are not the region's pages in order
+            (:func:`same_region`), or arrays that do not add up to the stated totals.
+    """
+    if not pages:
+        raise InvalidArgument("a region needs at least one page")
+    first, last = pages[0], pages[-1]
+    if first.status not in _STATUS_FROM_PB:
+        raise InvalidArgument(f"unknown region status {first.status}")
+    expected = max(1, first.num_pages)
+    numbers = [page.page for page in pages]
+    if numbers != list(range(expected)) or not all(same_region(first, p) for p in pages):
+        raise InvalidArgument(
+            f"region {first.region_id} travels in {expected} page(s); got pages {numbers} "
+            "of differing regions, statuses or layouts"
         )
-        for b in message.batches
-    )
+    batches: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
+    for page in pages:
+        for number, batch in enumerate(page.batches):
+            indices = from_array(batch.indices, "batch indices", (pb.INT64,), 1)
+            weights = from_array(batch.weights, "batch weights", (pb.FLOAT32,), 1)
+            if len(indices) != len(weights):
+                raise InvalidArgument(
+                    f"a batch has {len(indices)} indices and {len(weights)} weights"
+                )
+            if number == 0 and page.continues_batch:
+                if not batches:
+                    raise InvalidArgument("the first page cannot continue a batch")
+                batches[-1][0].append(indices)
+                batches[-1][1].append(weights)
+            else:
+                batches.append(([indices], [weights]))
+    candidates = _joined([p.candidates for p in pages], "candidates")
+    check_indices = _joined([p.check_indices for p in pages], "check indices")
+    if first.num_pages and (  # a coordinator that pages states the totals
+        len(candidates), len(check_indices), len(batches)
+    ) != (first.num_candidates, first.num_check_indices, first.num_batches):  # fmt: skip
+        raise InvalidArgument(
+            f"the pages of region {first.region_id} carry {len(candidates)} candidates, "
+            f"{len(check_indices)} check indices and {len(batches)} batches; page 0 stated "
+            f"{first.num_candidates}, {first.num_check_indices} and {first.num_batches}"
+        )
     return RegionView(
-        region_id=message.region_id,
-        status=_STATUS_FROM_PB[message.status],
-        start_step=message.start_step,
-        end_step=message.end_step,
-        check_interval=message.check_interval,
-        candidates=from_array(message.candidates, "candidates", (pb.INT64,), 1).copy(),
-        check_indices=from_array(message.check_indices, "check indices", (pb.INT64,), 1).copy(),
-        batches=batches,
-        initial_loss=message.initial_loss,
-        wants_model=message.wants_model,
-        wants_weights=message.wants_weights,
+        region_id=first.region_id,
+        status=_STATUS_FROM_PB[first.status],
+        start_step=first.start_step,
+        end_step=last.end_step,  # the freshest: a check may have moved it meanwhile
+        check_interval=first.check_interval,
+        candidates=candidates,
+        check_indices=check_indices,
+        batches=tuple((np.concatenate(i), np.concatenate(w)) for i, w in batches),
+        initial_loss=first.initial_loss,
+        wants_model=first.wants_model,
+        wants_weights=first.wants_weights,
     )
+
+
+def _joined(arrays: list[pb.Array], name: str) -> np.ndarray:
+    """The INT64 arrays of every page, concatenated into one writable copy."""
+    return np.concatenate([from_array(a, name, (pb.INT64,), 1) for a in arrays])
 
 
 def report_to_pb(job_id: str, rank: int, report: CheckReport) -> pb.CheckReport:
@@ -215,7 +366,9 @@ def report_to_pb(job_id: str, rank: int, report: CheckReport) -> pb.CheckReport:
 
 
 def report_from_pb(message: pb.CheckReport) -> CheckReport:
-    return CheckReport(**{f.name: getattr(message, f.name) for f in fields(CheckReport)})
+    values = {f.name: getattr(message, f.name) for f in fields(CheckReport)}
+    values["ranks"] = values["ranks"] or 1  # unset (0, e.g. an older client): the sender's own
+    return CheckReport(**values)
 
 
 def decision_to_pb(decision: CheckDecision) -> pb.CheckDecision:
@@ -230,19 +383,55 @@ def decision_from_pb(message: pb.CheckDecision) -> CheckDecision:
 # The status messages mirror the pydantic models field by field (tests/proto checks the
 # names), so both directions walk the message's descriptor: a field added to both travels
 # without an edit here. A proto3 ``optional`` field left unset is the model's None.
-def status_to_pb(status: JobStatus) -> pb.JobStatus:
-    """The wire's status.
+def status_to_pb(status: JobStatus, limit: int | None = MAX_MESSAGE_BYTES) -> pb.JobStatus:
+    """The wire's status, with the oldest regions left out (``regions_omitted``) as far as
+    needed to fit ``limit`` bytes: a job's regions grow with its length, and each carries a
+    count per class (about 3 KB per region at C = 1000), so a long job's whole status would
+    not fit one message. The current region and the job's totals always travel.
+
+    Args:
+        limit: the most bytes the message may take; None: no limit, nothing left out (the
+            in-process coordinator, whose replies are no messages).
+
+    A region of very many checks (~100,000: one check a step, no bound on a region's uses)
+    leaves its oldest checks out too (``checks_omitted``).
 
     Raises:
-        ResourceExhausted: the status is over the message limit (as :func:`region_to_pb`).
+        ResourceExhausted: the status is over ``limit`` even so (the counts per class alone
+            cannot be: 100,000 classes take ~1 MB).
     """
     message = pb.JobStatus()
     _model_to_pb(status, message)
+    if limit is None:
+        return message
+    excess = message.ByteSize() - (limit - MESSAGE_OVERHEAD_BYTES)
+    omitted = 0
+    while excess > 0 and omitted < len(message.regions) - 1:
+        # The field's tag and length prefix are part of what leaving a region out saves.
+        size = message.regions[omitted].ByteSize()
+        excess -= size + 1 + _varint_bytes(size)
+        omitted += 1
+    if omitted:
+        del message.regions[:omitted]
+        message.regions_omitted = status.regions_omitted + omitted
+    if excess > 0 and message.regions:  # one region of very many checks: its oldest ones
+        region = message.regions[0]
+        dropped = 0
+        while excess > 0 and dropped < len(region.checks):
+            size = region.checks[dropped].ByteSize()
+            excess -= size + 1 + _varint_bytes(size)
+            dropped += 1
+        del region.checks[:dropped]
+        region.checks_omitted += dropped
     return _within_limit(
         message,
-        f"the status of job {status.job_id!r} is {{size}} bytes",
+        f"the status of job {status.job_id!r} is {{size}} bytes even with only its last region",
         f"the dashboard's /api/jobs/{status.job_id} serves it whole",
     )
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def status_from_pb(message: pb.JobStatus) -> JobStatus:

@@ -1,7 +1,8 @@
 """Checks of the quadratic model, and the adaptive schedule they drive (spec section 3).
 
-Every rank reports its check scalars after a check step; once all have, the relative error
-``|L_true - F(δ)| / L_true`` of the combined report decides whether the region goes on. The
+Every rank reports its check scalars after a check step, or rank 0 reports all ranks' sums
+at once (a combined report); once all ranks are covered, the relative error
+``|L_true - F(δ)| / L_true`` of their combined scalars decides whether the region goes on. The
 first reported curvature of a region sets the next region's check interval k and number of
 coresets P.
 """
@@ -24,33 +25,41 @@ def validate_report(report: CheckReport) -> None:
         raise InvalidArgument("check scalars must be finite")
     if report.loss_sum < 0 or report.count < 0 or report.curvature < 0:
         raise InvalidArgument("loss_sum, count and curvature must be >= 0")
+    if report.ranks < 1:
+        raise InvalidArgument(f"a report covers at least one rank, not {report.ranks}")
     origin = report.initial_loss_sum  # NaN: not measured
     if not math.isnan(origin) and not (math.isfinite(origin) and origin >= 0):
         raise InvalidArgument("initial_loss_sum must be NaN (not measured) or finite and >= 0")
 
 
 def decide(region: Region, tau: float) -> tuple[CheckDecision, CheckRecord]:
-    """Judge the region's pending reports (one per rank) and record the decision in it.
+    """Judge the region's pending reports (one per rank, or one combined report of all ranks)
+    and record the decision in it.
 
     Losses combine as a sum over all ranks' check examples; the model terms as the mean over
     ranks. L_0 is the region's, or, where every rank measured it at the region's start (the
     service side, whose embeddings are older than θ_0), the ranks' combined. A failed check
     after step ``t`` ends the region at ``t + DECISION_LAG``; a check
     whose decision could not take effect before the region's end also ends it.
+
+    The sums run in rank order, the order in which a combined report adds its ranks' scalars
+    (:func:`crest.client.ranks.combine_reports`): both give bit-identical decisions, whatever
+    order the separate reports arrived in.
     """
-    reports = list(region.pending.values())
+    reports = [region.pending[rank] for rank in sorted(region.pending)]
     step = reports[0].step
+    ranks = sum(r.ranks for r in reports)
     count = sum(r.count for r in reports)
     loss = sum(r.loss_sum for r in reports) / max(count, 1)
     if all(not math.isnan(r.initial_loss_sum) for r in reports):  # the ranks measured L_0
         region.initial_loss = sum(r.initial_loss_sum for r in reports) / max(count, 1)
-    linear = sum(r.linear for r in reports) / len(reports)
-    quadratic = sum(r.quadratic for r in reports) / len(reports)
+    linear = sum(r.linear for r in reports) / ranks
+    quadratic = sum(r.quadratic for r in reports) / ranks
     predicted = region.initial_loss + linear + 0.5 * quadratic
     error = abs(loss - predicted) / loss if loss > 0 else (0.0 if predicted == 0 else math.inf)
     new_region = error > tau
     if region.curvature is None:
-        region.curvature = sum(r.curvature for r in reports) / len(reports)
+        region.curvature = sum(r.curvature for r in reports) / ranks
     end = steps.end_after_failed_check(step)
     if new_region and end < region.end_step:
         region.end_step, region.end_reason = end, "check"

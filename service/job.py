@@ -57,6 +57,7 @@ from crest.service.region import (
     Region,
     closed,
     crest_region,
+    eligible_members,
     random_region,
     region_end,
     region_from_state,
@@ -479,12 +480,33 @@ class JobState:
         if region.phase is not Phase.SELECTING:
             raise FailedPrecondition(f"region {region_id} is not waiting for selection")
         assert region.embeddings is not None
+        rows = self._eligible_rows(region)
+        members = region.members if rows is None else region.members[rows]
         return SelectionRequest(
             job_id=self.job_id,
-            embeddings=region.embeddings[region.members],
-            groups=region.member_groups,
+            embeddings=region.embeddings[members],
+            groups=region.member_groups if rows is None else region.member_groups[rows],
             budgets=region.class_budgets.reshape(-1),  # problem = subset * C + class
         )
+
+    def _eligible_rows(self, region: Region) -> np.ndarray | None:
+        """``exclude_noisy``: the subset members (rows of ``region.members``) that may be
+        selected, in order, and their count in the region's statistics; None when every member
+        may. The request holds only these rows, so the excluded count in no cluster's weight.
+        A function of the region's losses, so that the answer's rows can be mapped back."""
+        if not self.config.exclude_noisy:
+            return None
+        classes = self.config.num_classes
+        eligible = eligible_members(
+            region.losses[region.members],
+            region.member_groups % classes,
+            region.member_groups,
+            region.class_budgets.reshape(-1),
+            self.config.noisy_mads,
+            classes,
+        )
+        self.stats[region.region_id].excluded = int(len(eligible) - eligible.sum())
+        return np.flatnonzero(eligible)
 
     def unfinished(self) -> list[Region]:
         """The current and the prepared region, where they still wait for embeddings or
@@ -554,11 +576,12 @@ class JobState:
     ) -> None:
         """Assemble the region's coresets from a selector's answer to :meth:`selection_request`.
 
-        ``result.rows`` index the request's rows (subset members); its groups must be those
-        rows' problems, non-decreasing; its weights raw cluster sizes (>= 1). ``monitor``:
-        measure the coresets (:func:`~crest.service.strategy.bounded_coreset_quality`); the
-        coordinator says no when the selection used its whole deadline (journaled, so that
-        a replay decides the same).
+        ``result.rows`` index the request's rows (the subset members eligible for selection:
+        all of them unless ``exclude_noisy``); its groups must be those rows' problems,
+        non-decreasing; its weights raw cluster sizes (>= 1). ``monitor``: measure the
+        coresets (:func:`~crest.service.strategy.bounded_coreset_quality`); the coordinator
+        says no when the selection used its whole deadline (journaled, so that a replay
+        decides the same).
         """
         region = self._region(region_id)
         if region.phase is not Phase.SELECTING:
@@ -568,8 +591,12 @@ class JobState:
         weights = np.asarray(result.weights, dtype=np.float32)
         if not (rows.shape == groups.shape == weights.shape) or rows.ndim != 1:
             raise InvalidArgument("rows, groups and weights must be 1-D of one length")
-        if rows.size and (rows.min() < 0 or rows.max() >= len(region.members)):
+        eligible = self._eligible_rows(region)
+        requested = len(region.members) if eligible is None else len(eligible)
+        if rows.size and (rows.min() < 0 or rows.max() >= requested):
             raise InvalidArgument("selected rows out of range")
+        if eligible is not None:
+            rows = eligible[rows]
         if not np.array_equal(region.member_groups[rows], groups) or np.any(np.diff(groups) < 0):
             raise InvalidArgument("selected rows do not match their problems")
         if not np.all(np.isfinite(weights)) or np.any(weights < 1):
@@ -662,7 +689,8 @@ class JobState:
 
     # ------------------------------------------------------------------------------ checks
     def record_check(self, rank: int, report: CheckReport) -> CheckDecision | None:
-        """Record one rank's check scalars; decide once every rank has reported.
+        """Record one rank's check scalars, or rank 0's report on behalf of all ranks
+        (``report.ranks`` = world size); decide once every rank is covered.
 
         Returns:
             The decision, or None while other ranks have not reported. Reporting a step that
@@ -670,8 +698,10 @@ class JobState:
             checkpoint), returns the recorded decision (see :meth:`decided`).
 
         Raises:
-            InvalidArgument: malformed scalars or a step that is not a check step.
-            FailedPrecondition: wrong region, phase, or a check out of order.
+            InvalidArgument: malformed scalars, a step that is not a check step, or a
+                combined report that does not cover exactly the job's ranks from rank 0.
+            FailedPrecondition: wrong region, phase, or a check out of order; a combined
+                report of a check that some ranks reported for themselves.
             ArchivedRegion: the report is of a closed region that left the live state.
         """
         known = self.decided(rank, report)
@@ -686,15 +716,34 @@ class JobState:
                 f"the next check of region {region.region_id} is after step "
                 f"{region.next_check()}, not {report.step}"
             )
+        self._check_coverage(rank, report, region)
         region.pending[rank] = report
         self.trainer_times[rank] = (report.train_seconds, report.selection_seconds)
-        if len(region.pending) < self.config.world_size:
+        if sum(r.ranks for r in region.pending.values()) < self.config.world_size:
             return None
         decision, record = decide(region, self.config.tau)
         stats = self.stats[region.region_id]
         stats.checks.append(record)
         stats.initial_loss = region.initial_loss
         return decision
+
+    def _check_coverage(self, rank: int, report: CheckReport, region: Region) -> None:
+        """A check is reported either by every rank for itself or by rank 0 for all ranks:
+        never both, never a part of the ranks at once."""
+        if report.ranks == 1:
+            return
+        world_size = self.config.world_size
+        if report.ranks != world_size or rank != 0:
+            raise InvalidArgument(
+                f"a report covering {report.ranks} ranks from rank {rank}: a combined report "
+                f"comes from rank 0 and covers all {world_size} ranks of job {self.job_id!r}"
+            )
+        if region.pending:
+            raise FailedPrecondition(
+                f"rank 0 reported the check after step {report.step} on behalf of all ranks, "
+                f"but ranks {sorted(region.pending)} reported it for themselves: every rank "
+                "must combine its checks through torch.distributed, or none"
+            )
 
     def decided(self, rank: int, report: CheckReport) -> CheckDecision | None:
         """The decision already recorded for ``report``'s check, if any: reporting it again

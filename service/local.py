@@ -4,8 +4,10 @@
 offers the synchronous :class:`crest.proto.contract.Coordinator` methods, so a training loop
 written against it runs unchanged against a remote coordinator. It checks its caller's
 arguments with the remote client's functions (:mod:`crest.proto.requests`) and sends its
-replies through the wire's conversions, message limit included: the same input succeeds or
-fails, with the same error, in both modes, and a job that runs here runs remotely. Its calls
+replies through the wire's conversions (a large region in pages, as remotely): the same input
+succeeds or fails, with the same error, in both modes, and a job that runs here runs remotely.
+A job's status is whole here; remotely its oldest regions may be left out to fit a message
+(``JobStatus.regions_omitted``). Its calls
 are no RPCs: the gRPC server's per-method metrics (:class:`crest.service.telemetry.RpcTelemetry`)
 do not count them.
 """
@@ -75,10 +77,11 @@ class LocalCoordinator:
         return self._call(self.manager.open_session(job_id, rank))
 
     def get_region(self, job_id: str, rank: int, step: int) -> RegionView:
-        """As remotely: a region over the message limit is :class:`ResourceExhausted`, and the
-        arrays are the caller's own copies."""
+        """As remotely: the region through the wire's pages (one for a region that fits one
+        message), so that both modes split and reassemble it alike; the arrays are the
+        caller's own copies."""
         view = self._call(self.manager.get_region(job_id, rank, step))
-        return convert.region_from_pb(convert.region_to_pb(view))
+        return convert.region_from_pb(*convert.region_to_pages(view))
 
     def submit_embeddings(
         self,
@@ -114,9 +117,9 @@ class LocalCoordinator:
         return self._call(self.manager.report_check(job_id, rank, report))
 
     def job_status(self, job_id: str) -> JobStatus:
-        return convert.status_from_pb(
-            convert.status_to_pb(self._call(self.manager.job_status(job_id)))
-        )
+        # Through the wire's conversion, but whole: no message limit to leave regions out for.
+        status = self._call(self.manager.job_status(job_id))
+        return convert.status_from_pb(convert.status_to_pb(status, limit=None))
 
     # A job here dies with the trainer's process: checkpoints carry it (JobSnapshots).
     def export_job(self, job_id: str) -> bytes:

@@ -542,9 +542,10 @@ class JobManager:
 
     # ------------------------------------------------------------------------- regions
     async def get_region(
-        self, job_id: str, rank: int, step: int, timeout: float | None = None
+        self, job_id: str, rank: int, step: int, timeout: float | None = None, wait: bool = True
     ) -> RegionView:
-        """The region holding ``step``; waits (up to the timeout) while selection runs.
+        """The region holding ``step``; waits (up to the timeout) while selection runs, unless
+        not ``wait`` (a later page of a region whose first page the caller has).
 
         On the service side it answers at once, with ``wants_model``/``wants_weights`` set,
         when the region waits for a model or weights this coordinator does not have (at the
@@ -556,7 +557,7 @@ class JobManager:
             view = await self._view(job, rank, step)
             job.telemetry.rank(rank).advance(step)
             self._ensure_work(job)  # e.g. after opening a region, a failed attempt, a restart
-            if view.status is RegionStatus.SELECTING:
+            if view.status is RegionStatus.SELECTING and wait:
                 wants = self._wants(job)
                 if wants is not None:
                     return dataclasses.replace(view, wants_model=wants[0], wants_weights=wants[1])
@@ -887,12 +888,15 @@ class JobManager:
     async def report_check(
         self, job_id: str, rank: int, report: CheckReport, timeout: float | None = None
     ) -> CheckDecision:
-        """Record a rank's check; return the decision once every rank has reported."""
+        """Record a rank's check (or rank 0's on behalf of all ranks, ``report.ranks`` > 1);
+        return the decision once every rank is covered."""
         job = self._job(job_id)
         async with job.changed:
             await self._fresh(job)
             known = await self._decided(job, rank, report)
-            job.telemetry.rank(rank).advance(report.step + 1)
+            covered = range(job.state.config.world_size) if report.ranks > 1 else (rank,)
+            for each in covered:  # a combined report says every rank got this far
+                job.telemetry.rank(each).advance(report.step + 1)
             if known is not None:  # reported again (a retry, a resume): nothing changes
                 return known
             decision = job.state.record_check(rank, report)

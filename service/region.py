@@ -56,7 +56,7 @@ class Region:
     coreset_offsets: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     initial_loss: float = 0.0
     last_decided: int = -1  # last step whose check is decided (start_step - 1 before any)
-    pending: dict[int, CheckReport] = field(default_factory=dict)  # rank -> report
+    pending: dict[int, CheckReport] = field(default_factory=dict)  # rank -> report (or 0 -> all)
     decisions: dict[int, CheckDecision] = field(default_factory=dict)  # step -> decision
     curvature: float | None = None
     mode: Literal["crest", "random"] = (
@@ -267,6 +267,70 @@ def draw_check_slots(
     for lo, hi in itertools.pairwise(rank_offsets):
         picks.append(np.sort(rng.choice(np.arange(lo, hi), min(share, hi - lo), replace=False)))
     return np.concatenate(picks).astype(np.int64)
+
+
+# ------------------------------------------------------------------------- label noise
+MAD_SCALE = 1.4826
+"""Scales the median absolute deviation to a normal distribution's standard deviation."""
+
+
+def eligible_members(
+    losses: np.ndarray,
+    classes: np.ndarray,
+    groups: np.ndarray,
+    budgets: np.ndarray,
+    mads: float,
+    num_classes: int,
+) -> np.ndarray:
+    """Which subset members may represent their problem (``exclude_noisy``): a bool mask.
+
+    A member is excluded when its loss exceeds both its class's ``median + mads x 1.4826 x
+    MAD``, the median and the median absolute deviation taken over every member of that class
+    in the region (more draws than one subset holds, so one subset's few outliers cannot move
+    them), and ``ln(num_classes)``, the loss of a uniform guess: the model must find the label
+    less likely than chance. Mislabelled examples are the ones the model fits worst within
+    their (wrong) class, and facility location would otherwise pick them first (they cover
+    only themselves). Without the floor, late in training (clean losses near 0, a MAD of a few
+    hundredths) the rule also excluded the clean examples still being learned, and coresets of
+    learned examples stalled the run (``docs/benchmarks.md``, section 1).
+    Each problem keeps at least ``budgets[g]`` eligible members, its lowest-loss ones (ties:
+    the earlier member), so a coreset is never short. Deterministic.
+
+    Args:
+        losses: ``(M,)`` each member's loss.
+        classes: ``(M,)`` int64 each member's class.
+        groups: ``(M,)`` int64 each member's problem, in ``[0, len(budgets))``.
+        budgets: ``(G,)`` int64 how many members each problem selects.
+        mads: ``k``, the threshold in (scaled) median absolute deviations.
+        num_classes: C, whose ``ln`` is the least loss that may be excluded.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    median = _medians(losses, classes)
+    spread = MAD_SCALE * _medians(np.abs(losses - median[classes]), classes)
+    threshold = np.maximum(median + mads * spread, math.log(num_classes))
+    eligible = losses <= threshold[classes]
+    # Each problem's members by loss (then position): the first budget of them stay eligible.
+    order = np.lexsort((np.arange(len(losses)), losses, groups))
+    first = np.searchsorted(groups[order], groups[order])  # start of each member's problem
+    rank = np.empty(len(losses), np.int64)
+    rank[order] = np.arange(len(losses)) - first
+    kept: np.ndarray = eligible | (rank < np.asarray(budgets)[groups])
+    return kept
+
+
+def _medians(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Median of ``values`` per key, indexed by key (0 for a key without values)."""
+    if not len(values):
+        return np.zeros(0)
+    order = np.lexsort((values, keys))
+    ordered, sorted_keys = values[order], keys[order]
+    size = int(keys.max()) + 1
+    starts = np.searchsorted(sorted_keys, np.arange(size))
+    counts = np.bincount(keys, minlength=size)
+    low = np.minimum(starts + np.maximum(counts - 1, 0) // 2, len(values) - 1)
+    high = np.minimum(starts + counts // 2, len(values) - 1)
+    medians: np.ndarray = np.where(counts > 0, (ordered[low] + ordered[high]) / 2, 0.0)
+    return medians
 
 
 # --------------------------------------------------------------------------- storage

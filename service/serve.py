@@ -12,7 +12,7 @@ from crest.service.dashboard import DashboardServer, create_dashboard
 from crest.service.manager import JobManager
 from crest.service.server import create_server
 from crest.service.settings import ServeSettings
-from crest.service.store import open_store
+from crest.service.store import StateStore, open_store
 from crest.service.telemetry import RpcTelemetry
 from crest.worker.placement import parse_cores, pin_process
 from crest.worker.selector import InProcessSelector, Selector
@@ -57,6 +57,24 @@ async def build_selector(settings: ServeSettings) -> Selector:
     )
 
 
+def build_manager(
+    settings: ServeSettings, selector: Selector, store: StateStore | None = None
+) -> JobManager:
+    """The coordinator's core as ``crest serve`` configures it; ``store`` replaces the one
+    the settings name (``crest bench scale`` passes that one wrapped, to time its writes)."""
+    if store is None:
+        store = open_store(settings.store, settings.store_max_value_mb * 2**20)
+    return JobManager(
+        selector,
+        store,
+        wait_s=settings.wait_s,
+        selection_timeout_s=settings.selection_timeout_s,
+        archived_regions=settings.archived_regions,
+        strict=settings.strict,
+        finished_ttl_s=settings.finished_job_ttl_s,
+    )
+
+
 async def serve(settings: ServeSettings) -> None:
     """Run the coordinator until SIGTERM or SIGINT, then stop gracefully.
 
@@ -69,16 +87,7 @@ async def serve(settings: ServeSettings) -> None:
     if settings.coordinator_cores:
         pin_process(parse_cores(settings.coordinator_cores))
         log.info("coordinator pinned to cores %s", settings.coordinator_cores)
-    selector = await build_selector(settings)
-    manager = JobManager(
-        selector,
-        open_store(settings.store, settings.store_max_value_mb * 2**20),
-        wait_s=settings.wait_s,
-        selection_timeout_s=settings.selection_timeout_s,
-        archived_regions=settings.archived_regions,
-        strict=settings.strict,
-        finished_ttl_s=settings.finished_job_ttl_s,
-    )
+    manager = build_manager(settings, await build_selector(settings))
     await manager.start()
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from crest.proto import convert
 from crest.proto.errors import (
     CrestError,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -56,6 +57,11 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", RECEIVE_LIMIT),
 ]
 HEALTH_PERIOD_S = 1.0
+# The most one JobListing takes: two strings of at most 128 characters (4 bytes each in
+# UTF-8), six numbers, and their tags and lengths.
+_MAX_LISTING_BYTES = 2 * (128 * 4 + 3) + 6 * 11 + 3
+# Regions of fewer candidates are encoded on the event loop (cheaper than a thread's hop).
+_INLINE_REGION_ROWS = 1 << 16
 # The RPCs RpcMetricsInterceptor records: every one with a single reply (all of them today).
 _OBSERVED = frozenset(m.name for m in _SERVICE_DESCRIPTOR.methods if not m.server_streaming)
 
@@ -171,10 +177,24 @@ class CoordinatorService:
         self, request: pb.GetRegionRequest, context: grpc.aio.ServicerContext
     ) -> pb.Region:
         request = _checked(request)
+        page = request.page if request.HasField("page") else None
+        if page is not None and page < 0:
+            raise InvalidArgument(f"page must be >= 0, got {page}")
+        # Pages after the first answer at once: the client holds page 0 and, should the
+        # region have moved on meanwhile, starts again from it.
         view = await self.manager.get_region(
-            request.job_id, request.rank, request.step, timeout=_timeout(context)
-        )
-        return convert.region_to_pb(view)  # over the message limit: RESOURCE_EXHAUSTED
+            request.job_id, request.rank, request.step, timeout=_timeout(context),
+            wait=not page,
+        )  # fmt: skip
+        if page and view.region_id != request.region_id:
+            raise FailedPrecondition(
+                f"step {request.step} is in region {view.region_id} now, not in region "
+                f"{request.region_id} whose page {page} was asked for: fetch page 0 again"
+            )
+        if len(view.candidates) < _INLINE_REGION_ROWS:
+            return convert.region_to_pb(view, page)
+        # Off the loop: a large region is megabytes to copy into its page.
+        return await asyncio.to_thread(convert.region_to_pb, view, page)
 
     @_handler
     async def UploadEmbeddings(
@@ -349,10 +369,14 @@ class CoordinatorService:
     async def ListJobs(
         self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsReply:
-        _checked(request)
+        request = _checked(request)
         reply = pb.ListJobsReply()
         ttl = self.manager.finished_ttl_s
-        for job_id in sorted(self.manager.job_ids()):
+        room = convert.MAX_MESSAGE_BYTES - convert.MESSAGE_OVERHEAD_BYTES
+        for job_id in sorted(j for j in self.manager.job_ids() if j > request.after):
+            if reply.ByteSize() > room - _MAX_LISTING_BYTES:
+                reply.more = True  # the client asks again, after the last id here
+                break
             try:
                 status = await self.manager.job_status(job_id)
                 finished_at = self.manager.finished_at(job_id) or 0.0

@@ -43,20 +43,25 @@ def train(
     job_id: str,
     rank: int = 0,
     on_step: Callable[[int], None] | None = None,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    data: tuple[torch.Tensor, torch.Tensor] | None = None,
     **session_args,
 ) -> tuple[Session, list[Batch]]:
-    """Train the MLP through a session; ``on_step(step)`` runs after each optimizer step."""
-    x, y = blobs()
+    """Train the MLP through a session on ``data`` (default :func:`blobs`); ``on_step(step)``
+    runs after each optimizer step; ``wrap`` wraps the model for training (e.g. in
+    ``DistributedDataParallel``)."""
+    x, y = blobs() if data is None else data
     model = make_model()
+    net = model if wrap is None else wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     seen: list[Batch] = []
-    with Session(coordinator, job_id, model=model, fetch=tensor_fetch(x, y), rank=rank,
+    with Session(coordinator, job_id, model=net, fetch=tensor_fetch(x, y), rank=rank,
                  **session_args) as session:  # fmt: skip
         for batch in session.batches():
             seen.append(
                 (batch.step, batch.indices.tolist(), batch.weights.tolist(), batch.region_id)
             )
-            loss = weighted_loss(model(x[batch.indices]), y[batch.indices], batch.weights)
+            loss = weighted_loss(net(x[batch.indices]), y[batch.indices], batch.weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,7 +1,8 @@
 """Which waiting selection requests share a kernel call: round-robin across jobs.
 
-A job with many ranks or regions in flight must not starve a small one, so a batch takes one
-request per job per round, and the jobs it served go to the back of the order.
+A job with many ranks, regions or chunks in flight must not starve a small one, so a batch
+takes one request per job per round, and the jobs it served go to the back of the order: each
+batch starts with the jobs served least recently, a job that just started waiting first.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class FairQueue(Generic[T]):
     size: Callable[[T], int]
     key: Callable[[T], object] = lambda item: None
     _jobs: dict[str, deque[T]] = field(default_factory=dict)
+    # The batch that last served each waiting job (a job that starts waiting has none: it
+    # goes before every job served already).
+    _served: dict[str, int] = field(default_factory=dict)
+    _batches: int = 0
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._jobs.values())
@@ -45,19 +50,24 @@ class FairQueue(Generic[T]):
             self._jobs[job] = deque(item for item in self._jobs[job] if keep(item))
             if not self._jobs[job]:
                 del self._jobs[job]
+                self._served.pop(job, None)
 
     def take(self, limit: int) -> list[T]:
         """Up to ``limit`` total size of items, one per job per round, jobs in turn.
 
-        The first item is always taken, whatever its size. Jobs served go to the back of the
-        order, so the next batch starts with the jobs that waited.
+        The first item is always taken, whatever its size. Jobs go in the order of the batch
+        that last served them, least recent first (a job that just started waiting before any
+        other; ties in the order they started waiting), so the next batch starts with the jobs
+        that waited.
         """
         batch: list[T] = []
-        total, served = 0, []
+        total = 0
         key = None
+        order = sorted(self._jobs.items(), key=lambda job: self._served.get(job[0], -1))
+        self._batches += 1
         while True:
             took = False
-            for job, queue in self._jobs.items():
+            for job, queue in order:
                 if not queue:
                     continue
                 item = queue[0]
@@ -67,12 +77,12 @@ class FairQueue(Generic[T]):
                 key = self.key(item)
                 batch.append(item)
                 total += self.size(item)
-                served.append(job)
+                self._served[job] = self._batches  # to the back of the order
                 took = True
             if not took:
                 break
-        for job in dict.fromkeys(served):
-            queue = self._jobs.pop(job)
-            if queue:
-                self._jobs[job] = queue  # to the back of the order
+        for job, queue in order:
+            if not queue:
+                del self._jobs[job]
+                self._served.pop(job, None)
         return batch

@@ -10,6 +10,7 @@ solve them.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -43,6 +44,90 @@ class SelectionResult:
     rows: np.ndarray
     groups: np.ndarray
     weights: np.ndarray
+
+
+# Rows of one kernel call of a selector: a request over it is solved in chunks of whole
+# problems (:func:`split_request`), so that other jobs' requests are served between them. At
+# d = 10 and a few hundred rows a problem, a chunk is well under a second of one core.
+CHUNK_ROWS = 1 << 17
+
+
+@dataclass(frozen=True)
+class RequestChunk:
+    """Problems ``[first_group, first_group + G')`` of a request, as a request of their own.
+
+    Attributes:
+        request: the chunk (group ids from 0, its rows in the request's order).
+        rows: the request's row of each chunk row: a slice for a request whose groups are
+            sorted, else an index array.
+        first_group: the request's id of the chunk's group 0.
+    """
+
+    request: SelectionRequest
+    rows: slice | np.ndarray
+    first_group: int
+
+
+def split_request(request: SelectionRequest, max_rows: int) -> list[RequestChunk]:
+    """Split ``request`` into chunks of whole, consecutive problems of at most ``max_rows``
+    rows each (a problem over it alone); one chunk when the request is that small.
+
+    Solving each chunk and joining the results (:func:`join_results`) gives exactly what
+    solving the request does: problems are independent, and each keeps its rows' order.
+    """
+    groups = np.asarray(request.groups)
+    if len(groups) <= max_rows:
+        return [RequestChunk(request, slice(0, len(groups)), 0)]
+    sizes = np.bincount(groups, minlength=len(request.budgets))
+    ends = np.cumsum(sizes)
+    bounds, start_rows, group = [0], 0, 0
+    while group < len(sizes):
+        # The last group ending within max_rows of the chunk's start, at least one group.
+        stop = max(int(np.searchsorted(ends, start_rows + max_rows, side="right")), group + 1)
+        bounds.append(stop)
+        start_rows, group = int(ends[stop - 1]), stop
+    ordered = bool(np.all(groups[1:] >= groups[:-1]))
+    order = None if ordered else np.argsort(groups, kind="stable")
+    chunks = []
+    for first, stop in itertools.pairwise(bounds):
+        begin = int(ends[first - 1]) if first else 0
+        span = slice(begin, int(ends[stop - 1]))
+        rows: slice | np.ndarray = span if order is None else np.sort(order[span])
+        part = SelectionRequest(
+            request.embeddings[rows], groups[rows] - first, request.budgets[first:stop],
+            request.job_id,
+        )  # fmt: skip
+        chunks.append(RequestChunk(part, rows, first))
+    return chunks
+
+
+def join_results(chunks: list[RequestChunk], results: list[SelectionResult]) -> SelectionResult:
+    """The request's result from its chunks' results, in chunk order."""
+    if len(chunks) == 1:
+        return results[0]
+    rows, groups = [], []
+    for chunk, result in zip(chunks, results, strict=True):
+        if isinstance(chunk.rows, slice):
+            rows.append(np.asarray(result.rows) + chunk.rows.start)
+        else:
+            rows.append(chunk.rows[result.rows])
+        groups.append(np.asarray(result.groups) + chunk.first_group)
+    weights = np.concatenate([np.asarray(r.weights) for r in results])
+    return SelectionResult(np.concatenate(rows), np.concatenate(groups), weights)
+
+
+@dataclass(frozen=True)
+class ServedBatch:
+    """One call a selector's worker answered: whose requests (a job id per request, in the
+    batch's order), what kind (``"selection"`` or ``"embedding"``), how many rows, and when it
+    started and finished (the serving event loop's clock, seconds)."""
+
+    worker: int | None  # the worker's process id
+    jobs: tuple[str, ...]
+    kind: str
+    rows: int
+    started: float
+    finished: float
 
 
 @dataclass(frozen=True)

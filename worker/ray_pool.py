@@ -7,7 +7,11 @@ coordinator's asyncio loop:
   task that takes everything waiting (its share, when several actors are idle, and one request
   per job per round), answers it with one kernel call (:func:`solve_many`), and splits the
   result back, so concurrent ranks and jobs share kernel calls and each gets exactly what a
-  call of its own would return.
+  call of its own would return. A request over ``max_batch_rows`` rows waits as chunks of whole
+  problems (:func:`~crest.worker.problems.split_request`): idle actors solve them in
+  parallel, and a job that starts waiting goes before the chunks of jobs served already, so a
+  small job's request waits for the kernel calls running when it comes, not for a large
+  job's whole selection. :attr:`RaySelector.served` records the recent calls.
 * Embeddings go to the object store once per request (``ray.put``) and reach the actor as
   read-only numpy views; a retry on another actor reuses the stored copy.
 * Actors hold nothing that cannot be rebuilt. A dead actor's batch goes back to the front of
@@ -42,7 +46,7 @@ import ipaddress
 import logging
 import math
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +61,15 @@ from crest.worker.cancel import Cancellation, SelectionCancelled
 from crest.worker.fair_queue import FairQueue
 from crest.worker.model import ModelCache
 from crest.worker.placement import available_cores, pin_process, selector_threads
-from crest.worker.problems import EmbedRequest, EmbedResult, check_embed_request
+from crest.worker.problems import (
+    CHUNK_ROWS,
+    EmbedRequest,
+    EmbedResult,
+    ServedBatch,
+    check_embed_request,
+    join_results,
+    split_request,
+)
 from crest.worker.selector import (
     SelectionRequest,
     SelectionResult,
@@ -74,6 +86,8 @@ _PUT_IN_THREAD_BYTES = 1 << 20
 
 # Model artifacts kept in the object store (by model_id, least recently used dropped first).
 _ARTIFACTS = 16
+# Batches RaySelector.served remembers.
+_SERVED_KEPT = 256
 
 
 class SelectionTimeout(Unavailable):
@@ -244,7 +258,9 @@ class RaySelector:
         ping_timeout_s: how long :meth:`healthy` and recovery wait for an actor's answer.
         max_restarts: Ray restarts of each actor (-1: unlimited); one still dead after them
             is replaced by a new actor.
-        max_batch_rows: candidate rows of one kernel call (a larger request runs alone).
+        max_batch_rows: candidate rows of one kernel call: a larger request is solved in
+            chunks of whole problems under it (a single larger problem alone), so that other
+            jobs' requests are served between its chunks.
 
     Raises:
         PoolUnavailable: Ray is not initialised, or the actors did not start in time.
@@ -262,7 +278,7 @@ class RaySelector:
         ready_timeout_s: float = 60.0,
         ping_timeout_s: float = 1.0,
         max_restarts: int = -1,
-        max_batch_rows: int = 1 << 20,
+        max_batch_rows: int = CHUNK_ROWS,
     ) -> None:
         if not ray.is_initialized():
             raise PoolUnavailable("Ray is not initialised: call crest.worker.init_ray() first")
@@ -289,6 +305,7 @@ class RaySelector:
         self._queue: FairQueue[_Pending] = FairQueue(size=lambda item: item.rows, key=_batch_key)
         self._wake: asyncio.Condition | None = None
         self._artifacts: OrderedDict[str, ray.ObjectRef] = OrderedDict()  # by model_id
+        self._served: deque[ServedBatch] = deque(maxlen=_SERVED_KEPT)
         self._wait_ready(ready_timeout_s)
 
     @classmethod
@@ -335,6 +352,12 @@ class RaySelector:
         return [slot.in_flight for slot in self._slots]
 
     @property
+    def served(self) -> list[ServedBatch]:
+        """The last few hundred batches the actors answered (or failed), oldest first: which
+        actor, whose requests, and when (for operators and tests of the pool's sharing)."""
+        return list(self._served)
+
+    @property
     def queued(self) -> int:
         """Requests waiting for an actor."""
         return len(self._queue)
@@ -347,7 +370,9 @@ class RaySelector:
     async def select(
         self, request: SelectionRequest, timeout_s: float | None = None
     ) -> SelectionResult:
-        """Solve one request on the pool; what :func:`run_selection` would return.
+        """Solve one request on the pool; what :func:`run_selection` would return. A request
+        over ``max_batch_rows`` rows is solved in chunks of whole problems, on every idle
+        actor, with other jobs' requests served between them; the result is the same.
 
         Args:
             request: the region's problems.
@@ -363,8 +388,25 @@ class RaySelector:
             check_request(request)  # here, so that a bad request never reaches a batch
         except ValueError as err:
             raise InvalidArgument(f"bad selection request: {err}") from None
-        payload = (request.embeddings, request.groups, request.budgets)
-        return await self._submit(request, payload, request.embeddings.nbytes, timeout_s)
+        if len(request.groups) > self.max_batch_rows:  # copies, for unsorted groups
+            chunks = await asyncio.to_thread(split_request, request, self.max_batch_rows)
+        else:
+            chunks = split_request(request, self.max_batch_rows)
+        # Every chunk waits in the queue at once: idle actors share them, and another job's
+        # request goes before the next chunk (FairQueue), so that it never waits for more
+        # than the kernel calls already running.
+        tasks = [
+            asyncio.ensure_future(self._submit(chunk.request, _payload(chunk.request),
+                                               chunk.request.embeddings.nbytes, timeout_s))
+            for chunk in chunks
+        ]  # fmt: skip
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # the others' results are of no use now
+                task.cancel()
+            raise
+        return join_results(chunks, list(results))
 
     async def embed(self, request: EmbedRequest, timeout_s: float | None = None) -> EmbedResult:
         """Embed one request's candidates on an actor; what :func:`run_embedding` returns.
@@ -485,7 +527,8 @@ class RaySelector:
             # Past the deadline every request of the batch has given up: an actor still busy
             # then is hung or hopelessly slow, and is restarted rather than left stuck.
             last = max(item.deadline for item in batch)
-            watchdog = max(last - asyncio.get_running_loop().time(), 0.0) + self.ping_timeout_s
+            started = asyncio.get_running_loop().time()
+            watchdog = max(last - started, 0.0) + self.ping_timeout_s
             try:
                 results = await asyncio.wait_for(_run(slot.actor, batch), watchdog)
             # First: an actor's SelectionCancelled arrives as a RayTaskError that is also a
@@ -514,6 +557,11 @@ class RaySelector:
                 continue
             finally:
                 slot.in_flight = 0
+                self._served.append(
+                    ServedBatch(slot.pid, tuple(i.request.job_id for i in batch), batch[0].kind,
+                                sum(i.rows for i in batch), started,
+                                asyncio.get_running_loop().time())
+                )  # fmt: skip
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)
@@ -610,6 +658,10 @@ async def _run(actor: Any, batch: list[_Pending]) -> list[Any]:
     left = max(item.deadline for item in batch) - asyncio.get_running_loop().time()
     payloads = [item.payload for item in batch]
     return await _resolve(actor.select.remote(*payloads, timeout_s=max(left, 0.0)))
+
+
+def _payload(request: SelectionRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return request.embeddings, request.groups, request.budgets
 
 
 def _batch_key(item: _Pending) -> object:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -22,13 +22,17 @@ from crest.worker.cancel import Cancellation, SelectionCancelled
 from crest.worker.model import ExportedModel, ModelCache, tensor_view
 from crest.worker.placement import available_cores, pin_current_thread, selector_threads
 from crest.worker.problems import (
+    CHUNK_ROWS,
     EmbedRequest,
     EmbedResult,
+    RequestChunk,
     SelectionRequest,
     SelectionResult,
     Selector,
     check_embed_request,
     check_request,
+    join_results,
+    split_request,
 )
 from crest.worker.selection import select_groups
 
@@ -132,6 +136,17 @@ def run_embedding(
     return EmbedResult(*model.embed(request.inputs, request.labels, request.batch_size))
 
 
+def _finished_uncancelled(chunk: Future[SelectionResult]) -> bool:
+    """Whether a chunk's call is over without the kernel having stopped it (which
+    :meth:`InProcessSelector._select` counted already)."""
+    return chunk.done() and not isinstance(chunk.exception(), SelectionCancelled)
+
+
+def _checked_split(request: SelectionRequest, max_rows: int) -> list[RequestChunk]:
+    check_request(request)
+    return split_request(request, max_rows)
+
+
 class InProcessSelector:
     """Runs the kernel (and embeddings) in this process, on one worker thread (torch releases
     the GIL); the worker keeps the last few models it embedded with.
@@ -147,6 +162,8 @@ class InProcessSelector:
             default one per core of ``cores``, else 1.
         cores: pin the worker thread to these cores
             (:func:`~crest.worker.placement.pin_current_thread`); default: unpinned.
+        chunk_rows: rows of one kernel call; a larger request is solved in chunks of whole
+            problems under it (:func:`~crest.worker.problems.split_request`).
 
     Raises:
         ValueError: ``threads`` disagrees with ``cores``, or a core does not exist.
@@ -157,7 +174,11 @@ class InProcessSelector:
         device: str | torch.device = "cpu",
         threads: int | None = None,
         cores: Collection[int] | None = None,
+        chunk_rows: int = CHUNK_ROWS,
     ) -> None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        self.chunk_rows = chunk_rows
         self.device = torch.device(device)
         self.abandoned = 0  # selections their callers gave up on, stopped or never started
         self._abandoned_lock = threading.Lock()
@@ -184,25 +205,36 @@ class InProcessSelector:
     async def select(
         self, request: SelectionRequest, timeout_s: float | None = None
     ) -> SelectionResult:
-        """Solve one request on the worker thread. A selection its caller abandons (past
-        ``timeout_s``, or cancelled) does not hold the thread: still queued, it never starts;
-        running, it stops at the kernel's next check
-        (:class:`~crest.worker.cancel.Cancellation`). Either way it counts in
+        """Solve ``request`` on the worker thread, in chunks of whole problems of at most
+        ``chunk_rows`` rows, one kernel call each and one after another: another job's request
+        queues behind the chunk running, not behind the whole selection.
+
+        A selection its caller abandons (past ``timeout_s``, or cancelled) does not hold the
+        thread: its queued chunks never start, and the chunk running stops at the kernel's
+        next check (:class:`~crest.worker.cancel.Cancellation`). Either way it counts in
         :attr:`abandoned`.
 
         Raises:
             TimeoutError: no answer within ``timeout_s``.
         """
         cancel = Cancellation.after(timeout_s)
-        job = self._executor.submit(self._select, request, cancel)
+        loop = asyncio.get_running_loop()
+        results = []
+        pending: Future[SelectionResult] | None = None  # the chunk submitted last
         try:
             async with asyncio.timeout(timeout_s):
-                return await asyncio.wrap_future(job)
-        except BaseException:
-            cancel.cancel()  # running: it stops at its next check
-            if job.cancel():  # (or was) still queued: it never runs
-                self._abandon()
+                chunks = await loop.run_in_executor(
+                    self._executor, _checked_split, request, self.chunk_rows
+                )
+                for chunk in chunks:
+                    pending = self._executor.submit(self._select, chunk.request, cancel)
+                    results.append(await asyncio.wrap_future(pending))
+        except (TimeoutError, asyncio.CancelledError):
+            cancel.cancel()  # a chunk running stops at its next check, and counts itself
+            if pending is None or pending.cancel() or _finished_uncancelled(pending):
+                self._abandon()  # stopped before, between or instead of a chunk
             raise
+        return join_results(chunks, results)
 
     def _select(self, request: SelectionRequest, cancel: Cancellation) -> SelectionResult:
         try:

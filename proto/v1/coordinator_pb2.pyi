@@ -57,7 +57,7 @@ class Array(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches", "auto_min_gain", "auto_retest_epochs", "name", "class_weighting", "allow_empty_classes", "selection_side", "max_staleness", "lookahead_coresets")
+    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches", "auto_min_gain", "auto_retest_epochs", "name", "class_weighting", "allow_empty_classes", "selection_side", "max_staleness", "lookahead_coresets", "exclude_noisy", "noisy_mads")
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,8 @@ class JobConfig(_message.Message):
     SELECTION_SIDE_FIELD_NUMBER: _ClassVar[int]
     MAX_STALENESS_FIELD_NUMBER: _ClassVar[int]
     LOOKAHEAD_CORESETS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_NOISY_FIELD_NUMBER: _ClassVar[int]
+    NOISY_MADS_FIELD_NUMBER: _ClassVar[int]
     num_examples: int
     num_classes: int
     batch_size: int
@@ -122,7 +124,9 @@ class JobConfig(_message.Message):
     selection_side: str
     max_staleness: int
     lookahead_coresets: bool
-    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ..., strategy: _Optional[str] = ..., random_batches: _Optional[str] = ..., auto_min_gain: _Optional[float] = ..., auto_retest_epochs: _Optional[float] = ..., name: _Optional[str] = ..., class_weighting: _Optional[str] = ..., allow_empty_classes: _Optional[bool] = ..., selection_side: _Optional[str] = ..., max_staleness: _Optional[int] = ..., lookahead_coresets: _Optional[bool] = ...) -> None: ...
+    exclude_noisy: bool
+    noisy_mads: float
+    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ..., strategy: _Optional[str] = ..., random_batches: _Optional[str] = ..., auto_min_gain: _Optional[float] = ..., auto_retest_epochs: _Optional[float] = ..., name: _Optional[str] = ..., class_weighting: _Optional[str] = ..., allow_empty_classes: _Optional[bool] = ..., selection_side: _Optional[str] = ..., max_staleness: _Optional[int] = ..., lookahead_coresets: _Optional[bool] = ..., exclude_noisy: _Optional[bool] = ..., noisy_mads: _Optional[float] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("header", "labels")
@@ -179,14 +183,18 @@ class OpenSessionResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., total_steps: _Optional[int] = ..., steps_per_virtual_epoch: _Optional[float] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., committed_seq: _Optional[int] = ..., selection_side: _Optional[str] = ..., num_examples: _Optional[int] = ...) -> None: ...
 
 class GetRegionRequest(_message.Message):
-    __slots__ = ("job_id", "rank", "step")
+    __slots__ = ("job_id", "rank", "step", "page", "region_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    REGION_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     step: int
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ...) -> None: ...
+    page: int
+    region_id: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., page: _Optional[int] = ..., region_id: _Optional[int] = ...) -> None: ...
 
 class WeightedBatch(_message.Message):
     __slots__ = ("indices", "weights")
@@ -197,7 +205,7 @@ class WeightedBatch(_message.Message):
     def __init__(self, indices: _Optional[_Union[Array, _Mapping]] = ..., weights: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
 
 class Region(_message.Message):
-    __slots__ = ("region_id", "status", "start_step", "end_step", "check_interval", "candidates", "check_indices", "batches", "initial_loss", "wants_model", "wants_weights")
+    __slots__ = ("region_id", "status", "start_step", "end_step", "check_interval", "candidates", "check_indices", "batches", "initial_loss", "wants_model", "wants_weights", "page", "num_pages", "num_candidates", "num_check_indices", "num_batches", "continues_batch")
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     START_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +217,12 @@ class Region(_message.Message):
     INITIAL_LOSS_FIELD_NUMBER: _ClassVar[int]
     WANTS_MODEL_FIELD_NUMBER: _ClassVar[int]
     WANTS_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    NUM_PAGES_FIELD_NUMBER: _ClassVar[int]
+    NUM_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    NUM_CHECK_INDICES_FIELD_NUMBER: _ClassVar[int]
+    NUM_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    CONTINUES_BATCH_FIELD_NUMBER: _ClassVar[int]
     region_id: int
     status: RegionStatus
     start_step: int
@@ -220,7 +234,13 @@ class Region(_message.Message):
     initial_loss: float
     wants_model: bool
     wants_weights: int
-    def __init__(self, region_id: _Optional[int] = ..., status: _Optional[_Union[RegionStatus, str]] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., check_interval: _Optional[int] = ..., candidates: _Optional[_Union[Array, _Mapping]] = ..., check_indices: _Optional[_Union[Array, _Mapping]] = ..., batches: _Optional[_Iterable[_Union[WeightedBatch, _Mapping]]] = ..., initial_loss: _Optional[float] = ..., wants_model: _Optional[bool] = ..., wants_weights: _Optional[int] = ...) -> None: ...
+    page: int
+    num_pages: int
+    num_candidates: int
+    num_check_indices: int
+    num_batches: int
+    continues_batch: bool
+    def __init__(self, region_id: _Optional[int] = ..., status: _Optional[_Union[RegionStatus, str]] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., check_interval: _Optional[int] = ..., candidates: _Optional[_Union[Array, _Mapping]] = ..., check_indices: _Optional[_Union[Array, _Mapping]] = ..., batches: _Optional[_Iterable[_Union[WeightedBatch, _Mapping]]] = ..., initial_loss: _Optional[float] = ..., wants_model: _Optional[bool] = ..., wants_weights: _Optional[int] = ..., page: _Optional[int] = ..., num_pages: _Optional[int] = ..., num_candidates: _Optional[int] = ..., num_check_indices: _Optional[int] = ..., num_batches: _Optional[int] = ..., continues_batch: _Optional[bool] = ...) -> None: ...
 
 class EmbeddingChunk(_message.Message):
     __slots__ = ("job_id", "rank", "region_id", "seq", "indices", "embeddings", "losses", "stream_chunks")
@@ -249,7 +269,7 @@ class UploadAck(_message.Message):
     def __init__(self, committed_seq: _Optional[int] = ...) -> None: ...
 
 class CheckReport(_message.Message):
-    __slots__ = ("job_id", "rank", "region_id", "step", "loss_sum", "count", "linear", "quadratic", "curvature", "train_seconds", "selection_seconds", "initial_loss_sum")
+    __slots__ = ("job_id", "rank", "region_id", "step", "loss_sum", "count", "linear", "quadratic", "curvature", "train_seconds", "selection_seconds", "initial_loss_sum", "ranks")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +282,7 @@ class CheckReport(_message.Message):
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SELECTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INITIAL_LOSS_SUM_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     region_id: int
@@ -274,7 +295,8 @@ class CheckReport(_message.Message):
     train_seconds: float
     selection_seconds: float
     initial_loss_sum: float
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., step: _Optional[int] = ..., loss_sum: _Optional[float] = ..., count: _Optional[int] = ..., linear: _Optional[float] = ..., quadratic: _Optional[float] = ..., curvature: _Optional[float] = ..., train_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ..., initial_loss_sum: _Optional[float] = ...) -> None: ...
+    ranks: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., step: _Optional[int] = ..., loss_sum: _Optional[float] = ..., count: _Optional[int] = ..., linear: _Optional[float] = ..., quadratic: _Optional[float] = ..., curvature: _Optional[float] = ..., train_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ..., initial_loss_sum: _Optional[float] = ..., ranks: _Optional[int] = ...) -> None: ...
 
 class CheckDecision(_message.Message):
     __slots__ = ("region_id", "step", "new_region", "loss", "predicted", "relative_error")
@@ -307,7 +329,7 @@ class JobStatusReply(_message.Message):
     def __init__(self, json: _Optional[str] = ..., status: _Optional[_Union[JobStatus, _Mapping]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "config", "total_steps", "step", "finished", "pool_size", "pool_per_class", "class_sizes", "dropped", "regions", "trainers", "next_region", "selection_side", "selection_side_reason")
+    __slots__ = ("job_id", "config", "total_steps", "step", "finished", "pool_size", "pool_per_class", "class_sizes", "dropped", "regions", "trainers", "next_region", "selection_side", "selection_side_reason", "regions_omitted")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +344,7 @@ class JobStatus(_message.Message):
     NEXT_REGION_FIELD_NUMBER: _ClassVar[int]
     SELECTION_SIDE_FIELD_NUMBER: _ClassVar[int]
     SELECTION_SIDE_REASON_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     config: JobConfig
     total_steps: int
@@ -336,10 +359,11 @@ class JobStatus(_message.Message):
     next_region: RegionStats
     selection_side: str
     selection_side_reason: str
-    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., class_sizes: _Optional[_Iterable[int]] = ..., dropped: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[RegionStats, _Mapping]]] = ..., trainers: _Optional[_Iterable[_Union[TrainerTime, _Mapping]]] = ..., next_region: _Optional[_Union[RegionStats, _Mapping]] = ..., selection_side: _Optional[str] = ..., selection_side_reason: _Optional[str] = ...) -> None: ...
+    regions_omitted: int
+    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., class_sizes: _Optional[_Iterable[int]] = ..., dropped: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[RegionStats, _Mapping]]] = ..., trainers: _Optional[_Iterable[_Union[TrainerTime, _Mapping]]] = ..., next_region: _Optional[_Union[RegionStats, _Mapping]] = ..., selection_side: _Optional[str] = ..., selection_side_reason: _Optional[str] = ..., regions_omitted: _Optional[int] = ...) -> None: ...
 
 class RegionStats(_message.Message):
-    __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error", "embedded_by", "staleness", "monitor")
+    __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error", "embedded_by", "staleness", "checks_omitted", "excluded", "monitor")
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     START_STEP_FIELD_NUMBER: _ClassVar[int]
     END_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +388,8 @@ class RegionStats(_message.Message):
     RANDOM_ERROR_FIELD_NUMBER: _ClassVar[int]
     EMBEDDED_BY_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     MONITOR_FIELD_NUMBER: _ClassVar[int]
     region_id: int
     start_step: int
@@ -389,8 +415,10 @@ class RegionStats(_message.Message):
     random_error: float
     embedded_by: str
     staleness: int
+    checks_omitted: int
+    excluded: int
     monitor: str
-    def __init__(self, region_id: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., end_reason: _Optional[str] = ..., num_coresets: _Optional[int] = ..., check_interval: _Optional[int] = ..., num_candidates: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., fallback: _Optional[bool] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., candidate_loss: _Optional[float] = ..., selected_loss: _Optional[float] = ..., weight_quantiles: _Optional[_Iterable[float]] = ..., initial_loss: _Optional[float] = ..., curvature: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[CheckRecord, _Mapping]]] = ..., mode: _Optional[str] = ..., decision: _Optional[str] = ..., coreset_error: _Optional[float] = ..., random_error: _Optional[float] = ..., embedded_by: _Optional[str] = ..., staleness: _Optional[int] = ..., monitor: _Optional[str] = ...) -> None: ...
+    def __init__(self, region_id: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., end_reason: _Optional[str] = ..., num_coresets: _Optional[int] = ..., check_interval: _Optional[int] = ..., num_candidates: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., fallback: _Optional[bool] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., candidate_loss: _Optional[float] = ..., selected_loss: _Optional[float] = ..., weight_quantiles: _Optional[_Iterable[float]] = ..., initial_loss: _Optional[float] = ..., curvature: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[CheckRecord, _Mapping]]] = ..., mode: _Optional[str] = ..., decision: _Optional[str] = ..., coreset_error: _Optional[float] = ..., random_error: _Optional[float] = ..., embedded_by: _Optional[str] = ..., staleness: _Optional[int] = ..., checks_omitted: _Optional[int] = ..., excluded: _Optional[int] = ..., monitor: _Optional[str] = ...) -> None: ...
 
 class CheckRecord(_message.Message):
     __slots__ = ("step", "loss", "predicted", "relative_error", "new_region")
@@ -417,8 +445,10 @@ class TrainerTime(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., train_seconds: _Optional[float] = ..., selection_seconds: _Optional[float] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("after",)
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    after: str
+    def __init__(self, after: _Optional[str] = ...) -> None: ...
 
 class JobListing(_message.Message):
     __slots__ = ("job_id", "name", "step", "total_steps", "finished", "world_size", "finished_at", "expires_at")
@@ -441,10 +471,12 @@ class JobListing(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., finished: _Optional[bool] = ..., world_size: _Optional[int] = ..., finished_at: _Optional[float] = ..., expires_at: _Optional[float] = ...) -> None: ...
 
 class ListJobsReply(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "more")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobListing]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobListing, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobListing, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class DeleteJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -106,7 +106,8 @@ class CoordinatorServicer:
 
     def GetRegion(self, request, context):
         """The region that holds a step, for one rank: what to embed, or its weighted batches.
-        Waits (within the call's deadline) while the region's selection runs.
+        Waits (within the call's deadline) while the region's selection runs. A region over
+        one message travels in pages (GetRegionRequest.page, Region.num_pages).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,7 +138,7 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """The coordinator's jobs, one line each (`crest jobs list`).
+        """The coordinator's jobs, one line each (`crest jobs list`), in replies under the limit.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

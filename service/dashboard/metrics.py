@@ -90,6 +90,12 @@ _JOB_GAUGES: list[tuple[str, str, Callable[[JobDetail], float | None]]] = [
         lambda d: getattr(_last_selected(d), "selected_loss", None),
     ),
     (
+        "crest_excluded_candidates",
+        "exclude_noisy, last selected region: subset members kept from selection as likely "
+        "mislabelled (loss far above their class's).",
+        lambda d: getattr(_last_selected(d), "excluded", None),
+    ),
+    (
         "crest_coreset_gradient_error",
         "Monitor, newest measured region: relative squared error of the coresets' mean "
         "embedding-gradient against their subsets' means.",

@@ -402,9 +402,21 @@
       `step ${fmt.int(crest.stepsDone(s))} / ${fmt.int(s.total_steps)}`;
   }
 
+  /** The Difficulty card's figure: what the label-noise filter kept out of the newest
+      selection (subset members whose loss was far above their class's). */
+  function excluded(d) {
+    if (!d.status.config.exclude_noisy) {
+      figure("difficulty", "noise filter off");
+      return;
+    }
+    const last = d.status.regions.filter((r) => r.selected_loss !== null).at(-1);
+    figure("difficulty", last === undefined ? "–" : `${fmt.int(last.excluded)} excluded`);
+  }
+
   function update(detail) {
     summary(detail.summary);
     decisions(detail);
+    excluded(detail);
     for (const [name, view] of Object.entries(views)) {
       const el = document.getElementById("chart-" + name);
       try {

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +16,17 @@ from crest.cli import build_parser
 from crest.compare import (
     METHODS,
     E2EPlan,
+    RunResult,
     TrainSetup,
     evaluate,
     format_class_table,
+    format_noise_table,
     format_table,
+    merge_results,
     run_e2e,
 )
 from crest.embedded import local_coordinator
-from crest.workloads import W3_SHARES, WORKLOADS, mnist1d_imbalanced
+from crest.workloads import W3_SHARES, WORKLOADS, mnist1d_imbalanced, mnist1d_redundant
 
 SOURCE = 5_000  # MNIST-1D samples: 4,000 train / 1,000 test before subsampling
 
@@ -124,3 +129,74 @@ def test_tiny_w3_run_reports_balanced_accuracy_and_class_weights() -> None:
     table, classes = format_table(result["summary"]), format_class_table(result["summary"])
     assert "| balanced acc % |" in table and "| crest-balanced | 0.5 |" in table
     assert "| recall 9 % |" in classes
+
+
+def test_w2_noise_levels_share_their_inputs_and_differ_in_the_labels_they_flip() -> None:
+    clean, w2, noisy = (WORKLOADS[name](SOURCE) for name in ("w2-0", "w2", "w2-30"))
+    assert (clean.name, w2.name, noisy.name) == (
+        "mnist1d-redundant-noise0", "mnist1d-redundant", "mnist1d-redundant-noise30",
+    )  # fmt: skip
+    # One draw of the base examples and their jitter (the order differs): each example's
+    # label at 0% noise, looked up by its inputs, differs from the noisy levels' on their share.
+    pairs = zip(clean.x_train.numpy(), clean.y_train.tolist(), strict=True)
+    clean_label = {x.tobytes(): y for x, y in pairs}
+    for data, share in ((w2, 0.1), (noisy, 0.3)):
+        labels = [clean_label[x.tobytes()] for x in data.x_train.numpy()]
+        flipped = float(np.mean(np.asarray(labels) != data.y_train.numpy()))
+        assert flipped == pytest.approx(share, abs=0.02)
+    with pytest.raises(ValueError, match="label_noise"):
+        mnist1d_redundant(SOURCE, label_noise=1.5)
+
+
+@pytest.mark.e2e
+def test_tiny_run_without_full_trains_robust_coresets_on_noisy_w2() -> None:
+    plan = E2EPlan(
+        workloads=("w2-30",),
+        methods=("random", "crest-robust"),
+        seeds=(0,),
+        fracs=(0.5,),
+        full=False,
+        num_samples=SOURCE,
+        train=TrainSetup(epochs=2, batch_size=32, evals=2),
+    )
+    with local_coordinator() as coordinator:
+        result = run_e2e(plan, coordinator, progress=False)
+    rows = {row["method"]: row for row in result["summary"]}
+    assert set(rows) == {"random", "crest-robust"}
+    assert rows["random"]["speedup_vs_full"] is None
+    assert rows["crest-robust"]["workload"] == "mnist1d-redundant-noise30"
+    assert "label_noise=0.3" in result["workloads"]["w2-30"]
+    assert "| crest-robust | 0.5 |" in format_table(result["summary"])
+    (robust,) = [run for run in result["runs"] if run["method"] == "crest-robust"]
+    assert robust["extra"]["excluded_share"] > 0, "30% noise: some candidates are excluded"
+    noise = format_noise_table(result["summary"])
+    assert "| excluded share |" in noise and "| random | 0.5 |" in noise
+
+
+def _run(method: str, seed: int, acc: float) -> dict:
+    curve = [(10, 1.0, acc, acc)]
+    return asdict(RunResult(
+        workload="w", method=method, train_frac=0.1, seed=seed, steps=10, final_acc=acc,
+        best_acc=acc, final_balanced_acc=acc, per_class_recall=[acc], curve=curve,
+        seconds={"train": 1.0, "eval": 0.0, "total": 1.0},
+        extra={"class_weight_share": [1.0], "selected_minus_candidate_loss": 0.5,
+               "pool_per_class_end": [5]},
+    ))  # fmt: skip
+
+
+def test_merged_results_count_each_run_once_and_compare_with_random(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.partial.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"runs": [_run("random", 0, 0.90), _run("crest", 0, 0.92)]}))
+    second.write_text(json.dumps({"runs": [_run("crest", 0, 0.50), _run("crest", 1, 0.94)]}))
+    result = merge_results([first, second])
+    assert len(result["runs"]) == 3  # crest seed 0 from the first file only
+    rows = {row["method"]: row for row in result["summary"]}
+    assert rows["crest"]["final_acc"][0] == pytest.approx(0.93)
+    assert rows["crest"]["speedup_vs_full"] is None  # no Full run
+    assert "| w | crest | 0.1 | 93.00 ± 1.00 | +3.00 | +0.50 | - |" in format_noise_table(
+        result["summary"]
+    )
+    assert "| - | - |" in format_table(result["summary"])  # speed-up and time vs Full
+    (tmp_path / "empty.json").write_text('{"runs": []}')
+    with pytest.raises(ValueError, match="no runs"):
+        merge_results([tmp_path / "empty.json"])

@@ -25,10 +25,23 @@ from tests.training import Batch, blobs, job_config, make_model, on_threads
 IN_PROCESS = ("tensor", "dataset", "tensor-dataset")  # the unit tier
 WORKERS = "workers"  # DataLoader worker processes: the e2e tier
 EXPECTED_MODES = {"crest": ["crest"], "random": ["random"], "auto": ["crest", "random"]}
+# Selection on the service side (the selectors embed from the published model; rank 0 reads
+# every input through the loader once), with and without coresets drawn by region length.
+SIDES = {
+    "crest-service": {"selection_side": "service", "max_staleness": 12},
+    "crest-lookahead": {
+        "selection_side": "service",
+        "max_staleness": 12,
+        "lookahead_coresets": True,
+    },
+}
+EXPECTED_MODES.update({name: ["crest"] for name in SIDES})
 
 
 def strategy_config(strategy: str, world_size: int = 1):
-    return job_config(strategy=strategy, world_size=world_size, auto_min_gain=1e9)
+    side = SIDES.get(strategy, {})
+    name = "crest" if side else strategy
+    return job_config(strategy=name, world_size=world_size, auto_min_gain=1e9, **side)
 
 
 def pairs(
@@ -76,6 +89,8 @@ def check_job(coordinator: Coordinator, job_id: str, strategy: str, runs: list[l
     regions = coordinator.job_status(job_id).regions  # type: ignore[attr-defined]
     modes = [r.mode for r in regions]
     assert sorted(set(modes)) == EXPECTED_MODES[strategy]
+    if strategy in SIDES:
+        assert all(r.embedded_by == "service" for r in regions if r.mode == "crest")
     if strategy == "auto":  # coresets first, random in the middle, then a re-test of coresets
         assert modes[0] == "crest" and "crest" in modes[modes.index("random") :]
         assert 0 < regions[modes.index("random")].start_step < config.total_steps
@@ -119,7 +134,7 @@ def two_ranks(strategy: str, loaders: tuple[str, ...]) -> None:
         assert served[loader] == served["tensor"], f"{loader} served other batches"
 
 
-@pytest.mark.parametrize("strategy", ["crest", "random", "auto"])
+@pytest.mark.parametrize("strategy", ["crest", "random", "auto", *SIDES])
 def test_every_strategy_through_every_loader_on_two_ranks(strategy: str) -> None:
     two_ranks(strategy, ("dataset",))
 
@@ -129,6 +144,13 @@ def test_every_strategy_through_every_loader_on_two_ranks(strategy: str) -> None
 def test_every_strategy_through_worker_processes_on_one_and_two_ranks(strategy: str) -> None:
     one_rank(strategy, (WORKERS,))
     two_ranks(strategy, (WORKERS,))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("side", SIDES)
+def test_the_service_side_through_the_loaders(side: str) -> None:
+    """Rank 0 publishes every input read through the loader (worker processes included)."""
+    one_rank(side, ("dataset", WORKERS) if side == "crest-service" else ("dataset",))
 
 
 def test_a_second_iteration_warns_that_the_budget_is_served() -> None:

@@ -319,3 +319,28 @@ def test_config_errors_are_invalid_argument_listing_the_fields(loopback) -> None
         local.create_job(bad, labels)
     with pytest.raises(InvalidArgument, match=r"^invalid job config: num_classes: .*\(got 1\)"):
         job_config(num_classes=1)
+
+
+def test_a_long_job_list_comes_in_replies_under_the_limit(loopback, stub, monkeypatch) -> None:
+    from crest.service import server
+
+    longest = pb.JobListing(job_id="\u4e00" * 128, name="\u4e00" * 128, step=2**62,
+                            total_steps=2**62, finished=True, world_size=4096,
+                            finished_at=1e12, expires_at=1e12)  # fmt: skip
+    assert pb.ListJobsReply(jobs=[longest]).ByteSize() <= server._MAX_LISTING_BYTES
+    labels = blobs()[1].numpy()
+    with RemoteCoordinator(loopback.address) as remote:
+        for job_id in ("c", "a", "b"):
+            remote.create_job(job_config(), labels, job_id=job_id)
+    assert not stub.ListJobs(pb.ListJobsRequest(), timeout=30).more  # all in one reply
+    # As if every line were 4 MiB: one job a reply.
+    room = convert.MAX_MESSAGE_BYTES - convert.MESSAGE_OVERHEAD_BYTES
+    monkeypatch.setattr(server, "_MAX_LISTING_BYTES", room - 1)
+    replies, after = [], ""
+    while True:
+        reply = stub.ListJobs(pb.ListJobsRequest(after=after), timeout=30)
+        replies.append([j.job_id for j in reply.jobs])
+        if not reply.more:
+            break
+        after = reply.jobs[-1].job_id
+    assert replies == [["a"], ["b"], ["c"]]

@@ -41,6 +41,8 @@ def rich_status() -> JobStatus:
         weight_quantiles=[1.0, 1.5, 2.0, 3.5, 17.0], initial_loss=1.125, curvature=0.0625,
         checks=checks, mode="random", decision="coresets beat random batches 1.2x < 1.5",
         coreset_error=0.25, random_error=math.inf, embedded_by="service", staleness=7,
+        checks_omitted=0,
+        excluded=7, monitor="2 of 5 subsets (budget)",
     )  # fmt: skip
     running = RegionStats(
         region_id=1, start_step=6, num_coresets=4, check_interval=1, num_candidates=280,
@@ -53,7 +55,7 @@ def rich_status() -> JobStatus:
         trainers=[TrainerTime(rank=0, train_seconds=12.5, selection_seconds=1e-9),
                   TrainerTime(rank=1, train_seconds=0.0, selection_seconds=0.0)],
         next_region=running.model_copy(update={"region_id": 2}),
-        selection_side="service", selection_side_reason="configured",
+        selection_side="service", selection_side_reason="configured", regions_omitted=0,
     )  # fmt: skip
 
 

@@ -319,6 +319,7 @@ def test_prometheus_metrics_parse_and_agree_with_the_api(served: Served) -> None
             assert value("crest_coreset_weight", quantile=q) == expected
         assert value("crest_selected_loss") == last.selected_loss
         assert value("crest_candidate_loss") == last.candidate_loss
+        assert value("crest_excluded_candidates") == last.excluded
         for c in detail.classes:
             assert value("crest_class_examples", **{"class": str(c.label)}) == c.size
             assert value("crest_class_pool_examples", **{"class": str(c.label)}) == c.in_pool

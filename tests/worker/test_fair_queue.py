@@ -46,3 +46,16 @@ def test_retries_go_first_and_discard_drops() -> None:
     queue.discard(lambda item: item[0] != "b")
     assert list(queue) == [("a", 0, 1), ("a", 1, 1)]
     assert queue.take(limit=5) == [("a", 0, 1), ("a", 1, 1)]
+
+
+def test_a_job_that_starts_waiting_goes_before_jobs_served_already() -> None:
+    # A large selection split into chunks must not keep a small job behind its next chunk.
+    queue = make()
+    for n in range(4):
+        queue.put("large", ("large", n, 10))
+    assert queue.take(limit=10) == [("large", 0, 10)]
+    queue.put("small", ("small", 0, 1))
+    assert queue.take(limit=10) == [("small", 0, 1)]  # the next chunk would not fit beside it
+    assert queue.take(limit=10) == [("large", 1, 10)]
+    queue.put("small", ("small", 1, 1))  # it waits again: first again
+    assert queue.take(limit=20) == [("small", 1, 1), ("large", 2, 10)]

@@ -137,6 +137,56 @@ def test_healthy_answers_while_actors_work(pool) -> None:
     assert_same([result], expected([large(1, "a")]))
 
 
+def test_two_jobs_selections_run_at_once_on_two_actors(pool) -> None:
+    requests = [large(11, "a"), large(12, "b")]
+    results = select_all(pool, requests)
+    batches = pool.served[-2:]
+    assert sorted(b.jobs for b in batches) == [("a",), ("b",)]
+    first, second = batches
+    assert first.worker != second.worker  # one actor each...
+    assert first.started < second.finished and second.started < first.finished  # ...at once
+    assert_same(results, expected(requests))
+
+
+def test_a_small_job_is_served_between_a_large_jobs_chunks(pool, monkeypatch) -> None:
+    # A large job's 3 problems of 2500 rows (a second or so each) are 3 chunks: the two actors
+    # take one each, and a small job that asks meanwhile goes before the third.
+    monkeypatch.setattr(pool, "max_batch_rows", 2500)
+    rng = np.random.default_rng(5)
+    groups = np.repeat(np.arange(3), 2500)
+    big = SelectionRequest(rng.standard_normal((len(groups), 16)).astype(np.float32), groups,
+                           np.full(3, 250), job_id="large")  # fmt: skip
+    small = region(13, "small", classes=2, per_class=20)
+
+    async def run() -> tuple[list[str], list[SelectionResult]]:
+        finished: list[str] = []
+
+        async def select(request: SelectionRequest) -> SelectionResult:
+            result = await pool.select(request)
+            finished.append(request.job_id)
+            return result
+
+        work = asyncio.ensure_future(select(big))
+        for _ in range(6000):  # until both actors run a chunk
+            if pool.in_flight == [1, 1]:
+                break
+            await asyncio.sleep(0.01)
+        assert pool.in_flight == [1, 1] and pool.queued == 1
+        results = await asyncio.gather(work, select(small))
+        return finished, list(results)
+
+    finished, results = asyncio.run(run())
+    served = pool.served[-4:]
+    assert finished == ["small", "large"]
+    assert sorted(b.jobs for b in served) == [("large",)] * 3 + [("small",)]
+    large_batches = [b for b in served if b.jobs == ("large",)]
+    assert all(b.rows == 2500 for b in large_batches)
+    assert len({b.worker for b in large_batches}) == 2  # the chunks ran on both actors
+    small_batch = next(b for b in served if b.jobs == ("small",))
+    assert small_batch.finished < max(b.finished for b in large_batches)
+    assert_same(results, expected([big, small]))
+
+
 def test_actor_killed_mid_selection_is_retried(fresh_pool) -> None:
     requests = [large(2, "a"), large(3, "b")]
 

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 from crest.worker.model import ExportedModel
+from crest.worker.problems import join_results, split_request
 from crest.worker.selector import (
     EmbedResult,
     InProcessSelector,
     SelectionRequest,
+    SelectionResult,
     check_request,
     run_selection,
     solve_many,
@@ -124,3 +126,62 @@ def test_timed_out_selection_is_abandoned_and_the_worker_serves_the_next() -> No
         selector.close()
     want = run_selection(second)
     assert np.array_equal(result.rows, want.rows) and np.array_equal(result.weights, want.weights)
+
+
+def sorted_request(seed: int) -> SelectionRequest:
+    """A region's request as the coordinator builds it: problems' rows one after another."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0, 40, 25)
+    sizes[3] = 120  # one problem over every chunk size tried below: a chunk of its own
+    groups = np.repeat(np.arange(25), sizes)
+    embeddings = rng.standard_normal((len(groups), 5)).astype(np.float32)
+    return SelectionRequest(embeddings, groups, rng.integers(0, 9, 25), job_id="j")
+
+
+@pytest.mark.parametrize("make", [sorted_request, request])
+@pytest.mark.parametrize("max_rows", [1, 37, 100, 10**6])
+def test_a_request_solved_in_chunks_gets_what_it_gets_whole(make, max_rows: int) -> None:
+    for seed in range(2):
+        whole = make(seed)
+        chunks = split_request(whole, max_rows)
+        sizes = [len(c.request.groups) for c in chunks]
+        assert sum(sizes) == len(whole.groups)
+        assert all(size <= max_rows or len(c.request.budgets) == 1
+                   for size, c in zip(sizes, chunks, strict=True))  # fmt: skip
+        assert len(chunks) == 1 or max_rows < len(whole.groups)
+        joined = join_results(chunks, [run_selection(c.request) for c in chunks])
+        want = run_selection(whole)
+        for got, expected in zip(dataclasses.astuple(joined), dataclasses.astuple(want),
+                                 strict=True):  # fmt: skip
+            assert np.array_equal(got, expected) and got.dtype == expected.dtype
+    assert len(split_request(sorted_request(0), 37)) > 3  # not vacuous
+
+
+def test_the_in_process_selector_serves_another_job_between_a_large_ones_chunks() -> None:
+    rng = np.random.default_rng(0)
+    # 6 problems of 300 rows, a chunk each: one large selection.
+    groups = np.repeat(np.arange(6), 300)
+    large = SelectionRequest(rng.standard_normal((len(groups), 8)).astype(np.float32), groups,
+                             np.full(6, 30), job_id="large")  # fmt: skip
+    small = request(1, job="small")
+
+    async def run() -> list[str]:
+        selector = InProcessSelector(chunk_rows=300)
+        finished: list[str] = []
+
+        async def select(req: SelectionRequest) -> SelectionResult:
+            result = await selector.select(req)
+            finished.append(req.job_id)
+            return result
+
+        try:
+            big = asyncio.ensure_future(select(large))
+            await asyncio.sleep(0)  # its first chunk is on the worker thread
+            results = await asyncio.gather(big, select(small))
+        finally:
+            selector.close()
+        for got, want in zip(results, (run_selection(large), run_selection(small)), strict=True):
+            assert np.array_equal(got.rows, want.rows) and np.array_equal(got.weights, want.weights)
+        return finished
+
+    assert asyncio.run(run()) == ["small", "large"]

@@ -1,0 +1,63 @@
+"""One data-parallel rank (gloo, DDP) in its own process:
+``python -m tests.integration.ddp_rank_main ADDR INIT_FILE RANK WORLD OUT JOB=COMBINE...``.
+
+Trains the test MLP on each job in turn, with ``combine_checks`` = ``auto`` (None), ``true``
+or ``false``, and writes per job the batches it saw, how many check reports it sent, and the
+error that stopped it (if any) as JSON.
+"""
+
+import json
+import sys
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from crest.client.remote import RemoteCoordinator
+from tests.training import train
+
+COMBINE = {"auto": None, "true": True, "false": False}
+
+
+class CountingReports:
+    """The coordinator, counting this rank's ReportCheck calls."""
+
+    def __init__(self, inner: RemoteCoordinator) -> None:
+        self.inner = inner
+        self.reports = 0
+
+    def report_check(self, *args: Any) -> Any:
+        self.reports += 1
+        return self.inner.report_check(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def main(address: str, init_file: str, rank: str, world: str, out: str, *jobs: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=int(rank),
+                            world_size=int(world), timeout=timedelta(seconds=120))  # fmt: skip
+    results = {}
+    with RemoteCoordinator(address, retry_s=120) as remote:
+        for job in jobs:
+            job_id, combine = job.split("=")
+            counting = CountingReports(remote)
+            try:
+                _, served = train(
+                    counting,  # type: ignore[arg-type]
+                    job_id,
+                    rank=int(rank),
+                    wrap=DistributedDataParallel,
+                    combine_checks=COMBINE[combine],
+                )
+                results[job_id] = {"batches": served, "reports": counting.reports}
+            except ValueError as err:
+                results[job_id] = {"error": str(err)}
+    dist.destroy_process_group()
+    with open(out, "w") as sink:
+        json.dump(results, sink)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

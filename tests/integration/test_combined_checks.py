@@ -1,0 +1,99 @@
+"""Data-parallel ranks (gloo, DDP, one process each) that combine their check reports: one
+ReportCheck per check, the decisions and batches of separate reports; ranks that disagree on
+combining fail at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crest.client.remote import RemoteCoordinator
+from crest.service.telemetry import RpcTelemetry
+from tests.integration.conftest import LoopbackCoordinator, start_loopback, stop_loopback
+from tests.training import blobs, job_config
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def observed() -> Iterator[tuple[LoopbackCoordinator, RpcTelemetry]]:
+    rpc = RpcTelemetry()
+    handle, server, health_task = start_loopback(rpc=rpc)
+    try:
+        yield handle, rpc
+    finally:
+        stop_loopback(handle, server, health_task)
+
+
+def run_ranks(address: str, tmp_path: Path, jobs: list[list[str]]) -> list[dict[str, Any]]:
+    """One gloo process group of ``len(jobs)`` processes; rank r trains ``jobs[r]`` in turn
+    (``JOB=COMBINE`` each, see :mod:`tests.integration.ddp_rank_main`)."""
+    world = len(jobs)
+    init, outs = tmp_path / "group", [tmp_path / f"rank{r}.json" for r in range(world)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    module = [sys.executable, "-m", "tests.integration.ddp_rank_main", address, str(init)]
+    processes = [
+        subprocess.Popen(
+            [*module, str(rank), str(world), str(outs[rank]), *jobs[rank]], cwd=ROOT, env=env
+        )
+        for rank in range(world)
+    ]
+    try:
+        for process in processes:
+            assert process.wait(timeout=300) == 0
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return [json.loads(out.read_text()) for out in outs]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_combine_their_checks_into_one_report_with_the_same_decisions(
+    observed: tuple[LoopbackCoordinator, RpcTelemetry], tmp_path: Path, world: int
+) -> None:
+    loopback, rpc = observed
+    config = job_config(world_size=world, epochs=2)
+    with RemoteCoordinator(loopback.address) as remote:
+        for job_id in ("combined", "separate", "mixed"):
+            remote.create_job(config, blobs()[1].numpy(), job_id=job_id)
+    # Then a job whose ranks disagree (rank 0 requires combining, the others refuse it).
+    jobs = [["combined=auto", "separate=false", f"mixed={'true' if r == 0 else 'false'}"]
+            for r in range(world)]  # fmt: skip
+    ranks = run_ranks(loopback.address, tmp_path, jobs)
+
+    def regions(job_id: str) -> list[tuple]:
+        status = loopback.local.job_status(job_id)
+        assert status.finished
+        return [(r.start_step, r.end_step, r.end_reason, r.checks) for r in status.regions]
+
+    assert regions("combined") == regions("separate"), "bit-identical checks and regions"
+    checks = sum(len(r[3]) for r in regions("combined"))
+    assert checks > 0 and len(regions("combined")) > 1
+    assert [r["combined"]["reports"] for r in ranks] == [checks] + [0] * (world - 1)
+    assert [r["separate"]["reports"] for r in ranks] == [checks] * world
+    assert rpc.method("ReportCheck").calls == checks * (1 + world), "what the server answered"
+    for rank in ranks:
+        assert rank["combined"]["batches"] == rank["separate"]["batches"]
+    served = [rank["combined"]["batches"] for rank in ranks]
+    assert all(len(s) == config.total_steps for s in served)
+    for step, batches in enumerate(zip(*served, strict=True)):
+        assert {b[0] for b in batches} == {step}, "steps in lockstep"
+        assert len({b[3] for b in batches}) == 1, "every rank switches regions at the same step"
+        indices = [i for b in batches for i in b[1]]
+        assert len(indices) == len(set(indices)), "coresets are disjoint across ranks"
+    refusing = list(range(1, world))
+    for rank in ranks:  # every rank fails at the session's start, none hangs at a check
+        assert (
+            f"ranks [0] ask for combined checks, ranks {refusing} refuse them"
+            in (rank["mixed"]["error"])
+        )
