@@ -185,3 +185,44 @@ def test_the_in_process_selector_serves_another_job_between_a_large_ones_chunks(
         return finished
 
     assert asyncio.run(run()) == ["small", "large"]
+
+
+def test_an_abandoned_chunked_selection_stops_within_its_running_chunk() -> None:
+    # The caller cancels while the first chunk's call is held (a timeout takes the same path;
+    # cancelling once the chunk has started keeps the test free of timing); released, the
+    # chunk must stop at the kernel's first check (counted in ``abandoned``) and no later
+    # chunk may start.
+    import threading
+
+    calls: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    class Held(InProcessSelector):
+        def _select(self, request: SelectionRequest, cancel) -> SelectionResult:
+            calls.append(len(request.groups))
+            started.set()
+            release.wait()
+            return super()._select(request, cancel)
+
+    groups = np.repeat(np.arange(6), 300)  # 6 chunks of one problem each
+    rng = np.random.default_rng(0)
+    large = SelectionRequest(rng.standard_normal((len(groups), 8)).astype(np.float32), groups,
+                             np.full(6, 30), job_id="large")  # fmt: skip
+    selector = Held(chunk_rows=300)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(selector.select(large, timeout_s=600))
+        assert await asyncio.to_thread(started.wait, 120)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(run())
+        release.set()
+        selector._executor.submit(lambda: None).result(timeout=120)  # the thread is idle again
+        assert calls == [300], "one chunk started, none after it"
+        assert selector.abandoned == 1
+    finally:
+        release.set()
+        selector.close()
