@@ -23,6 +23,10 @@ from crest.proto.errors import invalid_fields
 # (measured; docs/design.md), and its snapshot stays well under Redis' 512 MiB value limit.
 MAX_REGION_CANDIDATES = 1 << 24  # candidate draws (subset members) per coreset region
 MAX_REGION_PROBLEMS = 1 << 18  # selection problems (subsets x classes) per coreset region
+# The default subset size's candidates per coreset seat (JobConfig.resolved_subset_size): the
+# reference's r = 1% of N is 3.9 per seat on CIFAR-10 (500 for B = 128); fewer lost accuracy
+# on W1 (r = 2 B, docs/benchmarks.md).
+CANDIDATES_PER_SEAT = 4
 
 
 class JobConfig(BaseModel):
@@ -66,7 +70,11 @@ class JobConfig(BaseModel):
     seed: int = Field(0, ge=0, lt=2**63)
 
     subset_size: int | None = Field(
-        None, ge=1, description="r, candidates per random subset; default 1% of N, >= 3 B"
+        None,
+        ge=1,
+        description="r, candidates per random subset; default 4 x max(B, C), capped at N: "
+        "4 candidates per coreset seat, and 4 per class when C > B (each class then has at "
+        "most one seat); bounded by the batch and the classes, not by N",
     )
     tau: float = Field(0.1, ge=0, le=1e6, description="check threshold on relative error")
     num_coresets: int = Field(5, ge=1, le=100_000, description="P of the first region, per rank")
@@ -204,10 +212,18 @@ class JobConfig(BaseModel):
 
     @property
     def resolved_subset_size(self) -> int:
-        """r: the configured subset size, or 1% of N but at least three batches."""
+        """r: the configured subset size, or ``CANDIDATES_PER_SEAT x max(B, C)``, at most N.
+
+        A coreset's B seats are split between the classes in proportion, and so are a
+        subset's r candidates: each class chooses its seats from ``r / B`` candidates per
+        seat. With more classes than seats (C > B) a class has at most one seat, so r grows
+        with C to give each class a few candidates to choose its one example from. Neither
+        grows with N: the reference's 1% of N made selection cost grow as N^2.
+        """
         if self.subset_size is not None:
             return self.subset_size
-        return min(self.num_examples, max(math.ceil(self.num_examples / 100), 3 * self.batch_size))
+        wanted = CANDIDATES_PER_SEAT * max(self.batch_size, self.num_classes)
+        return min(self.num_examples, wanted)
 
     @property
     def full_steps(self) -> int:
@@ -488,6 +504,10 @@ class RegionStats(BaseModel):
     # for equal-size stratified random batches from the same subsets. None: not measured.
     coreset_error: float | None = None
     random_error: float | None = None
+    # What the monitor measured: "all S subsets", "s of S subsets (budget)" (a deterministic
+    # sample within its budget), "skipped: ..." (the selection had used its deadline), or ""
+    # (no monitor: random batches or a fallback).
+    monitor: str = ""
     # Who embedded the candidates ("trainer" at the region's start, or "service" from
     # published weights), and how many steps old those weights were when the region started.
     embedded_by: Literal["trainer", "service"] = "trainer"

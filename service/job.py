@@ -63,7 +63,7 @@ from crest.service.region import (
     region_from_state,
     region_to_state,
 )
-from crest.service.strategy import AutoPolicy, coreset_quality
+from crest.service.strategy import AutoPolicy, bounded_coreset_quality
 from crest.worker.problems import SelectionRequest, SelectionResult
 
 __all__ = [
@@ -571,12 +571,17 @@ class JobState:
             stats = self.stats[region.region_id]
             stats.embedded_by, stats.staleness = "trainer", None
 
-    def complete_selection(self, region_id: int, result: SelectionResult) -> None:
+    def complete_selection(
+        self, region_id: int, result: SelectionResult, monitor: bool = True
+    ) -> None:
         """Assemble the region's coresets from a selector's answer to :meth:`selection_request`.
 
         ``result.rows`` index the request's rows (the subset members eligible for selection:
         all of them unless ``exclude_noisy``); its groups must be those rows' problems,
-        non-decreasing; its weights raw cluster sizes (>= 1).
+        non-decreasing; its weights raw cluster sizes (>= 1). ``monitor``: measure the
+        coresets (:func:`~crest.service.strategy.bounded_coreset_quality`); the coordinator
+        says no when the selection used its whole deadline (journaled, so that a replay
+        decides the same).
         """
         region = self._region(region_id)
         if region.phase is not Phase.SELECTING:
@@ -597,7 +602,7 @@ class JobState:
         if not np.all(np.isfinite(weights)) or np.any(weights < 1):
             raise InvalidArgument("weights must be finite and >= 1")
 
-        self._assemble(region, rows, groups, weights)
+        self._assemble(region, rows, groups, weights, monitor)
 
     def complete_fallback(self, region_id: int) -> None:
         """Complete a region without selection: stratified random batches of weight 1.
@@ -653,12 +658,16 @@ class JobState:
             region.initial_loss = float(region.losses[region.check_slots].mean())
         region.phase = Phase.READY
         stats = self.stats[region.region_id]
-        if monitor and region.embeddings is not None:
-            stats.coreset_error, stats.random_error = coreset_quality(
+        if not monitor and not stats.fallback:
+            stats.monitor = "skipped: the selection used its deadline"
+        elif monitor and region.embeddings is not None:
+            measured = bounded_coreset_quality(
                 region, rows, groups, weights, self.config, np.random.default_rng(
                     [self.config.seed, region.region_id, 2]
                 ),
             )  # fmt: skip
+            stats.coreset_error, stats.random_error = measured.coreset_error, measured.random_error
+            stats.monitor = measured.summary
         region.embeddings = None  # selection and the monitor were their only uses
         stats.weight_quantiles = np.quantile(
             region.coreset_weights, [0, 0.25, 0.5, 0.75, 1]

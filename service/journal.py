@@ -42,16 +42,17 @@ def uploaded(rank: int, region_id: int, chunks: list[UploadChunk]) -> bytes:
     )
 
 
-def selected(region_id: int, result: SelectionResult) -> bytes:
-    return pack(
-        {
-            "op": "select",
-            "region_id": region_id,
-            "rows": result.rows,
-            "groups": result.groups,
-            "weights": result.weights,
-        }
-    )
+def selected(region_id: int, result: SelectionResult, monitor: bool = True) -> bytes:
+    event = {
+        "op": "select",
+        "region_id": region_id,
+        "rows": result.rows,
+        "groups": result.groups,
+        "weights": result.weights,
+    }
+    if not monitor:  # journals written before the monitor could be skipped lack the key
+        event["monitor"] = False
+    return pack(event)
 
 
 def served(
@@ -105,7 +106,7 @@ def replay(state: JobState, blob: bytes) -> None:
         state.use_trainer_side(event["reason"])
     elif op == "select":
         result = SelectionResult(event["rows"], event["groups"], event["weights"])
-        state.complete_selection(event["region_id"], result)
+        state.complete_selection(event["region_id"], result, event.get("monitor", True))
     elif op == "fallback":
         state.complete_fallback(event["region_id"])
     elif op == "check":

@@ -955,6 +955,7 @@ class JobManager:
         return False
 
     async def _select(self, job: _Job, region_id: int) -> None:
+        started = time.monotonic()  # the selection's deadline covers building its request
         async with job.lock:
             region = job.state.unfinished_region(region_id)
             if job.stale or job.gone or region is None or region.phase is not Phase.SELECTING:
@@ -977,8 +978,11 @@ class JobManager:
             region = job.state.unfinished_region(region_id)
             if job.stale or job.gone or region is None or region.phase is not Phase.SELECTING:
                 return
+            # The monitor counts inside the selection's deadline: it runs (within its own
+            # budget) only while the deadline has time left.
+            monitor = time.monotonic() - started < limit
             try:
-                fallback = await _to_the_end(self._complete(job, region_id, result))
+                fallback = await _to_the_end(self._complete(job, region_id, result, monitor))
             except CrestError as err:  # stale, lost or unwritable: the next call says which
                 log.warning("could not journal region %d: %s", region_id, err)
                 return
@@ -998,15 +1002,16 @@ class JobManager:
             job.changed.notify_all()
 
     async def _complete(
-        self, job: _Job, region_id: int, result: SelectionResult | None
+        self, job: _Job, region_id: int, result: SelectionResult | None, monitor: bool = True
     ) -> bool | None:
-        """Complete the region, journaled: with the selector's answer, or with random batches
-        when there is none or it does not fit. Returns whether it fell back (None: strict
-        mode stopped the job on an answer that does not fit)."""
+        """Complete the region, journaled: with the selector's answer (measured by the
+        monitor if ``monitor``), or with random batches when there is none or it does not
+        fit. Returns whether it fell back (None: strict mode stopped the job on an answer
+        that does not fit)."""
         if result is not None:
             try:
-                await _off_loop(job.state.complete_selection, region_id, result)
-                await self._journal(job, journal.selected(region_id, result))
+                await _off_loop(job.state.complete_selection, region_id, result, monitor)
+                await self._journal(job, journal.selected(region_id, result, monitor))
                 return False
             except InvalidArgument as err:  # the selector's answer does not fit
                 if self._crash(job, region_id, err, "answered wrongly"):

@@ -9,6 +9,7 @@ so that the coordinator's state machine can use ``crest.worker.problems`` withou
 from importlib import import_module
 from typing import Any
 
+from crest.worker.cancel import Cancellation, SelectionCancelled
 from crest.worker.problems import (
     EmbedRequest,
     EmbedResult,
@@ -18,12 +19,14 @@ from crest.worker.problems import (
 )
 
 __all__ = [
+    "Cancellation",
     "EmbedRequest",
     "EmbedResult",
     "InProcessSelector",
     "KernelError",
     "PoolUnavailable",
     "RaySelector",
+    "SelectionCancelled",
     "SelectionRequest",
     "SelectionResult",
     "SelectionTimeout",

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from crest.worker.cancel import Cancellation
+
 # Gains within this many float eps of the best (scaled by the largest possible gain) are ties.
 TIE_ULPS = 16
 # Rows of a large problem's similarity read at once in an incremental update (4 Mi elements).
@@ -30,7 +32,9 @@ def tie_tolerance(dtype: torch.dtype, rows: int) -> float:
     return TIE_ULPS * torch.finfo(dtype).eps * rows
 
 
-def greedy_facility_location(sim: Tensor, valid: Tensor, budgets: Tensor) -> Tensor:
+def greedy_facility_location(
+    sim: Tensor, valid: Tensor, budgets: Tensor, cancel: Cancellation | None = None
+) -> Tensor:
     """Greedy facility location for a batch of padded problems.
 
     Working memory: one more ``(G, n, n)`` buffer; callers bound ``G n^2``.
@@ -39,10 +43,14 @@ def greedy_facility_location(sim: Tensor, valid: Tensor, budgets: Tensor) -> Ten
         sim: ``(G, n, n)`` symmetric similarities, zero in padding rows and columns (read only).
         valid: ``(G, n)`` bool, ``False`` on padding rows.
         budgets: ``(G,)`` int64, how many to choose per problem.
+        cancel: checked before every greedy step.
 
     Returns:
         ``(G, k)`` int64 chosen rows in greedy order, ``k = max(min(budget, size))``, padded
         with ``-1`` where a problem chose fewer.
+
+    Raises:
+        SelectionCancelled: ``cancel`` was cancelled or its deadline passed.
     """
     num_groups, n, _ = sim.shape
     device, dtype = sim.device, sim.dtype
@@ -67,6 +75,8 @@ def greedy_facility_location(sim: Tensor, valid: Tensor, budgets: Tensor) -> Ten
     # Greedy is a prefix process: running every problem for k steps and cutting each at its
     # own budget gives the same picks, and keeps the loop free of per-problem masks.
     for step in range(k):
+        if cancel is not None:
+            cancel.check()
         # F(S + j) = sum_i max(s_ij, cover_i); maximising it maximises the marginal gain.
         if step == 0:  # cover is still 0 and similarities are positive
             torch.sum(sim, 1, out=value)
@@ -86,7 +96,7 @@ def greedy_facility_location(sim: Tensor, valid: Tensor, budgets: Tensor) -> Ten
     return torch.cat(picks, 1).masked_fill_(steps >= budgets.unsqueeze(1), -1)  # (G, k)
 
 
-def greedy_incremental(sim: Tensor, budget: int) -> Tensor:
+def greedy_incremental(sim: Tensor, budget: int, cancel: Cancellation | None = None) -> Tensor:
     """Greedy facility location for one problem, with incremental gain updates.
 
     Picks exactly what :func:`greedy_facility_location` picks on ``sim[None]`` (same rule;
@@ -96,9 +106,13 @@ def greedy_incremental(sim: Tensor, budget: int) -> Tensor:
     Args:
         sim: ``(n, n)`` symmetric similarities, float32 or float64.
         budget: how many rows to choose (capped at ``n``).
+        cancel: checked before every greedy step.
 
     Returns:
         ``(min(budget, n),)`` int64 chosen rows in greedy order.
+
+    Raises:
+        SelectionCancelled: ``cancel`` was cancelled or its deadline passed.
     """
     n = sim.shape[0]
     device, dtype = sim.device, sim.dtype
@@ -112,6 +126,8 @@ def greedy_incremental(sim: Tensor, budget: int) -> Tensor:
     cover = torch.zeros(n, dtype=dtype, device=device)
     picks = torch.empty(k, dtype=torch.long, device=device)
     for step in range(k):
+        if cancel is not None:
+            cancel.check()
         pick = int(torch.argmax((gain >= gain.max() - tol).to(torch.uint8)))
         picks[step] = pick
         row = sim[pick]  # (n,) similarity of every row to the pick (sim is symmetric)

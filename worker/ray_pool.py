@@ -18,9 +18,11 @@ coordinator's asyncio loop:
   the queue for another actor; Ray restarts the actor (``max_restarts``), and the pool
   replaces one that stays dead. ``select`` never waits past its caller's deadline (default
   ``deadline_s``): then it raises
-  :class:`SelectionTimeout` and the caller falls back (random batches for the region). An
-  actor still busy when its whole batch has timed out is hung (or hopelessly slow): it is
-  killed and restarted, so that it cannot stay stuck.
+  :class:`SelectionTimeout` and the caller falls back (random batches for the region). A
+  kernel call carries the time left to its batch's last deadline, and the actor abandons it
+  there (:class:`~crest.worker.cancel.Cancellation`), free for the next batch. An actor still
+  busy when its whole batch has timed out is hung (or hopelessly slow): it is killed and
+  restarted, so that it cannot stay stuck.
 * Nothing here blocks the event loop: ObjectRefs are awaited, never ``ray.get``.
 * :meth:`RaySelector.embed` runs a trainer's exported model (:mod:`crest.worker.model`) on
   candidates through the same queue, alone in its call (so an actor never runs a forward
@@ -55,6 +57,7 @@ import torch
 from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
 from crest.proto.errors import CrestError, InvalidArgument, Unavailable
+from crest.worker.cancel import Cancellation, SelectionCancelled
 from crest.worker.fair_queue import FairQueue
 from crest.worker.model import ModelCache
 from crest.worker.placement import available_cores, pin_process, selector_threads
@@ -172,11 +175,15 @@ class SelectorActor:
         """The cores this actor runs on (those of the thread answering)."""
         return available_cores()
 
-    def select(self, *payloads: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[Any]:
-        """Solve ``(embeddings, groups, budgets)`` payloads with one kernel call."""
+    def select(
+        self, *payloads: tuple[np.ndarray, np.ndarray, np.ndarray], timeout_s: float | None = None
+    ) -> list[Any]:
+        """Solve ``(embeddings, groups, budgets)`` payloads with one kernel call, abandoned
+        (:class:`~crest.worker.cancel.SelectionCancelled`) ``timeout_s`` after it starts: by
+        then every caller of the batch has given up, and the actor is free for the next."""
         torch.set_num_threads(self.threads)
         requests = [SelectionRequest(*payload) for payload in payloads]
-        return solve_many(requests, self.device)
+        return solve_many(requests, self.device, Cancellation.after(timeout_s))
 
     def embed(
         self,
@@ -293,6 +300,7 @@ class RaySelector:
         self._actor_args = (threads, self.gpu_share > 0, self.cores)
         self._slots = [_Slot(self._new_actor()) for _ in range(num_actors)]
         self._closed = False
+        self.abandoned = 0  # kernel calls the actors gave up at their batch's deadline
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: FairQueue[_Pending] = FairQueue(size=lambda item: item.rows, key=_batch_key)
         self._wake: asyncio.Condition | None = None
@@ -523,14 +531,20 @@ class RaySelector:
             watchdog = max(last - started, 0.0) + self.ping_timeout_s
             try:
                 results = await asyncio.wait_for(_run(slot.actor, batch), watchdog)
+            # First: an actor's SelectionCancelled arrives as a RayTaskError that is also a
+            # TimeoutError, and the actor is not hung.
+            except RayTaskError as err:
+                if isinstance(err.cause, SelectionCancelled):  # past every caller's deadline
+                    self.abandoned += 1
+                    _fail(batch, SelectionTimeout(f"selection abandoned by the actor: {err.cause}"))
+                else:  # it raised: some request of the batch is bad
+                    await self._fail_or_split(batch, err)
+                continue
             except TimeoutError:
                 log.warning("selector actor %s busy past %.0f s; restarting it", slot.pid, watchdog)
                 ray.kill(slot.actor, no_restart=False)
                 await self._requeue(batch)
                 await self._recover(slot)
-                continue
-            except RayTaskError as err:  # it raised: some request of the batch is bad
-                await self._fail_or_split(batch, err)
                 continue
             except RayActorError as err:  # the actor died: another one (or it, back) retries
                 log.warning("selector actor %s lost (%s); retrying its batch", slot.pid, err)
@@ -539,9 +553,7 @@ class RaySelector:
                 continue
             except Exception as err:  # never let a serving task die: fail this batch only
                 log.exception("%s batch failed", batch[0].kind)
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(PoolUnavailable(f"{item.kind} failed: {err}"))
+                _fail(batch, PoolUnavailable(f"{batch[0].kind} failed: {err}"))
                 continue
             finally:
                 slot.in_flight = 0
@@ -624,8 +636,16 @@ async def _put(payload: object, nbytes: int) -> ray.ObjectRef:
     return ray.put(payload)
 
 
+def _fail(batch: list[_Pending], error: Exception) -> None:
+    """Fail the batch's requests still waiting."""
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(error)
+
+
 async def _run(actor: Any, batch: list[_Pending]) -> list[Any]:
-    """One actor call for a batch: a kernel call, or one embedding (always alone)."""
+    """One actor call for a batch: a kernel call, or one embedding (always alone). A kernel
+    call carries the time left to the batch's last deadline, and the actor stops there."""
     first = batch[0]
     if isinstance(first.request, EmbedRequest):
         request = first.request
@@ -635,7 +655,9 @@ async def _run(actor: Any, batch: list[_Pending]) -> list[Any]:
         # Copies: the arrays are read-only views of the object store, which would keep the
         # object pinned (and, held by a job for long, fill the store until Ray spills).
         return [EmbedResult(result.embeddings.copy(), result.losses.copy())]
-    return await _resolve(actor.select.remote(*[item.payload for item in batch]))
+    left = max(item.deadline for item in batch) - asyncio.get_running_loop().time()
+    payloads = [item.payload for item in batch]
+    return await _resolve(actor.select.remote(*payloads, timeout_s=max(left, 0.0)))
 
 
 def _payload(request: SelectionRequest) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

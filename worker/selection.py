@@ -22,8 +22,9 @@ in different summation orders, still resolve to the lowest row.
 How a problem is solved depends on that problem alone, never on the rest of its batch, so a
 batch gives exactly what one call per problem gives:
 
-* problems under ``_INCREMENTAL_ROWS`` rows (every CREST region) are padded to the largest
-  one and solved together in float64, in slices of at most ``_DENSE_ELEMENTS`` similarities;
+* problems under ``_INCREMENTAL_ROWS`` rows (every CREST region) are solved together in
+  float64, in slices of similar sizes padded to the slice's largest problem and holding at
+  most ``_DENSE_ELEMENTS`` similarities; problems with budget 0 are skipped;
 * larger problems are solved one at a time by incremental greedy, in float64 up to
   ``_FLOAT64_LIMIT`` similarities and in float32 above (a 20,000-row problem's similarities
   take 1.6 GB in float32).
@@ -36,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from crest.worker.cancel import Cancellation
 from crest.worker.greedy import cluster_sizes, greedy_facility_location, greedy_incremental
 from crest.worker.similarity import pairwise_similarity, symmetric_similarity
 
@@ -59,7 +61,7 @@ _FLOAT64_LIMIT = 1 << 25
 
 
 def select_groups(
-    embeddings: Tensor, groups: Tensor, budgets: Tensor
+    embeddings: Tensor, groups: Tensor, budgets: Tensor, cancel: Cancellation | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Solve many facility-location problems in one batched call.
 
@@ -68,6 +70,8 @@ def select_groups(
         groups: ``(M,)`` int64 problem id of each row, in ``[0, G)``. A problem's rows keep
             their relative order, which decides ties (lowest first).
         budgets: ``(G,)`` int64 how many rows to choose in each problem (``>= 0``).
+        cancel: checked before each slice or large problem, and inside them between greedy
+            steps and distance chunks: an abandoned call stops within one of those.
 
     Returns:
         ``(rows, chosen_groups, weights)``: ``rows`` ``(K,)`` int64 rows of ``embeddings``,
@@ -75,7 +79,12 @@ def select_groups(
         ``chosen_groups`` ``(K,)`` their problem ids; ``weights`` ``(K,)`` float32 raw cluster
         sizes (each at least 1; a problem's weights sum to at least its size). All on the
         device of ``embeddings``.
+
+    Raises:
+        SelectionCancelled: ``cancel`` was cancelled or its deadline passed.
     """
+    if cancel is not None:
+        cancel.check()
     device = embeddings.device
     groups = groups.to(device=device, dtype=torch.long)
     budgets = budgets.to(device=device, dtype=torch.long)
@@ -86,41 +95,62 @@ def select_groups(
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty.clone(), torch.zeros(0, dtype=torch.float32, device=device)
 
-    slots = _padded_slots(groups, counts, n)  # (G, n) input row of each slot, -1 = padding
-    if n >= _INCREMENTAL_ROWS:
-        starts = range(num_groups)
-        parts = [
-            _solve_large(embeddings, slots[g, :size], int(budgets[g]))
-            for g, size in enumerate(counts.tolist())
-        ]
-    else:
-        starts = range(0, num_groups, max(1, _DENSE_ELEMENTS // (n * n)))
-        parts = [
-            _solve_dense(embeddings, slots[start : start + starts.step], budgets[start:])
-            for start in starts
-        ]
-    rows = torch.cat([part[0] for part in parts])
-    chosen_groups = torch.cat([part[1] + start for start, part in zip(starts, parts, strict=True)])
-    weights = torch.cat([part[2] for part in parts])
-    return rows, chosen_groups, weights.to(torch.float32)
-
-
-def _padded_slots(groups: Tensor, counts: Tensor, n: int) -> Tensor:
-    """``(G, n)`` int64: the input row in each problem's slots, in input order, ``-1`` after."""
-    num_groups = counts.shape[0]
     order = torch.sort(groups, stable=True).indices  # (M,) rows grouped, input order kept
-    if int(counts.min()) == n:  # equal sizes (every CREST region): no padding
-        return order.view(num_groups, n)
-    sorted_groups = groups[order]
-    starts = torch.cumsum(counts, 0) - counts  # (G,)
-    position = torch.arange(groups.numel(), device=groups.device) - starts[sorted_groups]
-    slots = torch.full((num_groups, n), -1, dtype=torch.long, device=groups.device)
-    slots[sorted_groups, position] = order
-    return slots
+    first = torch.cumsum(counts, 0) - counts  # (G,) where each problem starts in ``order``
+    ids, parts = [torch.zeros(0, dtype=torch.long, device=device)], []
+    # A problem with no budget or no rows chooses nothing: skipped (with more classes than a
+    # batch has seats, most of a region's problems have budget 0).
+    for problems in _problem_slices(torch.where(budgets > 0, counts, 0)):
+        if cancel is not None:
+            cancel.check()
+        width = int(counts[problems].max())
+        slots = _padded_slots(order, first[problems], counts[problems], width)
+        if width >= _INCREMENTAL_ROWS:  # one large problem
+            part = _solve_large(embeddings, slots[0], int(budgets[problems[0]]), cancel)
+        else:
+            part = _solve_dense(embeddings, slots, budgets[problems], cancel)
+        ids.append(problems[part[1]])
+        parts.append(part)
+    chosen_groups = torch.cat(ids)
+    # Slices take problems by size: back to increasing id, greedy order kept within each.
+    by_id = torch.sort(chosen_groups, stable=True).indices
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    rows = torch.cat([empty] + [part[0] for part in parts])[by_id]
+    weights = torch.cat([empty.double()] + [part[2] for part in parts])[by_id]
+    return rows, chosen_groups[by_id], weights.to(torch.float32)
+
+
+def _problem_slices(counts: Tensor) -> list[Tensor]:
+    """Problem ids solved together, slice by slice (those of size 0 in none): each large
+    problem alone; small ones in
+    slices of similar sizes (rows rounded up to a power of two), each slice padded to its own
+    largest problem and holding at most ``_DENSE_ELEMENTS`` similarities, so that neither a
+    few large problems nor many classes make the small ones pay for padding."""
+    device = counts.device
+    sizes = counts.cpu()
+    large = torch.nonzero(sizes >= _INCREMENTAL_ROWS).squeeze(1)
+    slices = [large[i : i + 1].to(device) for i in range(len(large))]
+    small = torch.nonzero((sizes > 0) & (sizes < _INCREMENTAL_ROWS)).squeeze(1)
+    bucket = torch.ceil(torch.log2(sizes[small].double())).long()  # 2^(b-1) < size <= 2^b
+    for b in torch.unique(bucket).tolist():
+        members = small[bucket == b]  # increasing id
+        width = int(sizes[members].max())
+        step = max(1, _DENSE_ELEMENTS // (width * width))
+        slices += [members[i : i + step].to(device) for i in range(0, len(members), step)]
+    return slices
+
+
+def _padded_slots(order: Tensor, first: Tensor, counts: Tensor, width: int) -> Tensor:
+    """``(g, width)`` int64: the input rows of ``g`` problems in their slots, in input order,
+    ``-1`` after; problem ``i``'s rows are ``order[first[i] : first[i] + counts[i]]``."""
+    position = torch.arange(width, device=order.device)  # (width,)
+    index = first.unsqueeze(1) + position  # (g, width)
+    inside = position < counts.unsqueeze(1)
+    return torch.where(inside, order[index.clamp(max=len(order) - 1)], -1)
 
 
 def _solve_dense(
-    embeddings: Tensor, slots: Tensor, budgets: Tensor
+    embeddings: Tensor, slots: Tensor, budgets: Tensor, cancel: Cancellation | None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Solve a slice of small problems together; returns (rows, problem in slice, weights)."""
     budgets = budgets[: len(slots)]
@@ -129,10 +159,10 @@ def _solve_dense(
     # (G, n, d) float64 candidates; padding slots repeat row 0 and are masked out below.
     flat_slots = (slots.clamp(min=0) if padded else slots).reshape(-1)
     points = embeddings.index_select(0, flat_slots).view(*slots.shape, -1).to(torch.float64)
-    sim = pairwise_similarity(points)  # (G, n, n)
+    sim = pairwise_similarity(points, cancel)  # (G, n, n)
     if padded:  # padding rows and columns must neither cover nor be chosen
         sim.masked_fill_(~valid.unsqueeze(2), 0).masked_fill_(~valid.unsqueeze(1), 0)
-    picks = greedy_facility_location(sim, valid, budgets)  # (G, k) slots, -1 = none
+    picks = greedy_facility_location(sim, valid, budgets, cancel)  # (G, k) slots, -1 = none
     weights = cluster_sizes(sim, valid, picks)  # (G, k)
     problem = torch.arange(len(slots), device=slots.device).unsqueeze(1).expand_as(picks)
     rows = slots.gather(1, picks.clamp(min=0))
@@ -142,7 +172,9 @@ def _solve_dense(
     return rows[chosen], problem[chosen], weights[chosen]
 
 
-def _solve_large(embeddings: Tensor, members: Tensor, budget: int) -> tuple[Tensor, Tensor, Tensor]:
+def _solve_large(
+    embeddings: Tensor, members: Tensor, budget: int, cancel: Cancellation | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Solve one problem, its input rows ``members`` in order; returns (rows, 0s, weights)."""
     n = len(members)
     dtype = torch.float64 if n * n <= _FLOAT64_LIMIT else torch.float32
@@ -152,8 +184,8 @@ def _solve_large(embeddings: Tensor, members: Tensor, budget: int) -> tuple[Tens
     else:
         points = embeddings[members]
     sim = torch.empty(n, n, dtype=dtype, device=embeddings.device)
-    symmetric_similarity(points.to(dtype), out=sim)
-    picks = greedy_incremental(sim, budget)  # (k,)
+    symmetric_similarity(points.to(dtype), out=sim, cancel=cancel)
+    picks = greedy_incremental(sim, budget, cancel)  # (k,)
     valid = torch.ones(1, n, dtype=torch.bool, device=sim.device)
     weights = cluster_sizes(sim.unsqueeze(0), valid, picks.unsqueeze(0)).squeeze(0)
     return members[picks], torch.zeros_like(picks), weights

@@ -11,12 +11,14 @@ candidates with a trainer's exported model (:func:`run_embedding`).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from crest.worker.cancel import Cancellation, SelectionCancelled
 from crest.worker.model import ExportedModel, ModelCache, tensor_view
 from crest.worker.placement import available_cores, pin_current_thread, selector_threads
 from crest.worker.problems import (
@@ -48,13 +50,19 @@ __all__ = [
 ]
 
 
-def run_selection(request: SelectionRequest, device: str | torch.device = "cpu") -> SelectionResult:
+def run_selection(
+    request: SelectionRequest,
+    device: str | torch.device = "cpu",
+    cancel: Cancellation | None = None,
+) -> SelectionResult:
     """Run the batched kernel on one request, synchronously."""
-    return solve_many([request], device)[0]
+    return solve_many([request], device, cancel)[0]
 
 
 def solve_many(
-    requests: Sequence[SelectionRequest], device: str | torch.device = "cpu"
+    requests: Sequence[SelectionRequest],
+    device: str | torch.device = "cpu",
+    cancel: Cancellation | None = None,
 ) -> list[SelectionResult]:
     """Solve several requests with one kernel call; one result per request, in order.
 
@@ -64,12 +72,14 @@ def solve_many(
     Args:
         requests: the requests; each one's group ids start at 0.
         device: where the kernel runs.
+        cancel: abandons the call (:func:`~crest.worker.selection.select_groups`).
 
     Returns:
         What :func:`run_selection` returns for each request alone.
 
     Raises:
         ValueError: a request is malformed (:func:`check_request`), or dimensions differ.
+        SelectionCancelled: ``cancel`` was cancelled or its deadline passed.
     """
     for request in requests:
         check_request(request)
@@ -92,6 +102,7 @@ def solve_many(
         embeddings.to(device),
         tensor_view(np.asarray(groups, dtype=np.int64)),
         tensor_view(np.asarray(budgets, dtype=np.int64)),
+        cancel,
     )
     rows, chosen_groups, weights = (t.cpu().numpy() for t in chosen)
     if len(requests) == 1:
@@ -123,6 +134,12 @@ def run_embedding(
     model = cache.get(request.model_id, lambda: ExportedModel(request.artifact, device))
     model.load_weights(request.weights)
     return EmbedResult(*model.embed(request.inputs, request.labels, request.batch_size))
+
+
+def _finished_uncancelled(chunk: Future[SelectionResult]) -> bool:
+    """Whether a chunk's call is over without the kernel having stopped it (which
+    :meth:`InProcessSelector._select` counted already)."""
+    return chunk.done() and not isinstance(chunk.exception(), SelectionCancelled)
 
 
 def _checked_split(request: SelectionRequest, max_rows: int) -> list[RequestChunk]:
@@ -163,6 +180,8 @@ class InProcessSelector:
             raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self.chunk_rows = chunk_rows
         self.device = torch.device(device)
+        self.abandoned = 0  # selections their callers gave up on, stopped or never started
+        self._abandoned_lock = threading.Lock()
         self._models = ModelCache()  # used on the worker thread only
         self.cores = tuple(sorted(cores)) if cores else None
         self.threads = selector_threads(threads, self.cores)
@@ -188,21 +207,45 @@ class InProcessSelector:
     ) -> SelectionResult:
         """Solve ``request`` on the worker thread, in chunks of whole problems of at most
         ``chunk_rows`` rows, one kernel call each and one after another: another job's request
-        queues behind the chunk running, not behind the whole selection, and a selection that
-        times out stops after its current chunk."""
+        queues behind the chunk running, not behind the whole selection.
+
+        A selection its caller abandons (past ``timeout_s``, or cancelled) does not hold the
+        thread: its queued chunks never start, and the chunk running stops at the kernel's
+        next check (:class:`~crest.worker.cancel.Cancellation`). Either way it counts in
+        :attr:`abandoned`.
+
+        Raises:
+            TimeoutError: no answer within ``timeout_s``.
+        """
+        cancel = Cancellation.after(timeout_s)
         loop = asyncio.get_running_loop()
         results = []
-        async with asyncio.timeout(timeout_s):  # the thread finishes its kernel call regardless
-            chunks = await loop.run_in_executor(
-                self._executor, _checked_split, request, self.chunk_rows
-            )
-            for chunk in chunks:
-                results.append(
-                    await loop.run_in_executor(
-                        self._executor, run_selection, chunk.request, self.device
-                    )
+        pending: Future[SelectionResult] | None = None  # the chunk submitted last
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunks = await loop.run_in_executor(
+                    self._executor, _checked_split, request, self.chunk_rows
                 )
+                for chunk in chunks:
+                    pending = self._executor.submit(self._select, chunk.request, cancel)
+                    results.append(await asyncio.wrap_future(pending))
+        except (TimeoutError, asyncio.CancelledError):
+            cancel.cancel()  # a chunk running stops at its next check, and counts itself
+            if pending is None or pending.cancel() or _finished_uncancelled(pending):
+                self._abandon()  # stopped before, between or instead of a chunk
+            raise
         return join_results(chunks, results)
+
+    def _select(self, request: SelectionRequest, cancel: Cancellation) -> SelectionResult:
+        try:
+            return run_selection(request, self.device, cancel)
+        except SelectionCancelled:
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        with self._abandoned_lock:  # the loop's thread and the worker's both count
+            self.abandoned += 1
 
     async def embed(self, request: EmbedRequest, timeout_s: float | None = None) -> EmbedResult:
         loop = asyncio.get_running_loop()

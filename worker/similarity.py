@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from crest.worker.cancel import Cancellation
+
 # Problems with at most this many (row x row x dim) elements get distances from explicit
 # differences (exact, symmetric, zero diagonal, bit-identical columns for duplicate rows);
 # larger ones from a matrix product (fast, small memory, not exact for near-duplicates).
@@ -22,14 +24,24 @@ _CHUNK_ELEMENTS = 1 << 24
 _BLOCK_ROWS = 2048
 
 
-def pairwise_similarity(embeddings: Tensor) -> Tensor:
+def pairwise_similarity(embeddings: Tensor, cancel: Cancellation | None = None) -> Tensor:
     """Similarities within each problem of a batch.
+
+    Matrix-product distances are computed in chunks of whole problems, or of rows of one
+    problem when a problem alone exceeds the chunk, each of about ``_CHUNK_ELEMENTS``
+    (rows x n x dim): memory and work per chunk stay bounded however many problems there are
+    (chunking rows across every problem at once would fall to one row per chunk at 1,000
+    classes). The chunking depends on ``(n, dim)`` only, never on the number of problems.
 
     Args:
         embeddings: ``(G, n, d)`` float tensor, ``G`` problems of ``n`` rows each.
+        cancel: checked between chunks (:class:`~crest.worker.cancel.Cancellation`).
 
     Returns:
         ``(G, n, n)`` tensor of the same dtype and device, with ones on the diagonal.
+
+    Raises:
+        SelectionCancelled: ``cancel`` was cancelled or its deadline passed.
     """
     num_groups, n, dim = embeddings.shape
     if n * n * dim <= EXACT_DISTANCE_LIMIT:
@@ -37,17 +49,33 @@ def pairwise_similarity(embeddings: Tensor) -> Tensor:
         dist = torch.cdist(embeddings, embeddings, compute_mode="donot_use_mm_for_euclid_dist")
     else:
         dist = torch.empty(num_groups, n, n, dtype=embeddings.dtype, device=embeddings.device)
-        rows = max(1, _CHUNK_ELEMENTS // max(1, num_groups * n * dim))
-        for start in range(0, n, rows):
-            stop = min(n, start + rows)
-            dist[:, start:stop] = torch.cdist(
-                embeddings[:, start:stop], embeddings, compute_mode="use_mm_for_euclid_dist"
-            )
+        rows, groups = similarity_chunk(n, dim)
+        for first in range(0, num_groups, groups):
+            problems = embeddings[first : first + groups]
+            for start in range(0, n, rows):
+                if cancel is not None:
+                    cancel.check()
+                dist[first : first + groups, start : start + rows] = torch.cdist(
+                    problems[:, start : start + rows],
+                    problems,
+                    compute_mode="use_mm_for_euclid_dist",
+                )
         dist.diagonal(dim1=1, dim2=2).zero_()
     return dist.div_(-dim).exp_()  # (G, n, n) similarity per problem
 
 
-def symmetric_similarity(embeddings: Tensor, out: Tensor) -> Tensor:
+def similarity_chunk(n: int, dim: int) -> tuple[int, int]:
+    """``(rows, problems)`` of one matrix-product distance chunk for problems of ``n`` rows
+    in ``dim`` dimensions: whole problems while one fits ``_CHUNK_ELEMENTS``, else rows of
+    one problem (at least one)."""
+    per_row = max(1, n * dim)
+    rows = min(n, max(1, _CHUNK_ELEMENTS // per_row))
+    return rows, max(1, _CHUNK_ELEMENTS // (rows * per_row)) if rows == n else 1
+
+
+def symmetric_similarity(
+    embeddings: Tensor, out: Tensor, cancel: Cancellation | None = None
+) -> Tensor:
     """Similarities of one problem, written into ``out`` block by block.
 
     Only blocks on and above the diagonal are computed; each is mirrored below it, so ``out``
@@ -57,9 +85,13 @@ def symmetric_similarity(embeddings: Tensor, out: Tensor) -> Tensor:
     Args:
         embeddings: ``(n, d)`` float tensor (read only), the dtype the result is computed in.
         out: ``(n, n)`` tensor of that dtype and device, overwritten.
+        cancel: checked between blocks.
 
     Returns:
         ``out``.
+
+    Raises:
+        SelectionCancelled: ``cancel`` was cancelled or its deadline passed.
     """
     n, dim = embeddings.shape
     exact = n * n * dim <= EXACT_DISTANCE_LIMIT
@@ -67,6 +99,8 @@ def symmetric_similarity(embeddings: Tensor, out: Tensor) -> Tensor:
     for start in range(0, n, _BLOCK_ROWS):
         rows = embeddings[start : start + _BLOCK_ROWS]
         for other in range(start, n, _BLOCK_ROWS):
+            if cancel is not None:
+                cancel.check()
             block = torch.cdist(rows, embeddings[other : other + _BLOCK_ROWS], compute_mode=mode)
             if other == start:  # matrix-product distances are not symmetric to the last bit
                 block = block.triu_(1)

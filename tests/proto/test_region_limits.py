@@ -12,7 +12,8 @@ def test_the_config_that_stalled_the_coordinator_is_refused_naming_fields_and_bo
         JobConfig(num_examples=60_000, num_classes=2, world_size=16, num_coresets=10_000)
     message = str(caught.value)
     assert message.startswith("invalid job config: world_size x num_coresets x subset_size")
-    assert "16 ranks x 10000 coresets x 600 candidates = 96,000,000" in message
+    # The default subset is 4 max(B, C) = 512 candidates now (1% of N = 600 then): still over.
+    assert "16 ranks x 10000 coresets x 512 candidates = 81,920,000" in message
     assert f"over the limit of {MAX_REGION_CANDIDATES:,}" in message
 
 

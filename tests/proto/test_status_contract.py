@@ -42,7 +42,7 @@ def rich_status() -> JobStatus:
         checks=checks, mode="random", decision="coresets beat random batches 1.2x < 1.5",
         coreset_error=0.25, random_error=math.inf, embedded_by="service", staleness=7,
         checks_omitted=0,
-        excluded=7,
+        excluded=7, monitor="2 of 5 subsets (budget)",
     )  # fmt: skip
     running = RegionStats(
         region_id=1, start_step=6, num_coresets=4, check_interval=1, num_candidates=280,

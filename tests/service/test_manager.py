@@ -300,3 +300,43 @@ def test_a_resume_into_an_archived_region_is_answered_from_the_archive_until_it_
         await manager.close()
 
     asyncio.run(main())
+
+
+def test_the_monitor_is_skipped_when_the_selection_used_its_deadline_and_replays_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Building the first region's request takes the whole deadline (a sleep past it): the
+    # selector still answers, but the monitor, counted inside the deadline, is skipped and
+    # says so; a restarted manager replays the same decision from the journal.
+    import time as clock
+
+    from crest.service.job import JobState
+
+    build = JobState.selection_request
+    slow = {0}
+
+    def slow_request(self: JobState, region_id: int) -> SelectionRequest:
+        if region_id in slow:
+            clock.sleep(1.5)
+        return build(self, region_id)
+
+    monkeypatch.setattr(JobState, "selection_request", slow_request)
+
+    async def main() -> None:
+        store = MemoryStore()
+        first = new_manager(store, selection_timeout_s=1.0)
+        job_id = await first.create_job(CONFIG, LABELS, job_id="j")
+        await drive(first, job_id, 0, 30, [0])
+        status = await first.job_status(job_id)
+        first.selector.close()
+        skipped, measured = status.regions[0], status.regions[1]
+        assert not skipped.fallback and skipped.monitor.startswith("skipped")
+        assert skipped.coreset_error is None and skipped.random_error is None
+        assert measured.monitor.startswith("all ") and measured.coreset_error is not None
+
+        second = new_manager(store)
+        await second.start()
+        assert (await second.job_status("j")).regions[:2] == status.regions[:2]
+        second.selector.close()
+
+    asyncio.run(main())

@@ -80,6 +80,7 @@ def select_all(pool, requests: list[SelectionRequest]) -> list[SelectionResult]:
 # and a short-lived extra actor a quarter.
 POOL = {"num_actors": 2, "cpus_per_actor": 0.5, "deadline_s": 120, "ready_timeout_s": 120}
 EXTRA = {"cpus_per_actor": 0.25, "ready_timeout_s": 120}
+EXTRA_ACTOR = {"num_cpus": 0.25, "num_gpus": 0}
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +298,53 @@ def test_bad_request_fails_alone(pool) -> None:
     assert isinstance(bad_result, InvalidArgument)
     assert isinstance(good_result, SelectionResult)
     assert_same([good_result], expected([good]))
+
+
+def test_actor_abandons_a_kernel_call_past_its_deadline() -> None:
+    import ray
+
+    from crest.worker.cancel import SelectionCancelled
+
+    actor = ray.remote(ray_pool.SelectorActor).options(**EXTRA_ACTOR).remote(1, False)
+    request = region(11, "a")
+    payload = (request.embeddings, request.groups, request.budgets)
+    try:
+        with pytest.raises(ray.exceptions.RayTaskError) as raised:
+            ray.get(actor.select.remote(payload, timeout_s=0.0), timeout=120)
+        assert isinstance(raised.value.cause, SelectionCancelled)
+        (result,) = ray.get(actor.select.remote(payload, timeout_s=120.0), timeout=120)
+    finally:
+        ray.kill(actor, no_restart=True)
+    assert_same([result], expected([request]))
+
+
+def test_pool_maps_an_abandoned_call_to_a_timeout_and_keeps_the_actor(
+    fresh_pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch dispatched with no time left (its deadline passed on the way): the actor gives
+    # the call up at once, the caller gets SelectionTimeout, and the actor, not hung, is
+    # neither killed nor restarted and serves the next request.
+    run = ray_pool._run
+
+    async def late(actor, batch):
+        for item in batch:
+            item.deadline = asyncio.get_running_loop().time()
+        return await run(actor, batch)
+
+    pids = list(fresh_pool.actor_pids)
+    request = region(12, "b")
+
+    async def go() -> SelectionResult:
+        monkeypatch.setattr(ray_pool, "_run", late)
+        with pytest.raises(ray_pool.SelectionTimeout, match="abandoned by the actor"):
+            await fresh_pool.select(request)
+        monkeypatch.setattr(ray_pool, "_run", run)
+        return await fresh_pool.select(request)
+
+    result = asyncio.run(go())
+    assert fresh_pool.abandoned == 1
+    assert fresh_pool.actor_pids == pids
+    assert_same([result], expected([request]))
 
 
 def local_embedding(request: EmbedRequest) -> tuple[np.ndarray, np.ndarray]:

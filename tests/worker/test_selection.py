@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from crest.worker import selection
+from crest.worker.cancel import Cancellation, SelectionCancelled
 from crest.worker.greedy import cluster_sizes, greedy_facility_location, greedy_incremental
 from crest.worker.selection import select_coreset, select_groups
 from crest.worker.similarity import pairwise_similarity, symmetric_similarity
@@ -250,3 +251,131 @@ def test_read_only_input_is_not_written() -> None:
     result = select_coreset(view, labels, 5)
     assert torch.equal(result[0], select_coreset(embeddings, labels, 5)[0])
     assert np.array_equal(frozen, embeddings.numpy())
+
+
+def test_many_small_problems_match_oracle() -> None:
+    # 1,000 classes' problems of 1-9 rows, budgets 0-3 (with more classes than batch seats,
+    # most budgets are 0 or 1): every problem as the brute-force greedy picks it alone.
+    rng = np.random.default_rng(21)
+    sizes = rng.integers(1, 10, 1000)
+    budgets = rng.integers(0, 4, 1000)
+    groups = rng.permutation(np.repeat(np.arange(1000), sizes))
+    embeddings = rng.standard_normal((len(groups), 6))
+    rows, chosen_groups, weights = select_groups(
+        torch.from_numpy(embeddings).float(), torch.from_numpy(groups), torch.from_numpy(budgets)
+    )
+    assert np.all(np.diff(chosen_groups.numpy()) >= 0)
+    for g in range(1000):
+        members = np.flatnonzero(groups == g)
+        mine = chosen_groups == g
+        if budgets[g] == 0:
+            assert not bool(mine.any())
+            continue
+        points = embeddings[members].astype(np.float32).astype(np.float64).tolist()
+        want_rows, want_weights = oracle_coreset(points, [0] * len(members), int(budgets[g]))
+        assert rows[mine].tolist() == members[want_rows].tolist()
+        assert weights[mine].tolist() == want_weights
+
+
+def test_mixed_large_and_small_problems_give_what_each_gives_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Problems of 40 rows and more take the incremental path one by one; the small ones are
+    # still solved together, and every problem gets what it gets alone and what the oracle says.
+    monkeypatch.setattr(selection, "_INCREMENTAL_ROWS", 40)
+    sizes = [5, 50, 1, 17, 41, 2, 33]
+    labels = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    gen = torch.Generator().manual_seed(22)
+    labels = labels[torch.randperm(len(labels), generator=gen)]
+    embeddings = torch.randn(len(labels), 5, generator=gen)
+    assert_matches_oracle(embeddings, labels, per_class=6)
+    budgets = torch.tensor([3, 13, 1, 0, 13, 5, 7])
+    rows, chosen_groups, weights = select_groups(embeddings, labels, budgets)
+    for g, budget in enumerate(budgets.tolist()):
+        members = (labels == g).nonzero().squeeze(1)
+        alone_rows, _, alone_weights = select_groups(
+            embeddings[members], torch.zeros(len(members), dtype=torch.long), torch.tensor([budget])
+        )
+        assert rows[chosen_groups == g].tolist() == members[alone_rows].tolist()
+        assert weights[chosen_groups == g].tolist() == alone_weights.tolist()
+
+
+def _unchunked_similarity(points: torch.Tensor) -> torch.Tensor:
+    """The matrix-product similarity in one ``torch.cdist`` call, no chunks."""
+    dist = torch.cdist(points, points, compute_mode="use_mm_for_euclid_dist")
+    dist.diagonal(dim1=1, dim2=2).zero_()
+    return dist.div_(-points.shape[2]).exp_()
+
+
+@pytest.mark.parametrize(("groups", "n", "chunk"), [(300, 8, 4096), (3, 64, 4096)])
+def test_chunked_similarity_bounds_each_chunk_and_equals_one_call(
+    groups: int, n: int, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The matrix-product path with a small chunk: 300 problems (the old row chunking over
+    # all problems at once would have fallen to one row at a time, each chunk 2.3x the
+    # limit), and problems larger than a chunk (rows of one problem).
+    from crest.worker import similarity
+
+    dim = 4
+    monkeypatch.setattr(similarity, "EXACT_DISTANCE_LIMIT", 0)
+    monkeypatch.setattr(similarity, "_CHUNK_ELEMENTS", chunk)
+    work: list[int] = []
+    cdist = torch.cdist
+
+    def counting_cdist(a: torch.Tensor, b: torch.Tensor, **kwargs: str) -> torch.Tensor:
+        work.append(a.shape[0] * a.shape[1] * b.shape[1] * dim)
+        return cdist(a, b, **kwargs)
+
+    points = torch.randn(groups, n, dim, generator=torch.Generator().manual_seed(23)).double()
+    monkeypatch.setattr(torch, "cdist", counting_cdist)
+    sim = pairwise_similarity(points)
+    monkeypatch.setattr(torch, "cdist", cdist)
+    rows, per_chunk = similarity.similarity_chunk(n, dim)
+    assert max(work) <= chunk and len(work) == -(-groups // per_chunk) * -(-n // rows)
+    torch.testing.assert_close(sim, _unchunked_similarity(points), rtol=1e-14, atol=0)
+
+
+class CancelAt(Cancellation):
+    """Cancelled by the work's ``at``-th check: counts how far the work went after it."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def check(self) -> None:
+        if self.checks + 1 >= self.at:
+            self.cancel()
+        super().check()
+
+
+def test_cancelled_kernel_stops_at_its_next_check() -> None:
+    gen = torch.Generator().manual_seed(24)
+    embeddings = torch.randn(3000, 4, generator=gen)
+    groups = torch.arange(3000) % 100
+    budgets = torch.full((100,), 20)
+    full = CancelAt(10**9)  # never fires: how many checks a whole call makes
+    select_groups(embeddings, groups, budgets, full)
+    assert full.checks > 20  # one per greedy step at least
+    cancel = CancelAt(3)
+    with pytest.raises(SelectionCancelled, match="cancelled"):
+        select_groups(embeddings, groups, budgets, cancel)
+    assert cancel.checks == 3  # no work past the check that saw the cancel
+
+    expired = Cancellation(deadline=0.0)  # time.monotonic() is past it
+    with pytest.raises(SelectionCancelled, match="deadline"):
+        select_groups(embeddings, groups, budgets, expired)
+    assert expired.checks == 1
+
+
+def test_cancelled_greedy_stops_between_steps() -> None:
+    points = torch.randn(300, 4, generator=torch.Generator().manual_seed(25)).double()
+    sim = pairwise_similarity(points.unsqueeze(0))
+    valid = torch.ones(1, 300, dtype=torch.bool)
+    for solve in (
+        lambda cancel: greedy_incremental(sim[0], 50, cancel),
+        lambda cancel: greedy_facility_location(sim, valid, torch.tensor([50]), cancel),
+    ):
+        cancel = CancelAt(5)
+        with pytest.raises(SelectionCancelled):
+            solve(cancel)
+        assert cancel.checks == 5  # stopped at step 5 of 50

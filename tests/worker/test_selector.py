@@ -99,6 +99,35 @@ def test_in_process_embedding_with_wrong_weights_is_a_bug_not_a_timeout() -> Non
         asyncio.run(run())
 
 
+def test_timed_out_selection_is_abandoned_and_the_worker_serves_the_next() -> None:
+    # The worker thread is held until the first request has timed out: abandoned by its
+    # caller, that request must never run (counted in ``abandoned``; a running one stops at
+    # the kernel's next check, test_selection's cancellation tests), and the next is served.
+    import threading
+
+    selector = InProcessSelector()
+    release = threading.Event()
+    first, second = request(3), request(4)
+
+    async def run() -> object:
+        loop = asyncio.get_running_loop()
+        held = loop.run_in_executor(selector._executor, release.wait)
+        with pytest.raises(TimeoutError):
+            await selector.select(first, timeout_s=0.01)
+        release.set()
+        await held
+        return await selector.select(second, timeout_s=120)
+
+    try:
+        result = asyncio.run(run())
+        assert selector.abandoned == 1
+    finally:
+        release.set()
+        selector.close()
+    want = run_selection(second)
+    assert np.array_equal(result.rows, want.rows) and np.array_equal(result.weights, want.weights)
+
+
 def sorted_request(seed: int) -> SelectionRequest:
     """A region's request as the coordinator builds it: problems' rows one after another."""
     rng = np.random.default_rng(seed)
@@ -156,3 +185,44 @@ def test_the_in_process_selector_serves_another_job_between_a_large_ones_chunks(
         return finished
 
     assert asyncio.run(run()) == ["small", "large"]
+
+
+def test_an_abandoned_chunked_selection_stops_within_its_running_chunk() -> None:
+    # The caller cancels while the first chunk's call is held (a timeout takes the same path;
+    # cancelling once the chunk has started keeps the test free of timing); released, the
+    # chunk must stop at the kernel's first check (counted in ``abandoned``) and no later
+    # chunk may start.
+    import threading
+
+    calls: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    class Held(InProcessSelector):
+        def _select(self, request: SelectionRequest, cancel) -> SelectionResult:
+            calls.append(len(request.groups))
+            started.set()
+            release.wait()
+            return super()._select(request, cancel)
+
+    groups = np.repeat(np.arange(6), 300)  # 6 chunks of one problem each
+    rng = np.random.default_rng(0)
+    large = SelectionRequest(rng.standard_normal((len(groups), 8)).astype(np.float32), groups,
+                             np.full(6, 30), job_id="large")  # fmt: skip
+    selector = Held(chunk_rows=300)
+
+    async def run() -> None:
+        task = asyncio.ensure_future(selector.select(large, timeout_s=600))
+        assert await asyncio.to_thread(started.wait, 120)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(run())
+        release.set()
+        selector._executor.submit(lambda: None).result(timeout=120)  # the thread is idle again
+        assert calls == [300], "one chunk started, none after it"
+        assert selector.abandoned == 1
+    finally:
+        release.set()
+        selector.close()
