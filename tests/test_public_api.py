@@ -27,12 +27,14 @@ def test_worker_exports_are_pinned() -> None:
     import crest.worker
 
     assert sorted(crest.worker.__all__) == [
+        "Cancellation",
         "EmbedRequest",
         "EmbedResult",
         "InProcessSelector",
         "KernelError",
         "PoolUnavailable",
         "RaySelector",
+        "SelectionCancelled",
         "SelectionRequest",
         "SelectionResult",
         "SelectionTimeout",

@@ -29,11 +29,14 @@ WAIT_S = 120  # seconds; generous: the machine is shared
 
 def job_config(world_size: int = 2, **overrides: Any) -> JobConfig:
     """1200 examples, 4 classes: about 190 steps in a few dozen regions, learned examples
-    dropped every virtual epoch (19 steps); ``overrides`` set other fields (e.g. strategy)."""
-    return JobConfig(
+    dropped every virtual epoch (19 steps); ``overrides`` set other fields (e.g. strategy).
+    Subsets of 96 (fewer than the default's 128) so that examples are seen often enough to be
+    learned and dropped within the job."""
+    fields: dict[str, Any] = dict(
         num_examples=1200, num_classes=4, batch_size=32, epochs=10, train_frac=0.5,
-        world_size=world_size, learned_loss=0.2, **overrides,
+        world_size=world_size, learned_loss=0.2, subset_size=96,
     )  # fmt: skip
+    return JobConfig(**(fields | overrides))
 
 
 @dataclass
