@@ -554,6 +554,22 @@ def summarise(runs: list[RunResult]) -> list[dict[str, Any]]:
     return rows
 
 
+def opt(value: float | None, fmt: str) -> str:
+    """``value`` formatted, or "-" when it was not measured."""
+    return "-" if value is None else format(value, fmt)
+
+
+def random_baseline(
+    summary: list[dict[str, Any]], measure: Callable[[dict[str, Any]], Any]
+) -> dict[tuple[str, float], Any]:
+    """``measure(row)`` of each (workload, fraction)'s Random row: what the others compare to."""
+    return {
+        (row["workload"], row["train_frac"]): measure(row)
+        for row in summary
+        if row["method"] == "random"
+    }
+
+
 def format_table(summary: list[dict[str, Any]]) -> str:
     header = (
         "| workload | method | frac | final acc % | balanced acc % | best acc % | steps "
@@ -563,9 +579,6 @@ def format_table(summary: list[dict[str, Any]]) -> str:
         "| coreset steps | selection share |"
     )
     lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
-
-    def opt(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
 
     for row in summary:
         s = row["seconds"]
@@ -601,14 +614,7 @@ def format_pipeline_table(summary: list[dict[str, Any]]) -> str:
         "| waiting % | staleness (steps) | candidates / step | selection share |"
     )
     lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
-    random_s = {
-        (row["workload"], row["train_frac"]): row["seconds"]["total"]
-        for row in summary
-        if row["method"] == "random"
-    }
-
-    def opt(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
+    random_s = random_baseline(summary, lambda row: row["seconds"]["total"])
 
     for row in summary:
         if row["method"] == "full":
@@ -658,14 +664,7 @@ def format_noise_table(summary: list[dict[str, Any]]) -> str:
         "| selected - candidate loss | excluded share |"
     )
     lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
-    random_acc = {
-        (row["workload"], row["train_frac"]): row["final_acc"][0]
-        for row in summary
-        if row["method"] == "random"
-    }
-
-    def opt(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
+    random_acc = random_baseline(summary, lambda row: row["final_acc"][0])
 
     for row in summary:
         if row["method"] == "full":
