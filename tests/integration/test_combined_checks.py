@@ -1,5 +1,6 @@
-"""Data-parallel ranks (gloo, DDP, one process each) that combine their check reports: one
-ReportCheck per check, the decisions and batches of separate reports; ranks that disagree on
+"""Data-parallel ranks (gloo, DDP, one process each) that combine their check reports and
+share their region fetches: one ReportCheck per check and one fetch per region step for all
+ranks, the decisions and batches of separate reports and fetches; ranks that disagree on
 combining fail at once."""
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ def test_ranks_combine_their_checks_into_one_report_with_the_same_decisions(
     assert [r["combined"]["reports"] for r in ranks] == [checks] + [0] * (world - 1)
     assert [r["separate"]["reports"] for r in ranks] == [checks] * world
     assert rpc.method("ReportCheck").calls == checks * (1 + world), "what the server answered"
+    # Region fetches: rank 0 alone fetches for all ranks (at each region switch, and while
+    # the ranks embed and wait for the selection), at most as often as any rank alone did.
+    shared = [r["combined"]["fetches"] for r in ranks]
+    separate = [r["separate"]["fetches"] for r in ranks]
+    assert shared[1:] == [0] * (world - 1) and len(regions("combined")) <= shared[0]
+    assert shared[0] <= min(separate) and sum(separate) >= world * len(regions("separate"))
+    assert rpc.method("GetRegion").calls == sum(shared) + sum(separate), "one page each"
     for rank in ranks:
         assert rank["combined"]["batches"] == rank["separate"]["batches"]
     served = [rank["combined"]["batches"] for rank in ranks]
