@@ -66,10 +66,10 @@ def test_a_failed_shared_fetch_fails_rank_0_with_its_error(one_rank_group: None)
 
     with pytest.raises(Unavailable, match="coordinator gone"):
         group.share_region(unreachable)
-    ready = RegionView(region_id=2, status=RegionStatus.READY, start_step=8, end_step=16)
-    assert group.share_region(lambda: [ready]) == (ready, True)
-    selecting = RegionView(region_id=2, status=RegionStatus.SELECTING, start_step=8, end_step=16)
-    assert group.share_region(lambda: [selecting]) == (selecting, False)
+    for status, settled in ((RegionStatus.READY, True), (RegionStatus.SELECTING, False)):
+        sent = RegionView(region_id=2, status=status, start_step=8, end_step=16)
+        view, all_settled = group.share_region(lambda sent=sent: [sent])
+        assert (view.region_id, view.status, view.end_step, all_settled) == (2, status, 16, settled)
 
 
 def test_a_combining_session_trains_and_resumes_with_the_same_batches(
