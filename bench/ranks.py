@@ -19,7 +19,8 @@ lockstep, as fast as the coordinator answers. Modes:
 
 Two coordinators: :func:`run_replica_bench` runs ``shared-service`` jobs against one ``crest
 serve`` and twice as many against two replicas (a private redis-server, leases), each job
-driven at the replica that owns it.
+driven at the replica that owns it and training at ``--steps-per-s`` (the modes above train
+as fast as the coordinator answers).
 
 Per mode: RPCs per training step by method, and so RPCs per second for a job training at
 ``--steps-per-s`` (10 by default); p50/p99 latency of a check (send to decision: a per-rank
@@ -103,8 +104,9 @@ class _SimulatedJob:
     """The RPCs of one job's ranks, driven in lockstep."""
 
     def __init__(self, stub: pb_grpc.CoordinatorStub, address: str, job_id: str,
-                 config: JobConfig, mode: str):  # fmt: skip
+                 config: JobConfig, mode: str, step_s: float = 0.0):  # fmt: skip
         self.stub, self.address, self.job_id = stub, address, job_id
+        self.step_s = step_s  # a training step's time (0: as fast as the coordinator answers)
         self.config, self.mode = config, mode
         self.shared, self.service = mode.startswith("shared"), mode == "shared-service"
         self.ranks = range(config.world_size)
@@ -259,6 +261,8 @@ class _SimulatedJob:
                 if at >= end or at >= max_steps:
                     break
                 step = at + 1
+                if self.step_s:
+                    await asyncio.sleep(self.step_s)
                 due = steps.check_due(at, region.start_step, region.check_interval, end)
                 if due and await self._check(region, at):
                     end = min(end, steps.end_after_failed_check(at))
@@ -293,8 +297,8 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def _simulate(jobs: list[tuple[str, str, JobConfig]], mode: str,
-                    steps_: int) -> list[_Run]:  # fmt: skip
+async def _simulate(jobs: list[tuple[str, str, JobConfig]], mode: str, steps_: int,
+                    step_s: float = 0.0) -> list[_Run]:  # fmt: skip
     """Jobs ``(address, job_id, config)`` at once, each through its own channel."""
     async with contextlib.AsyncExitStack() as stack:
         simulated = []
@@ -303,7 +307,7 @@ async def _simulate(jobs: list[tuple[str, str, JobConfig]], mode: str,
                 grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             )
             stub = pb_grpc.CoordinatorStub(channel)
-            simulated.append(_SimulatedJob(stub, address, job_id, config, mode))
+            simulated.append(_SimulatedJob(stub, address, job_id, config, mode, step_s))
         return list(await asyncio.gather(*(job.train(steps_) for job in simulated)))
 
 
@@ -356,10 +360,11 @@ def measure(address: str, pid: int, ranks: int, mode: str, steps_: int,
 
 def measure_replicas(served: list[Any], ranks: int, jobs_: int, mode: str, steps_: int,
                      steps_per_s: float) -> dict[str, Any]:  # fmt: skip
-    """``jobs_`` jobs at once, split across the replicas ``served`` (their owners)."""
+    """``jobs_`` jobs at once, split across the replicas ``served`` (their owners), each
+    training at ``steps_per_s``."""
     jobs = _create_jobs([s.address for s in served], ranks, jobs_, mode)
     cpu, started = [cpu_seconds(s.pid) for s in served], time.perf_counter()
-    runs = asyncio.run(_simulate(jobs, mode, steps_))
+    runs = asyncio.run(_simulate(jobs, mode, steps_, 1.0 / steps_per_s))
     seconds = time.perf_counter() - started
     cpu = [cpu_seconds(s.pid) - before for s, before in zip(served, cpu, strict=True)]
     rows = [_row(run, ranks, mode, steps_per_s, math.nan, seconds) for run in runs]
@@ -373,6 +378,7 @@ def measure_replicas(served: list[Any], ranks: int, jobs_: int, mode: str, steps
         "ranks": ranks,
         "mode": mode,
         "steps": [run.steps for run in runs],
+        "regions": [run.regions for run in runs],
         "rpcs_per_s_per_job": [row["rpcs_per_s_at_pace"] for row in rows],
         "check": _percentiles(check),
         "fetch": _percentiles(fetch),
@@ -390,6 +396,7 @@ def run_ranks_bench(
     steps_per_s: float,
     modes: tuple[str, ...] = MODES,
     replicas: bool = True,
+    replica_steps: int = 150,
 ) -> dict[str, Any]:
     from crest.bench.service import coordinator_process
 
@@ -402,14 +409,18 @@ def run_ranks_bench(
                 print(format_row(rows[-1]), flush=True)
     result: dict[str, Any] = {"benchmark": "service-ranks", "steps": steps_, "rows": rows}
     if replicas:
-        result["replicas"] = [run_replica_bench(count, steps_, steps_per_s) for count in ranks]
+        result["replica_steps"] = replica_steps
+        result["replicas"] = [
+            run_replica_bench(count, replica_steps, steps_per_s) for count in ranks
+        ]
     return result
 
 
 def run_replica_bench(ranks: int, steps_: int, steps_per_s: float,
                       mode: str = "shared-service") -> list[dict[str, Any]]:  # fmt: skip
     """One job against one coordinator, then two jobs against two replicas (one each), both
-    with a private redis-server store and leases."""
+    with a private redis-server store and leases; the jobs train at ``steps_per_s`` (the
+    service side prepares each region while the one before trains, as in a real job)."""
     from crest.bench.faults import RedisServer
     from crest.bench.service import coordinator_process
 
@@ -460,7 +471,8 @@ def format_replica_row(row: dict[str, Any]) -> str:
     rates = ", ".join(f"{r:.1f}" for r in row["rpcs_per_s_per_job"])
     cpu = ", ".join(f"{1e3 * c:.1f}" for c in row["coordinator_cpu_s_per_step"])
     return (
-        f"| {row['replicas']} | {row['jobs']} ({row['ranks']}) | {row['mode']} | {rates} "
+        f"| {row['replicas']} | {row['jobs']} ({row['ranks']}) | {row['mode']} "
+        f"| {row['steps'][0]}, {row['regions'][0]} | {rates} "
         f"| {row['check']['p50_ms']:.1f} / {row['check']['p99_ms']:.1f} "
         f"| {row['fetch']['p50_ms']:.1f} / {row['fetch']['p99_ms']:.1f} | {cpu} |"
     )
@@ -469,5 +481,5 @@ def format_replica_row(row: dict[str, Any]) -> str:
 def format_table(result: dict[str, Any]) -> str:
     lines = [HEADER, "|" + "---|" * 10, *map(format_row, result["rows"])]
     for rows in result.get("replicas", []):
-        lines += ["", REPLICA_HEADER, "|" + "---|" * 7, *map(format_replica_row, rows)]
+        lines += ["", REPLICA_HEADER, "|" + "---|" * 8, *map(format_replica_row, rows)]
     return "\n".join(lines)

@@ -135,7 +135,7 @@ def _service_bench(args: argparse.Namespace) -> int:
 
         modes = tuple(args.modes) if args.modes else ranks_modes
         result = run_ranks_bench(args.ranks, args.steps, args.steps_per_s, modes,
-                                 replicas=not args.no_replicas)  # fmt: skip
+                                 not args.no_replicas, args.replica_steps)  # fmt: skip
         table, out = ranks_table(result), args.out or "results/service_ranks.json"
     else:
         from crest.bench.service import format_table, run_service_bench
@@ -475,6 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument(
         "--no-replicas", action="store_true", help="--ranks: skip the one vs two replicas runs"
     )
+    service.add_argument(
+        "--replica-steps", type=int, default=150,
+        help="--ranks: steps per job of the replica runs (at --steps-per-s)",
+    )  # fmt: skip
     service.add_argument("--steps", type=int, default=60, help="--ranks: steps per job")
     service.add_argument(
         "--steps-per-s", type=float, default=10.0, help="--ranks: the pace RPCs/s assume"

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_combined_checks_and_shared_fetches_cut_the_rpcs_with_the_same_decisions() -> None:
-    result = run_ranks_bench([3], steps_=12, steps_per_s=10.0)
+    result = run_ranks_bench([3], steps_=12, steps_per_s=10.0, replica_steps=12)
     per_rank, combined, shared, service = result["rows"]
     assert [r["mode"] for r in result["rows"]] == [
         "per-rank", "combined", "shared", "shared-service",
@@ -35,4 +35,4 @@ def test_combined_checks_and_shared_fetches_cut_the_rpcs_with_the_same_decisions
     assert one["steps"] == [12] and two["steps"] == [12, 12]
     assert len(two["coordinator_cpu_s_per_step"]) == 2
     table = format_table(result)
-    assert "| 3 | combined | 12 |" in table and "| 2 | 2 (3) | shared-service |" in table
+    assert "| 3 | combined | 12 |" in table and "| 2 | 2 (3) | shared-service | 12, " in table
