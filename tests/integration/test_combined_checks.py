@@ -105,3 +105,28 @@ def test_ranks_combine_their_checks_into_one_report_with_the_same_decisions(
             f"ranks [0] ask for combined checks, ranks {refusing} refuse them"
             in (rank["mixed"]["error"])
         )
+
+
+def test_ranks_share_their_fetches_on_the_service_side_with_the_same_batches(
+    observed: tuple[LoopbackCoordinator, RpcTelemetry], tmp_path: Path
+) -> None:
+    loopback, _ = observed
+    world = 2
+    config = job_config(world_size=world, epochs=2, selection_side="service", max_staleness=12)
+    with RemoteCoordinator(loopback.address) as remote:
+        for job_id in ("shared", "separate"):
+            remote.create_job(config, blobs()[1].numpy(), job_id=job_id)
+    ranks = run_ranks(loopback.address, tmp_path, [["shared=auto", "separate=false"]] * world)
+    status = loopback.local.job_status("shared")
+    assert status.finished and status.selection_side == "service"
+    assert any(r.embedded_by == "service" for r in status.regions)
+    for rank in ranks:
+        assert rank["shared"]["batches"] == rank["separate"]["batches"]
+    shared = [r["shared"]["fetches"] for r in ranks]
+    assert shared[1] == 0 and len(status.regions) <= shared[0]
+    assert shared[0] <= min(r["separate"]["fetches"] for r in ranks)
+    served = [rank["shared"]["batches"] for rank in ranks]
+    for batches in zip(*served, strict=True):
+        assert len({(b[0], b[3]) for b in batches}) == 1, "same steps, same-step switches"
+        indices = [i for b in batches for i in b[1]]
+        assert len(indices) == len(set(indices)), "coresets are disjoint across ranks"
