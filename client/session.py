@@ -490,8 +490,10 @@ class Session:
                 self._supply(view)
             if settled:
                 break
-            if self._group is not None:
-                self._group.barrier()  # every rank's part is in before rank 0 asks again
+            if self._group is not None:  # every rank's part is in before rank 0 asks again
+                started = time.perf_counter()
+                self._group.barrier()
+                self.timings.select += time.perf_counter() - started
         if view.status is RegionStatus.DONE:
             return None
         if step != view.start_step:
