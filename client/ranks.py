@@ -1,4 +1,4 @@
-"""Check reports combined across a job's ranks through ``torch.distributed``.
+"""Check reports and region fetches combined across a job's ranks through ``torch.distributed``.
 
 A data-parallel job already runs a process group. Instead of every rank sending its own check
 report (W reports per check for the coordinator), the ranks gather their check scalars among
@@ -9,13 +9,17 @@ The combined report carries each scalar summed over the ranks in rank order, the
 which the coordinator adds separate reports (:func:`crest.service.checks.decide`), and the
 scalars travel as float64 (exact for the Python floats the session measures): the decisions
 are bit-identical to those of separate reports.
+
+The same ranks share their region fetches: at a region switch rank 0 asks for every rank's
+view in one (paged) GetRegion and scatters them, so the coordinator answers one fetch per
+region switch instead of one per rank; each rank's view is the one it would have fetched.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import fields, replace
 from typing import Any
@@ -23,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from crest.proto.contract import CheckDecision, CheckReport
+from crest.proto.contract import CheckDecision, CheckReport, RegionStatus, RegionView
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,35 @@ class CheckGroup:
                 "rank 0 could not report the check on behalf of all ranks: see rank 0's error"
             )
         return _decision(received)
+
+    def share_region(self, fetch: Callable[[], list[RegionView]]) -> tuple[RegionView, bool]:
+        """Rank 0 fetches every rank's view of a region (``fetch``, called on rank 0 alone)
+        and scatters them: this rank's view, and whether every rank's is settled (READY or
+        DONE), so that all ranks leave their fetch loop together. A failed fetch fails every
+        rank (rank 0 with the error itself)."""
+        parts: list[Any] | None = None
+        error: BaseException | None = None
+        if self.rank == 0:
+            try:
+                views = fetch()
+                settled = all(v.status in (RegionStatus.READY, RegionStatus.DONE) for v in views)
+                parts = [(view, settled, "") for view in views]
+            except Exception as err:  # every rank must hear of it, or the others would hang
+                error = err
+                parts = [(None, False, f"{type(err).__name__}: {err}")] * self.world_size
+        received: list[Any] = [None]
+        dist.scatter_object_list(received, parts, src=0)
+        if error is not None:
+            raise error
+        view, settled, failure = received[0]
+        if failure:
+            raise RuntimeError(
+                f"rank 0 could not fetch the region for all ranks ({failure}): see rank 0's error"
+            )
+        return view, settled
+
+    def barrier(self) -> None:
+        dist.barrier()
 
 
 def check_group(combine: bool | None, rank: int, world_size: int) -> CheckGroup | None:

@@ -385,22 +385,34 @@ class RemoteCoordinator:
         """The region holding ``step``: one call for a region that fits one message, else
         one per page, reassembled. Should the region move on between two pages (a check
         ended it, its selection finished), the pages are fetched again from the first."""
+        return convert.region_from_pb(*self._region_pages(job_id, rank, 1, step))
+
+    def get_regions(
+        self, job_id: str, first_rank: int, num_ranks: int, step: int
+    ) -> list[RegionView]:
+        """The views of ``num_ranks`` ranks from ``first_rank`` of the region holding
+        ``step``, in pages as :meth:`get_region`'s."""
+        pages = self._region_pages(job_id, first_rank, num_ranks, step)
+        return convert.regions_from_pb(num_ranks, *pages)
+
+    def _region_pages(self, job_id: str, rank: int, num_ranks: int, step: int) -> list[pb.Region]:
+        def ask(page: int, region_id: int = 0) -> pb.GetRegionRequest:
+            return pb.GetRegionRequest(job_id=job_id, rank=rank, step=step, page=page,
+                                       region_id=region_id, num_ranks=num_ranks)  # fmt: skip
+
         for _ in range(MAX_REGION_FETCHES):
-            request = pb.GetRegionRequest(job_id=job_id, rank=rank, step=step, page=0)
-            first = self._unary("GetRegion", request)
+            first = self._unary("GetRegion", ask(0))
             pages = [first]
             for page in range(1, first.num_pages):
-                request = pb.GetRegionRequest(job_id=job_id, rank=rank, step=step, page=page,
-                                              region_id=first.region_id)  # fmt: skip
                 try:
-                    reply = self._unary("GetRegion", request)
+                    reply = self._unary("GetRegion", ask(page, first.region_id))
                 except FailedPrecondition:  # the step is in another region by now
                     break
                 if not convert.same_region(first, reply):  # e.g. its selection finished
                     break
                 pages.append(reply)
             else:
-                return convert.region_from_pb(*pages)
+                return pages
         raise Unavailable(
             f"GetRegion: region of step {step} changed while its pages were fetched, "
             f"{MAX_REGION_FETCHES} times in a row"

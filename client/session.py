@@ -478,18 +478,24 @@ class Session:
             return run
         while True:
             started = time.perf_counter()
-            view = self.coordinator.get_region(self.job_id, self.rank, step)
+            view, settled = self._fetch_region(step)
             self.timings.select += time.perf_counter() - started
-            if view.status is RegionStatus.DONE:
-                return None
             if view.status is RegionStatus.EMBED:
                 if self.side == "service":  # e.g. rank 0 could not export the model
                     self.side, self.side_reason = "trainer", "the job moved to the trainer side"
                 self._embed(view)
-            elif view.status is RegionStatus.READY:
-                break
-            elif view.wants_model or view.wants_weights >= 0:
+            elif view.status is RegionStatus.SELECTING and (
+                view.wants_model or view.wants_weights >= 0
+            ):
                 self._supply(view)
+            if settled:
+                break
+            if self._group is not None:  # every rank's part is in before rank 0 asks again
+                started = time.perf_counter()
+                self._group.barrier()
+                self.timings.select += time.perf_counter() - started
+        if view.status is RegionStatus.DONE:
+            return None
         if step != view.start_step:
             log.warning(
                 "joining region %d at step %d, after its start: θ_0 is approximate",
@@ -508,12 +514,25 @@ class Session:
                 run.initial_loss_sum = self._check_loss_sum(run)
         return run
 
+    def _fetch_region(self, step: int) -> tuple[RegionView, bool]:
+        """This rank's view of the region holding ``step``, and whether every rank's is
+        settled (READY or DONE). Ranks that combine their checks share the fetch too: rank 0
+        asks for all ranks' views in one request and hands each its own (a collective)."""
+        if self._group is None:
+            view = self.coordinator.get_region(self.job_id, self.rank, step)
+            return view, view.status in (RegionStatus.READY, RegionStatus.DONE)
+        world = self.info.world_size
+        return self._group.share_region(
+            lambda: self.coordinator.get_regions(self.job_id, 0, world, step)
+        )
+
     # ---------------------------------------------------------------------- service side
     def _supply(self, view: RegionView) -> None:
         """Hand the coordinator the model or weights it waits for (rank 0; the other ranks
         wait for rank 0's)."""
         if self.rank != 0:
-            time.sleep(0.05)
+            if self._group is None:  # else the group's barrier waits for rank 0
+                time.sleep(0.05)
             return
         with self._timed("upload"):
             if view.wants_model:

@@ -129,10 +129,13 @@ def _service_bench(args: argparse.Namespace) -> int:
     from crest.compare import write_json
 
     if args.ranks:
+        from crest.bench.ranks import MODES as ranks_modes
         from crest.bench.ranks import format_table as ranks_table
         from crest.bench.ranks import run_ranks_bench
 
-        result = run_ranks_bench(args.ranks, args.steps, args.steps_per_s)
+        modes = tuple(args.modes) if args.modes else ranks_modes
+        result = run_ranks_bench(args.ranks, args.steps, args.steps_per_s, modes,
+                                 not args.no_replicas, args.replica_steps)  # fmt: skip
         table, out = ranks_table(result), args.out or "results/service_ranks.json"
     else:
         from crest.bench.service import format_table, run_service_bench
@@ -462,7 +465,19 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument("--quick", action="store_true", help="short runs")
     service.add_argument(
         "--ranks", type=int, nargs="+", metavar="W",
-        help="instead: one job of W simulated ranks (per-rank vs combined checks), e.g. 1024",
+        help="instead: one job of W simulated ranks (per-rank or combined checks, per-rank or "
+        "shared region fetches), e.g. 1024; then shared-service jobs on one vs two replicas",
+    )  # fmt: skip
+    service.add_argument(
+        "--modes", nargs="+", choices=("per-rank", "combined", "shared", "shared-service"),
+        help="--ranks: the modes to run (default all)",
+    )  # fmt: skip
+    service.add_argument(
+        "--no-replicas", action="store_true", help="--ranks: skip the one vs two replicas runs"
+    )
+    service.add_argument(
+        "--replica-steps", type=int, default=150,
+        help="--ranks: steps per job of the replica runs (at --steps-per-s)",
     )  # fmt: skip
     service.add_argument("--steps", type=int, default=60, help="--ranks: steps per job")
     service.add_argument(

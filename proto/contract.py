@@ -409,6 +409,20 @@ class Coordinator(Protocol):
 
     def get_region(self, job_id: str, rank: int, step: int) -> RegionView: ...
 
+    def get_regions(
+        self, job_id: str, first_rank: int, num_ranks: int, step: int
+    ) -> list[RegionView]:
+        """The views of ranks ``first_rank .. first_rank + num_ranks - 1`` of the region
+        holding ``step``, in one fetch (rank 0 of ranks that share it): what
+        :meth:`get_region` answers each of them, except that it waits while any of them
+        selects and none must embed.
+
+        Raises:
+            InvalidArgument: ``num_ranks < 1`` or a range past the job's world size.
+            NotFound: no job ``job_id``.
+        """
+        ...
+
     def submit_embeddings(
         self,
         job_id: str,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -241,7 +242,85 @@ def region_to_pages(view: RegionView) -> list[pb.Region]:
     return [_page_message(view, layout, page) for page in range(len(layout))]
 
 
-def _page_message(view: RegionView, layout: list[_Page], page: int | None) -> pb.Region:
+# Per rank of a rank range's reply: its status and three counts, at most 10 bytes each as
+# varints, plus their tags: the room each page keeps for them.
+_RANK_BYTES = 48
+# How far a rank's part of a region has got: a range's reply states its least advanced.
+_PROGRESS = (RegionStatus.EMBED, RegionStatus.SELECTING, RegionStatus.READY, RegionStatus.DONE)
+
+
+def regions_to_pb(views: list[RegionView], page: int = 0) -> pb.Region:
+    """Page ``page`` of a rank range's reply: the ranks' views (in rank order, one region)
+    joined rank after rank, paged as one region's (:func:`region_to_pb`).
+
+    Raises:
+        InvalidArgument: ``page`` is not one of the reply's pages.
+    """
+    joined = _joined_view(views)
+    layout = _layout(joined, PAGE_BYTES - _RANK_BYTES * len(views))
+    return _page_message(joined, layout, page, views)
+
+
+def regions_to_pages(views: list[RegionView]) -> list[pb.Region]:
+    """Every page of a rank range's reply, in order."""
+    joined = _joined_view(views)
+    layout = _layout(joined, PAGE_BYTES - _RANK_BYTES * len(views))
+    return [_page_message(joined, layout, page, views) for page in range(len(layout))]
+
+
+def _joined_view(views: list[RegionView]) -> RegionView:
+    first = views[0]
+    return dataclasses.replace(
+        first,
+        status=min((view.status for view in views), key=_PROGRESS.index),
+        candidates=np.concatenate([view.candidates for view in views]),
+        check_indices=np.concatenate([view.check_indices for view in views]),
+        batches=tuple(batch for view in views for batch in view.batches),
+    )
+
+
+def regions_from_pb(num_ranks: int, *pages: pb.Region) -> list[RegionView]:
+    """Decode a rank range's reply from its pages (in order): each rank's view.
+
+    Raises:
+        InvalidArgument: as :func:`region_from_pb`, or per-rank counts that are not
+            ``num_ranks`` ranks' or do not add up to the totals.
+    """
+    joined = region_from_pb(*pages)
+    first = pages[0]
+    if num_ranks == 1 and not first.rank_status:  # one rank's reply, as GetRegion's
+        return [joined]
+    counts = (first.rank_candidates, first.rank_check_indices, first.rank_batches)
+    if not all(len(c) == num_ranks for c in (first.rank_status, *counts)):
+        raise InvalidArgument(
+            f"a reply for {num_ranks} ranks states {len(first.rank_status)} ranks' statuses "
+            f"and {[len(c) for c in counts]} ranks' counts (a coordinator without shared "
+            "fetches answers one rank: upgrade it, or fetch per rank)"
+        )
+    totals = (len(joined.candidates), len(joined.check_indices), len(joined.batches))
+    if tuple(sum(c) for c in counts) != totals:
+        raise InvalidArgument(
+            f"the ranks' counts add up to {[sum(c) for c in counts]} candidates, check "
+            f"indices and batches; the reply carries {list(totals)}"
+        )
+    if any(code not in _STATUS_FROM_PB for code in first.rank_status):
+        raise InvalidArgument(f"unknown rank statuses in {list(first.rank_status)}")
+    bounds = [np.cumsum([0, *c]) for c in counts]
+    return [
+        dataclasses.replace(
+            joined,
+            status=_STATUS_FROM_PB[first.rank_status[rank]],
+            candidates=joined.candidates[bounds[0][rank] : bounds[0][rank + 1]],
+            check_indices=joined.check_indices[bounds[1][rank] : bounds[1][rank + 1]],
+            batches=joined.batches[bounds[2][rank] : bounds[2][rank + 1]],
+        )
+        for rank in range(num_ranks)
+    ]
+
+
+def _page_message(
+    view: RegionView, layout: list[_Page], page: int | None, ranks: Sequence[RegionView] = ()
+) -> pb.Region:
     if page is None:
         if len(layout) > 1:
             raise ResourceExhausted(
@@ -281,6 +360,11 @@ def _page_message(view: RegionView, layout: list[_Page], page: int | None) -> pb
         num_batches=len(view.batches),
         continues_batch=bool(part.batches) and part.batches[0][1].start > 0,
     )
+    if len(ranks) > 1:
+        message.rank_status.extend(_STATUS_TO_PB[v.status] for v in ranks)
+        message.rank_candidates.extend(len(v.candidates) for v in ranks)
+        message.rank_check_indices.extend(len(v.check_indices) for v in ranks)
+        message.rank_batches.extend(len(v.batches) for v in ranks)
     # The layout keeps every page under the limit; this is the guard should it ever not.
     return _within_limit(
         message, f"page {page} of region {view.region_id} is {{size}} bytes", "a crest bug"
@@ -292,7 +376,9 @@ def same_region(first: pb.Region, page: pb.Region) -> bool:
     A client that gets a page that does not starts again from page 0."""
     keys = ("region_id", "status", "num_pages", "num_candidates", "num_check_indices",
             "num_batches")  # fmt: skip
-    return all(getattr(first, key) == getattr(page, key) for key in keys)
+    return all(getattr(first, key) == getattr(page, key) for key in keys) and list(
+        first.rank_status
+    ) == list(page.rank_status)
 
 
 def region_from_pb(*pages: pb.Region) -> RegionView:

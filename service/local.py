@@ -83,6 +83,15 @@ class LocalCoordinator:
         view = self._call(self.manager.get_region(job_id, rank, step))
         return convert.region_from_pb(*convert.region_to_pages(view))
 
+    def get_regions(
+        self, job_id: str, first_rank: int, num_ranks: int, step: int
+    ) -> list[RegionView]:
+        """As remotely: several ranks' views through the wire's pages."""
+        views = self._call(self.manager.get_regions(job_id, first_rank, num_ranks, step))
+        if len(views) == 1:
+            return [convert.region_from_pb(*convert.region_to_pages(views[0]))]
+        return convert.regions_from_pb(num_ranks, *convert.regions_to_pages(views))
+
     def submit_embeddings(
         self,
         job_id: str,

@@ -706,27 +706,55 @@ class JobManager:
         when the region waits for a model or weights this coordinator does not have (at the
         job's start, or after a restart): the trainer publishes them and asks again.
         """
+        (view,) = await self.get_regions(job_id, rank, 1, step, timeout, wait)
+        return view
+
+    async def get_regions(
+        self,
+        job_id: str,
+        first_rank: int,
+        num_ranks: int,
+        step: int,
+        timeout: float | None = None,
+        wait: bool = True,
+    ) -> list[RegionView]:
+        """:meth:`get_region` for ranks ``first_rank .. first_rank + num_ranks - 1`` at once
+        (ranks that share one fetch): waits while any of them selects and none must embed.
+
+        Raises:
+            InvalidArgument: ``num_ranks < 1`` or a range outside the job's ranks.
+            NotFound: no job ``job_id``.
+        """
         job = self._job(job_id)
+        world = job.state.config.world_size
+        if num_ranks < 1 or first_rank < 0 or first_rank + num_ranks > world:
+            raise InvalidArgument(
+                f"ranks {first_rank} to {first_rank + num_ranks - 1} ({num_ranks} from "
+                f"{first_rank}) are not within job {job_id!r}'s ranks 0 to {world - 1}"
+            )
+        ranks = range(first_rank, first_rank + num_ranks)
         async with job.changed:
             await self._fresh(job)
-            view = await self._view(job, rank, step)
-            job.telemetry.rank(rank).advance(step)
+            views = await self._views(job, ranks, step)
+            for rank in ranks:
+                job.telemetry.rank(rank).advance(step)
             self._ensure_work(job)  # e.g. after opening a region, a failed attempt, a restart
-            if view.status is RegionStatus.SELECTING and wait:
+            if _selecting(views) and wait:
                 wants = self._wants(job)
                 if wants is not None:
-                    return dataclasses.replace(view, wants_model=wants[0], wants_weights=wants[1])
+                    return [dataclasses.replace(v, wants_model=wants[0], wants_weights=wants[1])
+                            for v in views]  # fmt: skip
                 await self._wait(
                     job,
                     lambda: (
-                        job.state.view(rank, step).status is not RegionStatus.SELECTING
+                        not _selecting([job.state.view(rank, step) for rank in ranks])
                         or self._wants(job) is not None
                     ),
                     lambda: _awaited_by_region(job.state),
                     timeout,
                 )
-                view = job.state.view(rank, step)
-            return view
+                views = [job.state.view(rank, step) for rank in ranks]
+            return views
 
     def _wants(self, job: _Job) -> tuple[bool, int] | None:
         """What the current region waits for and the job lacks: ``(model?, weights step)``
@@ -740,13 +768,15 @@ class JobManager:
             return job.model is None, missing
         return None
 
-    async def _view(self, job: _Job, rank: int, step: int) -> RegionView:
-        """The view of ``step``, opening (and journaling) its region first when it is due."""
-        await _to_the_end(self._open(job, rank, step))
+    async def _views(self, job: _Job, ranks: range, step: int) -> list[RegionView]:
+        """The ranks' views of ``step``, opening (and journaling) its region first when it is
+        due."""
+        await _to_the_end(self._open(job, ranks[0], step))
         try:
-            return job.state.view(rank, step)
-        except ArchivedRegion as archived:  # a rank resuming from a checkpoint
-            return (await self._archived(job, archived.region_id)).view(rank)
+            return [job.state.view(rank, step) for rank in ranks]
+        except ArchivedRegion as archived:  # ranks resuming from a checkpoint
+            region = await self._archived(job, archived.region_id)
+            return [region.view(rank) for rank in ranks]
 
     async def _open(self, job: _Job, rank: int, step: int) -> None:
         if await _off_loop(job.state.open_region, rank, step):
@@ -1214,3 +1244,10 @@ def _awaited_by_region(state: JobState) -> str:
         plural = "s" if len(missing) > 1 else ""
         return f"the embeddings of rank{plural} {shown} in region {region.region_id}"
     return f"the selection of region {region.region_id}"
+
+
+def _selecting(views: list[RegionView]) -> bool:
+    """Whether ranks that fetch together wait: some rank's part is being selected and no rank
+    must embed first (the shared fetch hands that rank its candidates at once)."""
+    statuses = {view.status for view in views}
+    return RegionStatus.SELECTING in statuses and RegionStatus.EMBED not in statuses

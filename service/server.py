@@ -189,21 +189,30 @@ class CoordinatorService:
         page = request.page if request.HasField("page") else None
         if page is not None and page < 0:
             raise InvalidArgument(f"page must be >= 0, got {page}")
+        num_ranks = request.num_ranks or 1
+        if num_ranks > 1 and page is None:
+            raise InvalidArgument("a request for several ranks (num_ranks) must name a page")
         # Pages after the first answer at once: the client holds page 0 and, should the
         # region have moved on meanwhile, starts again from it.
-        view = await self.manager.get_region(
-            request.job_id, request.rank, request.step, timeout=_timeout(context),
-            wait=not page,
+        views = await self.manager.get_regions(
+            request.job_id, request.rank, num_ranks, request.step,
+            timeout=_timeout(context), wait=not page,
         )  # fmt: skip
-        if page and view.region_id != request.region_id:
+        if page and views[0].region_id != request.region_id:
             raise FailedPrecondition(
-                f"step {request.step} is in region {view.region_id} now, not in region "
+                f"step {request.step} is in region {views[0].region_id} now, not in region "
                 f"{request.region_id} whose page {page} was asked for: fetch page 0 again"
             )
-        if len(view.candidates) < _INLINE_REGION_ROWS:
-            return convert.region_to_pb(view, page)
+
+        def encode() -> pb.Region:
+            if len(views) == 1:
+                return convert.region_to_pb(views[0], page)
+            return convert.regions_to_pb(views, page or 0)
+
+        if sum(len(view.candidates) for view in views) < _INLINE_REGION_ROWS:
+            return encode()
         # Off the loop: a large region is megabytes to copy into its page.
-        return await asyncio.to_thread(convert.region_to_pb, view, page)
+        return await asyncio.to_thread(encode)
 
     @_handler
     async def UploadEmbeddings(

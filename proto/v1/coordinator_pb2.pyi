@@ -183,18 +183,20 @@ class OpenSessionResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., total_steps: _Optional[int] = ..., steps_per_virtual_epoch: _Optional[float] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., committed_seq: _Optional[int] = ..., selection_side: _Optional[str] = ..., num_examples: _Optional[int] = ...) -> None: ...
 
 class GetRegionRequest(_message.Message):
-    __slots__ = ("job_id", "rank", "step", "page", "region_id")
+    __slots__ = ("job_id", "rank", "step", "page", "region_id", "num_ranks")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     PAGE_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_RANKS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     step: int
     page: int
     region_id: int
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., page: _Optional[int] = ..., region_id: _Optional[int] = ...) -> None: ...
+    num_ranks: int
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., step: _Optional[int] = ..., page: _Optional[int] = ..., region_id: _Optional[int] = ..., num_ranks: _Optional[int] = ...) -> None: ...
 
 class WeightedBatch(_message.Message):
     __slots__ = ("indices", "weights")
@@ -205,7 +207,7 @@ class WeightedBatch(_message.Message):
     def __init__(self, indices: _Optional[_Union[Array, _Mapping]] = ..., weights: _Optional[_Union[Array, _Mapping]] = ...) -> None: ...
 
 class Region(_message.Message):
-    __slots__ = ("region_id", "status", "start_step", "end_step", "check_interval", "candidates", "check_indices", "batches", "initial_loss", "wants_model", "wants_weights", "page", "num_pages", "num_candidates", "num_check_indices", "num_batches", "continues_batch")
+    __slots__ = ("region_id", "status", "start_step", "end_step", "check_interval", "candidates", "check_indices", "batches", "initial_loss", "wants_model", "wants_weights", "page", "num_pages", "num_candidates", "num_check_indices", "num_batches", "continues_batch", "rank_status", "rank_candidates", "rank_check_indices", "rank_batches")
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     START_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +225,10 @@ class Region(_message.Message):
     NUM_CHECK_INDICES_FIELD_NUMBER: _ClassVar[int]
     NUM_BATCHES_FIELD_NUMBER: _ClassVar[int]
     CONTINUES_BATCH_FIELD_NUMBER: _ClassVar[int]
+    RANK_STATUS_FIELD_NUMBER: _ClassVar[int]
+    RANK_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    RANK_CHECK_INDICES_FIELD_NUMBER: _ClassVar[int]
+    RANK_BATCHES_FIELD_NUMBER: _ClassVar[int]
     region_id: int
     status: RegionStatus
     start_step: int
@@ -240,7 +246,11 @@ class Region(_message.Message):
     num_check_indices: int
     num_batches: int
     continues_batch: bool
-    def __init__(self, region_id: _Optional[int] = ..., status: _Optional[_Union[RegionStatus, str]] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., check_interval: _Optional[int] = ..., candidates: _Optional[_Union[Array, _Mapping]] = ..., check_indices: _Optional[_Union[Array, _Mapping]] = ..., batches: _Optional[_Iterable[_Union[WeightedBatch, _Mapping]]] = ..., initial_loss: _Optional[float] = ..., wants_model: _Optional[bool] = ..., wants_weights: _Optional[int] = ..., page: _Optional[int] = ..., num_pages: _Optional[int] = ..., num_candidates: _Optional[int] = ..., num_check_indices: _Optional[int] = ..., num_batches: _Optional[int] = ..., continues_batch: _Optional[bool] = ...) -> None: ...
+    rank_status: _containers.RepeatedScalarFieldContainer[RegionStatus]
+    rank_candidates: _containers.RepeatedScalarFieldContainer[int]
+    rank_check_indices: _containers.RepeatedScalarFieldContainer[int]
+    rank_batches: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, region_id: _Optional[int] = ..., status: _Optional[_Union[RegionStatus, str]] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., check_interval: _Optional[int] = ..., candidates: _Optional[_Union[Array, _Mapping]] = ..., check_indices: _Optional[_Union[Array, _Mapping]] = ..., batches: _Optional[_Iterable[_Union[WeightedBatch, _Mapping]]] = ..., initial_loss: _Optional[float] = ..., wants_model: _Optional[bool] = ..., wants_weights: _Optional[int] = ..., page: _Optional[int] = ..., num_pages: _Optional[int] = ..., num_candidates: _Optional[int] = ..., num_check_indices: _Optional[int] = ..., num_batches: _Optional[int] = ..., continues_batch: _Optional[bool] = ..., rank_status: _Optional[_Iterable[_Union[RegionStatus, str]]] = ..., rank_candidates: _Optional[_Iterable[int]] = ..., rank_check_indices: _Optional[_Iterable[int]] = ..., rank_batches: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EmbeddingChunk(_message.Message):
     __slots__ = ("job_id", "rank", "region_id", "seq", "indices", "embeddings", "losses", "stream_chunks")

@@ -1,4 +1,5 @@
-"""``crest bench service --ranks``: simulated ranks against a real ``crest serve``."""
+"""``crest bench service --ranks``: simulated ranks against a real ``crest serve`` (and two
+replicas on a private redis-server)."""
 
 import pytest
 
@@ -7,15 +8,31 @@ from crest.bench.ranks import format_table, run_ranks_bench
 pytestmark = pytest.mark.integration
 
 
-def test_combined_checks_send_one_report_per_check_and_get_the_same_decisions() -> None:
-    result = run_ranks_bench([3], steps_=12, steps_per_s=10.0)
-    per_rank, combined = result["rows"]
-    assert (per_rank["mode"], combined["mode"]) == ("per-rank", "combined")
-    assert per_rank["checks"] > 0 and per_rank["decisions"] == combined["decisions"]
+def test_combined_checks_and_shared_fetches_cut_the_rpcs_with_the_same_decisions() -> None:
+    result = run_ranks_bench([3], steps_=12, steps_per_s=10.0, replica_steps=12)
+    per_rank, combined, shared, service = result["rows"]
+    assert [r["mode"] for r in result["rows"]] == [
+        "per-rank", "combined", "shared", "shared-service",
+    ]  # fmt: skip
+    assert per_rank["checks"] > 0
+    assert per_rank["decisions"] == combined["decisions"] == shared["decisions"]
     assert per_rank["rpcs"]["ReportCheck"] == 3 * per_rank["checks"]
-    assert combined["rpcs"]["ReportCheck"] == combined["checks"]
-    for row in result["rows"]:  # every rank fetches twice and uploads once per region
+    for row in (combined, shared, service):
+        assert row["rpcs"]["ReportCheck"] == row["checks"]
+    for row in (per_rank, combined):  # every rank fetches twice and uploads once per region
         assert row["rpcs"]["GetRegion"] == 2 * 3 * row["regions"]
+    for row in (per_rank, combined, shared):
         assert row["rpcs"]["UploadEmbeddings"] == 3 * row["regions"]
-        assert row["steps"] == 12
-    assert "| 3 | combined | 12 |" in format_table(result)
+    # Rank 0 fetches for all: twice per region (candidates, batches), one page each.
+    assert shared["rpcs"]["GetRegion"] == 2 * shared["regions"] and shared["region_pages"] == 1
+    # The service side: no uploads; the model once, weights about once per region.
+    assert "UploadEmbeddings" not in service["rpcs"] and service["rpcs"]["PublishModel"] == 1
+    assert service["regions"] <= service["rpcs"]["PublishWeights"] <= service["regions"] + 2
+    assert service["rpcs"]["GetRegion"] <= 3 + service["regions"]
+    assert all(row["steps"] == 12 for row in result["rows"])
+    ((one, two),) = result["replicas"]
+    assert (one["replicas"], one["jobs"], two["replicas"], two["jobs"]) == (1, 1, 2, 2)
+    assert one["steps"] == [12] and two["steps"] == [12, 12]
+    assert len(two["coordinator_cpu_s_per_step"]) == 2
+    table = format_table(result)
+    assert "| 3 | combined | 12 |" in table and "| 2 | 2 (3) | shared-service | 12, " in table

@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from crest.client.ranks import CheckGroup, check_group
 from crest.embedded import local_coordinator
-from crest.proto.contract import CheckDecision, CheckReport
+from crest.proto.contract import CheckDecision, CheckReport, RegionStatus, RegionView
 from crest.proto.errors import Unavailable
 from tests.training import blobs, job_config, train, train_with_checkpoint
 
@@ -55,6 +55,21 @@ def test_a_failed_report_fails_rank_0_with_its_error(one_rank_group: None) -> No
     decision = CheckDecision(3, 17, True, 0.25, 0.5, 1.0)
     done.set_result(decision)
     assert group.share(done) == decision
+
+
+def test_a_failed_shared_fetch_fails_rank_0_with_its_error(one_rank_group: None) -> None:
+    group = check_group(True, 0, 1)
+    assert group is not None
+
+    def unreachable() -> list[RegionView]:
+        raise Unavailable("coordinator gone")
+
+    with pytest.raises(Unavailable, match="coordinator gone"):
+        group.share_region(unreachable)
+    for status, settled in ((RegionStatus.READY, True), (RegionStatus.SELECTING, False)):
+        sent = RegionView(region_id=2, status=status, start_step=8, end_step=16)
+        view, all_settled = group.share_region(lambda sent=sent: [sent])
+        assert (view.region_id, view.status, view.end_step, all_settled) == (2, status, 16, settled)
 
 
 def test_a_combining_session_trains_and_resumes_with_the_same_batches(

@@ -2,8 +2,8 @@
 ``python -m tests.integration.ddp_rank_main ADDR INIT_FILE RANK WORLD OUT JOB=COMBINE...``.
 
 Trains the test MLP on each job in turn, with ``combine_checks`` = ``auto`` (None), ``true``
-or ``false``, and writes per job the batches it saw, how many check reports it sent, and the
-error that stopped it (if any) as JSON.
+or ``false``, and writes per job the batches it saw, how many check reports and region
+fetches it sent, and the error that stopped it (if any) as JSON.
 """
 
 import json
@@ -21,15 +21,24 @@ COMBINE = {"auto": None, "true": True, "false": False}
 
 
 class CountingReports:
-    """The coordinator, counting this rank's ReportCheck calls."""
+    """The coordinator, counting this rank's ReportCheck calls and region fetches."""
 
     def __init__(self, inner: RemoteCoordinator) -> None:
         self.inner = inner
         self.reports = 0
+        self.fetches = 0
 
     def report_check(self, *args: Any) -> Any:
         self.reports += 1
         return self.inner.report_check(*args)
+
+    def get_region(self, *args: Any) -> Any:
+        self.fetches += 1
+        return self.inner.get_region(*args)
+
+    def get_regions(self, *args: Any) -> Any:
+        self.fetches += 1
+        return self.inner.get_regions(*args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -51,7 +60,8 @@ def main(address: str, init_file: str, rank: str, world: str, out: str, *jobs: s
                     wrap=DistributedDataParallel,
                     combine_checks=COMBINE[combine],
                 )
-                results[job_id] = {"batches": served, "reports": counting.reports}
+                results[job_id] = {"batches": served, "reports": counting.reports,
+                                   "fetches": counting.fetches}  # fmt: skip
             except ValueError as err:
                 results[job_id] = {"error": str(err)}
     dist.destroy_process_group()

@@ -1,5 +1,6 @@
-"""Data-parallel ranks (gloo, DDP, one process each) that combine their check reports: one
-ReportCheck per check, the decisions and batches of separate reports; ranks that disagree on
+"""Data-parallel ranks (gloo, DDP, one process each) that combine their check reports and
+share their region fetches: one ReportCheck per check and one fetch per region step for all
+ranks, the decisions and batches of separate reports and fetches; ranks that disagree on
 combining fail at once."""
 
 from __future__ import annotations
@@ -82,6 +83,13 @@ def test_ranks_combine_their_checks_into_one_report_with_the_same_decisions(
     assert [r["combined"]["reports"] for r in ranks] == [checks] + [0] * (world - 1)
     assert [r["separate"]["reports"] for r in ranks] == [checks] * world
     assert rpc.method("ReportCheck").calls == checks * (1 + world), "what the server answered"
+    # Region fetches: rank 0 alone fetches for all ranks (at each region switch, and while
+    # the ranks embed and wait for the selection), at most as often as any rank alone did.
+    shared = [r["combined"]["fetches"] for r in ranks]
+    separate = [r["separate"]["fetches"] for r in ranks]
+    assert shared[1:] == [0] * (world - 1) and len(regions("combined")) <= shared[0]
+    assert shared[0] <= min(separate) and sum(separate) >= world * len(regions("separate"))
+    assert rpc.method("GetRegion").calls == sum(shared) + sum(separate), "one page each"
     for rank in ranks:
         assert rank["combined"]["batches"] == rank["separate"]["batches"]
     served = [rank["combined"]["batches"] for rank in ranks]
@@ -97,3 +105,28 @@ def test_ranks_combine_their_checks_into_one_report_with_the_same_decisions(
             f"ranks [0] ask for combined checks, ranks {refusing} refuse them"
             in (rank["mixed"]["error"])
         )
+
+
+def test_ranks_share_their_fetches_on_the_service_side_with_the_same_batches(
+    observed: tuple[LoopbackCoordinator, RpcTelemetry], tmp_path: Path
+) -> None:
+    loopback, _ = observed
+    world = 2
+    config = job_config(world_size=world, epochs=2, selection_side="service", max_staleness=12)
+    with RemoteCoordinator(loopback.address) as remote:
+        for job_id in ("shared", "separate"):
+            remote.create_job(config, blobs()[1].numpy(), job_id=job_id)
+    ranks = run_ranks(loopback.address, tmp_path, [["shared=auto", "separate=false"]] * world)
+    status = loopback.local.job_status("shared")
+    assert status.finished and status.selection_side == "service"
+    assert any(r.embedded_by == "service" for r in status.regions)
+    for rank in ranks:
+        assert rank["shared"]["batches"] == rank["separate"]["batches"]
+    shared = [r["shared"]["fetches"] for r in ranks]
+    assert shared[1] == 0 and len(status.regions) <= shared[0]
+    assert shared[0] <= min(r["separate"]["fetches"] for r in ranks)
+    served = [rank["shared"]["batches"] for rank in ranks]
+    for batches in zip(*served, strict=True):
+        assert len({(b[0], b[3]) for b in batches}) == 1, "same steps, same-step switches"
+        indices = [i for b in batches for i in b[1]]
+        assert len(indices) == len(set(indices)), "coresets are disjoint across ranks"

@@ -1,6 +1,7 @@
 """A region over one message travels in pages: a trainer fetches and trains through it on a
 real loopback server, its pages reassemble exactly to what the coordinator holds, a small
-region still takes one call, and bad page requests get precise errors."""
+region still takes one call, and bad page requests get precise errors; several ranks' views
+(a shared fetch) page alike."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from crest.client.remote import RemoteCoordinator
 from crest.proto import convert
 from crest.proto.contract import RegionStatus, RegionView
+from crest.proto.errors import InvalidArgument, NotFound
 from crest.proto.v1 import coordinator_pb2 as pb
 from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from crest.service.server import CHANNEL_OPTIONS
@@ -119,3 +121,30 @@ def test_a_region_that_fits_one_message_takes_one_call(loopback, monkeypatch) ->
         )
         view = remote.get_region(job_id, 0, 0)
     assert calls == ["GetRegion"] and len(view.candidates) > 0
+
+
+def test_several_ranks_regions_travel_in_pages_over_grpc_with_precise_errors(
+    loopback: LoopbackCoordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(convert, "PAGE_BYTES", 2048)  # the server's pages: a few hundred rows
+    world = 4
+    with RemoteCoordinator(loopback.address) as remote:
+        job_id = remote.create_job(job_config(world_size=world), blobs()[1].numpy(), job_id="r")
+        views = remote.get_regions(job_id, 0, world, 0)
+        assert [v.status for v in views] == [RegionStatus.EMBED] * world
+        pages = loopback.local.submit(loopback.manager.get_regions(job_id, 0, world, 0)).result()
+        assert len(convert.regions_to_pages(pages)) > 1
+        for rank, view in enumerate(views):
+            assert_same_region(view, remote.get_region(job_id, rank, 0))
+        assert_same_region(remote.get_regions(job_id, 2, 2, 0)[1], views[3])
+        with pytest.raises(InvalidArgument) as caught:
+            remote.get_regions(job_id, 2, 3, 0)
+        assert str(caught.value) == "ranks 2 to 4 (3 from 2) are not within job 'r''s ranks 0 to 3"
+        with pytest.raises(NotFound, match="unknown job 'nope'"):
+            remote.get_regions("nope", 0, world, 0)
+    with grpc.insecure_channel(loopback.address, options=CHANNEL_OPTIONS) as channel:
+        request = pb.GetRegionRequest(job_id=job_id, rank=0, step=0, num_ranks=world)
+        with pytest.raises(grpc.RpcError) as unpaged:
+            pb_grpc.CoordinatorStub(channel).GetRegion(request, timeout=60)
+    assert unpaged.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "several ranks (num_ranks) must name a page" in unpaged.value.details()
