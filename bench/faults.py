@@ -118,12 +118,12 @@ class FaultPlan:
 
 
 def quick_plan(plan: FaultPlan | None = None) -> FaultPlan:
-    """About a minute and a half on an idle 2-core machine: a 150-step job, 2 coordinator
-    kills, one Redis kill, one actor kill, one replica kill (2 s leases), 8 sessions for 10 s,
-    300 fuzzed requests."""
-    return replace(plan or FaultPlan(), job=TrainJob(examples=2_400, epochs=4), kills=2,
+    """About a minute on an idle 2-core machine: a 75-step job, 2 coordinator kills, one
+    Redis kill, one actor kill, one replica kill (2 s leases), 8 sessions for 5 s, 200 fuzzed
+    requests."""
+    return replace(plan or FaultPlan(), job=TrainJob(examples=2_400, epochs=2), kills=2,
                    redis_kills=1, actor_kills=1, replica_kills=1, lease_s=2.0, soak_sessions=8,
-                   soak_s=10.0, fuzz_n=300)  # fmt: skip
+                   soak_s=5.0, fuzz_n=200)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- processes

@@ -157,7 +157,7 @@ def test_tiny_run_without_full_trains_robust_coresets_on_noisy_w2() -> None:
         fracs=(0.5,),
         full=False,
         num_samples=SOURCE,
-        train=TrainSetup(epochs=2, batch_size=32, evals=2),
+        train=TrainSetup(epochs=1, batch_size=32, evals=2),
     )
     with local_coordinator() as coordinator:
         result = run_e2e(plan, coordinator, progress=False)
