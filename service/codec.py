@@ -38,11 +38,11 @@ def _little_endian(array: np.ndarray) -> np.ndarray:
     return array.astype(dtype, order="C")
 
 
-def _encode(node: Any, buffers: list[np.ndarray], offset: list[int]) -> Any:
-    """``node``'s header entry; its arrays appended to ``buffers`` (as byte views)."""
+def _encode(node: Any, buffers: list[memoryview], offset: list[int]) -> Any:
+    """``node``'s header entry; its arrays' bytes appended to ``buffers`` (views)."""
     if isinstance(node, np.ndarray):
         array = _little_endian(node)
-        buffers.append(array.reshape(-1).view(np.uint8))
+        buffers.append(array.reshape(-1).view(np.uint8).data)
         entry = {_ARRAY: [offset[0], array.dtype.str, list(array.shape)]}
         offset[0] += array.nbytes
         return entry
@@ -57,9 +57,9 @@ def _encode(node: Any, buffers: list[np.ndarray], offset: list[int]) -> Any:
     raise TypeError(f"cannot encode {type(node).__name__}")
 
 
-def _chunks(tree: Any) -> list[bytes | np.ndarray]:
+def _chunks(tree: Any) -> list[bytes | memoryview]:
     """:func:`pack`'s output in consecutive parts, the arrays' bytes as views (no copies)."""
-    buffers: list[np.ndarray] = []
+    buffers: list[memoryview] = []
     header = json.dumps(_encode(tree, buffers, [0]), separators=(",", ":"), allow_nan=True)
     raw = header.encode()
     return [_MAGIC, struct.pack("<I", len(raw)), raw, *buffers]
@@ -128,8 +128,7 @@ class Pieces(Mapping[str, bytes]):
 
     def size(self, name: str) -> int:
         """Bytes of the packed piece ``name`` (without packing it)."""
-        return sum(len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
-                   for chunk in _chunks(self._views[name]))  # fmt: skip
+        return sum(map(len, _chunks(self._views[name])))  # memoryviews of bytes
 
 
 def _cut(node: Any, piece_bytes: int, pieces: Pieces) -> Any:

@@ -80,7 +80,7 @@ from crest.proto.errors import (
     Unavailable,
 )
 from crest.service import journal
-from crest.service.codec import join, pack, split, unpack
+from crest.service.codec import Pieces, join, pack, split, unpack
 from crest.service.job import ArchivedRegion, JobState, Phase, Region, Upload, UploadChunk
 from crest.service.leases import RedisLeases
 from crest.service.region import region_from_state, region_to_state
@@ -206,7 +206,7 @@ def _rebuild(stored: StoredJob) -> JobState:
 
 def _new_job(
     job_id: str, config: JobConfig, labels: np.ndarray
-) -> tuple[JobState, tuple[bytes, dict[str, bytes]]]:
+) -> tuple[JobState, tuple[bytes, Pieces]]:
     """A new job's state and its first snapshot."""
     state = JobState(job_id, config, labels)
     return state, _stored_snapshot(state)
@@ -1183,7 +1183,7 @@ def _snapshot(state: JobState) -> bytes:
     return pack(state.to_state())
 
 
-def _stored_snapshot(state: JobState) -> tuple[bytes, dict[str, bytes]]:
+def _stored_snapshot(state: JobState) -> tuple[bytes, Pieces]:
     """The state as the store keeps it: a head and pieces (:func:`split`)."""
     head, pieces = split(state.to_state(), PIECE_BYTES)
     return pack(head), pieces

@@ -67,7 +67,7 @@ class StoredRegion:
     """An archived region, split like a snapshot (:func:`crest.service.codec.split`)."""
 
     head: bytes
-    pieces: dict[str, bytes] = field(default_factory=dict)
+    pieces: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class StateStore(Protocol):
