@@ -23,8 +23,10 @@ Per size (N = 100k, 1M, 10M with C = 10; N = 1.28M with C = 1,000), in a process
 
 Many jobs: ``crest serve`` (Ray selector pool by default, Redis store) in its own process and
 trainers over gRPC, each job in a thread of this process: one job alone, then ``jobs``
-concurrent jobs of N = 50k, each switching ``regions`` regions; switch latency as the trainers
-see it (open + upload + selection), and the coordinator process's memory per job.
+concurrent jobs of N = 50k, each switching ``regions`` regions back to back (closed loop: the
+coordinator's capacity), then as many new jobs whose trainers train ``pace_s`` x U(0.5, 1.5)
+seconds between switches (paced: the latency under a load below capacity); switch latency as
+the trainers see it (open + upload + selection), and the coordinator process's memory per job.
 
 Child processes: ``python -m crest.bench.scale case|restart JSON``, printing one JSON line.
 """
