@@ -165,7 +165,7 @@ KEPT_WEIGHT_VERSIONS = 4  # published weight versions a job keeps (only the late
 
 
 def _labels_digest(labels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).data).hexdigest()
 
 
 async def _to_the_end(work: Awaitable[T]) -> T:
@@ -196,8 +196,15 @@ async def _off_loop(fn: Callable[..., T], *args: object) -> T:
 
 
 def _rebuild(stored: StoredJob) -> JobState:
-    """A job's state from its snapshot and journal (heavy: regions are drawn again)."""
-    state = JobState.from_state(join(unpack(stored.snapshot), stored.pieces))
+    """A job's state from its snapshot and journal (heavy: regions are drawn again).
+
+    Consumes ``stored.pieces``: once joined they are dropped, before the state copies the
+    joined arrays, so that a restart holds two copies of the per-example state at most.
+    """
+    tree = join(unpack(stored.snapshot), stored.pieces)
+    stored.pieces = {}
+    state = JobState.from_state(tree)
+    del tree
     for event in stored.log:
         journal.replay(state, event)
     state.leaving.clear()  # archived before their events were journaled
