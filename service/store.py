@@ -43,6 +43,7 @@ writes nothing (:class:`NotOwner`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -196,7 +197,8 @@ class MemoryStore:
         self, job_id: str, snapshot: bytes, pieces: Mapping[str, bytes] = _NO_PIECES
     ) -> None:
         _check_sizes(job_id, snapshot, pieces, self.max_value_bytes)
-        self._jobs[job_id] = StoredJob(snapshot, pieces=self._kept(job_id, pieces))
+        kept = await asyncio.to_thread(self._kept, job_id, pieces)
+        self._jobs[job_id] = StoredJob(snapshot, pieces=kept)
         self._archives[job_id] = {}
 
     async def append(self, job_id: str, event: bytes) -> int:
@@ -213,10 +215,12 @@ class MemoryStore:
         _check_sizes(job_id, snapshot, pieces, self.max_value_bytes)
         if job_id not in self._jobs:
             raise _lost(job_id)
-        self._jobs[job_id] = StoredJob(snapshot, pieces=self._kept(job_id, pieces))
+        kept = await asyncio.to_thread(self._kept, job_id, pieces)
+        self._jobs[job_id] = StoredJob(snapshot, pieces=kept)
 
     def _kept(self, job_id: str, pieces: Mapping[str, bytes]) -> dict[str, bytes]:
-        """``pieces`` as stored: those the job holds already are neither packed nor copied."""
+        """``pieces`` as stored: those the job holds already are neither packed nor copied
+        (the others are packed here: on a worker thread, as a large job's are many MB)."""
         held = self._jobs[job_id].pieces if job_id in self._jobs else {}
         return {name: held[name] if name in held else pieces[name] for name in pieces}
 
