@@ -23,8 +23,10 @@ Per size (N = 100k, 1M, 10M with C = 10; N = 1.28M with C = 1,000), in a process
 
 Many jobs: ``crest serve`` (Ray selector pool by default, Redis store) in its own process and
 trainers over gRPC, each job in a thread of this process: one job alone, then ``jobs``
-concurrent jobs of N = 50k, each switching ``regions`` regions; switch latency as the trainers
-see it (open + upload + selection), and the coordinator process's memory per job.
+concurrent jobs of N = 50k, each switching ``regions`` regions back to back (closed loop: the
+coordinator's capacity), then as many new jobs whose trainers train ``pace_s`` x U(0.5, 1.5)
+seconds between switches (paced: the latency under a load below capacity); switch latency as
+the trainers see it (open + upload + selection), and the coordinator process's memory per job.
 
 Child processes: ``python -m crest.bench.scale case|restart JSON``, printing one JSON line.
 """
@@ -95,6 +97,11 @@ class ManyJobs:
     regions: int = 5  # switches per job while all run
     alone_regions: int = 20  # switches of the one job alone (the reference)
     selector: str = "ray"  # crest serve's --selector
+    # The paced run's simulated training per region and trainer (0: no paced run): each
+    # trainer waits pace_s x U(0.5, 1.5) after every switch and U(0, pace_s) before its first,
+    # from its seed, so that the jobs do not switch in lockstep. At 4 s, 100 jobs ask for
+    # ~25 switches/s, about a third of what the closed loop serves on 2 idle cores.
+    pace_s: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -111,7 +118,9 @@ def quick_plan() -> ScalePlan:
     selector (the test tier's; Ray's start alone takes longer)."""
     return ScalePlan(
         cases=(Case("20k", 20_000, 10, regions=12, max_s=60.0),),
-        many=ManyJobs(jobs=3, examples=5_000, regions=2, alone_regions=3, selector="inprocess"),
+        many=ManyJobs(
+            jobs=3, examples=5_000, regions=2, alone_regions=3, selector="inprocess", pace_s=0.5
+        ),
         stored_after=(5, 10),
     )
 
@@ -486,32 +495,94 @@ def _flush(url: str) -> None:
 
 # -------------------------------------------------------------------------- many jobs
 def drive_job(
-    address: str, job_id: str, regions: int, dim: int, seed: int, start: threading.Barrier | None
+    address: str,
+    job_id: str,
+    regions: int,
+    dim: int,
+    seed: int,
+    start: threading.Barrier | None,
+    pace_s: float = 0.0,
 ) -> list[Switch]:
-    """A trainer over gRPC: ``regions`` switches of an existing job."""
+    """A trainer over gRPC: ``regions`` switches of an existing job; with ``pace_s``, a
+    simulated training of ``pace_s`` x U(0.5, 1.5) seconds after each switch, and of
+    U(0, ``pace_s``) before the first (see :class:`ManyJobs`)."""
     from crest.client.remote import RemoteCoordinator
 
     rng = np.random.default_rng(seed)
+    pace = np.random.default_rng([seed, 1])  # apart from the embeddings' draws
     switches: list[Switch] = []
     with RemoteCoordinator(address, connect_timeout_s=60, retry_s=READY_TIMEOUT_S) as remote:
         if start is not None:
             start.wait()
+        if pace_s:
+            time.sleep(pace.uniform(0.0, pace_s))
         step = 0
         while len(switches) < regions:
             switch, step = switch_region(remote, job_id, step, rng, dim)
             if switch is None:
                 break
             switches.append(switch)
+            if pace_s and len(switches) < regions:
+                time.sleep(pace_s * pace.uniform(0.5, 1.5))
     return switches
 
 
+def _concurrent(
+    address: str, ids: list[str], regions: int, dim: int, seed: int, pace_s: float
+) -> dict[str, Any]:
+    """A trainer thread per job in ``ids``, started together: their switches and errors."""
+    from crest.client.remote import RemoteCoordinator
+
+    barrier = threading.Barrier(len(ids))
+    results: dict[str, list[Switch]] = {}
+    errors: list[str] = []
+
+    def run(job_id: str, index: int) -> None:
+        try:
+            results[job_id] = drive_job(address, job_id, regions, dim, seed + index, barrier,
+                                        pace_s)  # fmt: skip
+        except Exception as err:  # reported; the other jobs go on
+            errors.append(f"{job_id}: {type(err).__name__}: {err}")
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(job_id, i)) for i, job_id in enumerate(ids)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall_s = time.perf_counter() - started
+    with RemoteCoordinator(address, connect_timeout_s=60) as remote:
+        fallbacks = sum(sum(r.fallback for r in remote.job_status(job_id).regions)
+                        for job_id in results)  # fmt: skip
+    switches = [s for job in results.values() for s in job]
+    return {
+        "pace_s": pace_s,
+        "switch": _summary([s.total for s in switches]),
+        "fallbacks": fallbacks,
+        "errors": errors,
+        "wall_s": wall_s,
+        "switches_per_s": len(switches) / wall_s if wall_s > 0 else 0.0,
+    }
+
+
 def run_many(many: ManyJobs, url: str, workdir: Path, dim: int, seed: int) -> dict:
+    """One job alone; then ``many.jobs`` jobs switching back to back (closed loop: the
+    coordinator's capacity); then as many new jobs paced by a simulated training (the switch
+    latency under a load below capacity), when ``many.pace_s``."""
     from crest.bench.faults import CoordinatorProcess
     from crest.client.remote import RemoteCoordinator
 
     flags = ["--store", url, "--selector", many.selector]
     config = JobConfig(num_examples=many.examples, num_classes=many.classes, seed=seed)
     labels = fake_labels(many.examples, many.classes, seed)
+
+    def create(remote: RemoteCoordinator, prefix: str) -> list[str]:
+        ids = [f"{prefix}-{i:03d}" for i in range(many.jobs)]
+        for job_id in ids:
+            remote.create_job(config, labels, job_id=job_id)
+        return ids
+
     with CoordinatorProcess(workdir / "serve.log", *flags) as coordinator:
         assert coordinator.process is not None
         pid = coordinator.process.pid
@@ -522,52 +593,35 @@ def run_many(many: ManyJobs, url: str, workdir: Path, dim: int, seed: int) -> di
             alone_fallbacks = sum(r.fallback for r in remote.job_status("alone").regions)
             idle = memory_mb(pid)
             started = time.perf_counter()
-            ids = [f"many-{i:03d}" for i in range(many.jobs)]
-            for job_id in ids:
-                remote.create_job(config, labels, job_id=job_id)
+            ids = create(remote, "many")
             create_s = time.perf_counter() - started
             created = memory_mb(pid)
-        barrier = threading.Barrier(many.jobs)
-        results: dict[str, list[Switch]] = {}
-        errors: list[str] = []
-
-        def run(job_id: str, index: int) -> None:
-            try:
-                results[job_id] = drive_job(address, job_id, many.regions, dim, seed + index,
-                                            barrier)  # fmt: skip
-            except Exception as err:  # reported; the other jobs go on
-                errors.append(f"{job_id}: {type(err).__name__}: {err}")
-                barrier.abort()
-
-        threads = [threading.Thread(target=run, args=(job_id, i)) for i, job_id in enumerate(ids)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall_s = time.perf_counter() - started
+        closed = _concurrent(address, ids, many.regions, dim, seed, 0.0)
         after = memory_mb(pid)
-        with RemoteCoordinator(address, connect_timeout_s=60) as remote:
-            fallbacks = sum(sum(r.fallback for r in remote.job_status(job_id).regions)
-                            for job_id in results)  # fmt: skip
-    switches = [s for job in results.values() for s in job]
-    alone_summary, many_summary = (
-        _summary([s.total for s in alone]),
-        _summary([s.total for s in switches]),
-    )
-    ratio = (many_summary["p99_ms"] / alone_summary["p99_ms"]
-             if switches and alone else None)  # fmt: skip
+        paced = None
+        if many.pace_s:
+            with RemoteCoordinator(address, connect_timeout_s=60) as remote:
+                ids = create(remote, "paced")
+            paced = _concurrent(address, ids, many.regions, dim, seed, many.pace_s)
+    alone_summary = _summary([s.total for s in alone])
+
+    def ratio(run: dict | None) -> float | None:
+        if run is None or not run["switch"]["n"] or not alone:
+            return None
+        return run["switch"]["p99_ms"] / alone_summary["p99_ms"]
+
     return {
         "plan": asdict(many),
         "alone": alone_summary,
         "alone_fallbacks": alone_fallbacks,
-        "concurrent": many_summary,
-        "p99_ratio": ratio,
-        "fallbacks": fallbacks,
-        "errors": errors,
+        "concurrent": closed["switch"],  # the closed loop (capacity)
+        "p99_ratio": ratio(closed),
+        "fallbacks": closed["fallbacks"],
+        "errors": closed["errors"],
         "create_s": create_s,
-        "wall_s": wall_s,
-        "switches_per_s": len(switches) / wall_s if wall_s > 0 else 0.0,
+        "wall_s": closed["wall_s"],
+        "switches_per_s": closed["switches_per_s"],
+        "paced": None if paced is None else {**paced, "p99_ratio": ratio(paced)},
         "memory_mb": {"idle": idle, "created": created, "after": after},
         "mb_per_job": (after["rss_mb"] - idle["rss_mb"]) / many.jobs,
     }
@@ -678,12 +732,20 @@ def targets(results: dict, plan: ScalePlan) -> list[dict[str, Any]]:
                     "met": seconds < 10})  # fmt: skip
     many = results.get("many")
     if many is not None and "error" not in many and many["p99_ratio"] is not None:
+        # Judged on the paced run (trainers train between switches, below capacity); a
+        # closed loop's ratio is about the number of jobs per core whatever the service does.
+        paced = many.get("paced") or {}
+        judged = paced if paced.get("p99_ratio") is not None else None
+        value = (f"closed loop {many['concurrent']['p99_ms']:.0f} ms vs "
+                 f"{many['alone']['p99_ms']:.0f} ms ({many['p99_ratio']:.1f}x)")  # fmt: skip
+        if judged is not None:
+            value = (f"paced ({judged['pace_s']:g} s per region) {judged['switch']['p99_ms']:.0f} "
+                     f"ms ({judged['p99_ratio']:.1f}x); {value}")  # fmt: skip
         out.append({
             "target": f"{many['plan']['jobs']} jobs: switch p99 within a few (<= 5) times one "
                       "job's",
-            "value": f"{many['concurrent']['p99_ms']:.0f} ms vs {many['alone']['p99_ms']:.0f} "
-                     f"ms ({many['p99_ratio']:.1f}x)",
-            "met": many["p99_ratio"] <= 5,
+            "value": value,
+            "met": (judged or many)["p99_ratio"] <= 5,
         })  # fmt: skip
     return out
 
@@ -746,10 +808,19 @@ def format_table(result: dict[str, Any]) -> str:
                 "|---|---|---|---|---|---|",
                 f"| 1 alone ({plan['examples']:,}, {plan['selector']}) | {many['alone']['n']} | "
                 f"{_ms(many['alone'])} | {many['alone_fallbacks']} | - | - |",
-                f"| {plan['jobs']} at once ({plan['examples']:,}, {plan['selector']}) | "
+                f"| {plan['jobs']} at once, back to back ({plan['examples']:,}, "
+                f"{plan['selector']}) | "
                 f"{many['concurrent']['n']} | {_ms(many['concurrent'])} | {many['fallbacks']} "
                 f"| {many['switches_per_s']:.1f} | {many['mb_per_job']:.1f} |",
             ]
+            paced = many.get("paced")
+            if paced is not None:
+                lines.append(
+                    f"| {plan['jobs']} paced, {paced['pace_s']:g} s x U(0.5, 1.5) per region "
+                    f"({plan['examples']:,}, {plan['selector']}) | {paced['switch']['n']} | "
+                    f"{_ms(paced['switch'])} | {paced['fallbacks']} | "
+                    f"{paced['switches_per_s']:.1f} | - |"
+                )  # fmt: skip
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for t in result["targets"]:
         met = "not measured" if t["met"] is None else ("yes" if t["met"] else "**no**")

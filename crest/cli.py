@@ -226,6 +226,8 @@ def _scale_bench(args: argparse.Namespace) -> int:
         plan = replace(plan, many=replace(plan.many, jobs=args.jobs))
     if args.selector is not None and plan.many is not None:
         plan = replace(plan, many=replace(plan.many, selector=args.selector))
+    if args.pace_s is not None and plan.many is not None:
+        plan = replace(plan, many=replace(plan.many, pace_s=args.pace_s))
     result = run_scale(plan)
     print(format_table(result))
     write_json(result, Path(args.out))
@@ -535,6 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument(
         "--selector", choices=["ray", "inprocess"], help="the many jobs' (default ray)"
     )
+    scale.add_argument(
+        "--pace-s", type=float,
+        help="the many jobs' paced run: simulated training per region and trainer, x U(0.5, "
+        "1.5) (default 4; 0: closed loop only)",
+    )  # fmt: skip
     scale.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     scale.add_argument("--out", default="results/scale.json")
     scale.set_defaults(func=_scale_bench)

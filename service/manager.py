@@ -80,7 +80,7 @@ from crest.proto.errors import (
     Unavailable,
 )
 from crest.service import journal
-from crest.service.codec import join, pack, split, unpack
+from crest.service.codec import Pieces, join, pack, split, unpack
 from crest.service.job import ArchivedRegion, JobState, Phase, Region, Upload, UploadChunk
 from crest.service.leases import RedisLeases
 from crest.service.region import region_from_state, region_to_state
@@ -165,7 +165,7 @@ KEPT_WEIGHT_VERSIONS = 4  # published weight versions a job keeps (only the late
 
 
 def _labels_digest(labels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).data).hexdigest()
 
 
 async def _to_the_end(work: Awaitable[T]) -> T:
@@ -196,8 +196,15 @@ async def _off_loop(fn: Callable[..., T], *args: object) -> T:
 
 
 def _rebuild(stored: StoredJob) -> JobState:
-    """A job's state from its snapshot and journal (heavy: regions are drawn again)."""
-    state = JobState.from_state(join(unpack(stored.snapshot), stored.pieces))
+    """A job's state from its snapshot and journal (heavy: regions are drawn again).
+
+    Consumes ``stored.pieces``: once joined they are dropped, before the state copies the
+    joined arrays, so that a restart holds two copies of the per-example state at most.
+    """
+    tree = join(unpack(stored.snapshot), stored.pieces)
+    stored.pieces = {}
+    state = JobState.from_state(tree)
+    del tree
     for event in stored.log:
         journal.replay(state, event)
     state.leaving.clear()  # archived before their events were journaled
@@ -206,7 +213,7 @@ def _rebuild(stored: StoredJob) -> JobState:
 
 def _new_job(
     job_id: str, config: JobConfig, labels: np.ndarray
-) -> tuple[JobState, tuple[bytes, dict[str, bytes]]]:
+) -> tuple[JobState, tuple[bytes, Pieces]]:
     """A new job's state and its first snapshot."""
     state = JobState(job_id, config, labels)
     return state, _stored_snapshot(state)
@@ -1213,7 +1220,7 @@ def _snapshot(state: JobState) -> bytes:
     return pack(state.to_state())
 
 
-def _stored_snapshot(state: JobState) -> tuple[bytes, dict[str, bytes]]:
+def _stored_snapshot(state: JobState) -> tuple[bytes, Pieces]:
     """The state as the store keeps it: a head and pieces (:func:`split`)."""
     head, pieces = split(state.to_state(), PIECE_BYTES)
     return pack(head), pieces

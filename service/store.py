@@ -43,12 +43,14 @@ writes nothing (:class:`NotOwner`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from crest.proto.errors import DataLoss, InvalidArgument, NotOwner, ResourceExhausted
+from crest.service.codec import Pieces
 
 DEFAULT_MAX_VALUE_BYTES = 64 * 2**20
 _NO_PIECES: Mapping[str, bytes] = {}
@@ -66,7 +68,7 @@ class StoredRegion:
     """An archived region, split like a snapshot (:func:`crest.service.codec.split`)."""
 
     head: bytes
-    pieces: dict[str, bytes] = field(default_factory=dict)
+    pieces: Mapping[str, bytes] = field(default_factory=dict)
 
 
 class StateStore(Protocol):
@@ -148,8 +150,12 @@ def _check_sizes(
     job_id: str, snapshot: bytes, pieces: Mapping[str, bytes], limit: int | None
 ) -> None:
     _check_size(job_id, "snapshot head", snapshot, limit)
-    for piece in pieces.values():
-        _check_size(job_id, "snapshot piece", piece, limit)
+    if limit is None:
+        return
+    for name in pieces:  # split()'s pieces tell their size without being packed
+        size = pieces.size(name) if isinstance(pieces, Pieces) else len(pieces[name])
+        if size > limit:
+            _check_size(job_id, "snapshot piece", pieces[name], limit)
 
 
 def _text(reply: bytes | str) -> str:
@@ -191,7 +197,8 @@ class MemoryStore:
         self, job_id: str, snapshot: bytes, pieces: Mapping[str, bytes] = _NO_PIECES
     ) -> None:
         _check_sizes(job_id, snapshot, pieces, self.max_value_bytes)
-        self._jobs[job_id] = StoredJob(snapshot, pieces=dict(pieces))
+        kept = await asyncio.to_thread(self._kept, job_id, pieces)
+        self._jobs[job_id] = StoredJob(snapshot, pieces=kept)
         self._archives[job_id] = {}
 
     async def append(self, job_id: str, event: bytes) -> int:
@@ -208,7 +215,14 @@ class MemoryStore:
         _check_sizes(job_id, snapshot, pieces, self.max_value_bytes)
         if job_id not in self._jobs:
             raise _lost(job_id)
-        self._jobs[job_id] = StoredJob(snapshot, pieces=dict(pieces))
+        kept = await asyncio.to_thread(self._kept, job_id, pieces)
+        self._jobs[job_id] = StoredJob(snapshot, pieces=kept)
+
+    def _kept(self, job_id: str, pieces: Mapping[str, bytes]) -> dict[str, bytes]:
+        """``pieces`` as stored: those the job holds already are neither packed nor copied
+        (the others are packed here: on a worker thread, as a large job's are many MB)."""
+        held = self._jobs[job_id].pieces if job_id in self._jobs else {}
+        return {name: held[name] if name in held else pieces[name] for name in pieces}
 
     async def load(self, job_id: str) -> StoredJob | None:
         job = self._jobs.get(job_id)
@@ -422,16 +436,15 @@ class RedisStore:
         its head exists); returns the names held that ``pieces`` does not name."""
         key = self._key(job_id, "pieces")
         held = {_text(name) for name in await self._redis.hkeys(key)}
-        for name, piece in pieces.items():
-            if name in held:
+        for name in pieces:
+            if name in held:  # named by its content: never packed (see codec.Pieces)
                 continue
             if not guarded:
-                await self._redis.hset(key, name, piece)
+                await self._redis.hset(key, name, pieces[name])
             else:
                 keys = [*self._keys(job_id, "snapshot"), key]
-                self._written(
-                    job_id, await self._piece(keys=keys, args=[self._holder, name, piece])
-                )
+                reply = await self._piece(keys=keys, args=[self._holder, name, pieces[name]])
+                self._written(job_id, reply)
         return sorted(held.difference(pieces))
 
     async def append(self, job_id: str, event: bytes) -> int:
@@ -470,8 +483,11 @@ class RedisStore:
         """The pieces one command each, then the head, which makes the region readable."""
         _check_sizes(job_id, region.head, region.pieces, self.max_value_bytes)
         keys = self._keys(job_id, "snapshot", "archive")
-        for name, piece in region.pieces.items():
-            reply = await self._piece(keys=keys, args=[self._holder, f"{region_id}:{name}", piece])
+        for name in region.pieces:
+            stored_name = f"{region_id}:{name}"
+            reply = await self._piece(
+                keys=keys, args=[self._holder, stored_name, region.pieces[name]]
+            )
             self._written(job_id, reply)
         reply = await self._archive(
             keys=keys, args=[self._holder, region_id, region.head, region_id - keep]

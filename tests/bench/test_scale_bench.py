@@ -18,7 +18,9 @@ def test_tiny_plan_measures_every_case_and_formats() -> None:
     # A smoke test only (the benchmark is never a timed test): structure and sane values.
     plan = ScalePlan(
         cases=(Case("5k", 5_000, 10, regions=6, max_s=300.0),),
-        many=ManyJobs(jobs=2, examples=3_000, regions=2, alone_regions=2, selector="inprocess"),
+        many=ManyJobs(
+            jobs=2, examples=3_000, regions=2, alone_regions=2, selector="inprocess", pace_s=0.2
+        ),
         stored_after=(2, 4),
     )
     result = run_scale(plan, progress=lambda _: None)
@@ -46,9 +48,13 @@ def test_tiny_plan_measures_every_case_and_formats() -> None:
     assert many["errors"] == [] and many["fallbacks"] == 0
     assert many["alone"]["n"] == 2 and many["concurrent"]["n"] == 4
     assert many["p99_ratio"] > 0
+    paced = many["paced"]
+    assert paced["errors"] == [] and paced["fallbacks"] == 0 and paced["switch"]["n"] == 4
+    assert paced["pace_s"] == 0.2 and paced["p99_ratio"] > 0
     table = format_table(result)
     assert "| 5k | 5,000 | 10 |" in table
-    assert "| 2 at once (3,000, inprocess) | 4 |" in table
+    assert "| 2 at once, back to back (3,000, inprocess) | 4 |" in table
+    assert "| 2 paced, 0.2 s x U(0.5, 1.5) per region (3,000, inprocess) | 4 |" in table
     assert "5k: stored bytes after 4 regions < 2x the initial state" in table
 
 

@@ -45,3 +45,54 @@ def test_split_cuts_large_arrays_into_named_pieces_that_join_back() -> None:
     history[-1] = -1  # one row changed: one piece renamed, the others named as before
     _, again = split(tree, 4096)
     assert len(set(again) - set(pieces)) == 1
+
+
+def test_pieces_of_a_view_are_those_of_a_copy_named_by_their_packed_bytes() -> None:
+    import hashlib
+
+    from crest.service.codec import split
+
+    base = np.arange(40_000, dtype=">i8").reshape(20_000, 2)
+    view = base[::2]  # neither contiguous nor little-endian: cut from a converted copy
+    head, pieces = split({"a": view}, 4096)
+    copied_head, copied = split({"a": np.ascontiguousarray(view, dtype="<i8")}, 4096)
+    assert head == copied_head and list(pieces) == list(copied)
+    for name in pieces:
+        blob = pieces[name]
+        assert blob == copied[name] and len(blob) == pieces.size(name)
+        assert name == hashlib.blake2b(blob, digest_size=16).hexdigest()
+        assert unpack(blob).dtype == np.dtype("<i8")
+
+
+def test_a_store_never_packs_the_pieces_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from crest.service import codec
+    from crest.service.store import MemoryStore
+
+    packed: list[int] = []
+    real_pack = codec.pack
+
+    def counted(tree: object) -> bytes:
+        packed.append(1)
+        return real_pack(tree)
+
+    monkeypatch.setattr(codec, "pack", counted)
+    history = np.zeros((2000, 4), np.float32)
+    tree = {"labels": np.arange(2000), "history": history}
+
+    async def main() -> None:
+        store = MemoryStore()
+        head, pieces = codec.split(tree, 4096)
+        await store.create("j", b"head", pieces)
+        assert len(packed) == len(pieces), "each new piece packed once"
+        history[0] = 1.0  # one piece changes
+        packed.clear()
+        head, pieces = codec.split(tree, 4096)
+        await store.snapshot("j", b"head", pieces)
+        assert len(packed) == 1, "only the changed piece is packed"
+        stored = await store.load("j")
+        back = codec.join(codec.unpack(codec.pack(head)), stored.pieces)
+        assert np.array_equal(back["history"], history)
+
+    asyncio.run(main())

@@ -424,8 +424,12 @@ def test_closed_regions_leave_the_live_state_and_their_views_survive_the_archive
     assert len(unpack(snapshot(job))["past"]) == LIVE_CLOSED_REGIONS
 
     for gone in job.leaving:
-        archived = region_from_state(unpack(pack(region_to_state(gone))))  # as stored
+        stored = region_to_state(gone)
+        archived = region_from_state(unpack(pack(stored)))  # as stored
         assert archived.members.size == 0, "the archive keeps what views need, not selection's"
+        assert stored["candidates"].itemsize < 8, "example ids stored narrow"
+        assert archived.candidates.dtype == np.int64
+        assert np.array_equal(archived.candidates, gone.candidates)
         for step, view in before[gone.region_id]:
             with pytest.raises(ArchivedRegion) as raised:
                 job.view(0, step)
