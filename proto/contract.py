@@ -501,7 +501,7 @@ class RegionStats(BaseModel):
     check_interval: int  # k
     num_candidates: int
     pool_size: int
-    pool_per_class: list[int]
+    pool_per_class: list[int]  # empty for all but the job's last 64 regions (bounded state)
     fallback: bool = False  # served stratified random batches: selection failed or timed out
     dropped: int = 0  # examples that left the pool when this region opened
     readmitted: int = 0  # dropped examples returned for re-examination

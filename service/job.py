@@ -83,6 +83,10 @@ MAX_EMBEDDING_DIM = 1 << 16
 # state, and every snapshot of it, stays O(N) however many regions a job runs.
 LIVE_CLOSED_REGIONS = 2
 
+# Regions whose statistics keep their per-class pool sizes (the most recent ones); older
+# regions' ``RegionStats.pool_per_class`` is emptied, so the statistics do not grow with C.
+PER_CLASS_STATS_KEPT = 64
+
 
 class ArchivedRegion(Exception):
     """A read needs closed region ``region_id``, which left the live state: the coordinator
@@ -313,6 +317,11 @@ class JobState:
                 staleness=start - weights_version if region.embedded_by == "service" else None,
             )
         )
+        if len(self.stats) > PER_CLASS_STATS_KEPT:
+            # The per-class pool sizes are what makes a region's statistics large at many
+            # classes (~5 KB at C = 1,000), and every region's statistics live in the snapshot
+            # head: older regions keep their totals only, so the head grows by ~1 KB a region.
+            self.stats[-PER_CLASS_STATS_KEPT - 1].pool_per_class = []
         return region
 
     def _activate(self, region: Region, start: int) -> None:

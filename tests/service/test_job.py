@@ -394,6 +394,28 @@ def assert_same_view(got: RegionView, expected: RegionView) -> None:
             assert a == b, field.name
 
 
+def test_only_recent_regions_keep_their_per_class_pool_sizes() -> None:
+    """The statistics of every region stay in the state; their per-class pool sizes (C values
+    each) only for the last ``PER_CLASS_STATS_KEPT`` regions, so the state does not grow by C
+    values a region."""
+    from crest.service.job import PER_CLASS_STATS_KEPT
+
+    job = make_job(max_coreset_uses=1)
+    step = 0
+    while len(job.stats) < PER_CLASS_STATS_KEPT + 3:
+        view = see(job, 0, step)
+        if view.status is RegionStatus.EMBED:
+            fill_region(job, step, loss=0.5)
+            view = see(job, 0, step)
+        if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
+            report(job, step, loss=0.5 + 0.1 * (step % 4))
+        step += 1
+    kept = [len(s.pool_per_class) for s in job.stats]
+    assert kept[-PER_CLASS_STATS_KEPT:] == [job.config.num_classes] * PER_CLASS_STATS_KEPT
+    assert kept[:-PER_CLASS_STATS_KEPT] == [0] * (len(kept) - PER_CLASS_STATS_KEPT)
+    assert all(s.pool_size > 0 for s in job.stats), "the totals stay"
+
+
 def test_closed_regions_leave_the_live_state_and_their_views_survive_the_archive() -> None:
     """Only the last closed regions stay whole in the state (and its snapshots); older ones
     are handed out in ``leaving``, and a read that needs one says which, so that the
