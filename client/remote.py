@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -156,6 +156,7 @@ class RemoteCoordinator:
         self._reached = False
         self._embedding_dtype = np.dtype(embedding_dtype)
         self._seq: dict[tuple[str, int], int] = {}  # last sequence number sent per session
+        self._world_size: dict[str, int] = {}  # per job, as its sessions opened
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------- plumbing
@@ -379,6 +380,7 @@ class RemoteCoordinator:
         info = convert.session_from_pb(reply)
         with self._lock:
             self._seq[(job_id, rank)] = info.committed_seq
+            self._world_size[job_id] = info.world_size
         return info
 
     def get_region(self, job_id: str, rank: int, step: int) -> RegionView:
@@ -431,7 +433,56 @@ class RemoteCoordinator:
         indices, embeddings, losses = requests.upload(
             indices, embeddings, losses, self._embedding_dtype
         )
-        rows = convert.rows_per_chunk(embeddings.shape[1], embeddings.dtype.itemsize)
+        self._send_upload(job_id, rank, region_id, indices, embeddings, losses, ())
+
+    def submit_shared_embeddings(
+        self,
+        job_id: str,
+        first_rank: int,
+        region_id: int,
+        parts: Sequence[requests.RankUpload | None],
+    ) -> None:
+        """As :meth:`crest.proto.contract.Coordinator.submit_shared_embeddings`: every part
+        checked, then all rows in chunks and streams as one rank's upload, each chunk saying
+        whose rows it holds (rank_rows), sequenced as ``first_rank``'s chunks."""
+        indices, embeddings, losses, rank_rows = requests.shared_upload(
+            parts, self._embedding_dtype
+        )
+        # Checked before the first stream too: a later stream's rejection could not undo it.
+        if job_id not in self._world_size:
+            self.open_session(job_id, first_rank)
+        requests.shared_ranks(first_rank, len(parts), self._world_size[job_id])
+        self._send_upload(job_id, first_rank, region_id, indices, embeddings, losses, rank_rows)
+
+    def _send_upload(
+        self,
+        job_id: str,
+        rank: int,
+        region_id: int,
+        indices: np.ndarray,
+        embeddings: np.ndarray,
+        losses: np.ndarray,
+        rank_rows: tuple[int, ...],
+    ) -> None:
+        """A checked upload sent by ``rank``, in chunks under the message limit and streams
+        of at most MAX_STREAM_CHUNKS; ``rank_rows`` (a shared upload) says how many rows are
+        each rank's from ``rank`` on, and every chunk carries its own share of them."""
+        rows = convert.rows_per_chunk(
+            embeddings.shape[1], embeddings.dtype.itemsize, max(1, len(rank_rows))
+        )
+        ends = np.cumsum(rank_rows, dtype=np.int64)
+        starts = ends - np.asarray(rank_rows, dtype=np.int64)
+
+        def owners(span: slice) -> dict[str, Any]:
+            if not rank_rows:
+                return {}
+            counts = np.clip(np.minimum(ends, span.stop) - np.maximum(starts, span.start), 0, None)
+            held = np.flatnonzero(counts)  # only the ranks with rows here travel
+            return {
+                "first_rank": rank + int(held[0]),
+                "rank_rows": counts[held[0] : held[-1] + 1].tolist(),
+            }
+
         if (job_id, rank) not in self._seq:
             self.open_session(job_id, rank)  # learns the last committed sequence number
         with self._lock:
@@ -446,6 +497,7 @@ class RemoteCoordinator:
                     indices=convert.to_array(indices[span]),
                     embeddings=convert.to_array(embeddings[span]),
                     losses=convert.to_array(losses[span]),
+                    **owners(span),
                 )
                 for seq, span in enumerate(spans, first + 1)
             ]

@@ -601,7 +601,9 @@ def decode_weights(encoded: np.ndarray) -> np.ndarray:
     raise ValueError(f"encoded weights must be float32 or uint16 (bfloat16), got {encoded.dtype}")
 
 
-def rows_per_chunk(dim: int, embedding_itemsize: int) -> int:
-    """How many embedding rows (with their index and loss) fit in one message."""
+def rows_per_chunk(dim: int, embedding_itemsize: int, num_ranks: int = 1) -> int:
+    """How many embedding rows (with their index and loss) fit in one message, with room
+    for the row counts of ``num_ranks`` ranks (a shared upload's rank_rows, varints)."""
     row = 8 + dim * embedding_itemsize + 4
-    return max(1, (MAX_MESSAGE_BYTES - MESSAGE_OVERHEAD_BYTES) // row)
+    room = MAX_MESSAGE_BYTES - MESSAGE_OVERHEAD_BYTES - 10 * num_ranks
+    return max(1, room // row)
