@@ -129,10 +129,10 @@ def test_a_shared_upload_replays_exactly_and_a_broken_one_changes_nothing() -> N
     flat = [np.concatenate(column) for column in zip(*arrays, strict=True)]
     with pytest.raises(InvalidArgument, match=r"rank_rows \[.*\] must be >= 0 and add up to"):
         job.receive_upload(0, 0, [UploadChunk(*flat, 1, 0, (rows[0], rows[1], rows[2] + 1))])
+    again = arrays[1][0].copy()
+    again[1] = again[0]
+    twice = np.concatenate([arrays[0][0], again, arrays[2][0]])
     with pytest.raises(InvalidArgument, match="rank 1's rows: indices contain duplicates"):
-        again = arrays[1][0].copy()
-        again[1] = again[0]
-        twice = np.concatenate([arrays[0][0], again, arrays[2][0]])
         job.receive_upload(0, 0, [UploadChunk(twice, *flat[1:], 1, 0, rows)])
     assert job.committed_seq == [0, 0, 0] and job.region is not None
     assert not job.region.received.any()
