@@ -33,7 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import numpy as np
@@ -464,43 +464,15 @@ class RemoteCoordinator:
         losses: np.ndarray,
         rank_rows: tuple[int, ...],
     ) -> None:
-        """A checked upload sent by ``rank``, in chunks under the message limit and streams
-        of at most MAX_STREAM_CHUNKS; ``rank_rows`` (a shared upload) says how many rows are
-        each rank's from ``rank`` on, and every chunk carries its own share of them."""
-        rows = convert.rows_per_chunk(
-            embeddings.shape[1], embeddings.dtype.itemsize, max(1, len(rank_rows))
-        )
-        ends = np.cumsum(rank_rows, dtype=np.int64)
-        starts = ends - np.asarray(rank_rows, dtype=np.int64)
-
-        def owners(span: slice) -> dict[str, Any]:
-            if not rank_rows:
-                return {}
-            counts = np.clip(np.minimum(ends, span.stop) - np.maximum(starts, span.start), 0, None)
-            held = np.flatnonzero(counts)  # only the ranks with rows here travel
-            return {
-                "first_rank": rank + int(held[0]),
-                "rank_rows": counts[held[0] : held[-1] + 1].tolist(),
-            }
-
+        """A checked upload sent by ``rank``, in chunks (:func:`convert.upload_chunks`) and
+        streams of at most MAX_STREAM_CHUNKS."""
         if (job_id, rank) not in self._seq:
             self.open_session(job_id, rank)  # learns the last committed sequence number
         with self._lock:
             first = self._seq[(job_id, rank)]
-            spans = [slice(start, start + rows) for start in range(0, len(indices), rows)]
-            chunks = [
-                pb.EmbeddingChunk(
-                    job_id=job_id,
-                    rank=rank,
-                    region_id=region_id,
-                    seq=seq,
-                    indices=convert.to_array(indices[span]),
-                    embeddings=convert.to_array(embeddings[span]),
-                    losses=convert.to_array(losses[span]),
-                    **owners(span),
-                )
-                for seq, span in enumerate(spans, first + 1)
-            ]
+            chunks = convert.upload_chunks(
+                job_id, rank, region_id, first + 1, indices, embeddings, losses, rank_rows
+            )
             self._seq[(job_id, rank)] = first + len(chunks)
         try:
             for start in range(0, len(chunks), convert.MAX_STREAM_CHUNKS):
