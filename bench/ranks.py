@@ -13,6 +13,9 @@ lockstep, as fast as the coordinator answers. Modes:
 * ``shared``: combined checks, and rank 0 fetches every rank's region in one request (paged,
   ``GetRegionRequest.num_ranks``; the scatter to the ranks is not simulated); each rank still
   uploads its own embeddings;
+* ``shared-upload``: as ``shared``, and rank 0 uploads every rank's embeddings in one shared
+  upload (``EmbeddingChunk.rank_rows``, in chunks and streams as the client sends it; the
+  gather at rank 0 is not simulated);
 * ``shared-service``: as ``shared`` on the service side: rank 0 publishes a tiny exported
   model once (``PublishModel``) and its weights once per region (``PublishWeights``), the
   coordinator's selectors embed; no uploads.
@@ -50,13 +53,13 @@ import numpy as np
 
 from crest.client.ranks import combine_reports
 from crest.client.remote import RemoteCoordinator
-from crest.proto import convert, steps
+from crest.proto import convert, requests, steps
 from crest.proto.contract import CheckReport, JobConfig, RegionStatus, RegionView
 from crest.proto.v1 import coordinator_pb2 as pb
 from crest.proto.v1 import coordinator_pb2_grpc as pb_grpc
 from crest.service.server import CHANNEL_OPTIONS
 
-MODES = ("per-rank", "combined", "shared", "shared-service")
+MODES = ("per-rank", "combined", "shared", "shared-upload", "shared-service")
 EMBEDDING_DIM = 4
 ONCE_PER_JOB = ("OpenSession", "PublishModel")  # not counted in the per-step rates
 
@@ -153,17 +156,36 @@ class _SimulatedJob:
             return await self._fetch_shared(step)
         return list(await asyncio.gather(*(self._fetch(rank, step) for rank in self.ranks)))
 
+    def _embeddings(self, rank: int, region: RegionView) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.config.seed, rank, region.region_id])
+        embeddings = rng.random((len(region.candidates), EMBEDDING_DIM), dtype=np.float32)
+        return embeddings, np.ones(len(region.candidates), np.float32)
+
+    async def _upload_shared(self, waiting: list[tuple[int, RegionView]]) -> None:
+        """Rank 0's upload of every waiting rank's embeddings: streams of chunks."""
+        mine = dict(waiting)
+        parts = [(mine[r].candidates, *self._embeddings(r, mine[r])) if r in mine else None
+                 for r in self.ranks]  # fmt: skip
+        indices, embeddings, losses, rank_rows = requests.shared_upload(parts)
+        region_id = waiting[0][1].region_id
+        chunks = convert.upload_chunks(self.job_id, 0, region_id, self.seq[0] + 1, indices,
+                                       embeddings, losses, rank_rows)  # fmt: skip
+        self.seq[0] += len(chunks)
+        for start in range(0, len(chunks), convert.MAX_STREAM_CHUNKS):
+            stream = chunks[start : start + convert.MAX_STREAM_CHUNKS]
+            for chunk in stream:
+                chunk.stream_chunks = len(stream)
+            await self.stub.UploadEmbeddings(iter(stream), timeout=120)
+            self.run.calls["UploadEmbeddings"] += 1
+
     async def _upload(self, rank: int, region: RegionView) -> None:
         candidates = region.candidates
-        rng = np.random.default_rng([self.config.seed, rank, region.region_id])
+        embeddings, losses = self._embeddings(rank, region)
         self.seq[rank] += 1
         chunk = pb.EmbeddingChunk(
             job_id=self.job_id, rank=rank, region_id=region.region_id, seq=self.seq[rank],
             indices=convert.to_array(candidates),
-            embeddings=convert.to_array(
-                rng.random((len(candidates), EMBEDDING_DIM), dtype=np.float32)
-            ),
-            losses=convert.to_array(np.ones(len(candidates), np.float32)),
+            embeddings=convert.to_array(embeddings), losses=convert.to_array(losses),
             stream_chunks=1,
         )  # fmt: skip
         await self.stub.UploadEmbeddings(iter([chunk]), timeout=120)
@@ -197,7 +219,9 @@ class _SimulatedJob:
                 break
             waiting = [(r, v) for r, v in zip(self.ranks, views, strict=True)
                        if v.status is RegionStatus.EMBED]  # fmt: skip
-            if waiting:
+            if waiting and self.mode == "shared-upload":
+                await self._upload_shared(waiting)
+            elif waiting:
                 await asyncio.gather(*(self._upload(rank, view) for rank, view in waiting))
             elif views[0].wants_model or views[0].wants_weights >= 0:
                 await self._publish(views[0], step)

@@ -13,6 +13,9 @@ are bit-identical to those of separate reports.
 The same ranks share their region fetches: at a region switch rank 0 asks for every rank's
 view in one (paged) GetRegion and scatters them, so the coordinator answers one fetch per
 region switch instead of one per rank; each rank's view is the one it would have fetched.
+And their uploads: the ranks that embed gather their embeddings and losses at rank 0, which
+sends them in one shared upload (chunked and streamed as one rank's), instead of one upload
+per rank; the coordinator stores each rank's rows as it would have stored that rank's own.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from crest.proto.contract import CheckDecision, CheckReport, RegionStatus, RegionView
+from crest.proto.requests import RankUpload
 
 log = logging.getLogger(__name__)
 
@@ -101,31 +105,58 @@ class CheckGroup:
             )
         return _decision(received)
 
-    def share_region(self, fetch: Callable[[], list[RegionView]]) -> tuple[RegionView, bool]:
+    def share_region(self, fetch: Callable[[], list[RegionView]]) -> tuple[RegionView, bool, bool]:
         """Rank 0 fetches every rank's view of a region (``fetch``, called on rank 0 alone)
-        and scatters them: this rank's view, and whether every rank's is settled (READY or
-        DONE), so that all ranks leave their fetch loop together. A failed fetch fails every
-        rank (rank 0 with the error itself)."""
+        and scatters them: this rank's view, whether every rank's is settled (READY or
+        DONE), so that all ranks leave their fetch loop together, and whether any rank must
+        embed, so that all ranks enter :meth:`share_upload` together. A failed fetch fails
+        every rank (rank 0 with the error itself)."""
         parts: list[Any] | None = None
         error: BaseException | None = None
         if self.rank == 0:
             try:
                 views = fetch()
                 settled = all(v.status in (RegionStatus.READY, RegionStatus.DONE) for v in views)
-                parts = [(view, settled, "") for view in views]
+                embed = any(v.status is RegionStatus.EMBED for v in views)
+                parts = [(view, settled, embed, "") for view in views]
             except Exception as err:  # every rank must hear of it, or the others would hang
                 error = err
-                parts = [(None, False, f"{type(err).__name__}: {err}")] * self.world_size
+                parts = [(None, False, False, _failure(err))] * self.world_size
         received: list[Any] = [None]
         dist.scatter_object_list(received, parts, src=0)
         if error is not None:
             raise error
-        view, settled, failure = received[0]
+        view, settled, embed, failure = received[0]
         if failure:
             raise RuntimeError(
                 f"rank 0 could not fetch the region for all ranks ({failure}): see rank 0's error"
             )
-        return view, settled
+        return view, settled, embed
+
+    def share_upload(
+        self, part: RankUpload | None, send: Callable[[list[RankUpload | None]], None]
+    ) -> None:
+        """Rank 0 gathers every rank's ``(indices, embeddings, losses)`` (None: a rank with
+        nothing to embed) and sends them all (``send``, called on rank 0 alone), so that only
+        rank 0 uploads. A failed upload fails every rank (rank 0 with the error itself)."""
+        parts: list[Any] | None = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(part, parts, dst=0)
+        error: BaseException | None = None
+        outcome = [""]
+        if self.rank == 0:
+            assert parts is not None
+            try:
+                send(parts)
+            except Exception as err:  # every rank must hear of it, or the others would hang
+                error, outcome[0] = err, _failure(err)
+        dist.broadcast_object_list(outcome, src=0)
+        if error is not None:
+            raise error
+        if outcome[0]:
+            raise RuntimeError(
+                f"rank 0 could not upload the embeddings of all ranks ({outcome[0]}): see "
+                "rank 0's error"
+            )
 
     def barrier(self) -> None:
         dist.barrier()
@@ -184,6 +215,10 @@ def check_group(combine: bool | None, rank: int, world_size: int) -> CheckGroup 
     log.info("rank %d: checks combined across the job's %d ranks, rank 0 reports", rank,
              world_size)  # fmt: skip
     return CheckGroup(rank, world_size)
+
+
+def _failure(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
 
 
 def _collective_device() -> torch.device:

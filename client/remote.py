@@ -156,6 +156,7 @@ class RemoteCoordinator:
         self._reached = False
         self._embedding_dtype = np.dtype(embedding_dtype)
         self._seq: dict[tuple[str, int], int] = {}  # last sequence number sent per session
+        self._world_size: dict[str, int] = {}  # per job, as its sessions opened
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------- plumbing
@@ -379,6 +380,7 @@ class RemoteCoordinator:
         info = convert.session_from_pb(reply)
         with self._lock:
             self._seq[(job_id, rank)] = info.committed_seq
+            self._world_size[job_id] = info.world_size
         return info
 
     def get_region(self, job_id: str, rank: int, step: int) -> RegionView:
@@ -431,24 +433,46 @@ class RemoteCoordinator:
         indices, embeddings, losses = requests.upload(
             indices, embeddings, losses, self._embedding_dtype
         )
-        rows = convert.rows_per_chunk(embeddings.shape[1], embeddings.dtype.itemsize)
+        self._send_upload(job_id, rank, region_id, indices, embeddings, losses, ())
+
+    def submit_shared_embeddings(
+        self,
+        job_id: str,
+        first_rank: int,
+        region_id: int,
+        parts: Sequence[requests.RankUpload | None],
+    ) -> None:
+        """As :meth:`crest.proto.contract.Coordinator.submit_shared_embeddings`: every part
+        checked, then all rows in chunks and streams as one rank's upload, each chunk saying
+        whose rows it holds (rank_rows), sequenced as ``first_rank``'s chunks."""
+        indices, embeddings, losses, rank_rows = requests.shared_upload(
+            parts, self._embedding_dtype
+        )
+        # Checked before the first stream too: a later stream's rejection could not undo it.
+        if job_id not in self._world_size:
+            self.open_session(job_id, first_rank)
+        requests.shared_ranks(first_rank, len(parts), self._world_size[job_id])
+        self._send_upload(job_id, first_rank, region_id, indices, embeddings, losses, rank_rows)
+
+    def _send_upload(
+        self,
+        job_id: str,
+        rank: int,
+        region_id: int,
+        indices: np.ndarray,
+        embeddings: np.ndarray,
+        losses: np.ndarray,
+        rank_rows: tuple[int, ...],
+    ) -> None:
+        """A checked upload sent by ``rank``, in chunks (:func:`convert.upload_chunks`) and
+        streams of at most MAX_STREAM_CHUNKS."""
         if (job_id, rank) not in self._seq:
             self.open_session(job_id, rank)  # learns the last committed sequence number
         with self._lock:
             first = self._seq[(job_id, rank)]
-            spans = [slice(start, start + rows) for start in range(0, len(indices), rows)]
-            chunks = [
-                pb.EmbeddingChunk(
-                    job_id=job_id,
-                    rank=rank,
-                    region_id=region_id,
-                    seq=seq,
-                    indices=convert.to_array(indices[span]),
-                    embeddings=convert.to_array(embeddings[span]),
-                    losses=convert.to_array(losses[span]),
-                )
-                for seq, span in enumerate(spans, first + 1)
-            ]
+            chunks = convert.upload_chunks(
+                job_id, rank, region_id, first + 1, indices, embeddings, losses, rank_rows
+            )
             self._seq[(job_id, rank)] = first + len(chunks)
         try:
             for start in range(0, len(chunks), convert.MAX_STREAM_CHUNKS):

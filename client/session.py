@@ -478,13 +478,14 @@ class Session:
             return run
         while True:
             started = time.perf_counter()
-            view, settled = self._fetch_region(step)
+            view, settled, embed = self._fetch_region(step)
             self.timings.select += time.perf_counter() - started
-            if view.status is RegionStatus.EMBED:
-                if self.side == "service":  # e.g. rank 0 could not export the model
-                    self.side, self.side_reason = "trainer", "the job moved to the trainer side"
+            if view.status is RegionStatus.EMBED and self.side == "service":
+                # e.g. rank 0 could not export the model
+                self.side, self.side_reason = "trainer", "the job moved to the trainer side"
+            if embed:  # sharing ranks: every one of them while any embeds (a collective)
                 self._embed(view)
-            elif view.status is RegionStatus.SELECTING and (
+            if view.status is RegionStatus.SELECTING and (
                 view.wants_model or view.wants_weights >= 0
             ):
                 self._supply(view)
@@ -514,13 +515,15 @@ class Session:
                 run.initial_loss_sum = self._check_loss_sum(run)
         return run
 
-    def _fetch_region(self, step: int) -> tuple[RegionView, bool]:
-        """This rank's view of the region holding ``step``, and whether every rank's is
-        settled (READY or DONE). Ranks that combine their checks share the fetch too: rank 0
+    def _fetch_region(self, step: int) -> tuple[RegionView, bool, bool]:
+        """This rank's view of the region holding ``step``, whether every rank's is settled
+        (READY or DONE), and whether this rank calls :meth:`_embed` (sharing ranks: whether
+        any rank must embed). Ranks that combine their checks share the fetch too: rank 0
         asks for all ranks' views in one request and hands each its own (a collective)."""
         if self._group is None:
             view = self.coordinator.get_region(self.job_id, self.rank, step)
-            return view, view.status in (RegionStatus.READY, RegionStatus.DONE)
+            settled = view.status in (RegionStatus.READY, RegionStatus.DONE)
+            return view, settled, view.status is RegionStatus.EMBED
         world = self.info.world_size
         return self._group.share_region(
             lambda: self.coordinator.get_regions(self.job_id, 0, world, step)
@@ -618,15 +621,27 @@ class Session:
         return total
 
     def _embed(self, view: RegionView) -> None:
-        chunks = list(torch.from_numpy(view.candidates).split(self.eval_batch_size))
-        with self._timed("embed"), self._eval_mode():
-            parts = [self.embedding(self.model, x, y) for x, y in self._fetch_chunks(chunks)]
-            embeddings = torch.cat([e for e, _ in parts]).float().cpu().numpy()
-            losses = torch.cat([loss for _, loss in parts]).float().cpu().numpy()
+        """Embed this rank's candidates (if its view asks for it) and upload them: by itself,
+        or, sharing ranks, gathered at rank 0, which uploads every rank's at once."""
+        part = None
+        if view.status is RegionStatus.EMBED:
+            chunks = list(torch.from_numpy(view.candidates).split(self.eval_batch_size))
+            with self._timed("embed"), self._eval_mode():
+                parts = [self.embedding(self.model, x, y) for x, y in self._fetch_chunks(chunks)]
+                embeddings = torch.cat([e for e, _ in parts]).float().cpu().numpy()
+                losses = torch.cat([loss for _, loss in parts]).float().cpu().numpy()
+            part = (view.candidates, embeddings, losses)
         with self._timed("upload"):
-            self.coordinator.submit_embeddings(
-                self.job_id, self.rank, view.region_id, view.candidates, embeddings, losses
-            )
+            if self._group is None:
+                assert part is not None
+                self.coordinator.submit_embeddings(self.job_id, self.rank, view.region_id, *part)
+            else:
+                self._group.share_upload(
+                    part,
+                    lambda all_parts: self.coordinator.submit_shared_embeddings(
+                        self.job_id, 0, view.region_id, all_parts
+                    ),
+                )
 
     def _fetcher(self) -> Fetch:
         if self.fetch is None:

@@ -468,10 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
     service.add_argument(
         "--ranks", type=int, nargs="+", metavar="W",
         help="instead: one job of W simulated ranks (per-rank or combined checks, per-rank or "
-        "shared region fetches), e.g. 1024; then shared-service jobs on one vs two replicas",
+        "shared region fetches and uploads), e.g. 1024; then shared-service jobs on one vs two "
+        "replicas",
     )  # fmt: skip
     service.add_argument(
-        "--modes", nargs="+", choices=("per-rank", "combined", "shared", "shared-service"),
+        "--modes", nargs="+",
+        choices=("per-rank", "combined", "shared", "shared-upload", "shared-service"),
         help="--ranks: the modes to run (default all)",
     )  # fmt: skip
     service.add_argument(

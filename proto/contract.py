@@ -8,6 +8,7 @@ Arrays are numpy: indices int64, embeddings and weights float32.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -432,6 +433,29 @@ class Coordinator(Protocol):
         embeddings: np.ndarray,
         losses: np.ndarray,
     ) -> None: ...
+
+    def submit_shared_embeddings(
+        self,
+        job_id: str,
+        first_rank: int,
+        region_id: int,
+        parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray] | None],
+    ) -> None:
+        """One upload on behalf of ranks ``first_rank .. first_rank + len(parts) - 1`` (rank
+        0 of ranks that share it), sent as rank ``first_rank``: ``parts[i]`` is what rank
+        ``first_rank + i`` would pass :meth:`submit_embeddings` (None: nothing). Committed
+        all or nothing, and a resend of a committed upload changes nothing, as with
+        :meth:`submit_embeddings` (over gRPC: per stream of MAX_STREAM_CHUNKS chunks; every
+        part's arrays and the rank range are checked before the first).
+
+        Raises:
+            InvalidArgument: a broken part (as :meth:`submit_embeddings` checks one, naming
+                the rank), indices that are not the rank's candidates, a range past the
+                job's world size, or no rows at all.
+            NotFound: no job ``job_id``.
+            FailedPrecondition: ``region_id`` is not collecting embeddings.
+        """
+        ...
 
     def report_check(self, job_id: str, rank: int, report: CheckReport) -> CheckDecision: ...
 

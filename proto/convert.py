@@ -601,7 +601,50 @@ def decode_weights(encoded: np.ndarray) -> np.ndarray:
     raise ValueError(f"encoded weights must be float32 or uint16 (bfloat16), got {encoded.dtype}")
 
 
-def rows_per_chunk(dim: int, embedding_itemsize: int) -> int:
-    """How many embedding rows (with their index and loss) fit in one message."""
+def upload_chunks(
+    job_id: str,
+    rank: int,
+    region_id: int,
+    first_seq: int,
+    indices: np.ndarray,
+    embeddings: np.ndarray,
+    losses: np.ndarray,
+    rank_rows: tuple[int, ...] = (),
+) -> list[pb.EmbeddingChunk]:
+    """A checked upload sent by ``rank`` as chunks under the message limit, numbered from
+    ``first_seq``. ``rank_rows`` (a shared upload) says how many rows are each rank's from
+    ``rank`` on; every chunk then carries its own share of them (the ranks with rows in it)."""
+    rows = rows_per_chunk(embeddings.shape[1], embeddings.dtype.itemsize, max(1, len(rank_rows)))
+    ends = np.cumsum(rank_rows, dtype=np.int64)
+    starts = ends - np.asarray(rank_rows, dtype=np.int64)
+
+    def owners(span: slice) -> dict[str, Any]:
+        if not rank_rows:
+            return {}
+        counts = np.clip(np.minimum(ends, span.stop) - np.maximum(starts, span.start), 0, None)
+        held = np.flatnonzero(counts)
+        return {"first_rank": rank + int(held[0]),
+                "rank_rows": counts[held[0] : held[-1] + 1].tolist()}  # fmt: skip
+
+    spans = [slice(start, start + rows) for start in range(0, len(indices), rows)]
+    return [
+        pb.EmbeddingChunk(
+            job_id=job_id,
+            rank=rank,
+            region_id=region_id,
+            seq=seq,
+            indices=to_array(indices[span]),
+            embeddings=to_array(embeddings[span]),
+            losses=to_array(losses[span]),
+            **owners(span),
+        )
+        for seq, span in enumerate(spans, first_seq)
+    ]
+
+
+def rows_per_chunk(dim: int, embedding_itemsize: int, num_ranks: int = 1) -> int:
+    """How many embedding rows (with their index and loss) fit in one message, with room
+    for the row counts of ``num_ranks`` ranks (a shared upload's rank_rows, varints)."""
     row = 8 + dim * embedding_itemsize + 4
-    return max(1, (MAX_MESSAGE_BYTES - MESSAGE_OVERHEAD_BYTES) // row)
+    room = MAX_MESSAGE_BYTES - MESSAGE_OVERHEAD_BYTES - 10 * num_ranks
+    return max(1, room // row)

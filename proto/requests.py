@@ -13,6 +13,7 @@ coordinator's job state checks again what it stores, since a remote peer may sen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,9 @@ import numpy as np
 from crest.proto import convert
 from crest.proto.contract import JobConfig
 from crest.proto.errors import InvalidArgument, ResourceExhausted
+
+# One rank's part of a shared upload: (indices, embeddings, losses).
+RankUpload = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def job(config: JobConfig | dict[str, Any], labels: np.ndarray) -> tuple[JobConfig, np.ndarray]:
@@ -95,6 +99,51 @@ def upload(
     if np.any(ordered[1:] == ordered[:-1]):
         raise InvalidArgument("indices contain duplicates")
     return indices.astype(np.int64, copy=False), embeddings, losses
+
+
+def shared_upload(
+    parts: Sequence[RankUpload | None], embedding_dtype: np.dtype | type = np.float32
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, ...]]:
+    """Several ranks' uploads (``parts[i]``: the i-th rank's ``(indices, embeddings, losses)``,
+    or None for nothing), each checked as :func:`upload` checks one, as one upload: the rows
+    of all of them in rank order and how many rows each rank has (``rank_rows``).
+
+    Raises:
+        InvalidArgument: no parts, none with rows, a part broken as :func:`upload` says
+            (naming its position), or parts of different embedding dims.
+    """
+    if not parts:
+        raise InvalidArgument("a shared upload needs at least one rank's part")
+    checked: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    rank_rows = []
+    for i, part in enumerate(parts):
+        if part is None:
+            rank_rows.append(0)
+            continue
+        try:
+            indices, embeddings, losses = upload(*part, embedding_dtype)
+        except InvalidArgument as err:
+            raise InvalidArgument(f"part {i} of the shared upload: {err}") from None
+        if checked and embeddings.shape[1] != checked[0][1].shape[1]:
+            raise InvalidArgument(
+                f"part {i} of the shared upload has embedding dim {embeddings.shape[1]}, the "
+                f"parts before it {checked[0][1].shape[1]}"
+            )
+        checked.append((indices, embeddings, losses))
+        rank_rows.append(len(indices))
+    if not checked:
+        raise InvalidArgument("a shared upload must carry at least one example")
+    indices, embeddings, losses = (np.concatenate(arrays) for arrays in zip(*checked, strict=True))
+    return indices, embeddings, losses, tuple(rank_rows)
+
+
+def shared_ranks(first_rank: int, num_ranks: int, world_size: int) -> None:
+    """Raises InvalidArgument unless a shared upload's ranks lie within the job's."""
+    last = first_rank + num_ranks - 1
+    if not 0 <= first_rank <= last < world_size:
+        raise InvalidArgument(
+            f"a shared upload's ranks [{first_rank}, {last}] must lie in [0, {world_size})"
+        )
 
 
 def model(artifact: bytes, inputs: np.ndarray) -> np.ndarray:

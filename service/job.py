@@ -108,12 +108,35 @@ class Upload(StrEnum):
 @dataclass(frozen=True)
 class UploadChunk:
     """Embeddings and losses of some of a rank's candidates, with the chunk's sequence number
-    (None for an unsequenced in-process upload). Validated on receipt, not here."""
+    (None for an unsequenced in-process upload). Validated on receipt, not here.
+
+    A shared upload's chunk (``rank_rows`` not empty) holds several ranks' candidates: rows of
+    ranks ``first_rank``, ``first_rank + 1``, ... in that order, ``rank_rows[i]`` of rank
+    ``first_rank + i``; its ``seq`` still counts the sender's chunks."""
 
     indices: np.ndarray
     embeddings: np.ndarray
     losses: np.ndarray
     seq: int | None = None
+    first_rank: int = 0
+    rank_rows: tuple[int, ...] = ()
+
+    def parts(self, sender: int) -> list[tuple[int, slice]]:
+        """``(rank, rows)`` of each rank with rows in the chunk (the sender's alone unless
+        shared); raises InvalidArgument when ``rank_rows`` do not add up to the chunk."""
+        if not self.rank_rows:
+            return [(sender, slice(None))]
+        if min(self.rank_rows) < 0 or sum(self.rank_rows) != len(self.indices):
+            raise InvalidArgument(
+                f"a shared upload chunk's rank_rows {list(self.rank_rows)} must be >= 0 and add "
+                f"up to its {len(self.indices)} rows"
+            )
+        ends = np.cumsum(self.rank_rows).tolist()
+        return [
+            (self.first_rank + i, slice(end - rows, end))
+            for i, (rows, end) in enumerate(zip(self.rank_rows, ends, strict=True))
+            if rows > 0
+        ]
 
 
 class JobState:
@@ -418,6 +441,11 @@ class JobState:
             longer collecting.
         """
         self._check_rank(rank)
+        for chunk in chunks:
+            if chunk.rank_rows:
+                requests.shared_ranks(
+                    chunk.first_rank, len(chunk.rank_rows), self.config.world_size
+                )
         last = self.committed_seq[rank]
         fresh: list[UploadChunk] = []
         for chunk in chunks:
@@ -436,32 +464,41 @@ class JobState:
         region = self._current(region_id)
         if region.phase is not Phase.EMBED:
             raise FailedPrecondition(f"region {region_id} is not collecting embeddings")
-        span = region.rank_slots(rank)
-        mine = region.candidates[span]
         dim = None if region.embeddings is None else region.embeddings.shape[1]
         writes = []
         for chunk in fresh:
-            indices, embeddings, losses = _validate_upload(
-                chunk.indices, chunk.embeddings, chunk.losses
-            )
-            if dim is not None and embeddings.shape[1] != dim:
-                raise InvalidArgument(
-                    f"embedding dim {embeddings.shape[1]} differs from this region's {dim}"
-                )
-            dim = embeddings.shape[1]
-            pos = np.searchsorted(mine, indices)
-            pos_clipped = np.minimum(pos, len(mine) - 1)
-            if len(mine) == 0 or not np.array_equal(mine[pos_clipped], indices):
-                bad = indices[(pos >= len(mine)) | (mine[pos_clipped] != indices)][:5]
-                raise InvalidArgument(
-                    f"indices {bad.tolist()} are not candidates of rank {rank} in region "
-                    f"{region_id}"
-                )
-            rows: np.ndarray = span.start + pos
-            slots: np.ndarray | slice = rows
-            if rows[-1] - rows[0] == len(rows) - 1:
-                slots = slice(int(rows[0]), int(rows[-1]) + 1)  # in order: a plain copy
-            writes.append((slots, embeddings, losses))
+            for owner, part in chunk.parts(rank):
+                shared = f"rank {owner}'s rows: " if chunk.rank_rows else ""
+                try:
+                    indices, embeddings, losses = _validate_upload(
+                        np.asarray(chunk.indices)[part], np.asarray(chunk.embeddings)[part],
+                        np.asarray(chunk.losses)[part],
+                    )  # fmt: skip
+                except InvalidArgument as err:
+                    raise InvalidArgument(f"{shared}{err}") from None
+                if dim is not None and embeddings.shape[1] != dim:
+                    raise InvalidArgument(
+                        f"{shared}embedding dim {embeddings.shape[1]} differs from this "
+                        f"region's {dim}"
+                    )
+                dim = embeddings.shape[1]
+                span = region.rank_slots(owner)
+                mine = region.candidates[span]
+                pos = np.searchsorted(mine, indices)
+                pos_clipped = np.minimum(pos, len(mine) - 1)
+                if len(mine) == 0 or not np.array_equal(mine[pos_clipped], indices):
+                    bad = indices[(pos >= len(mine)) | (mine[pos_clipped] != indices)][:5]
+                    raise InvalidArgument(
+                        f"indices {bad.tolist()} are not candidates of rank {owner} in region "
+                        f"{region_id}"
+                    )
+                rows: np.ndarray = span.start + pos
+                slots: np.ndarray | slice = rows
+                if rows[-1] - rows[0] == len(rows) - 1:
+                    slots = slice(int(rows[0]), int(rows[-1]) + 1)  # in order: a plain copy
+                writes.append((slots, embeddings, losses))
+        if not writes:  # a shared chunk whose ranks all sent nothing
+            raise InvalidArgument("an upload must carry at least one example")
         # Everything is valid: commit.
         assert dim is not None  # set by the first chunk, and there is one
         if region.embeddings is None:

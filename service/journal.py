@@ -35,6 +35,8 @@ def uploaded(rank: int, region_id: int, chunks: list[UploadChunk]) -> bytes:
                     "indices": np.asarray(chunk.indices),
                     "embeddings": np.asarray(chunk.embeddings),
                     "losses": np.asarray(chunk.losses),
+                    "first_rank": chunk.first_rank,
+                    "rank_rows": list(chunk.rank_rows),
                 }
                 for chunk in chunks
             ],
@@ -90,7 +92,8 @@ def replay(state: JobState, blob: bytes) -> None:
     if op == "open":
         state.open_region(event["rank"], event["step"])
     elif op == "upload":
-        chunks = [UploadChunk(c["indices"], c["embeddings"], c["losses"], c["seq"])
+        chunks = [UploadChunk(c["indices"], c["embeddings"], c["losses"], c["seq"],
+                              c.get("first_rank", 0), tuple(c.get("rank_rows", ())))
                   for c in event["chunks"]]  # fmt: skip
         state.receive_upload(event["rank"], event["region_id"], chunks)
     elif op == "embed":  # one chunk, as journals written before whole uploads hold them

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -31,6 +31,7 @@ from crest.proto.contract import (
     RegionView,
     SessionInfo,
 )
+from crest.service.job import UploadChunk
 from crest.service.manager import JobManager
 
 T = TypeVar("T")
@@ -106,6 +107,17 @@ class LocalCoordinator:
         self._call(
             self.manager.submit_embeddings(job_id, rank, region_id, indices, embeddings, losses)
         )
+
+    def submit_shared_embeddings(
+        self,
+        job_id: str,
+        first_rank: int,
+        region_id: int,
+        parts: Sequence[requests.RankUpload | None],
+    ) -> None:
+        indices, embeddings, losses, rank_rows = requests.shared_upload(parts)
+        chunk = UploadChunk(indices, embeddings, losses, None, first_rank, rank_rows)
+        self._call(self.manager.submit_upload(job_id, first_rank, region_id, [chunk]))
 
     def publish_model(
         self,

@@ -237,8 +237,8 @@ class CoordinatorService:
                 first.job_id, first.rank, first.region_id, first.stream_chunks
             ):  # fmt: skip
                 raise InvalidArgument(
-                    "an upload stream carries one rank's chunks of one region, and each states "
-                    "the same stream_chunks"
+                    "an upload stream carries one sender's chunks of one region, and each "
+                    "states the same stream_chunks"
                 )
             if len(chunks) == convert.MAX_STREAM_CHUNKS:
                 raise ResourceExhausted(
@@ -253,7 +253,8 @@ class CoordinatorService:
                 chunk.embeddings, "embeddings", (pb.FLOAT32, pb.FLOAT16), 2
             )
             losses = convert.from_array(chunk.losses, "losses", (pb.FLOAT32,), 1)
-            chunks.append(UploadChunk(indices, embeddings, losses, chunk.seq))
+            chunks.append(UploadChunk(indices, embeddings, losses, chunk.seq, chunk.first_rank,
+                                      tuple(chunk.rank_rows)))  # fmt: skip
         if first is None:  # nothing to commit, and no session named
             return pb.UploadAck(committed_seq=0)
         if first.stream_chunks and len(chunks) != first.stream_chunks:

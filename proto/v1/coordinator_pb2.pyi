@@ -253,7 +253,7 @@ class Region(_message.Message):
     def __init__(self, region_id: _Optional[int] = ..., status: _Optional[_Union[RegionStatus, str]] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., check_interval: _Optional[int] = ..., candidates: _Optional[_Union[Array, _Mapping]] = ..., check_indices: _Optional[_Union[Array, _Mapping]] = ..., batches: _Optional[_Iterable[_Union[WeightedBatch, _Mapping]]] = ..., initial_loss: _Optional[float] = ..., wants_model: _Optional[bool] = ..., wants_weights: _Optional[int] = ..., page: _Optional[int] = ..., num_pages: _Optional[int] = ..., num_candidates: _Optional[int] = ..., num_check_indices: _Optional[int] = ..., num_batches: _Optional[int] = ..., continues_batch: _Optional[bool] = ..., rank_status: _Optional[_Iterable[_Union[RegionStatus, str]]] = ..., rank_candidates: _Optional[_Iterable[int]] = ..., rank_check_indices: _Optional[_Iterable[int]] = ..., rank_batches: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EmbeddingChunk(_message.Message):
-    __slots__ = ("job_id", "rank", "region_id", "seq", "indices", "embeddings", "losses", "stream_chunks")
+    __slots__ = ("job_id", "rank", "region_id", "seq", "indices", "embeddings", "losses", "stream_chunks", "first_rank", "rank_rows")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +262,8 @@ class EmbeddingChunk(_message.Message):
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     LOSSES_FIELD_NUMBER: _ClassVar[int]
     STREAM_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_RANK_FIELD_NUMBER: _ClassVar[int]
+    RANK_ROWS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     rank: int
     region_id: int
@@ -270,7 +272,9 @@ class EmbeddingChunk(_message.Message):
     embeddings: Array
     losses: Array
     stream_chunks: int
-    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., seq: _Optional[int] = ..., indices: _Optional[_Union[Array, _Mapping]] = ..., embeddings: _Optional[_Union[Array, _Mapping]] = ..., losses: _Optional[_Union[Array, _Mapping]] = ..., stream_chunks: _Optional[int] = ...) -> None: ...
+    first_rank: int
+    rank_rows: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, job_id: _Optional[str] = ..., rank: _Optional[int] = ..., region_id: _Optional[int] = ..., seq: _Optional[int] = ..., indices: _Optional[_Union[Array, _Mapping]] = ..., embeddings: _Optional[_Union[Array, _Mapping]] = ..., losses: _Optional[_Union[Array, _Mapping]] = ..., stream_chunks: _Optional[int] = ..., first_rank: _Optional[int] = ..., rank_rows: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class UploadAck(_message.Message):
     __slots__ = ("committed_seq",)

@@ -115,7 +115,8 @@ class CoordinatorServicer:
 
     def UploadEmbeddings(self, request_iterator, context):
         """Embeddings and losses of the rank's candidates, streamed in chunks: one rank's chunks of
-        one region, at most MAX_STREAM_CHUNKS of them. The stream is committed all or nothing
+        one region, at most MAX_STREAM_CHUNKS of them. A shared upload (EmbeddingChunk.rank_rows)
+        carries several ranks' candidates, sent by one of them. The stream is committed all or nothing
         once it ends: a rejected stream, or a broken one that states its length
         (EmbeddingChunk.stream_chunks), commits none of its chunks.
         """

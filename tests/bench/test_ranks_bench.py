@@ -10,14 +10,15 @@ pytestmark = pytest.mark.integration
 
 def test_combined_checks_and_shared_fetches_cut_the_rpcs_with_the_same_decisions() -> None:
     result = run_ranks_bench([3], steps_=12, steps_per_s=10.0, replica_steps=12)
-    per_rank, combined, shared, service = result["rows"]
+    per_rank, combined, shared, uploads, service = result["rows"]
     assert [r["mode"] for r in result["rows"]] == [
-        "per-rank", "combined", "shared", "shared-service",
+        "per-rank", "combined", "shared", "shared-upload", "shared-service",
     ]  # fmt: skip
     assert per_rank["checks"] > 0
     assert per_rank["decisions"] == combined["decisions"] == shared["decisions"]
+    assert per_rank["decisions"] == uploads["decisions"]
     assert per_rank["rpcs"]["ReportCheck"] == 3 * per_rank["checks"]
-    for row in (combined, shared, service):
+    for row in (combined, shared, uploads, service):
         assert row["rpcs"]["ReportCheck"] == row["checks"]
     for row in (per_rank, combined):  # every rank fetches twice and uploads once per region
         assert row["rpcs"]["GetRegion"] == 2 * 3 * row["regions"]
@@ -25,6 +26,9 @@ def test_combined_checks_and_shared_fetches_cut_the_rpcs_with_the_same_decisions
         assert row["rpcs"]["UploadEmbeddings"] == 3 * row["regions"]
     # Rank 0 fetches for all: twice per region (candidates, batches), one page each.
     assert shared["rpcs"]["GetRegion"] == 2 * shared["regions"] and shared["region_pages"] == 1
+    # ... and uploads for all: one stream per region (small regions).
+    assert uploads["rpcs"]["GetRegion"] == 2 * uploads["regions"]
+    assert uploads["rpcs"]["UploadEmbeddings"] == uploads["regions"]
     # The service side: no uploads; the model once, weights about once per region.
     assert "UploadEmbeddings" not in service["rpcs"] and service["rpcs"]["PublishModel"] == 1
     assert service["regions"] <= service["rpcs"]["PublishWeights"] <= service["regions"] + 2

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,7 +15,7 @@ import torch.distributed as dist
 from crest.client.ranks import CheckGroup, check_group
 from crest.embedded import local_coordinator
 from crest.proto.contract import CheckDecision, CheckReport, RegionStatus, RegionView
-from crest.proto.errors import Unavailable
+from crest.proto.errors import InvalidArgument, Unavailable
 from tests.training import blobs, job_config, train, train_with_checkpoint
 
 
@@ -68,8 +69,24 @@ def test_a_failed_shared_fetch_fails_rank_0_with_its_error(one_rank_group: None)
         group.share_region(unreachable)
     for status, settled in ((RegionStatus.READY, True), (RegionStatus.SELECTING, False)):
         sent = RegionView(region_id=2, status=status, start_step=8, end_step=16)
-        view, all_settled = group.share_region(lambda sent=sent: [sent])
+        view, all_settled, embed = group.share_region(lambda sent=sent: [sent])
         assert (view.region_id, view.status, view.end_step, all_settled) == (2, status, 16, settled)
+        assert not embed
+
+
+def test_a_failed_shared_upload_fails_rank_0_with_its_error(one_rank_group: None) -> None:
+    group = check_group(True, 0, 1)
+    assert group is not None
+    part = (np.arange(3), np.ones((3, 2), np.float32), np.ones(3, np.float32))
+    sent: list[list] = []
+
+    def rejected(parts: list) -> None:
+        raise InvalidArgument("part 0 of the shared upload: embeddings contain NaN or Inf")
+
+    with pytest.raises(InvalidArgument, match="embeddings contain NaN"):
+        group.share_upload(part, rejected)
+    group.share_upload(part, sent.append)
+    assert len(sent) == 1 and len(sent[0]) == 1 and np.array_equal(sent[0][0][0], np.arange(3))
 
 
 def test_a_combining_session_trains_and_resumes_with_the_same_batches(

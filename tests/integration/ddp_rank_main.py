@@ -3,7 +3,7 @@
 
 Trains the test MLP on each job in turn, with ``combine_checks`` = ``auto`` (None), ``true``
 or ``false``, and writes per job the batches it saw, how many check reports and region
-fetches it sent, and the error that stopped it (if any) as JSON.
+fetches and uploads it sent, and the error that stopped it (if any) as JSON.
 """
 
 import json
@@ -21,12 +21,13 @@ COMBINE = {"auto": None, "true": True, "false": False}
 
 
 class CountingReports:
-    """The coordinator, counting this rank's ReportCheck calls and region fetches."""
+    """The coordinator, counting this rank's ReportCheck calls, region fetches and uploads."""
 
     def __init__(self, inner: RemoteCoordinator) -> None:
         self.inner = inner
         self.reports = 0
         self.fetches = 0
+        self.uploads = 0
 
     def report_check(self, *args: Any) -> Any:
         self.reports += 1
@@ -39,6 +40,14 @@ class CountingReports:
     def get_regions(self, *args: Any) -> Any:
         self.fetches += 1
         return self.inner.get_regions(*args)
+
+    def submit_embeddings(self, *args: Any) -> Any:
+        self.uploads += 1
+        return self.inner.submit_embeddings(*args)
+
+    def submit_shared_embeddings(self, *args: Any) -> Any:
+        self.uploads += 1
+        return self.inner.submit_shared_embeddings(*args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -61,7 +70,8 @@ def main(address: str, init_file: str, rank: str, world: str, out: str, *jobs: s
                     combine_checks=COMBINE[combine],
                 )
                 results[job_id] = {"batches": served, "reports": counting.reports,
-                                   "fetches": counting.fetches}  # fmt: skip
+                                   "fetches": counting.fetches,
+                                   "uploads": counting.uploads}  # fmt: skip
             except ValueError as err:
                 results[job_id] = {"error": str(err)}
     dist.destroy_process_group()

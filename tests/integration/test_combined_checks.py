@@ -1,7 +1,7 @@
 """Data-parallel ranks (gloo, DDP, one process each) that combine their check reports and
-share their region fetches: one ReportCheck per check and one fetch per region step for all
-ranks, the decisions and batches of separate reports and fetches; ranks that disagree on
-combining fail at once."""
+share their region fetches and uploads: one ReportCheck per check, one fetch per region step
+and one upload per region for all ranks, the decisions and batches of separate reports,
+fetches and uploads; ranks that disagree on combining fail at once."""
 
 from __future__ import annotations
 
@@ -90,6 +90,11 @@ def test_ranks_combine_their_checks_into_one_report_with_the_same_decisions(
     assert shared[1:] == [0] * (world - 1) and len(regions("combined")) <= shared[0]
     assert shared[0] <= min(separate) and sum(separate) >= world * len(regions("separate"))
     assert rpc.method("GetRegion").calls == sum(shared) + sum(separate), "one page each"
+    # Uploads: rank 0 alone uploads, once per region for all ranks (one stream each: small).
+    uploads = [r["combined"]["uploads"] for r in ranks]
+    assert uploads == [len(regions("combined"))] + [0] * (world - 1)
+    assert [r["separate"]["uploads"] for r in ranks] == [len(regions("separate"))] * world
+    assert rpc.method("UploadEmbeddings").calls == uploads[0] * (1 + world)
     for rank in ranks:
         assert rank["combined"]["batches"] == rank["separate"]["batches"]
     served = [rank["combined"]["batches"] for rank in ranks]

@@ -256,7 +256,7 @@ def _upload_and_select(remote: RemoteCoordinator, job_id: str) -> tuple[int, lis
 
 
 def test_a_stream_broken_midway_and_resent_gives_the_same_state(loopback, monkeypatch) -> None:
-    monkeypatch.setattr(convert, "rows_per_chunk", lambda dim, itemsize: 40)  # many chunks
+    monkeypatch.setattr(convert, "rows_per_chunk", lambda dim, itemsize, ranks=1: 40)  # many chunks
     monkeypatch.setattr(convert, "MAX_STREAM_CHUNKS", 4)  # several streams per upload
     labels = blobs()[1].numpy()
     with RemoteCoordinator(loopback.address, retry_s=60) as remote:
