@@ -21,6 +21,7 @@ counted in a method's time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import platform
@@ -348,6 +349,18 @@ def run_crest(
         ),
         "coreset_error": _mean(r.coreset_error for r in regions if r.coreset_error is not None),
         "random_error": _mean(r.random_error for r in regions if r.random_error is not None),
+        # Strategy auto's tests: each one's measured probe-loss rates, and its verdict (the
+        # decision of the region after its measure region).
+        "auto_tests": [
+            {
+                "step": r.end_step,
+                "coresets_rate": r.loss_rate_coresets,
+                "random_rate": r.loss_rate_random,
+                "decision": after.decision if after else None,
+            }
+            for r, after in itertools.pairwise([*regions, status.next_region])
+            if r.auto_test == "measure"
+        ],
         "selection_share": sessions[0].timings.selection_share,
         "timings": asdict(sessions[0].timings),
         # What the service side changes: the trainer's wait for regions, how old the weights

@@ -51,7 +51,13 @@ from crest.proto.contract import (
 )
 from crest.proto.errors import FailedPrecondition, InvalidArgument
 from crest.service.checks import Adaptivity, decide, validate_report
-from crest.service.pool import DropSchedule, ExamplePool, class_weights, distinct
+from crest.service.pool import (
+    DropSchedule,
+    ExamplePool,
+    class_weights,
+    distinct,
+    largest_remainder,
+)
 from crest.service.region import (
     Phase,
     Region,
@@ -62,8 +68,9 @@ from crest.service.region import (
     region_end,
     region_from_state,
     region_to_state,
+    with_probe,
 )
-from crest.service.strategy import AutoPolicy, bounded_coreset_quality
+from crest.service.strategy import AutoPolicy, bounded_coreset_quality, probe_loss
 from crest.worker.problems import SelectionRequest, SelectionResult
 
 __all__ = [
@@ -233,13 +240,16 @@ class JobState:
             self._close(previous)
         region_id = 0 if previous is None else previous.region_id + 1
         prepared, self.prepared = self.prepared, None
-        pipelined = self.side == "service" and self.strategy.mode == "crest"
+        role = self.strategy.role(start, self.config)
+        # A test's regions are drawn now, so that the probe's losses are measured with the
+        # weights of their first steps.
+        pipelined = self.side == "service" and self.strategy.mode == "crest" and not role
         if prepared is not None and pipelined:
             self._activate(prepared, start)
         else:
             if prepared is not None:  # drawn for a mode the job has left: drawn again
                 self.stats.pop()
-            self.region = self._draw(region_id, start, start)
+            self.region = self._draw(region_id, start, start, role)
         self._prepare_next()
 
     def _prepare_next(self) -> None:
@@ -251,6 +261,7 @@ class JobState:
         if (
             self.side != "service"
             or self.strategy.mode != "crest"
+            or self.strategy.testing
             or self.prepared is not None
             or region is None
             or region.phase is not Phase.READY
@@ -259,12 +270,13 @@ class JobState:
             return
         self.prepared = self._draw(region.region_id + 1, region.start_step, region.start_step)
 
-    def _draw(self, region_id: int, start: int, weights_version: int) -> Region:
+    def _draw(self, region_id: int, start: int, weights_version: int, role: str = "") -> Region:
         """Draw region ``region_id`` from the pool as it is now, and record its statistics.
 
         On the service side its candidates are embedded by the selectors from the weights
         published at step ``weights_version``; when it is drawn ahead, :meth:`_activate` sets
-        its start.
+        its start. ``role``: its part in strategy auto's test (:meth:`AutoPolicy.role`); a
+        test's first region draws the probe sample, and every test region embeds it.
         """
         cfg = self.config
         dropped = readmitted = 0
@@ -281,15 +293,22 @@ class JobState:
 
         rng = np.random.default_rng([cfg.seed, region_id])
         service = self.side == "service"
-        if self.strategy.mode == "random":
-            length = self.strategy.random_steps(start, cfg)
+        if role and not self.strategy.testing:
+            self.strategy.begin(self._draw_probe(region_id))
+        probe = np.asarray(self.strategy.probe if role else [], np.int64)
+        if self.strategy.region_mode(role) == "random":
+            length = self.strategy.random_steps(start, cfg, role)
             region = random_region(region_id, start, self.pool, cfg, length, rng)
+            if role:
+                region = with_probe(region, probe, cfg.world_size)
+                if service:
+                    region.embedded_by, region.weights_version = "service", start
         else:
             coresets = self.adapt.num_coresets
             if service and cfg.lookahead_coresets:
                 coresets = self._lookahead_coresets()
             region = crest_region(
-                region_id, start, self.pool, cfg, coresets, self.adapt.check_interval, rng
+                region_id, start, self.pool, cfg, coresets, self.adapt.check_interval, rng, probe
             )
             if service:
                 region.embedded_by, region.weights_version = "service", weights_version
@@ -309,11 +328,37 @@ class JobState:
                 readmitted=readmitted,
                 mode=region.mode,
                 decision=self.strategy.decision,
+                auto_test=role,
                 embedded_by=region.embedded_by,
                 staleness=start - weights_version if region.embedded_by == "service" else None,
             )
         )
         return region
+
+    def _draw_probe(self, region_id: int) -> np.ndarray:
+        """Strategy auto's probe sample for a test opening region ``region_id``: examples
+        stratified by the pool's class shares, drawn for the seed and region."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, region_id, 3])
+        size = min(cfg.auto_probe_size, int(self.pool.in_pool.sum()))
+        counts = largest_remainder(self.pool.class_shares(cfg.class_weighting), size)
+        (parts,) = self.pool.draw_subsets(rng, 1, 1, counts)
+        return distinct(np.concatenate(parts))
+
+    def _measure_probe(self, region: Region) -> None:
+        """The probe's mean loss from a test region's candidates, for strategy auto."""
+        if not region.probe_slots.size:
+            return
+        value = probe_loss(region.losses[region.probe_slots], self.config.num_classes)
+        self.stats[region.region_id].probe_loss = value
+        step = region.weights_version if region.embedded_by == "service" else region.start_step
+        self.strategy.measured(step, value)
+
+    def _serve_random(self, region: Region) -> None:
+        """A test's random region once its probe losses are in: its batches are ready."""
+        self._measure_probe(region)
+        region.embeddings = None
+        region.phase = Phase.READY
 
     def _activate(self, region: Region, start: int) -> None:
         """Make the prepared ``region`` the current one, starting at ``start``."""
@@ -462,7 +507,9 @@ class JobState:
             region.losses[slots] = losses
             region.received[slots] = True
         self.committed_seq[rank] = last
-        if region.received.all():
+        if region.received.all() and region.mode == "random":
+            self._serve_random(region)  # nothing to select: no selection to start
+        elif region.received.all():
             region.phase = Phase.SELECTING
             return Upload.COMPLETE
         return Upload.ACCEPTED
@@ -554,6 +601,8 @@ class JobState:
         region.embeddings, region.losses = embeddings, losses
         region.received[:] = True
         region.phase = Phase.SELECTING
+        if region.mode == "random":
+            self._serve_random(region)
 
     def use_trainer_side(self, reason: str) -> None:
         """From now on the ranks embed their candidates (e.g. the model cannot be exported):
@@ -617,6 +666,9 @@ class JobState:
         unembedded = region.phase is Phase.EMBED and region.embedded_by == "service"
         if region.phase is not Phase.SELECTING and not unembedded:
             raise FailedPrecondition(f"region {region_id} is not waiting for selection")
+        if region.mode == "random":  # a test's random region: its batches, without the probe
+            region.phase = Phase.READY
+            return
         rng = np.random.default_rng([self.config.seed, region_id, 1])
         rows = []
         groups = region.member_groups  # non-decreasing: members are subset-major, then class
@@ -674,6 +726,7 @@ class JobState:
         ).tolist()
         if embedded:
             self._record_losses(region, slots, stats)
+            self._measure_probe(region)
         self._prepare_next()
 
     def _record_losses(self, region: Region, slots: np.ndarray, stats: RegionStats) -> None:

@@ -363,7 +363,7 @@ class JobStatus(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., class_sizes: _Optional[_Iterable[int]] = ..., dropped: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[RegionStats, _Mapping]]] = ..., trainers: _Optional[_Iterable[_Union[TrainerTime, _Mapping]]] = ..., next_region: _Optional[_Union[RegionStats, _Mapping]] = ..., selection_side: _Optional[str] = ..., selection_side_reason: _Optional[str] = ..., regions_omitted: _Optional[int] = ...) -> None: ...
 
 class RegionStats(_message.Message):
-    __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error", "embedded_by", "staleness", "checks_omitted", "excluded", "monitor")
+    __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error", "embedded_by", "staleness", "checks_omitted", "excluded", "monitor", "auto_test", "probe_loss", "loss_rate_coresets", "loss_rate_random")
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     START_STEP_FIELD_NUMBER: _ClassVar[int]
     END_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -391,6 +391,10 @@ class RegionStats(_message.Message):
     CHECKS_OMITTED_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     MONITOR_FIELD_NUMBER: _ClassVar[int]
+    AUTO_TEST_FIELD_NUMBER: _ClassVar[int]
+    PROBE_LOSS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_RATE_CORESETS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_RATE_RANDOM_FIELD_NUMBER: _ClassVar[int]
     region_id: int
     start_step: int
     end_step: int
@@ -418,7 +422,11 @@ class RegionStats(_message.Message):
     checks_omitted: int
     excluded: int
     monitor: str
-    def __init__(self, region_id: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., end_reason: _Optional[str] = ..., num_coresets: _Optional[int] = ..., check_interval: _Optional[int] = ..., num_candidates: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., fallback: _Optional[bool] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., candidate_loss: _Optional[float] = ..., selected_loss: _Optional[float] = ..., weight_quantiles: _Optional[_Iterable[float]] = ..., initial_loss: _Optional[float] = ..., curvature: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[CheckRecord, _Mapping]]] = ..., mode: _Optional[str] = ..., decision: _Optional[str] = ..., coreset_error: _Optional[float] = ..., random_error: _Optional[float] = ..., embedded_by: _Optional[str] = ..., staleness: _Optional[int] = ..., checks_omitted: _Optional[int] = ..., excluded: _Optional[int] = ..., monitor: _Optional[str] = ...) -> None: ...
+    auto_test: str
+    probe_loss: float
+    loss_rate_coresets: float
+    loss_rate_random: float
+    def __init__(self, region_id: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., end_reason: _Optional[str] = ..., num_coresets: _Optional[int] = ..., check_interval: _Optional[int] = ..., num_candidates: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., fallback: _Optional[bool] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., candidate_loss: _Optional[float] = ..., selected_loss: _Optional[float] = ..., weight_quantiles: _Optional[_Iterable[float]] = ..., initial_loss: _Optional[float] = ..., curvature: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[CheckRecord, _Mapping]]] = ..., mode: _Optional[str] = ..., decision: _Optional[str] = ..., coreset_error: _Optional[float] = ..., random_error: _Optional[float] = ..., embedded_by: _Optional[str] = ..., staleness: _Optional[int] = ..., checks_omitted: _Optional[int] = ..., excluded: _Optional[int] = ..., monitor: _Optional[str] = ..., auto_test: _Optional[str] = ..., probe_loss: _Optional[float] = ..., loss_rate_coresets: _Optional[float] = ..., loss_rate_random: _Optional[float] = ...) -> None: ...
 
 class CheckRecord(_message.Message):
     __slots__ = ("step", "loss", "predicted", "relative_error", "new_region")

@@ -123,7 +123,7 @@ class RankRate(BaseModel):
 
 
 class RegionMonitor(BaseModel):
-    """One region's mode, why, and the coreset-quality monitor (what strategy auto reads)."""
+    """One region's mode, why (strategy auto's test and verdict), and the embedding monitor."""
 
     model_config = ConfigDict(ser_json_inf_nan="strings")
 
@@ -140,6 +140,18 @@ class RegionMonitor(BaseModel):
         description="the same for equal-size stratified random batches from those subsets"
     )
     gain: float | None = Field(description=GAIN_HELP)
+    auto_test: str = Field(
+        "", description="strategy auto's test: coresets, random, measure (its end point) or none"
+    )
+    probe_loss: float | None = Field(
+        None, description="auto's test: the probe sample's mean clipped loss at the region's start"
+    )
+    loss_rate_coresets: float | None = Field(
+        None, description="auto's verdict (measure region): probe-loss decrease per coreset step"
+    )
+    loss_rate_random: float | None = Field(
+        None, description="auto's verdict (measure region): probe-loss decrease per random step"
+    )
 
 
 class TrainerShare(BaseModel):

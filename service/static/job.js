@@ -335,12 +335,14 @@
   /** The newest changes of mode or decision, newest first. */
   function decisions(d) {
     const changes = d.monitor.filter((r, i, all) =>
-      i === 0 || r.mode !== all[i - 1].mode || r.decision !== all[i - 1].decision);
+      i === 0 || r.mode !== all[i - 1].mode || r.decision !== all[i - 1].decision ||
+      r.auto_test !== all[i - 1].auto_test);
     const list = document.getElementById("decisions");
     list.replaceChildren(...changes.slice(-MAX_DECISIONS).reverse().map((r) => element(
       "li", "",
       element("span", "at", `step ${fmt.int(r.start_step)}`), " ",
       element("span", `mode ${r.mode}`, r.mode), " ",
+      r.auto_test ? `[auto test: ${r.auto_test}] ` : "",
       r.decision || "–",
     )));
     list.dataset.items = String(list.children.length);
