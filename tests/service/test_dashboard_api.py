@@ -172,6 +172,10 @@ def test_modes_decisions_and_the_monitor_agree_with_job_status(served: Served) -
                 coreset_error=r.coreset_error,
                 random_error=r.random_error,
                 gain=monitor_gain(r.coreset_error, r.random_error),
+                auto_test=r.auto_test,
+                probe_loss=r.probe_loss,
+                loss_rate_coresets=r.loss_rate_coresets,
+                loss_rate_random=r.loss_rate_random,
             )
             for r in regions
         ]
@@ -201,13 +205,20 @@ def test_modes_decisions_and_the_monitor_agree_with_job_status(served: Served) -
         assert {(r.mode, r.decision) for r in monitor} == {("crest", "strategy crest")}
         assert all(r.gain is not None for r in monitor), "every region measured"
     monitor = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{served.auto}")).monitor
-    modes = [r.mode for r in monitor]
-    assert modes[:3] == ["crest", "random", "crest"], "coresets miss the bar; re-tested"
+    tests = [r.auto_test for r in monitor]
+    first = tests.index("coresets")
+    assert tests[first : first + 5] == ["coresets", "random", "random", "coresets", "measure"]
+    assert [r.mode for r in monitor[first : first + 4]] == ["crest", "random", "random", "crest"]
+    assert all(r.mode == "crest" and r.decision == "coresets until the first test"
+               for r in monitor[:first])  # fmt: skip
+    assert all(r.probe_loss is not None for r in monitor[first : first + 5]), "probe measured"
     assert all(r.gain is None for r in monitor if r.mode == "random")
-    decisions = [r.decision for r in monitor]
-    assert decisions[0] == "strategy auto"
-    assert "(< 1e+09): random until step" in decisions[1]
-    assert decisions[2] == "re-test coresets"
+    measure = monitor[first + 4]
+    assert measure.loss_rate_coresets is not None and measure.loss_rate_random is not None
+    if first + 5 < len(monitor):  # coresets miss the bar: random batches until the re-test
+        after = monitor[first + 5]
+        assert after.mode == "random" and after.decision.startswith("random: probe loss falls")
+        assert "coresets need 1e+09x" in after.decision
 
 
 def test_an_infinite_gain_is_sent_as_a_string() -> None:
