@@ -21,7 +21,6 @@ counted in a method's time.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import platform
@@ -76,8 +75,9 @@ class CrestSetup:
     hessian_probes: int = 0
     strategy: str = "crest"
     class_weighting: str = "proportional"
-    auto_min_gain: float = 1.5
-    auto_retest_epochs: float = 1.0
+    auto_min_gain: float = JobConfig.model_fields["auto_min_gain"].default
+    auto_retest_epochs: float = JobConfig.model_fields["auto_retest_epochs"].default
+    auto_test_epochs: float = JobConfig.model_fields["auto_test_epochs"].default
     selection_side: str = "trainer"
     max_staleness: int = 32
     lookahead_coresets: bool = False
@@ -108,6 +108,7 @@ class CrestSetup:
             class_weighting=self.class_weighting,
             auto_min_gain=self.auto_min_gain,
             auto_retest_epochs=self.auto_retest_epochs,
+            auto_test_epochs=self.auto_test_epochs,
             selection_side=self.selection_side,
             max_staleness=self.max_staleness,
             lookahead_coresets=self.lookahead_coresets,
@@ -358,7 +359,7 @@ def run_crest(
                 "random_rate": r.loss_rate_random,
                 "decision": after.decision if after else None,
             }
-            for r, after in itertools.pairwise([*regions, status.next_region])
+            for r, after in zip(regions, [*regions[1:], status.next_region], strict=True)
             if r.auto_test == "measure"
         ],
         "selection_share": sessions[0].timings.selection_share,

@@ -125,6 +125,12 @@ class JobConfig(BaseModel):
         description="auto: virtual epochs before the first test and from a verdict to the next "
         "(doubled after each repeat of the same verdict)",
     )
+    auto_test_epochs: float = Field(
+        1.0,
+        gt=0,
+        description="auto: virtual epochs of each coreset arm of a test (coreset regions until "
+        "then); each random arm is as long as the first coreset arm",
+    )
     auto_probe_size: int = Field(
         512, ge=1, description="auto: examples in the probe sample whose loss a test measures"
     )

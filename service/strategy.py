@@ -21,10 +21,11 @@ from crest.proto.contract import JobConfig, RegionStats
 from crest.service.pool import class_weights
 from crest.service.region import Region
 
-# The roles of a test window's regions, in order: coresets, random, random, coresets (ABBA),
-# so that a linear trend of the loss's rate of decrease over the window cancels in the
-# difference of the two means. The region after the window ("measure") carries the probe
-# sample once more: its losses are the window's end point.
+# The arms of a test window, in order: coresets, random, random, coresets (ABBA), so that a
+# linear trend of the loss's rate of decrease over the window cancels in the difference of
+# the two means. A coreset arm is as many coreset regions as make ``auto_test_epochs``
+# virtual epochs; a random arm one random region as long as the first coreset arm. The region
+# after the window ("measure") carries the probe sample once more: the window's end point.
 WINDOW = ("coresets", "random", "random", "coresets")
 MEASURE = "measure"
 
@@ -43,9 +44,10 @@ class AutoPolicy:
     interval: float = 0.0  # auto: virtual epochs from a verdict to the next test
     verdict: str = ""  # auto: the last test's verdict, "coresets" or "random"
     probe: list[int] = field(default_factory=list)  # the test's probe sample (examples)
-    window: list[list[int]] = field(default_factory=list)  # [start, end, is_coresets] per region
+    window: list[list[int]] = field(default_factory=list)  # [start, end, is_coresets] per arm
+    arm_start: int = -1  # the first step of the test's current arm (-1: none begun)
     points: list[list[float]] = field(default_factory=list)  # [step, probe loss] measured
-    random_length: int = 0  # steps of the test's random regions: its first coreset region's
+    random_length: int = 0  # steps of the test's random arms: its first coreset arm's
 
     @classmethod
     def start(cls, config: JobConfig) -> AutoPolicy:
@@ -72,6 +74,7 @@ class AutoPolicy:
 
     def begin(self, probe: np.ndarray) -> None:
         self.probe, self.window, self.points = [int(i) for i in probe], [], []
+        self.arm_start = -1
 
     def region_mode(self, role: str) -> str:
         """How a region of test role ``role`` makes its batches."""
@@ -80,8 +83,8 @@ class AutoPolicy:
         return self.mode
 
     def random_steps(self, start: int, config: JobConfig, role: str = "") -> int:
-        """Length of a random region opening at ``start``: a test's random region is as long
-        as the test's first coreset region; otherwise a virtual epoch of distinct batches, or
+        """Length of a random region opening at ``start``: a test's random arm is as long as
+        the test's first coreset arm; otherwise a virtual epoch of distinct batches, or
         until ``auto``'s next test."""
         if role == "random":
             return max(1, self.random_length)
@@ -97,8 +100,8 @@ class AutoPolicy:
     def after(self, region: Region, stats: RegionStats, config: JobConfig) -> None:
         """Strategy ``auto``: record a test region; after the window's measure region, decide.
 
-        Each window region's rate is the probe loss's decrease per step over it, from the
-        probe's losses at its first step and at the next region's. With the mean rates of
+        Each arm's rate is the probe loss's decrease per step over it, from the probe's
+        losses at its first step and at the first step after it. With the mean rates of
         the coreset regions (``rc``) and of the random regions (``rr``), coresets win when
         ``rc - rr >= (auto_min_gain - 1) * |rr|`` (``rc / rr >= auto_min_gain`` while random
         batches lower the loss). The next test comes ``auto_retest_epochs`` virtual epochs
@@ -108,11 +111,17 @@ class AutoPolicy:
         if config.strategy != "auto" or not self.testing or not stats.auto_test:
             return
         if stats.auto_test != MEASURE:
-            if stats.auto_test == "coresets" and not self.window:
-                self.random_length = region.end_step - region.start_step
-            self.window.append(
-                [region.start_step, region.end_step, int(stats.auto_test == "coresets")]
-            )
+            if self.arm_start < 0:
+                self.arm_start = region.start_step
+            length = region.end_step - self.arm_start
+            coresets = stats.auto_test == "coresets"
+            arm_steps = config.auto_test_epochs * config.steps_per_virtual_epoch
+            if coresets and length < arm_steps and region.end_reason != "budget":
+                return  # the arm goes on with another coreset region
+            if coresets and not self.window:
+                self.random_length = length
+            self.window.append([self.arm_start, region.end_step, int(coresets)])
+            self.arm_start = -1
             return
         rates = window_rates(self.window, self.points)
         if rates is None:

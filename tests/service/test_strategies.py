@@ -194,35 +194,40 @@ def test_probe_loss_clips_at_a_uniform_guess() -> None:
 
 
 def auto_tests(job: JobState) -> list:
-    """Each test's regions (role and stats), from the first region of a window to its
-    measure region."""
+    """Each test's arms (lists of region stats: consecutive coreset regions, or one random
+    region) and its measure region last, as one list."""
     tests, current = [], []
     for stats in job.status().regions:
-        if stats.auto_test:
-            current.append(stats)
+        if stats.auto_test == "coresets" and current and current[-1][0].auto_test == "coresets":
+            current[-1].append(stats)
+        elif stats.auto_test:
+            current.append([stats])
         if stats.auto_test == "measure":
             tests.append(current)
             current = []
     return tests
 
 
-def test_auto_measures_paired_regions_and_keeps_coresets_while_they_pay() -> None:
-    job = make_job(strategy="auto", auto_retest_epochs=1.0)
+def test_auto_measures_paired_arms_and_keeps_coresets_while_they_pay() -> None:
+    job = make_job(strategy="auto", auto_retest_epochs=1.0, auto_test_epochs=0.5)
     modes = walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002})
     regions = job.status().regions
     assert regions[0].mode == "crest" and regions[0].auto_test == ""  # before the first test
     tests = auto_tests(job)
     assert len(tests) >= 2, "auto tests again after its verdict"
+    arm_steps = 0.5 * job.config.steps_per_virtual_epoch
     for test in tests:
-        assert [r.auto_test for r in test] == ["coresets", "random", "random", "coresets",
-                                               "measure"]  # fmt: skip
-        assert [r.mode for r in test[:4]] == ["crest", "random", "random", "crest"]
-        length = test[0].end_step - test[0].start_step
-        assert all(r.end_step - r.start_step == length for r in test[1:3]), "paired lengths"
+        assert [arm[0].auto_test for arm in test] == ["coresets", "random", "random",
+                                                      "coresets", "measure"]  # fmt: skip
+        assert [arm[0].mode for arm in test[:4]] == ["crest", "random", "random", "crest"]
+        starts = [arm[0].start_step for arm in test]
+        lengths = [b - a for a, b in itertools.pairwise(starts)]
+        assert lengths[0] >= arm_steps and lengths[3] >= arm_steps, "coreset arms: 1/2 epoch"
+        assert lengths[1] == lengths[2] == lengths[0], "random arms as long as the first"
         # The recorded rates are the probe losses' decreases per step, recomputed here.
-        rate = [(a.probe_loss - b.probe_loss) / (a.end_step - a.start_step)
-                for a, b in itertools.pairwise(test)]  # fmt: skip
-        measure = test[-1]
+        probe = [arm[0].probe_loss for arm in test]
+        rate = [(probe[i] - probe[i + 1]) / lengths[i] for i in range(4)]
+        measure = test[-1][0]
         assert measure.loss_rate_coresets == pytest.approx((rate[0] + rate[3]) / 2, abs=1e-7)
         assert measure.loss_rate_random == pytest.approx((rate[1] + rate[2]) / 2, abs=1e-7)
         assert measure.loss_rate_coresets == pytest.approx(0.004, abs=1e-6)
@@ -231,8 +236,8 @@ def test_auto_measures_paired_regions_and_keeps_coresets_while_they_pay() -> Non
     assert after and all(r.mode == "crest" for r in after if not r.auto_test)
     assert modes.count("crest") > modes.count("random")
     # The second interval doubles the first (the same verdict twice).
-    ends = [t[-1].end_step for t in tests]
-    starts = [t[0].start_step for t in tests]
+    ends = [t[-1][0].end_step for t in tests]
+    starts = [t[0][0].start_step for t in tests]
     spve = job.config.steps_per_virtual_epoch
     assert starts[1] >= ends[0] + spve
     if len(tests) > 2:
@@ -240,7 +245,7 @@ def test_auto_measures_paired_regions_and_keeps_coresets_while_they_pay() -> Non
 
 
 def test_auto_falls_back_when_random_batches_learn_faster_and_retests() -> None:
-    job = make_job(strategy="auto", auto_retest_epochs=1.0)
+    job = make_job(strategy="auto", auto_retest_epochs=1.0, auto_test_epochs=0.5)
     modes = walk(job, job.config.total_steps, rates={"crest": 0.001, "random": 0.003})
     regions = job.status().regions
     tests = auto_tests(job)
@@ -250,16 +255,15 @@ def test_auto_falls_back_when_random_batches_learn_faster_and_retests() -> None:
     assert fallback and fallback[0].mode == "random"
     assert "0.33x; coresets need 1x" in regions[verdict].decision
     next_test = int(regions[verdict].decision.rsplit(" ", 1)[1])
-    assert tests[1][0].start_step >= next_test
+    assert tests[1][0][0].start_step >= next_test
     assert modes.count("random") > modes.count("crest")
 
 
 def test_auto_needs_its_margin() -> None:
     job = make_job(strategy="auto", auto_min_gain=2.5)  # coresets 2x as fast: not enough
-    walk(job, 60, rates={"crest": 0.004, "random": 0.002})
-    assert "random:" in auto_tests(job)[0][-1].decision or any(
-        r.decision.startswith("random:") for r in job.status().regions
-    )
+    walk(job, 100, rates={"crest": 0.004, "random": 0.002})
+    verdicts = [r.decision.split(":")[0] for r in job.status().regions if "probe loss" in r.decision]
+    assert verdicts and set(verdicts) == {"random"}
 
 
 def test_auto_is_deterministic_for_a_seed() -> None:
