@@ -15,6 +15,7 @@ def _e2e(args: argparse.Namespace) -> int:
         CrestSetup,
         E2EPlan,
         format_class_table,
+        format_monitor_table,
         format_noise_table,
         format_pipeline_table,
         format_table,
@@ -57,6 +58,8 @@ def _e2e(args: argparse.Namespace) -> int:
     print(format_class_table(result["summary"]))
     print()
     print(format_noise_table(result["summary"]))
+    print()
+    print(format_monitor_table(result["runs"]))
     write_json(result, Path(args.out))
     print(f"\nwrote {args.out}")
     return 0
@@ -66,12 +69,20 @@ def _e2e_merge(args: argparse.Namespace) -> int:
     """The tables of earlier runs, from their JSON files (partial ones too), and OUT with
     all of their runs; a (workload, method, fraction, seed) run in several files counts once,
     from the first file that has it."""
-    from crest.compare import format_noise_table, format_table, merge_results, write_json
+    from crest.compare import (
+        format_monitor_table,
+        format_noise_table,
+        format_table,
+        merge_results,
+        write_json,
+    )
 
     result = merge_results([Path(path) for path in args.merge])
     print(format_table(result["summary"]))
     print()
     print(format_noise_table(result["summary"]))
+    print()
+    print(format_monitor_table(result["runs"]))
     write_json(result, Path(args.out))
     print(f"\nwrote {args.out}")
     return 0

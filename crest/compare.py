@@ -694,6 +694,50 @@ def format_noise_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def auto_verdict(tests: list[dict[str, Any]], min_gain: float) -> str | None:
+    """A run's overall verdict from all of ``auto``'s tests (its ``auto_tests``): the same
+    rule as one test's (:meth:`~crest.service.strategy.AutoPolicy.after`) on the rates
+    averaged over the tests; None without a measured test."""
+    measured = [t for t in tests if t["coresets_rate"] is not None]
+    if not measured:
+        return None
+    rc = statistics.fmean(t["coresets_rate"] for t in measured)
+    rr = statistics.fmean(t["random_rate"] for t in measured)
+    return "coresets" if rc - rr >= (min_gain - 1.0) * abs(rr) else "random"
+
+
+def format_monitor_table(runs: list[dict[str, Any]]) -> str:
+    """Strategy auto's monitor against the answer it predicts, per auto run: its tests'
+    verdicts (first one, and coresets' share of all), the verdict on the rates averaged over
+    the run, and the measured accuracy of CREST and of auto minus Random's (same workload,
+    fraction and seed, where those runs are in ``runs``)."""
+    header = (
+        "| workload | frac | seed | tests | first verdict | coreset verdicts | run verdict "
+        "| CREST - Random (points) | auto - Random (points) | auto coreset steps |"
+    )
+    lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
+    acc = {(r["workload"], r["method"], r["train_frac"], r["seed"]): r["final_acc"] for r in runs}
+    min_gain = JobConfig.model_fields["auto_min_gain"].default
+    for run in runs:
+        if run["method"] != "auto" or "auto_tests" not in run["extra"]:
+            continue  # (auto runs from before the paired test have no tests)
+        key = (run["workload"], run["train_frac"], run["seed"])
+        tests = [t for t in run["extra"].get("auto_tests", []) if t["decision"]]
+        verdicts = [t["decision"].split(":")[0] for t in tests]
+        base = acc.get((key[0], "random", *key[1:]))
+        crest = acc.get((key[0], "crest", *key[1:]))
+        lines.append(
+            f"| {key[0]} | {key[1]:g} | {key[2]} | {len(tests)} "
+            f"| {verdicts[0] if verdicts else '-'} "
+            f"| {sum(v == 'coresets' for v in verdicts)} of {len(verdicts)} "
+            f"| {auto_verdict(tests, min_gain) or '-'} "
+            f"| {opt(None if base is None or crest is None else 100 * (crest - base), '+.2f')} "
+            f"| {opt(None if base is None else 100 * (run['final_acc'] - base), '+.2f')} "
+            f"| {opt(run['extra'].get('crest_step_share'), '.0%')} |"
+        )
+    return "\n".join(lines)
+
+
 def merge_results(paths: list[Path]) -> dict[str, Any]:
     """:func:`run_e2e`'s result from the runs in earlier results' JSON files (partial ones
     too), each (workload, method, fraction, seed) once: from the first file that has it."""

@@ -205,18 +205,23 @@ def test_modes_decisions_and_the_monitor_agree_with_job_status(served: Served) -
         assert {(r.mode, r.decision) for r in monitor} == {("crest", "strategy crest")}
         assert all(r.gain is not None for r in monitor), "every region measured"
     monitor = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{served.auto}")).monitor
-    tests = [r.auto_test for r in monitor]
-    first = tests.index("coresets")
-    assert tests[first : first + 5] == ["coresets", "random", "random", "coresets", "measure"]
-    assert [r.mode for r in monitor[first : first + 4]] == ["crest", "random", "random", "crest"]
+    roles = [r.auto_test for r in monitor]
+    first = roles.index("coresets")
+    # A test: a coreset arm (one or more coreset regions), two random regions, a coreset arm,
+    # and the measure region.
+    arms = [
+        i for i in range(first, len(roles)) if roles[i] and not (roles[i] == roles[i - 1] == "coresets")
+    ][:5]  # fmt: skip
+    assert [roles[i] for i in arms] == ["coresets", "random", "random", "coresets", "measure"]
     assert all(r.mode == "crest" and r.decision == "coresets until the first test"
                for r in monitor[:first])  # fmt: skip
-    assert all(r.probe_loss is not None for r in monitor[first : first + 5]), "probe measured"
+    assert all(monitor[i].probe_loss is not None for i in arms), "probe measured"
+    assert [monitor[i].mode for i in arms[1:3]] == ["random", "random"]
     assert all(r.gain is None for r in monitor if r.mode == "random")
-    measure = monitor[first + 4]
+    measure = monitor[arms[4]]
     assert measure.loss_rate_coresets is not None and measure.loss_rate_random is not None
-    if first + 5 < len(monitor):  # coresets miss the bar: random batches until the re-test
-        after = monitor[first + 5]
+    if arms[4] + 1 < len(monitor):  # coresets miss the bar: random batches until the re-test
+        after = monitor[arms[4] + 1]
         assert after.mode == "random" and after.decision.startswith("random: probe loss falls")
         assert "coresets need 1e+09x" in after.decision
 
