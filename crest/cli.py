@@ -77,7 +77,7 @@ def _e2e_merge(args: argparse.Namespace) -> int:
         write_json,
     )
 
-    result = merge_results([Path(path) for path in args.merge])
+    result = merge_results([Path(path) for path in args.merge], args.methods, args.fracs)
     print(format_table(result["summary"]))
     print()
     print(format_noise_table(result["summary"]))
@@ -452,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="JSON",
         help="train nothing: combine earlier runs' results (e.g. partial ones, or one method "
-        "run again) into OUT and print their tables",
+        "run again) into OUT and print their tables; only --methods and --fracs when given",
     )
     e2e.add_argument("--quick", action="store_true", help="the demo's short plan")
     e2e.add_argument(

@@ -707,43 +707,63 @@ def auto_verdict(tests: list[dict[str, Any]], min_gain: float) -> str | None:
 
 
 def format_monitor_table(runs: list[dict[str, Any]]) -> str:
-    """Strategy auto's monitor against the answer it predicts, per auto run: its tests'
-    verdicts (first one, and coresets' share of all), the verdict on the rates averaged over
-    the run, and the measured accuracy of CREST and of auto minus Random's (same workload,
-    fraction and seed, where those runs are in ``runs``)."""
+    """Strategy auto's monitor against the answer it predicts, per auto run and per half of
+    the run (the learning rate falls 10x at half the steps): its tests' verdicts there, and
+    CREST's test accuracy minus Random's (same workload, fraction and seed, where those runs
+    are in ``runs``) averaged over that half's evaluations; then the verdict on the rates
+    averaged over the whole run, and the final differences of CREST and of auto."""
     header = (
-        "| workload | frac | seed | tests | first verdict | coreset verdicts | run verdict "
-        "| CREST - Random (points) | auto - Random (points) | auto coreset steps |"
+        "| workload | frac | seed | verdicts 1st half | CREST - Random 1st half "
+        "| verdicts 2nd half | CREST - Random 2nd half | run verdict | CREST - Random final "
+        "| auto - Random final | auto coreset steps |"
     )
     lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
-    acc = {(r["workload"], r["method"], r["train_frac"], r["seed"]): r["final_acc"] for r in runs}
+    by_key = {(r["workload"], r["method"], r["train_frac"], r["seed"]): r for r in runs}
     min_gain = JobConfig.model_fields["auto_min_gain"].default
     for run in runs:
         if run["method"] != "auto" or "auto_tests" not in run["extra"]:
             continue  # (auto runs from before the paired test have no tests)
-        key = (run["workload"], run["train_frac"], run["seed"])
-        tests = [t for t in run["extra"].get("auto_tests", []) if t["decision"]]
-        verdicts = [t["decision"].split(":")[0] for t in tests]
-        base = acc.get((key[0], "random", *key[1:]))
-        crest = acc.get((key[0], "crest", *key[1:]))
+        workload, frac, seed = run["workload"], run["train_frac"], run["seed"]
+        half = run["steps"] / 2
+        tests = [t for t in run["extra"]["auto_tests"] if t["decision"]]
+        random, crest = (by_key.get((workload, m, frac, seed)) for m in ("random", "crest"))
+        cells = []
+        for first in (True, False):
+            verdicts = [t["decision"].split(":")[0] for t in tests if (t["step"] < half) == first]
+            cells.append(f"coresets {sum(v == 'coresets' for v in verdicts)} of {len(verdicts)}")
+            gap = None
+            if random and crest:
+                gaps = [
+                    100 * (c[2] - r[2])
+                    for r, c in zip(random["curve"], crest["curve"], strict=True)
+                    if (r[0] <= half) == first
+                ]
+                gap = statistics.fmean(gaps) if gaps else None
+            cells.append(opt(gap, "+.2f"))
+        base = None if random is None else random["final_acc"]
+        final = None if base is None or crest is None else 100 * (crest["final_acc"] - base)
         lines.append(
-            f"| {key[0]} | {key[1]:g} | {key[2]} | {len(tests)} "
-            f"| {verdicts[0] if verdicts else '-'} "
-            f"| {sum(v == 'coresets' for v in verdicts)} of {len(verdicts)} "
-            f"| {auto_verdict(tests, min_gain) or '-'} "
-            f"| {opt(None if base is None or crest is None else 100 * (crest - base), '+.2f')} "
+            f"| {workload} | {frac:g} | {seed} | {' | '.join(cells)} "
+            f"| {auto_verdict(tests, min_gain) or '-'} | {opt(final, '+.2f')} "
             f"| {opt(None if base is None else 100 * (run['final_acc'] - base), '+.2f')} "
             f"| {opt(run['extra'].get('crest_step_share'), '.0%')} |"
         )
     return "\n".join(lines)
 
 
-def merge_results(paths: list[Path]) -> dict[str, Any]:
+def merge_results(
+    paths: list[Path], methods: list[str] | None = None, fracs: list[float] | None = None
+) -> dict[str, Any]:
     """:func:`run_e2e`'s result from the runs in earlier results' JSON files (partial ones
-    too), each (workload, method, fraction, seed) once: from the first file that has it."""
+    too), each (workload, method, fraction, seed) once: from the first file that has it;
+    only ``methods`` and ``fracs`` when given."""
     runs: dict[tuple[str, str, float, int], RunResult] = {}
     for path in paths:
         for run in json.loads(path.read_text())["runs"]:
+            if (methods and run["method"] not in methods) or (
+                fracs and run["train_frac"] not in fracs
+            ):
+                continue
             key = (run["workload"], run["method"], run["train_frac"], run["seed"])
             runs.setdefault(key, RunResult(**run))
     if not runs:
