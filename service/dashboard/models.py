@@ -70,7 +70,10 @@ class JobSummary(BaseModel):
     coreset_error: float | None = Field(description="the monitor's, newest measured region")
     random_error: float | None = Field(description="the monitor's, newest measured region")
     gain: float | None = Field(description="newest measured region: " + GAIN_HELP)
-    auto_min_gain: float = Field(description="the gain strategy auto requires of coresets")
+    auto_min_gain: float = Field(
+        description="strategy auto: how many times faster than random batches coresets must "
+        "lower the probe loss in a test"
+    )
     selection_share: float | None = Field(
         description="share of all ranks' trainer time spent on selection work (None before "
         "the first check report)"
