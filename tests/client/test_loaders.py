@@ -3,8 +3,8 @@
 Loaders: the tensor path (``session.batches()`` with ``tensor_fetch``) and ``CrestLoader`` over
 a per-example dataset (read and collated in this process), over a ``TensorDataset`` (indexed
 once per tensor) and over a per-example dataset with worker processes (a real DataLoader).
-``auto`` with an unreachable ``auto_min_gain`` falls back to random batches after its first
-coreset region, then re-tests coresets: a fallback in the middle of the job, deterministically.
+``auto`` with an unreachable ``auto_min_gain`` serves coresets, then its first test (random arms
+in the middle of the job, then coresets again), then random batches: deterministically.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def check_job(coordinator: Coordinator, job_id: str, strategy: str, runs: list[l
     assert sorted(set(modes)) == EXPECTED_MODES[strategy]
     if strategy in SIDES:
         assert all(r.embedded_by == "service" for r in regions if r.mode == "crest")
-    if strategy == "auto":  # coresets first, random in the middle, then a re-test of coresets
+    if strategy == "auto":  # coresets first, a test's random arms in the middle, coresets again
         assert modes[0] == "crest" and "crest" in modes[modes.index("random") :]
         assert 0 < regions[modes.index("random")].start_step < config.total_steps
 

@@ -210,8 +210,10 @@ def test_modes_decisions_and_the_monitor_agree_with_job_status(served: Served) -
     # A test: a coreset arm (one or more coreset regions), two random regions, a coreset arm,
     # and the measure region.
     arms = [
-        i for i in range(first, len(roles)) if roles[i] and not (roles[i] == roles[i - 1] == "coresets")
-    ][:5]  # fmt: skip
+        i
+        for i in range(first, len(roles))
+        if roles[i] and not (roles[i] == roles[i - 1] == "coresets")
+    ][:5]
     assert [roles[i] for i in arms] == ["coresets", "random", "random", "coresets", "measure"]
     assert all(r.mode == "crest" and r.decision == "coresets until the first test"
                for r in monitor[:first])  # fmt: skip

@@ -262,7 +262,8 @@ def test_auto_falls_back_when_random_batches_learn_faster_and_retests() -> None:
 def test_auto_needs_its_margin() -> None:
     job = make_job(strategy="auto", auto_min_gain=2.5)  # coresets 2x as fast: not enough
     walk(job, 100, rates={"crest": 0.004, "random": 0.002})
-    verdicts = [r.decision.split(":")[0] for r in job.status().regions if "probe loss" in r.decision]
+    regions = job.status().regions
+    verdicts = [r.decision.split(":")[0] for r in regions if "probe loss" in r.decision]
     assert verdicts and set(verdicts) == {"random"}
 
 
