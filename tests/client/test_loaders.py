@@ -41,7 +41,9 @@ EXPECTED_MODES.update({name: ["crest"] for name in SIDES})
 def strategy_config(strategy: str, world_size: int = 1):
     side = SIDES.get(strategy, {})
     name = "crest" if side else strategy
-    return job_config(strategy=name, world_size=world_size, auto_min_gain=1e9, **side)
+    return job_config(
+        strategy=name, world_size=world_size, auto_min_gain=1e9, auto_test_epochs=0.25, **side
+    )
 
 
 def pairs(
