@@ -145,6 +145,8 @@ class JobState:
         self.drops = DropSchedule.start(config)
         self.adapt = Adaptivity(config.check_interval, config.num_coresets)
         self.strategy = AutoPolicy.start(config)
+        if config.strategy == "auto":  # its probe is held out: no batch ever trains on it
+            self.pool.hold_out(draw_probe(self.pool, config))
         self.committed_seq = [0] * config.world_size  # last upload sequence number per rank
         self.trainer_times: dict[int, tuple[float, float]] = {}  # rank -> (train, selection) s
         # Service side: who embeds now (the trainer takes over when its model cannot be
@@ -275,8 +277,8 @@ class JobState:
 
         On the service side its candidates are embedded by the selectors from the weights
         published at step ``weights_version``; when it is drawn ahead, :meth:`_activate` sets
-        its start. ``role``: its part in strategy auto's test (:meth:`AutoPolicy.role`); a
-        test's first region draws the probe sample, and every test region embeds it.
+        its start. ``role``: its part in strategy auto's test (:meth:`AutoPolicy.role`);
+        every test region embeds the held-out probe sample (:func:`draw_probe`).
         """
         cfg = self.config
         dropped = readmitted = 0
@@ -294,7 +296,7 @@ class JobState:
         rng = np.random.default_rng([cfg.seed, region_id])
         service = self.side == "service"
         if role and not self.strategy.testing:
-            self.strategy.begin(self._draw_probe(region_id))
+            self.strategy.begin(np.flatnonzero(self.pool.held_out))
         probe = np.asarray(self.strategy.probe if role else [], np.int64)
         if self.strategy.region_mode(role) == "random":
             length = self.strategy.random_steps(start, cfg, role)
@@ -334,16 +336,6 @@ class JobState:
             )
         )
         return region
-
-    def _draw_probe(self, region_id: int) -> np.ndarray:
-        """Strategy auto's probe sample for a test opening region ``region_id``: examples
-        stratified by the pool's class shares, drawn for the seed and region."""
-        cfg = self.config
-        rng = np.random.default_rng([cfg.seed, region_id, 3])
-        size = min(cfg.auto_probe_size, int(self.pool.in_pool.sum()))
-        counts = largest_remainder(self.pool.class_shares(cfg.class_weighting), size)
-        (parts,) = self.pool.draw_subsets(rng, 1, 1, counts)
-        return distinct(np.concatenate(parts))
 
     def _measure_probe(self, region: Region) -> None:
         """The probe's mean loss from a test region's candidates, for strategy auto."""
@@ -861,7 +853,7 @@ class JobState:
             pool_size=int(self.pool.in_pool.sum()),
             pool_per_class=self.pool.sizes_per_class().tolist(),
             class_sizes=np.bincount(self.pool.labels, minlength=self.config.num_classes).tolist(),
-            dropped=int((~self.pool.in_pool).sum()),
+            dropped=self.pool.dropped,
             regions=[s.model_copy(deep=True) for s in self.stats[: self.regions_opened]],
             selection_side=self.side,
             selection_side_reason=self.side_reason,
@@ -886,6 +878,21 @@ class JobState:
             setattr(job, name, decode(state[name]))
         job.leaving = []
         return job
+
+
+def draw_probe(pool: ExamplePool, config: JobConfig) -> np.ndarray:
+    """Strategy auto's probe sample, drawn once for the seed when the job starts and held out
+    of training (:meth:`ExamplePool.hold_out`), so that a test measures how fast each kind of
+    batch lowers the loss of examples the model never trains on: ``auto_probe_size``
+    examples stratified by class, at most a tenth of any class (what the job does not train
+    on)."""
+    rng = np.random.default_rng([config.seed, 0, 4])  # 3 words: no region's stream
+    sizes = pool.sizes_per_class()
+    counts = largest_remainder(sizes / max(sizes.sum(), 1), config.auto_probe_size)
+    counts = np.minimum(counts, sizes // 10)
+    return np.concatenate(
+        [np.sort(rng.choice(pool.class_members(c), n, replace=False)) for c, n in enumerate(counts)]
+    ).astype(np.int64)
 
 
 def _optional_region(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -4,7 +4,8 @@ Loaders: the tensor path (``session.batches()`` with ``tensor_fetch``) and ``Cre
 a per-example dataset (read and collated in this process), over a ``TensorDataset`` (indexed
 once per tensor) and over a per-example dataset with worker processes (a real DataLoader).
 ``auto`` with an unreachable ``auto_min_gain`` serves coresets, then its first test (random arms
-in the middle of the job, then coresets again), then random batches: deterministically.
+in the middle of the job, then coresets again), then random batches: deterministically, and
+never an example of its held-out probe.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from torch.utils.data import Dataset, TensorDataset
 from crest.client import CrestLoader, Session, WeightedBatch, tensor_fetch, weighted_loss
 from crest.embedded import local_coordinator
 from crest.proto.contract import Coordinator
+from crest.service.job import draw_probe
+from crest.service.pool import ExamplePool
 from tests.client.test_data_and_resume import Blobs
 from tests.training import Batch, blobs, job_config, make_model, on_threads
 
@@ -96,6 +99,12 @@ def check_job(coordinator: Coordinator, job_id: str, strategy: str, runs: list[l
     if strategy == "auto":  # coresets first, a test's random arms in the middle, coresets again
         assert modes[0] == "crest" and "crest" in modes[modes.index("random") :]
         assert 0 < regions[modes.index("random")].start_step < config.total_steps
+        # Its probe (the seed's draw) is held out: in no batch of any rank, any region.
+        pool = ExamplePool(blobs()[1].numpy(), config.num_classes, config.loss_window)
+        probe = set(draw_probe(pool, config).tolist())
+        trained = {i for seen in runs for _, indices, _, _ in seen for i in indices}
+        assert probe and not probe & trained, "a held-out probe example was trained on"
+        assert all(r.probe_loss is not None for r in regions if r.auto_test)
 
 
 def one_rank(strategy: str, loaders: tuple[str, ...]) -> None:

@@ -22,12 +22,14 @@ from crest.worker.selector import run_selection
 from tests.service.helpers import fake_embeddings, fill_region, make_job, report, see
 
 
-def walk(job: JobState, steps: int, embed=fake_embeddings, rates=None) -> list[str]:
+def walk(
+    job: JobState, steps: int, embed=fake_embeddings, rates=None, served: set | None = None
+) -> list[str]:
     """Play rank 0 for ``steps`` steps (embeddings from ``embed``); returns each step's mode.
 
     ``rates``: ``{mode: loss decrease per step}``: every example's loss is a model's plus a
     fixed offset per example, and each step of a mode lowers it by that mode's rate (from
-    1.3, floor 0.01); else losses are 1.
+    1.3, floor 0.01); else losses are 1. ``served`` collects every example a batch holds.
     """
     modes = []
     loss = 1.3
@@ -49,6 +51,9 @@ def walk(job: JobState, steps: int, embed=fake_embeddings, rates=None) -> list[s
             view = see(job, 0, step)
         mode = job.status().regions[view.region_id].mode
         modes.append(mode)
+        if served is not None:
+            batch = view.batches[(step - view.start_step) % len(view.batches)][0]
+            served.update(batch.tolist())
         if rates:
             loss = max(0.01, loss - rates[mode])
         if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
@@ -265,6 +270,31 @@ def test_auto_needs_its_margin() -> None:
     regions = job.status().regions
     verdicts = [r.decision.split(":")[0] for r in regions if "probe loss" in r.decision]
     assert verdicts and set(verdicts) == {"random"}
+
+
+def test_auto_holds_its_probe_out_of_every_batch() -> None:
+    # Every loss seen is "learned", so drops and readmissions run too.
+    drops = {"loss_window": 1, "learned_loss": 2.0, "readmit_after": 1}
+    job = make_job(strategy="auto", auto_test_epochs=0.5, **drops)
+    probe = np.flatnonzero(job.pool.held_out)
+    sizes = np.bincount(job.pool.labels, minlength=4)
+    per_class = np.bincount(job.pool.labels[probe], minlength=4)
+    assert probe.size and (per_class > 0).all() and (per_class <= sizes // 10).all()
+    assert not job.pool.in_pool[probe].any() and job.pool.dropped == 0
+    served: set[int] = set()
+    walk(job, job.config.total_steps, rates={"crest": 0.01, "random": 0.01}, served=served)
+    assert served and not served & set(probe.tolist()), "a held-out example was trained on"
+    regions = job.status().regions
+    assert any(r.dropped for r in regions) and any(r.readmitted for r in regions)
+    assert [r.probe_loss for r in regions if r.auto_test] and all(
+        r.probe_loss is not None for r in regions if r.auto_test
+    )
+    np.testing.assert_array_equal(np.flatnonzero(job.pool.held_out), probe)  # still out
+    restored = JobState.from_state(job.to_state())
+    np.testing.assert_array_equal(np.flatnonzero(restored.pool.held_out), probe)
+    again = make_job(strategy="auto", auto_test_epochs=0.5, **drops)
+    np.testing.assert_array_equal(np.flatnonzero(again.pool.held_out), probe)  # seed's draw
+    assert not make_job().pool.held_out.any(), "only auto holds examples out"
 
 
 def test_auto_is_deterministic_for_a_seed() -> None:
