@@ -78,6 +78,7 @@ class CrestSetup:
     auto_min_gain: float = JobConfig.model_fields["auto_min_gain"].default
     auto_retest_epochs: float = JobConfig.model_fields["auto_retest_epochs"].default
     auto_test_epochs: float = JobConfig.model_fields["auto_test_epochs"].default
+    auto_probe_size: int = JobConfig.model_fields["auto_probe_size"].default
     selection_side: str = "trainer"
     max_staleness: int = 32
     lookahead_coresets: bool = False
@@ -109,6 +110,7 @@ class CrestSetup:
             auto_min_gain=self.auto_min_gain,
             auto_retest_epochs=self.auto_retest_epochs,
             auto_test_epochs=self.auto_test_epochs,
+            auto_probe_size=self.auto_probe_size,
             selection_side=self.selection_side,
             max_staleness=self.max_staleness,
             lookahead_coresets=self.lookahead_coresets,

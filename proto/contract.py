@@ -132,7 +132,10 @@ class JobConfig(BaseModel):
         "then); each random arm is as long as the first coreset arm",
     )
     auto_probe_size: int = Field(
-        512, ge=1, description="auto: examples in the probe sample whose loss a test measures"
+        512,
+        ge=1,
+        description="auto: examples in the probe sample whose loss a test measures, held out "
+        "of training (not trained on; at most a tenth of any class)",
     )
     name: str | None = Field(
         None,

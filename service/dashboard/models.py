@@ -147,7 +147,7 @@ class RegionMonitor(BaseModel):
         "", description="strategy auto's test: coresets, random, measure (its end point) or none"
     )
     probe_loss: float | None = Field(
-        None, description="auto's test: the probe sample's mean clipped loss at the region's start"
+        None, description="auto's test: the held-out probe's mean clipped loss at the region start"
     )
     loss_rate_coresets: float | None = Field(
         None, description="auto's verdict (measure region): probe-loss decrease per coreset step"
