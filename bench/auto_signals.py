@@ -67,7 +67,7 @@ def verdict(rates: tuple[float, float] | None) -> str | None:
     return "coresets" if rc - rr >= 0 else "random"  # auto_min_gain 1
 
 
-def half_gaps(known: dict[tuple[str, float, int], dict[str, Any]], key: tuple) -> list[float]:
+def half_gaps(known: dict[tuple, dict[str, Any]], key: tuple) -> list[float]:
     """CREST - Random test accuracy (points) averaged over each half's evaluations."""
     random, crest = known[(*key, "random")], known[(*key, "crest")]
     half = random["steps"] / 2
