@@ -144,6 +144,12 @@ def test_a_prepared_region_is_drawn_again_when_auto_starts_a_test() -> None:
     assert region is not None and region.region_id == 1 and region.weights_version == 4
     assert job.stats[1].auto_test == "coresets" and region.probe_slots.size > 0
     assert job.prepared is None and [s.region_id for s in job.stats] == [0, 1]
+    # The probe is the held-out one: embedded by the selectors, never a member or a batch.
+    probe = np.flatnonzero(job.pool.held_out)
+    np.testing.assert_array_equal(region.candidates[region.probe_slots], probe)
+    assert not np.isin(region.candidates[region.members], probe).any()
+    batches = [b for step in range(4) for b, _ in job.view(0, step).batches]
+    assert probe.size and batches and not np.isin(np.concatenate(batches), probe).any()
 
 
 def test_the_journal_replays_the_service_side_exactly() -> None:
