@@ -15,6 +15,7 @@ def _e2e(args: argparse.Namespace) -> int:
         CrestSetup,
         E2EPlan,
         format_class_table,
+        format_monitor_table,
         format_noise_table,
         format_pipeline_table,
         format_table,
@@ -57,6 +58,8 @@ def _e2e(args: argparse.Namespace) -> int:
     print(format_class_table(result["summary"]))
     print()
     print(format_noise_table(result["summary"]))
+    print()
+    print(format_monitor_table(result["runs"]))
     write_json(result, Path(args.out))
     print(f"\nwrote {args.out}")
     return 0
@@ -66,12 +69,20 @@ def _e2e_merge(args: argparse.Namespace) -> int:
     """The tables of earlier runs, from their JSON files (partial ones too), and OUT with
     all of their runs; a (workload, method, fraction, seed) run in several files counts once,
     from the first file that has it."""
-    from crest.compare import format_noise_table, format_table, merge_results, write_json
+    from crest.compare import (
+        format_monitor_table,
+        format_noise_table,
+        format_table,
+        merge_results,
+        write_json,
+    )
 
-    result = merge_results([Path(path) for path in args.merge])
+    result = merge_results([Path(path) for path in args.merge], args.methods, args.fracs)
     print(format_table(result["summary"]))
     print()
     print(format_noise_table(result["summary"]))
+    print()
+    print(format_monitor_table(result["runs"]))
     write_json(result, Path(args.out))
     print(f"\nwrote {args.out}")
     return 0
@@ -446,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="JSON",
         help="train nothing: combine earlier runs' results (e.g. partial ones, or one method "
-        "run again) into OUT and print their tables",
+        "run again) into OUT and print their tables; only --methods and --fracs when given",
     )
     e2e.add_argument("--quick", action="store_true", help="the demo's short plan")
     e2e.add_argument(

@@ -75,8 +75,10 @@ class CrestSetup:
     hessian_probes: int = 0
     strategy: str = "crest"
     class_weighting: str = "proportional"
-    auto_min_gain: float = 1.5
-    auto_retest_epochs: float = 1.0
+    auto_min_gain: float = JobConfig.model_fields["auto_min_gain"].default
+    auto_retest_epochs: float = JobConfig.model_fields["auto_retest_epochs"].default
+    auto_test_epochs: float = JobConfig.model_fields["auto_test_epochs"].default
+    auto_probe_size: int = JobConfig.model_fields["auto_probe_size"].default
     selection_side: str = "trainer"
     max_staleness: int = 32
     lookahead_coresets: bool = False
@@ -107,6 +109,8 @@ class CrestSetup:
             class_weighting=self.class_weighting,
             auto_min_gain=self.auto_min_gain,
             auto_retest_epochs=self.auto_retest_epochs,
+            auto_test_epochs=self.auto_test_epochs,
+            auto_probe_size=self.auto_probe_size,
             selection_side=self.selection_side,
             max_staleness=self.max_staleness,
             lookahead_coresets=self.lookahead_coresets,
@@ -348,6 +352,18 @@ def run_crest(
         ),
         "coreset_error": _mean(r.coreset_error for r in regions if r.coreset_error is not None),
         "random_error": _mean(r.random_error for r in regions if r.random_error is not None),
+        # Strategy auto's tests: each one's measured probe-loss rates, and its verdict (the
+        # decision of the region after its measure region).
+        "auto_tests": [
+            {
+                "step": r.end_step,
+                "coresets_rate": r.loss_rate_coresets,
+                "random_rate": r.loss_rate_random,
+                "decision": after.decision if after else None,
+            }
+            for r, after in zip(regions, [*regions[1:], status.next_region], strict=True)
+            if r.auto_test == "measure"
+        ],
         "selection_share": sessions[0].timings.selection_share,
         "timings": asdict(sessions[0].timings),
         # What the service side changes: the trainer's wait for regions, how old the weights
@@ -680,12 +696,76 @@ def format_noise_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def merge_results(paths: list[Path]) -> dict[str, Any]:
+def auto_verdict(tests: list[dict[str, Any]], min_gain: float) -> str | None:
+    """A run's overall verdict from all of ``auto``'s tests (its ``auto_tests``): the same
+    rule as one test's (:meth:`~crest.service.strategy.AutoPolicy.after`) on the rates
+    averaged over the tests; None without a measured test."""
+    measured = [t for t in tests if t["coresets_rate"] is not None]
+    if not measured:
+        return None
+    rc = statistics.fmean(t["coresets_rate"] for t in measured)
+    rr = statistics.fmean(t["random_rate"] for t in measured)
+    return "coresets" if rc - rr >= (min_gain - 1.0) * abs(rr) else "random"
+
+
+def format_monitor_table(runs: list[dict[str, Any]]) -> str:
+    """Strategy auto's monitor against the answer it predicts, per auto run and per half of
+    the run (the learning rate falls 10x at half the steps): its tests' verdicts there, and
+    CREST's test accuracy minus Random's (same workload, fraction and seed, where those runs
+    are in ``runs``) averaged over that half's evaluations; then the verdict on the rates
+    averaged over the whole run, and the final differences of CREST and of auto."""
+    header = (
+        "| workload | frac | seed | verdicts 1st half | CREST - Random 1st half "
+        "| verdicts 2nd half | CREST - Random 2nd half | run verdict | CREST - Random final "
+        "| auto - Random final | auto coreset steps |"
+    )
+    lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
+    by_key = {(r["workload"], r["method"], r["train_frac"], r["seed"]): r for r in runs}
+    min_gain = JobConfig.model_fields["auto_min_gain"].default
+    for run in runs:
+        if run["method"] != "auto" or "auto_tests" not in run["extra"]:
+            continue  # (auto runs from before the paired test have no tests)
+        workload, frac, seed = run["workload"], run["train_frac"], run["seed"]
+        half = run["steps"] / 2
+        tests = [t for t in run["extra"]["auto_tests"] if t["decision"]]
+        random, crest = (by_key.get((workload, m, frac, seed)) for m in ("random", "crest"))
+        cells = []
+        for first in (True, False):
+            verdicts = [t["decision"].split(":")[0] for t in tests if (t["step"] < half) == first]
+            cells.append(f"coresets {sum(v == 'coresets' for v in verdicts)} of {len(verdicts)}")
+            gap = None
+            if random and crest:
+                gaps = [
+                    100 * (c[2] - r[2])
+                    for r, c in zip(random["curve"], crest["curve"], strict=True)
+                    if (r[0] <= half) == first
+                ]
+                gap = statistics.fmean(gaps) if gaps else None
+            cells.append(opt(gap, "+.2f"))
+        base = None if random is None else random["final_acc"]
+        final = None if base is None or crest is None else 100 * (crest["final_acc"] - base)
+        lines.append(
+            f"| {workload} | {frac:g} | {seed} | {' | '.join(cells)} "
+            f"| {auto_verdict(tests, min_gain) or '-'} | {opt(final, '+.2f')} "
+            f"| {opt(None if base is None else 100 * (run['final_acc'] - base), '+.2f')} "
+            f"| {opt(run['extra'].get('crest_step_share'), '.0%')} |"
+        )
+    return "\n".join(lines)
+
+
+def merge_results(
+    paths: list[Path], methods: list[str] | None = None, fracs: list[float] | None = None
+) -> dict[str, Any]:
     """:func:`run_e2e`'s result from the runs in earlier results' JSON files (partial ones
-    too), each (workload, method, fraction, seed) once: from the first file that has it."""
+    too), each (workload, method, fraction, seed) once: from the first file that has it;
+    only ``methods`` and ``fracs`` when given."""
     runs: dict[tuple[str, str, float, int], RunResult] = {}
     for path in paths:
         for run in json.loads(path.read_text())["runs"]:
+            if (methods and run["method"] not in methods) or (
+                fracs and run["train_frac"] not in fracs
+            ):
+                continue
             key = (run["workload"], run["method"], run["train_frac"], run["seed"])
             runs.setdefault(key, RunResult(**run))
     if not runs:

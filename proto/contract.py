@@ -115,10 +115,28 @@ class JobConfig(BaseModel):
         description="random batches: stratified by class as class_weighting says, or B uniformly",
     )
     auto_min_gain: float = Field(
-        1.5, gt=0, description="auto keeps coresets while random error / coreset error >= it"
+        1.0,
+        gt=0,
+        description="auto serves coresets when, in its test, they lower the probe loss at least "
+        "this many times faster per step than random batches",
     )
     auto_retest_epochs: float = Field(
-        1.0, gt=0, description="auto: virtual epochs of random batches before re-testing"
+        1.0,
+        gt=0,
+        description="auto: virtual epochs before the first test and from a verdict to the next "
+        "(doubled after each repeat of the same verdict)",
+    )
+    auto_test_epochs: float = Field(
+        1.0,
+        gt=0,
+        description="auto: virtual epochs of each coreset arm of a test (coreset regions until "
+        "then); each random arm is as long as the first coreset arm",
+    )
+    auto_probe_size: int = Field(
+        512,
+        ge=1,
+        description="auto: examples in the probe sample whose loss a test measures, held out "
+        "of training (not trained on; at most a tenth of any class)",
     )
     name: str | None = Field(
         None,
@@ -536,7 +554,7 @@ class RegionStats(BaseModel):
     curvature: float | None = None  # mean over ranks of the reported curvature
     checks: list[CheckRecord] = []
     mode: Literal["crest", "random"] = "crest"  # how this region's batches were made
-    decision: str = ""  # why (strategy auto: the monitor's verdict on the previous test)
+    decision: str = ""  # why (strategy auto: the last test's verdict and its numbers)
     # The monitor: relative squared error of each batch's mean embedding-gradient against its
     # random subset's mean, averaged over the region's subsets; for the weighted coreset and
     # for equal-size stratified random batches from the same subsets. None: not measured.
@@ -554,6 +572,14 @@ class RegionStats(BaseModel):
     checks_omitted: int = 0
     # exclude_noisy: subset members (candidate draws) not eligible as representatives.
     excluded: int = 0
+    # Strategy auto's test (service/strategy.py AutoPolicy): this region's role in it
+    # ("coresets", "random", "measure": the region after the window, or ""), the probe
+    # sample's mean clipped loss measured with its candidates, and, on the measure region,
+    # the window's mean probe-loss decrease per step with coresets and with random batches.
+    auto_test: str = ""
+    probe_loss: float | None = None
+    loss_rate_coresets: float | None = None
+    loss_rate_random: float | None = None
 
 
 class TrainerTime(BaseModel):

@@ -51,7 +51,13 @@ from crest.proto.contract import (
 )
 from crest.proto.errors import FailedPrecondition, InvalidArgument
 from crest.service.checks import Adaptivity, decide, validate_report
-from crest.service.pool import DropSchedule, ExamplePool, class_weights, distinct
+from crest.service.pool import (
+    DropSchedule,
+    ExamplePool,
+    class_weights,
+    distinct,
+    largest_remainder,
+)
 from crest.service.region import (
     Phase,
     Region,
@@ -62,8 +68,9 @@ from crest.service.region import (
     region_end,
     region_from_state,
     region_to_state,
+    with_probe,
 )
-from crest.service.strategy import AutoPolicy, bounded_coreset_quality
+from crest.service.strategy import AutoPolicy, bounded_coreset_quality, probe_loss
 from crest.worker.problems import SelectionRequest, SelectionResult
 
 __all__ = [
@@ -165,6 +172,8 @@ class JobState:
         self.drops = DropSchedule.start(config)
         self.adapt = Adaptivity(config.check_interval, config.num_coresets)
         self.strategy = AutoPolicy.start(config)
+        if config.strategy == "auto":  # its probe is held out: no batch ever trains on it
+            self.pool.hold_out(draw_probe(self.pool, config))
         self.committed_seq = [0] * config.world_size  # last upload sequence number per rank
         self.trainer_times: dict[int, tuple[float, float]] = {}  # rank -> (train, selection) s
         # Service side: who embeds now (the trainer takes over when its model cannot be
@@ -260,13 +269,16 @@ class JobState:
             self._close(previous)
         region_id = 0 if previous is None else previous.region_id + 1
         prepared, self.prepared = self.prepared, None
-        pipelined = self.side == "service" and self.strategy.mode == "crest"
+        role = self.strategy.role(start, self.config)
+        # A test's regions are drawn now, so that the probe's losses are measured with the
+        # weights of their first steps.
+        pipelined = self.side == "service" and self.strategy.mode == "crest" and not role
         if prepared is not None and pipelined:
             self._activate(prepared, start)
         else:
             if prepared is not None:  # drawn for a mode the job has left: drawn again
                 self.stats.pop()
-            self.region = self._draw(region_id, start, start)
+            self.region = self._draw(region_id, start, start, role)
         self._prepare_next()
 
     def _prepare_next(self) -> None:
@@ -278,6 +290,7 @@ class JobState:
         if (
             self.side != "service"
             or self.strategy.mode != "crest"
+            or self.strategy.testing
             or self.prepared is not None
             or region is None
             or region.phase is not Phase.READY
@@ -286,12 +299,13 @@ class JobState:
             return
         self.prepared = self._draw(region.region_id + 1, region.start_step, region.start_step)
 
-    def _draw(self, region_id: int, start: int, weights_version: int) -> Region:
+    def _draw(self, region_id: int, start: int, weights_version: int, role: str = "") -> Region:
         """Draw region ``region_id`` from the pool as it is now, and record its statistics.
 
         On the service side its candidates are embedded by the selectors from the weights
         published at step ``weights_version``; when it is drawn ahead, :meth:`_activate` sets
-        its start.
+        its start. ``role``: its part in strategy auto's test (:meth:`AutoPolicy.role`);
+        every test region embeds the held-out probe sample (:func:`draw_probe`).
         """
         cfg = self.config
         dropped = readmitted = 0
@@ -308,15 +322,22 @@ class JobState:
 
         rng = np.random.default_rng([cfg.seed, region_id])
         service = self.side == "service"
-        if self.strategy.mode == "random":
-            length = self.strategy.random_steps(start, cfg)
+        if role and not self.strategy.testing:
+            self.strategy.begin(np.flatnonzero(self.pool.held_out))
+        probe = np.asarray(self.strategy.probe if role else [], np.int64)
+        if self.strategy.region_mode(role) == "random":
+            length = self.strategy.random_steps(start, cfg, role)
             region = random_region(region_id, start, self.pool, cfg, length, rng)
+            if role:
+                region = with_probe(region, probe, cfg.world_size)
+                if service:
+                    region.embedded_by, region.weights_version = "service", start
         else:
             coresets = self.adapt.num_coresets
             if service and cfg.lookahead_coresets:
                 coresets = self._lookahead_coresets()
             region = crest_region(
-                region_id, start, self.pool, cfg, coresets, self.adapt.check_interval, rng
+                region_id, start, self.pool, cfg, coresets, self.adapt.check_interval, rng, probe
             )
             if service:
                 region.embedded_by, region.weights_version = "service", weights_version
@@ -336,6 +357,7 @@ class JobState:
                 readmitted=readmitted,
                 mode=region.mode,
                 decision=self.strategy.decision,
+                auto_test=role,
                 embedded_by=region.embedded_by,
                 staleness=start - weights_version if region.embedded_by == "service" else None,
             )
@@ -346,6 +368,21 @@ class JobState:
             # head: older regions keep their totals only, so the head grows by ~1 KB a region.
             self.stats[-PER_CLASS_STATS_KEPT - 1].pool_per_class = []
         return region
+
+    def _measure_probe(self, region: Region) -> None:
+        """The probe's mean loss from a test region's candidates, for strategy auto."""
+        if not region.probe_slots.size:
+            return
+        value = probe_loss(region.losses[region.probe_slots], self.config.num_classes)
+        self.stats[region.region_id].probe_loss = value
+        step = region.weights_version if region.embedded_by == "service" else region.start_step
+        self.strategy.measured(step, value)
+
+    def _serve_random(self, region: Region) -> None:
+        """A test's random region once its probe losses are in: its batches are ready."""
+        self._measure_probe(region)
+        region.embeddings = None
+        region.phase = Phase.READY
 
     def _activate(self, region: Region, start: int) -> None:
         """Make the prepared ``region`` the current one, starting at ``start``."""
@@ -508,7 +545,9 @@ class JobState:
             region.losses[slots] = losses
             region.received[slots] = True
         self.committed_seq[rank] = last
-        if region.received.all():
+        if region.received.all() and region.mode == "random":
+            self._serve_random(region)  # nothing to select: no selection to start
+        elif region.received.all():
             region.phase = Phase.SELECTING
             return Upload.COMPLETE
         return Upload.ACCEPTED
@@ -600,6 +639,8 @@ class JobState:
         region.embeddings, region.losses = embeddings, losses
         region.received[:] = True
         region.phase = Phase.SELECTING
+        if region.mode == "random":
+            self._serve_random(region)
 
     def use_trainer_side(self, reason: str) -> None:
         """From now on the ranks embed their candidates (e.g. the model cannot be exported):
@@ -663,6 +704,9 @@ class JobState:
         unembedded = region.phase is Phase.EMBED and region.embedded_by == "service"
         if region.phase is not Phase.SELECTING and not unembedded:
             raise FailedPrecondition(f"region {region_id} is not waiting for selection")
+        if region.mode == "random":  # a test's random region: its batches, without the probe
+            region.phase = Phase.READY
+            return
         rng = np.random.default_rng([self.config.seed, region_id, 1])
         rows = []
         groups = region.member_groups  # non-decreasing: members are subset-major, then class
@@ -720,6 +764,7 @@ class JobState:
         ).tolist()
         if embedded:
             self._record_losses(region, slots, stats)
+            self._measure_probe(region)
         self._prepare_next()
 
     def _record_losses(self, region: Region, slots: np.ndarray, stats: RegionStats) -> None:
@@ -854,7 +899,7 @@ class JobState:
             pool_size=int(self.pool.in_pool.sum()),
             pool_per_class=self.pool.sizes_per_class().tolist(),
             class_sizes=np.bincount(self.pool.labels, minlength=self.config.num_classes).tolist(),
-            dropped=int((~self.pool.in_pool).sum()),
+            dropped=self.pool.dropped,
             regions=[s.model_copy(deep=True) for s in self.stats[: self.regions_opened]],
             selection_side=self.side,
             selection_side_reason=self.side_reason,
@@ -879,6 +924,21 @@ class JobState:
             setattr(job, name, decode(state[name]))
         job.leaving = []
         return job
+
+
+def draw_probe(pool: ExamplePool, config: JobConfig) -> np.ndarray:
+    """Strategy auto's probe sample, drawn once for the seed when the job starts and held out
+    of training (:meth:`ExamplePool.hold_out`), so that a test measures how fast each kind of
+    batch lowers the loss of examples the model never trains on: ``auto_probe_size``
+    examples stratified by class, at most a tenth of any class (what the job does not train
+    on)."""
+    rng = np.random.default_rng([config.seed, 0, 4])  # 3 words: no region's stream
+    sizes = pool.sizes_per_class()
+    counts = largest_remainder(sizes / max(sizes.sum(), 1), config.auto_probe_size)
+    counts = np.minimum(counts, sizes // 10)
+    return np.concatenate(
+        [np.sort(rng.choice(pool.class_members(c), n, replace=False)) for c, n in enumerate(counts)]
+    ).astype(np.int64)
 
 
 def _optional_region(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:

@@ -142,6 +142,24 @@ class ExamplePool:
     def window(self) -> int:
         return self.history.shape[1]
 
+    @property
+    def held_out(self) -> np.ndarray:
+        """Bool mask of the held-out examples (:meth:`hold_out`): out of the pool for good."""
+        held: np.ndarray = ~self.in_pool & (self.dropped_at < 0)
+        return held
+
+    @property
+    def dropped(self) -> int:
+        """Examples out of the pool because they were learned (not the held-out ones)."""
+        return int((self.dropped_at >= 0).sum())
+
+    def hold_out(self, indices: np.ndarray) -> None:
+        """Take ``indices`` out of the pool for good: no subset, batch or coreset holds them,
+        and drops never readmit them (they were not dropped). Strategy auto's probe."""
+        self.in_pool[indices] = False
+        self.dropped_at[indices] = -1
+        self._sizes = None
+
     def class_members(self, label: int) -> np.ndarray:
         """Pool members of a class, in increasing index order."""
         members = self._by_class[self._starts[label] : self._starts[label + 1]]
@@ -303,7 +321,7 @@ class ExamplePool:
             self.dropped_at[readmit] = -1
             self.observed[readmit] = 0
 
-        room = max_dropped - int((~self.in_pool).sum())
+        room = max_dropped - self.dropped
         candidates = np.flatnonzero(self.learned(learned_loss))
         if room <= 0 or len(candidates) == 0:
             return DropOutcome(dropped=0, readmitted=int(readmit.sum()))

@@ -66,6 +66,9 @@ class Region:
     # selectors ("service", from the weights published at step ``weights_version``).
     embedded_by: Literal["trainer", "service"] = "trainer"
     weights_version: int = -1
+    # Strategy auto's test: the slots of its probe sample, embedded with the candidates (rank
+    # 0's) for their losses only: never subset members. Empty outside a test.
+    probe_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def rank_slots(self, rank: int) -> slice:
         return slice(int(self.rank_offsets[rank]), int(self.rank_offsets[rank + 1]))
@@ -148,12 +151,15 @@ def crest_region(
     num_coresets: int,
     check_interval: int,
     rng: np.random.Generator,
+    probe: np.ndarray | None = None,
 ) -> Region:
     """A region that asks for embeddings: W x P stratified random subsets to select from.
 
     Subsets hold each class in proportion to its share of the objective (``class_weighting``);
-    each coreset will hold the class budgets, exactly ``batch_size`` examples.
+    each coreset will hold the class budgets, exactly ``batch_size`` examples. ``probe``:
+    examples rank 0 embeds too, for their losses (strategy auto's test), in ``probe_slots``.
     """
+    probe = np.zeros(0, np.int64) if probe is None else np.asarray(probe, np.int64)
     world, classes = config.world_size, config.num_classes
     num_subsets, weighting = world * num_coresets, config.class_weighting
     budgets = pool.quota_rows(config.batch_size, weighting, num_subsets, rng)  # (S, C)
@@ -164,7 +170,8 @@ def crest_region(
     candidates, rank_offsets, members, member_groups = [], [0], [], []
     for rank in range(world):
         mine = subsets[rank * num_coresets : (rank + 1) * num_coresets]
-        unique = distinct(np.concatenate([part for subset in mine for part in subset]))
+        parts = [part for subset in mine for part in subset] + ([probe] if rank == 0 else [])
+        unique = distinct(np.concatenate(parts))
         base = rank_offsets[-1]
         for offset, subset in enumerate(mine):
             for label, part in enumerate(subset):
@@ -194,6 +201,22 @@ def crest_region(
         losses=np.zeros(num_slots, np.float32),
         received=np.zeros(num_slots, bool),
         last_decided=start - 1,
+        probe_slots=np.searchsorted(candidates[0], probe).astype(np.int64),
+    )
+
+
+def with_probe(region: Region, probe: np.ndarray, world: int) -> Region:
+    """A random region whose rank 0 first embeds ``probe`` for its losses (strategy auto's
+    test): it waits for them, then serves its random batches (nothing is selected)."""
+    probe = distinct(np.asarray(probe, np.int64))
+    return dataclasses.replace(
+        region,
+        candidates=probe,
+        rank_offsets=np.array([0] + [len(probe)] * world, np.int64),
+        phase=Phase.EMBED,
+        losses=np.zeros(len(probe), np.float32),
+        received=np.zeros(len(probe), bool),
+        probe_slots=np.arange(len(probe), dtype=np.int64),
     )
 
 

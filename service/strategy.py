@@ -1,15 +1,19 @@
-"""Strategies: how a region's batches are made, the monitor, and ``auto``'s decisions.
+"""Strategies: how a region's batches are made, the monitors, and ``auto``'s decisions.
 
 ``crest`` regions serve coresets; ``random`` regions stratified random batches; ``auto``
-serves coresets while the coreset-quality monitor says they beat random batches of the same
-size, falls back to random batches otherwise, and re-tests coresets after a while.
+tests, in a window of adjacent coreset and random regions, which of the two lowers the loss
+of a fixed probe sample faster per step, serves the winner, and tests again later
+(:class:`AutoPolicy`). The embedding-space monitor (:func:`coreset_quality`) measures how
+well a coreset reproduces its subset's mean embedding-gradient: a check of the selection,
+which ``auto`` does not read (it says 22-220x on workloads where coresets help and where they
+hurt alike, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,57 +21,152 @@ from crest.proto.contract import JobConfig, RegionStats
 from crest.service.pool import class_weights
 from crest.service.region import Region
 
+# The arms of a test window, in order: coresets, random, random, coresets (ABBA), so that a
+# linear trend of the loss's rate of decrease over the window cancels in the difference of
+# the two means. A coreset arm is as many coreset regions as make ``auto_test_epochs``
+# virtual epochs; a random arm one random region as long as the first coreset arm. The region
+# after the window ("measure") carries the probe sample once more: the window's end point.
+WINDOW = ("coresets", "random", "random", "coresets")
+MEASURE = "measure"
+
 
 @dataclass
 class AutoPolicy:
-    """What the next region will be (``crest`` or ``random``) and why (for statistics)."""
+    """What the next region will be (``crest`` or ``random``) and why (for statistics), and
+    strategy ``auto``'s test: its probe sample, its regions and the probe's measured losses.
+
+    Plain lists and numbers only: snapshots store it with :func:`dataclasses.asdict`.
+    """
 
     mode: str
     decision: str
-    random_until: float = 0.0  # auto: random batches until this step, then a re-test
+    next_test: float = 0.0  # auto: the first region opening at or after this step tests
+    interval: float = 0.0  # auto: virtual epochs from a verdict to the next test
+    verdict: str = ""  # auto: the last test's verdict, "coresets" or "random"
+    probe: list[int] = field(default_factory=list)  # the test's probe sample (examples)
+    window: list[list[int]] = field(default_factory=list)  # [start, end, is_coresets] per arm
+    arm_start: int = -1  # the first step of the test's current arm (-1: none begun)
+    points: list[list[float]] = field(default_factory=list)  # [step, probe loss] measured
+    random_length: int = 0  # steps of the test's random arms: its first coreset arm's
 
     @classmethod
     def start(cls, config: JobConfig) -> AutoPolicy:
         mode = "random" if config.strategy == "random" else "crest"
-        return cls(mode=mode, decision=f"strategy {config.strategy}")
+        policy = cls(mode=mode, decision=f"strategy {config.strategy}")
+        if config.strategy == "auto":
+            policy.interval = config.auto_retest_epochs
+            policy.next_test = config.auto_retest_epochs * config.steps_per_virtual_epoch
+            policy.decision = "coresets until the first test"
+        return policy
 
-    def random_steps(self, start: int, config: JobConfig) -> int:
-        """Length of a random region opening at ``start``: a virtual epoch of distinct
-        batches, or until ``auto`` re-tests coresets."""
+    @property
+    def testing(self) -> bool:
+        return bool(self.probe)
+
+    def role(self, start: int, config: JobConfig) -> str:
+        """The test role of a region opening at ``start``: one of :data:`WINDOW`, ``measure``
+        or "" (no test). Pure; :meth:`begin` starts a test whose first region this is."""
+        if config.strategy != "auto":
+            return ""
+        if self.testing:
+            return WINDOW[len(self.window)] if len(self.window) < len(WINDOW) else MEASURE
+        return WINDOW[0] if start >= self.next_test else ""
+
+    def begin(self, probe: np.ndarray) -> None:
+        self.probe, self.window, self.points = [int(i) for i in probe], [], []
+        self.arm_start = -1
+
+    def region_mode(self, role: str) -> str:
+        """How a region of test role ``role`` makes its batches."""
+        if role in WINDOW:
+            return "crest" if role == "coresets" else "random"
+        return self.mode
+
+    def random_steps(self, start: int, config: JobConfig, role: str = "") -> int:
+        """Length of a random region opening at ``start``: a test's random arm is as long as
+        the test's first coreset arm; otherwise a virtual epoch of distinct batches, or
+        until ``auto``'s next test."""
+        if role == "random":
+            return max(1, self.random_length)
         length = max(1, math.floor(config.steps_per_virtual_epoch))
         if config.strategy == "auto":
-            length = max(1, min(length, math.ceil(self.random_until) - start))
+            length = max(1, min(length, math.ceil(self.next_test) - start))
         return length
 
-    def after(self, region: Region, stats: RegionStats, config: JobConfig) -> None:
-        """Strategy ``auto``: keep coresets while they beat random batches, else re-test later.
+    def measured(self, step: int, loss: float) -> None:
+        """The probe's mean loss under the weights of ``step`` (a test region's candidates)."""
+        self.points.append([float(step), float(loss)])
 
-        After a coreset region, ``gain = random_error / coreset_error`` (the monitor, from
-        embeddings the coordinator holds; 1 when both are 0). With ``gain >= auto_min_gain``
-        the next region uses coresets again; otherwise random batches run for
-        ``auto_retest_epochs`` virtual epochs, and then one coreset region re-tests. Only the
-        monitor decides, so the choice is deterministic for a seed.
+    def after(self, region: Region, stats: RegionStats, config: JobConfig) -> None:
+        """Strategy ``auto``: record a test region; after the window's measure region, decide.
+
+        Each arm's rate is the probe loss's decrease per step over it, from the probe's
+        losses at its first step and at the first step after it. With the mean rates of
+        the coreset regions (``rc``) and of the random regions (``rr``), coresets win when
+        ``rc - rr >= (auto_min_gain - 1) * |rr|`` (``rc / rr >= auto_min_gain`` while random
+        batches lower the loss). The next test comes ``auto_retest_epochs`` virtual epochs
+        later, twice as late after each repeat of the same verdict. Only the probe's losses
+        decide, so the choice is deterministic for a seed.
         """
-        if config.strategy != "auto":
+        if config.strategy != "auto" or not self.testing or not stats.auto_test:
             return
-        if region.mode == "random":
-            if region.end_step >= self.random_until:
-                self.mode, self.decision = "crest", "re-test coresets"
+        if stats.auto_test != MEASURE:
+            if self.arm_start < 0:
+                self.arm_start = region.start_step
+            length = region.end_step - self.arm_start
+            coresets = stats.auto_test == "coresets"
+            arm_steps = config.auto_test_epochs * config.steps_per_virtual_epoch
+            if coresets and length < arm_steps and region.end_reason != "budget":
+                return  # the arm goes on with another coreset region
+            if coresets and not self.window:
+                self.random_length = length
+            self.window.append([self.arm_start, region.end_step, int(coresets)])
+            self.arm_start = -1
             return
-        gain = monitor_gain(stats.coreset_error, stats.random_error)
-        if gain is None or gain >= config.auto_min_gain:
-            self.mode = "crest"
-            self.decision = (
-                "no monitor yet" if gain is None else f"coresets {gain:.2f}x better: keep them"
+        rates = window_rates(self.window, self.points)
+        if rates is None:
+            verdict = self.verdict or "coresets"
+            reason = "test incomplete (a probe loss was not measured)"
+        else:
+            rc, rr = rates
+            stats.loss_rate_coresets, stats.loss_rate_random = rc, rr
+            wins = rc - rr >= (config.auto_min_gain - 1.0) * abs(rr)
+            verdict = "coresets" if wins else "random"
+            ratio = f"{rc / rr:.2f}x" if rr > 0 else "n/a"
+            reason = (
+                f"probe loss falls {rc:.3g}/step with coresets, {rr:.3g}/step with random "
+                f"batches ({ratio}; coresets need {config.auto_min_gain:g}x)"
             )
-            return
-        retest = config.auto_retest_epochs * config.steps_per_virtual_epoch
-        self.random_until = region.end_step + max(1.0, retest)
-        self.mode = "random"
-        self.decision = (
-            f"coresets only {gain:.2f}x better than random batches (< {config.auto_min_gain:g}): "
-            f"random until step {math.ceil(self.random_until)}"
-        )
+        self.interval = self.interval * 2 if verdict == self.verdict else config.auto_retest_epochs
+        self.verdict = verdict
+        self.next_test = region.end_step + self.interval * config.steps_per_virtual_epoch
+        self.mode = "crest" if verdict == "coresets" else "random"
+        self.decision = f"{verdict}: {reason}; next test at step {math.ceil(self.next_test)}"
+        self.probe, self.window, self.points = [], [], []
+
+
+def window_rates(window: list[list[int]], points: list[list[float]]) -> tuple[float, float] | None:
+    """Mean decrease per step of the probe loss over a window's coreset regions and over its
+    random regions, from the probe losses at each region's first step and at its end
+    (``window``: ``[start, end, is_coresets]``; ``points``: ``[step, loss]``); None when a
+    point is missing or an arm has no region."""
+    loss = {int(step): value for step, value in points}
+    rates: dict[int, list[float]] = {0: [], 1: []}
+    for start, end, coresets in window:
+        if start not in loss or end not in loss or end <= start:
+            return None
+        rates[coresets].append((loss[start] - loss[end]) / (end - start))
+    if not rates[0] or not rates[1]:
+        return None
+    return float(np.mean(rates[1])), float(np.mean(rates[0]))
+
+
+def probe_loss(losses: np.ndarray, num_classes: int) -> float:
+    """The probe's mean loss, each example's clipped at ln C (a uniform guess's loss), so that
+    a few mislabelled examples, whose loss grows without bound as the model learns the rest,
+    do not dominate it."""
+    clipped = np.minimum(np.asarray(losses, np.float64), math.log(max(num_classes, 2)))
+    return float(clipped.mean()) if clipped.size else math.nan
 
 
 def coreset_quality(

@@ -113,7 +113,8 @@ _JOB_GAUGES: list[tuple[str, str, Callable[[JobDetail], float | None]]] = [
     ),
     (
         "crest_monitor_min_gain",
-        "The gain strategy auto requires to keep coresets (auto_min_gain).",
+        "How many times faster than random batches coresets must lower auto's probe loss "
+        "(auto_min_gain).",
         lambda d: d.summary.auto_min_gain,
     ),
     (

@@ -70,7 +70,10 @@ class JobSummary(BaseModel):
     coreset_error: float | None = Field(description="the monitor's, newest measured region")
     random_error: float | None = Field(description="the monitor's, newest measured region")
     gain: float | None = Field(description="newest measured region: " + GAIN_HELP)
-    auto_min_gain: float = Field(description="the gain strategy auto requires of coresets")
+    auto_min_gain: float = Field(
+        description="strategy auto: how many times faster than random batches coresets must "
+        "lower the probe loss in a test"
+    )
     selection_share: float | None = Field(
         description="share of all ranks' trainer time spent on selection work (None before "
         "the first check report)"
@@ -123,7 +126,7 @@ class RankRate(BaseModel):
 
 
 class RegionMonitor(BaseModel):
-    """One region's mode, why, and the coreset-quality monitor (what strategy auto reads)."""
+    """One region's mode, why (strategy auto's test and verdict), and the embedding monitor."""
 
     model_config = ConfigDict(ser_json_inf_nan="strings")
 
@@ -140,6 +143,18 @@ class RegionMonitor(BaseModel):
         description="the same for equal-size stratified random batches from those subsets"
     )
     gain: float | None = Field(description=GAIN_HELP)
+    auto_test: str = Field(
+        "", description="strategy auto's test: coresets, random, measure (its end point) or none"
+    )
+    probe_loss: float | None = Field(
+        None, description="auto's test: the held-out probe's mean clipped loss at the region start"
+    )
+    loss_rate_coresets: float | None = Field(
+        None, description="auto's verdict (measure region): probe-loss decrease per coreset step"
+    )
+    loss_rate_random: float | None = Field(
+        None, description="auto's verdict (measure region): probe-loss decrease per random step"
+    )
 
 
 class TrainerShare(BaseModel):

@@ -97,6 +97,10 @@ def region_monitor(region: RegionStats) -> RegionMonitor:
         coreset_error=region.coreset_error,
         random_error=region.random_error,
         gain=monitor_gain(region.coreset_error, region.random_error),
+        auto_test=region.auto_test,
+        probe_loss=region.probe_loss,
+        loss_rate_coresets=region.loss_rate_coresets,
+        loss_rate_random=region.loss_rate_random,
     )
 
 

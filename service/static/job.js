@@ -93,6 +93,7 @@
         x: STEP,
         series: [
           line("gain", colors.blue, { points: { size: 5 } }),
+          line("auto test", colors.green, { dash: [2, 2], points: { size: 7 } }),
           line("auto_min_gain", colors.red, { dash: [6, 4], points: { show: false } }),
           ...SHADES.map(([, series]) => series),
         ],
@@ -100,6 +101,9 @@
         scales: { y: { distr: 3, range: logRange([bar], [0.1, 10]) }, shade: charts.SHADE_SCALE },
       }, monitorData(d, [
         (r) => r && positive(r.gain),
+        // auto's test (measure regions): coresets' probe-loss rate over random batches', the
+        // ratio auto_min_gain bars (the embedding gain is a selection check, not auto's input)
+        (r) => r && r.loss_rate_random > 0 ? positive(r.loss_rate_coresets / r.loss_rate_random) : null,
         () => bar,
         ...SHADES.map(([mode]) => (r) => (r && r.mode === mode ? 1 : null)),
       ])];
@@ -335,12 +339,14 @@
   /** The newest changes of mode or decision, newest first. */
   function decisions(d) {
     const changes = d.monitor.filter((r, i, all) =>
-      i === 0 || r.mode !== all[i - 1].mode || r.decision !== all[i - 1].decision);
+      i === 0 || r.mode !== all[i - 1].mode || r.decision !== all[i - 1].decision ||
+      r.auto_test !== all[i - 1].auto_test);
     const list = document.getElementById("decisions");
     list.replaceChildren(...changes.slice(-MAX_DECISIONS).reverse().map((r) => element(
       "li", "",
       element("span", "at", `step ${fmt.int(r.start_step)}`), " ",
       element("span", `mode ${r.mode}`, r.mode), " ",
+      r.auto_test ? `[auto test: ${r.auto_test}] ` : "",
       r.decision || "–",
     )));
     list.dataset.items = String(list.children.length);
@@ -392,8 +398,7 @@
     mode.className = "mode " + (s.mode ?? "");
     mode.title = `strategy ${s.strategy}; the current region's batches: ${s.decision ?? "–"}`;
     const gain = s.gain === null ? null : Number(s.gain);
-    figure("gain", `${fmt.si(gain)} / ${fmt.si(s.auto_min_gain)}`,
-           gain !== null && gain < s.auto_min_gain);
+    figure("gain", `embedding gain ${fmt.si(gain)}`);
     figure("trainers", `${fmt.pct(s.selection_share)} overall`);
     const progress = document.getElementById("progress");
     progress.max = s.total_steps;

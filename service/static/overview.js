@@ -46,8 +46,7 @@
       strategy.append(badge);
     }
     const gain = job.gain === null ? null : Number(job.gain);
-    const monitor = cell(`${fmt.si(gain)} / ${fmt.si(job.auto_min_gain)}`);
-    if (gain !== null && gain < job.auto_min_gain) monitor.className = "warn";
+    const monitor = cell(fmt.si(gain));  // the embedding gain: a selection check
     tr.append(
       name,
       progress,

@@ -25,11 +25,14 @@ class Blobs(Dataset):
         return self.x[index], self.y[index]
 
 
-def reference(seed: int) -> list:
+# auto whose short job holds a whole test (coreset and random arms, the held-out probe).
+AUTO = {"strategy": "auto", "auto_test_epochs": 0.25}
+
+
+def reference(seed: int, **config) -> list:
     with local_coordinator() as coordinator:
-        return train(
-            coordinator, coordinator.create_job(job_config(seed=seed), blobs()[1].numpy())
-        )[1]
+        job_config_ = job_config(seed=seed, **config)
+        return train(coordinator, coordinator.create_job(job_config_, blobs()[1].numpy()))[1]
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.e2e)])  # processes
@@ -77,24 +80,27 @@ def test_resume_from_a_checkpoint_replays_exactly(save_at: int, tmp_path: Path) 
     assert resumed == expected[save_at + 1 :]
 
 
-def first_life(save_at: int, checkpoint: Path) -> str:
+def first_life(save_at: int, checkpoint: Path, **config) -> str:
     """Train with an in-process coordinator past a checkpoint, then die with it."""
     with local_coordinator() as coordinator:
-        job_id = coordinator.create_job(job_config(seed=2), blobs()[1].numpy())
+        job_id = coordinator.create_job(job_config(seed=2, **config), blobs()[1].numpy())
         train_with_checkpoint(coordinator, job_id, checkpoint, save_at, save_at + 12)
     return job_id
 
 
-@pytest.mark.parametrize("save_at", [0, 23])
+@pytest.mark.parametrize(
+    ("save_at", "config"), [(0, {}), (23, {}), (23, AUTO), (40, AUTO)], ids=str
+)
 def test_resume_with_a_new_in_process_coordinator_replays_exactly(
-    save_at: int, tmp_path: Path
+    save_at: int, config: dict, tmp_path: Path
 ) -> None:
-    expected = reference(2)
+    expected = reference(2, **config)
     checkpoint = tmp_path / "ckpt.pt"
-    job_id = first_life(save_at, checkpoint)
+    job_id = first_life(save_at, checkpoint, **config)
     assert torch.load(checkpoint, weights_only=True)["crest"]["job_id"] == job_id
     with local_coordinator() as coordinator:  # the trainer's second life
-        assert coordinator.create_job(job_config(seed=2), blobs()[1].numpy(), job_id) == job_id
+        again = job_config(seed=2, **config)
+        assert coordinator.create_job(again, blobs()[1].numpy(), job_id) == job_id
         resumed = train_with_checkpoint(coordinator, job_id, checkpoint, save_at, None)
     assert resumed == expected[save_at + 1 :]
 

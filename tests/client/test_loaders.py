@@ -3,8 +3,9 @@
 Loaders: the tensor path (``session.batches()`` with ``tensor_fetch``) and ``CrestLoader`` over
 a per-example dataset (read and collated in this process), over a ``TensorDataset`` (indexed
 once per tensor) and over a per-example dataset with worker processes (a real DataLoader).
-``auto`` with an unreachable ``auto_min_gain`` falls back to random batches after its first
-coreset region, then re-tests coresets: a fallback in the middle of the job, deterministically.
+``auto`` with an unreachable ``auto_min_gain`` serves coresets, then its first test (random arms
+in the middle of the job, then coresets again), then random batches: deterministically, and
+never an example of its held-out probe.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from torch.utils.data import Dataset, TensorDataset
 from crest.client import CrestLoader, Session, WeightedBatch, tensor_fetch, weighted_loss
 from crest.embedded import local_coordinator
 from crest.proto.contract import Coordinator
+from crest.service.job import draw_probe
+from crest.service.pool import ExamplePool
 from tests.client.test_data_and_resume import Blobs
 from tests.training import Batch, blobs, job_config, make_model, on_threads
 
@@ -41,7 +44,9 @@ EXPECTED_MODES.update({name: ["crest"] for name in SIDES})
 def strategy_config(strategy: str, world_size: int = 1):
     side = SIDES.get(strategy, {})
     name = "crest" if side else strategy
-    return job_config(strategy=name, world_size=world_size, auto_min_gain=1e9, **side)
+    return job_config(
+        strategy=name, world_size=world_size, auto_min_gain=1e9, auto_test_epochs=0.25, **side
+    )
 
 
 def pairs(
@@ -91,9 +96,15 @@ def check_job(coordinator: Coordinator, job_id: str, strategy: str, runs: list[l
     assert sorted(set(modes)) == EXPECTED_MODES[strategy]
     if strategy in SIDES:
         assert all(r.embedded_by == "service" for r in regions if r.mode == "crest")
-    if strategy == "auto":  # coresets first, random in the middle, then a re-test of coresets
+    if strategy == "auto":  # coresets first, a test's random arms in the middle, coresets again
         assert modes[0] == "crest" and "crest" in modes[modes.index("random") :]
         assert 0 < regions[modes.index("random")].start_step < config.total_steps
+        # Its probe (the seed's draw) is held out: in no batch of any rank, any region.
+        pool = ExamplePool(blobs()[1].numpy(), config.num_classes, config.loss_window)
+        probe = set(draw_probe(pool, config).tolist())
+        trained = {i for seen in runs for _, indices, _, _ in seen for i in indices}
+        assert probe and not probe & trained, "a held-out probe example was trained on"
+        assert all(r.probe_loss is not None for r in regions if r.auto_test)
 
 
 def one_rank(strategy: str, loaders: tuple[str, ...]) -> None:

@@ -172,6 +172,10 @@ def test_modes_decisions_and_the_monitor_agree_with_job_status(served: Served) -
                 coreset_error=r.coreset_error,
                 random_error=r.random_error,
                 gain=monitor_gain(r.coreset_error, r.random_error),
+                auto_test=r.auto_test,
+                probe_loss=r.probe_loss,
+                loss_rate_coresets=r.loss_rate_coresets,
+                loss_rate_random=r.loss_rate_random,
             )
             for r in regions
         ]
@@ -201,13 +205,27 @@ def test_modes_decisions_and_the_monitor_agree_with_job_status(served: Served) -
         assert {(r.mode, r.decision) for r in monitor} == {("crest", "strategy crest")}
         assert all(r.gain is not None for r in monitor), "every region measured"
     monitor = JobDetail.model_validate(get_json(f"{served.url}/api/jobs/{served.auto}")).monitor
-    modes = [r.mode for r in monitor]
-    assert modes[:3] == ["crest", "random", "crest"], "coresets miss the bar; re-tested"
+    roles = [r.auto_test for r in monitor]
+    first = roles.index("coresets")
+    # A test: a coreset arm (one or more coreset regions), two random regions, a coreset arm,
+    # and the measure region.
+    arms = [
+        i
+        for i in range(first, len(roles))
+        if roles[i] and not (roles[i] == roles[i - 1] == "coresets")
+    ][:5]
+    assert [roles[i] for i in arms] == ["coresets", "random", "random", "coresets", "measure"]
+    assert all(r.mode == "crest" and r.decision == "coresets until the first test"
+               for r in monitor[:first])  # fmt: skip
+    assert all(monitor[i].probe_loss is not None for i in arms), "probe measured"
+    assert [monitor[i].mode for i in arms[1:3]] == ["random", "random"]
     assert all(r.gain is None for r in monitor if r.mode == "random")
-    decisions = [r.decision for r in monitor]
-    assert decisions[0] == "strategy auto"
-    assert "(< 1e+09): random until step" in decisions[1]
-    assert decisions[2] == "re-test coresets"
+    measure = monitor[arms[4]]
+    assert measure.loss_rate_coresets is not None and measure.loss_rate_random is not None
+    if arms[4] + 1 < len(monitor):  # coresets miss the bar: random batches until the re-test
+        after = monitor[arms[4] + 1]
+        assert after.mode == "random" and after.decision.startswith("random: probe loss falls")
+        assert "coresets need 1e+09x" in after.decision
 
 
 def test_an_infinite_gain_is_sent_as_a_string() -> None:

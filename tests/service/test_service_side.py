@@ -131,16 +131,25 @@ def test_the_trainer_side_takes_over_when_the_model_cannot_be_served() -> None:
     assert job.side_reason == "data-dependent control flow"
 
 
-def test_a_prepared_region_is_drawn_again_when_the_strategy_leaves_coresets() -> None:
-    job = service_job(strategy="auto", auto_min_gain=1e9)  # coresets never pay enough
+def test_a_prepared_region_is_drawn_again_when_auto_starts_a_test() -> None:
+    # A test's regions are drawn when they open, so that the probe's losses come from the
+    # weights of their first steps; its random regions are embedded for the probe only.
+    job = service_job(strategy="auto", auto_retest_epochs=0.01)  # the first test: region 1
     see(job, 0, 0)
     serve(job, 0, 0)
     serve(job, 1, 0)
     fail_check_after(job, 2)
     see(job, 0, 4)
-    assert job.region is not None and job.region.mode == "random" and job.region.region_id == 1
+    region = job.region
+    assert region is not None and region.region_id == 1 and region.weights_version == 4
+    assert job.stats[1].auto_test == "coresets" and region.probe_slots.size > 0
     assert job.prepared is None and [s.region_id for s in job.stats] == [0, 1]
-    assert job.stats[1].mode == "random"
+    # The probe is the held-out one: embedded by the selectors, never a member or a batch.
+    probe = np.flatnonzero(job.pool.held_out)
+    np.testing.assert_array_equal(region.candidates[region.probe_slots], probe)
+    assert not np.isin(region.candidates[region.members], probe).any()
+    batches = [b for step in range(4) for b, _ in job.view(0, step).batches]
+    assert probe.size and batches and not np.isin(np.concatenate(batches), probe).any()
 
 
 def test_the_journal_replays_the_service_side_exactly() -> None:

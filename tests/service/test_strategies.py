@@ -2,30 +2,60 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 import pytest
 
 from crest.proto.contract import RegionStatus
 from crest.service.job import JobState
 from crest.service.pool import largest_remainder
-from crest.service.strategy import bounded_coreset_quality, coreset_quality, monitor_gain
+from crest.service.strategy import (
+    bounded_coreset_quality,
+    coreset_quality,
+    monitor_gain,
+    probe_loss,
+    window_rates,
+)
 from crest.worker.selector import run_selection
 from tests.service.helpers import fake_embeddings, fill_region, make_job, report, see
 
 
-def walk(job: JobState, steps: int, embed=fake_embeddings) -> list[str]:
-    """Play rank 0 for ``steps`` steps (embeddings from ``embed``); returns each step's mode."""
+def walk(
+    job: JobState, steps: int, embed=fake_embeddings, rates=None, served: set | None = None
+) -> list[str]:
+    """Play rank 0 for ``steps`` steps (embeddings from ``embed``); returns each step's mode.
+
+    ``rates``: ``{mode: loss decrease per step}``: every example's loss is a model's plus a
+    fixed offset per example, and each step of a mode lowers it by that mode's rate (from
+    1.3, floor 0.01); else losses are 1. ``served`` collects every example a batch holds.
+    """
     modes = []
+    loss = 1.3
     for step in range(steps):
         view = see(job, 0, step)
         if view.status is RegionStatus.EMBED:
-            job.receive_embeddings(0, view.region_id, view.candidates, embed(view.candidates),
-                                   np.ones(len(view.candidates), np.float32))  # fmt: skip
-            job.complete_selection(
-                view.region_id, run_selection(job.selection_request(view.region_id))
+            # Per-example offsets (fixed, so that they cancel in a rate): each probe's mean
+            # depends on its examples.
+            offsets = 0.01 * (view.candidates % 7) if rates else 0.0
+            losses = (np.full(len(view.candidates), loss if rates else 1.0) + offsets).astype(
+                np.float32
             )
+            job.receive_embeddings(0, view.region_id, view.candidates, embed(view.candidates),
+                                   losses)  # fmt: skip
+            if see(job, 0, step).status is not RegionStatus.READY:  # a test's random region is
+                job.complete_selection(
+                    view.region_id, run_selection(job.selection_request(view.region_id))
+                )
             view = see(job, 0, step)
-        modes.append(job.status().regions[view.region_id].mode)
+        mode = job.status().regions[view.region_id].mode
+        modes.append(mode)
+        if served is not None:
+            batch = view.batches[(step - view.start_step) % len(view.batches)][0]
+            served.update(batch.tolist())
+        if rates:
+            loss = max(0.01, loss - rates[mode])
         if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
             report(job, step, loss=1.0, linear=5.0)  # every check fails: short regions
     return modes
@@ -151,37 +181,137 @@ def same_within_class(job: JobState):
     return lambda indices: np.eye(6, dtype=np.float32)[job.pool.labels[indices] % 6]
 
 
-def test_auto_falls_back_when_coresets_are_no_better_and_retests() -> None:
-    job = make_job(strategy="auto", auto_retest_epochs=1.0)
-    modes = walk(job, job.config.total_steps, embed=same_within_class(job))
-    stats = job.status().regions
-    assert stats[0].mode == "crest"
-    assert stats[0].coreset_error < 1e-12 and stats[0].random_error < 1e-12  # both exact
-    assert stats[1].mode == "random" and "only 1.00x better" in stats[1].decision
-    retests = [r for r in stats if r.decision == "re-test coresets"]
-    assert retests and all(r.mode == "crest" for r in retests), "auto re-tests periodically"
-    assert modes.count("random") > modes.count("crest"), "mostly random batches"
-    gap = retests[0].start_step - stats[1].start_step
-    assert gap >= job.config.steps_per_virtual_epoch - 1
+def test_window_rates_match_a_direct_recomputation() -> None:
+    # Regions [0, 4) C, [4, 8) R, [8, 12) R, [12, 15) C; probe losses at their starts and 15.
+    window = [[0, 4, 1], [4, 8, 0], [8, 12, 0], [12, 15, 1]]
+    loss = {0: 2.0, 4: 1.6, 8: 1.5, 12: 1.3, 15: 1.0}
+    points = [[step, value] for step, value in reversed(loss.items())]  # any order
+    rc, rr = window_rates(window, points)
+    assert rc == pytest.approx(((2.0 - 1.6) / 4 + (1.3 - 1.0) / 3) / 2)
+    assert rr == pytest.approx(((1.6 - 1.5) / 4 + (1.5 - 1.3) / 4) / 2)
+    assert window_rates(window, points[1:]) is None, "the end point is missing"
+    assert window_rates(window[:1], points) is None, "no random region"
 
 
-def test_auto_keeps_coresets_while_they_pay() -> None:
-    job = make_job(strategy="auto", auto_min_gain=1.01)
-    modes = walk(job, 60)
-    assert set(modes) == {"crest"}
-    assert all("keep them" in r.decision for r in job.status().regions[1:])
+def test_probe_loss_clips_at_a_uniform_guess() -> None:
+    losses = np.array([0.1, 0.3, 9.0], np.float32)
+    assert probe_loss(losses, 4) == pytest.approx((0.1 + 0.3 + math.log(4)) / 3)
+
+
+def auto_tests(job: JobState) -> list:
+    """Each test's arms (lists of region stats: consecutive coreset regions, or one random
+    region) and its measure region last, as one list."""
+    tests, current = [], []
+    for stats in job.status().regions:
+        if stats.auto_test == "coresets" and current and current[-1][0].auto_test == "coresets":
+            current[-1].append(stats)
+        elif stats.auto_test:
+            current.append([stats])
+        if stats.auto_test == "measure":
+            tests.append(current)
+            current = []
+    return tests
+
+
+def test_auto_measures_paired_arms_and_keeps_coresets_while_they_pay() -> None:
+    job = make_job(strategy="auto", auto_retest_epochs=1.0, auto_test_epochs=0.5)
+    modes = walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002})
+    regions = job.status().regions
+    assert regions[0].mode == "crest" and regions[0].auto_test == ""  # before the first test
+    tests = auto_tests(job)
+    assert len(tests) >= 2, "auto tests again after its verdict"
+    arm_steps = 0.5 * job.config.steps_per_virtual_epoch
+    for test in tests:
+        assert [arm[0].auto_test for arm in test] == ["coresets", "random", "random",
+                                                      "coresets", "measure"]  # fmt: skip
+        assert [arm[0].mode for arm in test[:4]] == ["crest", "random", "random", "crest"]
+        starts = [arm[0].start_step for arm in test]
+        lengths = [b - a for a, b in itertools.pairwise(starts)]
+        assert lengths[0] >= arm_steps and lengths[3] >= arm_steps, "coreset arms: 1/2 epoch"
+        assert lengths[1] == lengths[2] == lengths[0], "random arms as long as the first"
+        # The recorded rates are the probe losses' decreases per step, recomputed here.
+        probe = [arm[0].probe_loss for arm in test]
+        rate = [(probe[i] - probe[i + 1]) / lengths[i] for i in range(4)]
+        measure = test[-1][0]
+        assert measure.loss_rate_coresets == pytest.approx((rate[0] + rate[3]) / 2, abs=1e-7)
+        assert measure.loss_rate_random == pytest.approx((rate[1] + rate[2]) / 2, abs=1e-7)
+        assert measure.loss_rate_coresets == pytest.approx(0.004, abs=1e-6)
+        assert measure.loss_rate_random == pytest.approx(0.002, abs=1e-6)
+    after = [r for r in regions if r.decision.startswith("coresets: probe loss falls")]
+    assert after and all(r.mode == "crest" for r in after if not r.auto_test)
+    assert modes.count("crest") > modes.count("random")
+    # The second interval doubles the first (the same verdict twice).
+    ends = [t[-1][0].end_step for t in tests]
+    starts = [t[0][0].start_step for t in tests]
+    spve = job.config.steps_per_virtual_epoch
+    assert starts[1] >= ends[0] + spve
+    if len(tests) > 2:
+        assert starts[2] >= ends[1] + 2 * spve
+
+
+def test_auto_falls_back_when_random_batches_learn_faster_and_retests() -> None:
+    job = make_job(strategy="auto", auto_retest_epochs=1.0, auto_test_epochs=0.5)
+    modes = walk(job, job.config.total_steps, rates={"crest": 0.001, "random": 0.003})
+    regions = job.status().regions
+    tests = auto_tests(job)
+    assert len(tests) >= 2, "auto re-tests coresets after a fallback"
+    verdict = next(i for i, r in enumerate(regions) if r.decision.startswith("random:"))
+    fallback = [r for r in regions[verdict:] if not r.auto_test]
+    assert fallback and fallback[0].mode == "random"
+    assert "0.33x; coresets need 1x" in regions[verdict].decision
+    next_test = int(regions[verdict].decision.rsplit(" ", 1)[1])
+    assert tests[1][0][0].start_step >= next_test
+    assert modes.count("random") > modes.count("crest")
+
+
+def test_auto_needs_its_margin() -> None:
+    job = make_job(strategy="auto", auto_min_gain=2.5)  # coresets 2x as fast: not enough
+    walk(job, 100, rates={"crest": 0.004, "random": 0.002})
+    regions = job.status().regions
+    verdicts = [r.decision.split(":")[0] for r in regions if "probe loss" in r.decision]
+    assert verdicts and set(verdicts) == {"random"}
+
+
+def test_auto_holds_its_probe_out_of_every_batch() -> None:
+    # Every loss seen is "learned", so drops and readmissions run too.
+    drops = {"loss_window": 1, "learned_loss": 2.0, "readmit_after": 1}
+    job = make_job(strategy="auto", auto_test_epochs=0.5, **drops)
+    probe = np.flatnonzero(job.pool.held_out)
+    sizes = np.bincount(job.pool.labels, minlength=4)
+    per_class = np.bincount(job.pool.labels[probe], minlength=4)
+    assert probe.size and (per_class > 0).all() and (per_class <= sizes // 10).all()
+    assert not job.pool.in_pool[probe].any() and job.pool.dropped == 0
+    served: set[int] = set()
+    walk(job, job.config.total_steps, rates={"crest": 0.01, "random": 0.01}, served=served)
+    assert served and not served & set(probe.tolist()), "a held-out example was trained on"
+    regions = job.status().regions
+    assert any(r.dropped for r in regions) and any(r.readmitted for r in regions)
+    assert [r.probe_loss for r in regions if r.auto_test] and all(
+        r.probe_loss is not None for r in regions if r.auto_test
+    )
+    np.testing.assert_array_equal(np.flatnonzero(job.pool.held_out), probe)  # still out
+    restored = JobState.from_state(job.to_state())
+    np.testing.assert_array_equal(np.flatnonzero(restored.pool.held_out), probe)
+    again = make_job(strategy="auto", auto_test_epochs=0.5, **drops)
+    np.testing.assert_array_equal(np.flatnonzero(again.pool.held_out), probe)  # seed's draw
+    assert not make_job().pool.held_out.any(), "only auto holds examples out"
 
 
 def test_auto_is_deterministic_for_a_seed() -> None:
-    def decisions(seed: int) -> list[tuple[str, str]]:
-        # With the default subset of 4 max(B, C) candidates the gains here are about 4-11x:
-        # a threshold of 7 keeps some regions' coresets and drops others'.
-        job = make_job(strategy="auto", seed=seed, auto_min_gain=7.0)
-        walk(job, 80)
-        return [(r.mode, r.decision) for r in job.status().regions]
+    def decisions(seed: int) -> list[tuple[str, str, float | None]]:
+        job = make_job(strategy="auto", seed=seed)
+        walk(job, 100, rates={"crest": 0.003, "random": 0.003})
+        return [(r.mode, r.decision, r.probe_loss) for r in job.status().regions]
 
     assert decisions(1) == decisions(1)
-    assert {mode for mode, _ in decisions(1)} == {"crest", "random"}, "a mixed run"
+    assert decisions(1) != decisions(2), "another seed draws other probes and regions"
+
+
+def test_auto_state_survives_a_snapshot_mid_test() -> None:
+    job = make_job(strategy="auto")
+    walk(job, 30, rates={"crest": 0.004, "random": 0.002})
+    restored = JobState.from_state(job.to_state())
+    assert restored.strategy == job.strategy
 
 
 def test_trainer_times_come_from_check_reports() -> None:
