@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from crest.client import JobConfig, Session, tensor_fetch, weighted_loss
-from crest.proto.contract import Coordinator
+from crest.proto.contract import Coordinator, region_totals
 from crest.workloads import WORKLOADS, Dataset, cnn1d
 
 
@@ -317,10 +317,11 @@ def run_crest(
     )  # fmt: skip
     result = _result(data.name, method, frac, seed, out)
     status = coordinator.job_status(job_id)  # type: ignore[attr-defined]
-    regions = status.regions
-    result.regions = len(regions)
-    result.mean_check_interval = statistics.fmean(r.check_interval for r in regions)
-    result.mean_num_coresets = statistics.fmean(r.num_coresets for r in regions)
+    regions = status.regions  # the last STATS_KEPT regions; totals cover them all
+    totals = region_totals(status)
+    result.regions = totals.regions
+    result.mean_check_interval = totals.check_interval_sum / totals.regions
+    result.mean_num_coresets = totals.num_coresets_sum / totals.regions
     result.pool_end = status.pool_size
     result.extra = {
         **result.extra,
@@ -331,8 +332,7 @@ def run_crest(
             (r.end_step or config.total_steps) - r.start_step for r in regions
         ),
         "end_reasons": {
-            reason: sum(r.end_reason == reason for r in regions)
-            for reason in ("check", "bound", "budget")
+            reason: getattr(totals, f"ended_{reason}") for reason in ("check", "bound", "budget")
         },
         "selected_minus_candidate_loss": _mean(
             r.selected_loss - r.candidate_loss

@@ -582,6 +582,55 @@ class RegionStats(BaseModel):
     loss_rate_random: float | None = None
 
 
+class RegionTotals(BaseModel):
+    """Job-wide totals of regions' statistics, for what the status and the dashboard count
+    over a whole job: the live state keeps only its last regions' statistics (``STATS_KEPT``
+    in :mod:`crest.service.job`), so the dropped ones are summed here as they leave
+    (``JobStatus.omitted_totals``) and :func:`region_totals` adds the kept ones."""
+
+    regions: int = 0
+    crest: int = 0  # regions by how their batches were made (a fallback is not crest)
+    random: int = 0
+    fallback: int = 0
+    # Switches between coresets and random batches (a fallback counts as coresets), and the
+    # last region's kind ("crest", "random", "" before any), so that a sum continues them.
+    to_crest: int = 0
+    to_random: int = 0
+    last_kind: str = ""
+    ended_check: int = 0  # closed regions by end reason
+    ended_bound: int = 0
+    ended_budget: int = 0
+    checks: int = 0
+    checks_exceeded: int = 0  # relative error above the job's tau
+    dropped: int = 0
+    readmitted: int = 0
+    check_interval_sum: int = 0  # for means over regions
+    num_coresets_sum: int = 0
+
+    def plus(self, regions: list[RegionStats], tau: float) -> RegionTotals:
+        """These totals with ``regions`` (in order, after the ones counted) added."""
+        totals = self.model_copy()
+        for r in regions:
+            totals.regions += 1
+            kind = "fallback" if r.fallback else r.mode
+            setattr(totals, kind, getattr(totals, kind) + 1)
+            made = "random" if kind == "random" else "crest"
+            if totals.last_kind and made != totals.last_kind:
+                totals.to_crest += made == "crest"
+                totals.to_random += made == "random"
+            totals.last_kind = made
+            if r.end_step is not None and r.end_reason in ("check", "bound", "budget"):
+                name = f"ended_{r.end_reason}"
+                setattr(totals, name, getattr(totals, name) + 1)
+            totals.checks += len(r.checks)
+            totals.checks_exceeded += sum(c.relative_error > tau for c in r.checks)
+            totals.dropped += r.dropped
+            totals.readmitted += r.readmitted
+            totals.check_interval_sum += r.check_interval
+            totals.num_coresets_sum += r.num_coresets
+        return totals
+
+
 class TrainerTime(BaseModel):
     """Where one rank's time went (from its last check report)."""
 
@@ -610,6 +659,15 @@ class JobStatus(BaseModel):
     next_region: RegionStats | None = None  # service side: drawn ahead, being prepared
     selection_side: Literal["trainer", "service"] = "trainer"  # who embeds now
     selection_side_reason: str = ""  # why (e.g. the model could not be exported)
-    # The oldest regions left out of ``regions`` so that a remote status fits one message
-    # (``regions`` then starts at region ``regions_omitted``); 0 in-process and on the dashboard.
+    # The oldest regions left out of ``regions`` (which then starts at region
+    # ``regions_omitted``): all but the job's last ``STATS_KEPT`` (crest.service.job; the live
+    # state keeps no more), and on the wire as many more as a remote status needs to fit one
+    # message. ``omitted_totals`` sums their statistics: :func:`region_totals` gives the
+    # job-wide totals.
     regions_omitted: int = 0
+    omitted_totals: RegionTotals = RegionTotals()
+
+
+def region_totals(status: JobStatus) -> RegionTotals:
+    """Totals over every region the job opened, those left out of ``status.regions`` too."""
+    return status.omitted_totals.plus(status.regions, status.config.tau)

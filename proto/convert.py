@@ -500,6 +500,8 @@ def status_to_pb(status: JobStatus, limit: int | None = MAX_MESSAGE_BYTES) -> pb
     if omitted:
         del message.regions[:omitted]
         message.regions_omitted = status.regions_omitted + omitted
+        totals = status.omitted_totals.plus(status.regions[:omitted], status.config.tau)
+        _model_to_pb(totals, message.omitted_totals)
     if excess > 0 and message.regions:  # one region of very many checks: its oldest ones
         region = message.regions[0]
         dropped = 0

@@ -46,6 +46,7 @@ from crest.proto.contract import (
     JobStatus,
     RegionStats,
     RegionStatus,
+    RegionTotals,
     RegionView,
     TrainerTime,
 )
@@ -76,6 +77,7 @@ from crest.worker.problems import SelectionRequest, SelectionResult
 __all__ = [
     "LIVE_CLOSED_REGIONS",
     "MAX_EMBEDDING_DIM",
+    "STATS_KEPT",
     "ArchivedRegion",
     "JobState",
     "Phase",
@@ -93,6 +95,13 @@ LIVE_CLOSED_REGIONS = 2
 # Regions whose statistics keep their per-class pool sizes (the most recent ones); older
 # regions' ``RegionStats.pool_per_class`` is emptied, so the statistics do not grow with C.
 PER_CLASS_STATS_KEPT = 64
+
+# Regions whose statistics the live state keeps (the most recent ones, the one drawn ahead
+# included): older ones leave it, summed into ``JobState.stats_omitted``, so that the
+# snapshot head does not grow with the number of regions (~1 KB a region). More than the
+# coordinator's archive keeps (``ARCHIVED_REGIONS``), so that a region a rank can still
+# resume into is one whose statistics say where it lies.
+STATS_KEPT = 1024
 
 
 class ArchivedRegion(Exception):
@@ -168,7 +177,10 @@ class JobState:
         self.region: Region | None = None
         # The last LIVE_CLOSED_REGIONS closed regions, as :func:`closed` keeps them.
         self.past: list[Region] = []
+        # The statistics of the last STATS_KEPT regions, in order (see :meth:`_stats_index`),
+        # and the totals of the ones dropped before them.
         self.stats: list[RegionStats] = []
+        self.stats_omitted = RegionTotals()
         self.drops = DropSchedule.start(config)
         self.adapt = Adaptivity(config.check_interval, config.num_coresets)
         self.strategy = AutoPolicy.start(config)
@@ -255,11 +267,28 @@ class JobState:
             if region.start_step <= step < region.end_step:
                 return region
         # Archived: the region statistics say which one (closed ones, in step order).
-        closed_count = self.past[0].region_id if self.past else 0
+        closed_count = self._stats_index(self.past[0].region_id if self.past else 0, clamp=True)
         found = bisect.bisect_right(self.stats, step, hi=closed_count, key=lambda s: s.start_step)
         if found > 0 and step < (self.stats[found - 1].end_step or 0):
-            raise ArchivedRegion(found - 1)
+            raise ArchivedRegion(self.stats[found - 1].region_id)
+        if found == 0 and self.stats_omitted.regions:
+            raise FailedPrecondition(
+                f"step {step} lies in a region older than the job's last {len(self.stats)} "
+                "regions, which the coordinator no longer keeps"
+            )
         raise FailedPrecondition(f"step {step} belongs to no recorded region")
+
+    def _stats_index(self, region_id: int, clamp: bool = False) -> int:
+        """Where region ``region_id``'s statistics lie in ``self.stats``: the first
+        ``stats_omitted.regions`` regions' were dropped. ``clamp``: a dropped region gives
+        0 (for slice bounds); else it is an error."""
+        index = region_id - self.stats_omitted.regions
+        if index < 0 and not clamp:
+            raise AssertionError(f"region {region_id}'s statistics were dropped")
+        return max(index, 0)
+
+    def _stats(self, region_id: int) -> RegionStats:
+        return self.stats[self._stats_index(region_id)]
 
     def _open(self, start: int) -> None:
         """Close the current region and open the next at ``start``: the prepared one if the
@@ -364,9 +393,13 @@ class JobState:
         )
         if len(self.stats) > PER_CLASS_STATS_KEPT:
             # The per-class pool sizes are what makes a region's statistics large at many
-            # classes (~5 KB at C = 1,000), and every region's statistics live in the snapshot
-            # head: older regions keep their totals only, so the head grows by ~1 KB a region.
+            # classes (~5 KB at C = 1,000), and every kept region's statistics live in the
+            # snapshot head: older regions keep their totals only (~1 KB a region).
             self.stats[-PER_CLASS_STATS_KEPT - 1].pool_per_class = []
+        if len(self.stats) > STATS_KEPT:
+            # Long closed (STATS_KEPT regions ago): its statistics are final.
+            leaving = self.stats.pop(0)
+            self.stats_omitted = self.stats_omitted.plus([leaving], self.config.tau)
         return region
 
     def _measure_probe(self, region: Region) -> None:
@@ -374,7 +407,7 @@ class JobState:
         if not region.probe_slots.size:
             return
         value = probe_loss(region.losses[region.probe_slots], self.config.num_classes)
-        self.stats[region.region_id].probe_loss = value
+        self._stats(region.region_id).probe_loss = value
         step = region.weights_version if region.embedded_by == "service" else region.start_step
         self.strategy.measured(step, value)
 
@@ -390,7 +423,7 @@ class JobState:
         region.check_interval = self.adapt.check_interval
         length = self._service_length(region.num_coresets)
         region.end_step, region.end_reason = region_end(self.config, start, length)
-        stats = self.stats[region.region_id]
+        stats = self._stats(region.region_id)
         stats.start_step, stats.check_interval = start, region.check_interval
         stats.staleness = start - region.weights_version
         self.region = region
@@ -410,7 +443,11 @@ class JobState:
         closed_count = self.past[-1].region_id + 1 if self.past else 0
         recent = [
             (s.end_step or s.start_step) - s.start_step
-            for s in self.stats[max(0, closed_count - 3) : closed_count]
+            for s in self.stats[
+                self._stats_index(closed_count - 3, clamp=True) : self._stats_index(
+                    closed_count, clamp=True
+                )
+            ]
         ]
         wanted = max([self.config.num_coresets, *recent])
         return min(self.adapt.num_coresets, wanted)
@@ -418,7 +455,7 @@ class JobState:
     def _close(self, region: Region) -> None:
         """Adapt k and P and the strategy to the closing region, keep what its views need,
         and hand the oldest closed region to the archive when the live window is full."""
-        stats = self.stats[region.region_id]
+        stats = self._stats(region.region_id)
         stats.end_step, stats.end_reason = region.end_step, region.end_reason
         stats.curvature = region.curvature
         self.adapt.after(region, self.config)
@@ -590,7 +627,7 @@ class JobState:
             self.config.noisy_mads,
             classes,
         )
-        self.stats[region.region_id].excluded = int(len(eligible) - eligible.sum())
+        self._stats(region.region_id).excluded = int(len(eligible) - eligible.sum())
         return np.flatnonzero(eligible)
 
     def unfinished(self) -> list[Region]:
@@ -655,7 +692,7 @@ class JobState:
         region = self.region
         if region is not None and region.embedded_by == "service" and region.phase is Phase.EMBED:
             region.embedded_by, region.weights_version = "trainer", -1
-            stats = self.stats[region.region_id]
+            stats = self._stats(region.region_id)
             stats.embedded_by, stats.staleness = "trainer", None
 
     def complete_selection(
@@ -718,7 +755,7 @@ class JobState:
             budget = int(region.class_budgets.reshape(-1)[problem])
             rows.append(np.sort(rng.choice(members, min(budget, len(members)), replace=False)))
         chosen = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-        self.stats[region_id].fallback = True
+        self._stats(region_id).fallback = True
         weights = np.ones(len(chosen))
         self._assemble(region, chosen, region.member_groups[chosen], weights, monitor=False)
 
@@ -747,7 +784,7 @@ class JobState:
         if embedded:
             region.initial_loss = float(region.losses[region.check_slots].mean())
         region.phase = Phase.READY
-        stats = self.stats[region.region_id]
+        stats = self._stats(region.region_id)
         if not monitor and not stats.fallback:
             stats.monitor = "skipped: the selection used its deadline"
         elif monitor and region.embeddings is not None:
@@ -813,7 +850,7 @@ class JobState:
         if sum(r.ranks for r in region.pending.values()) < self.config.world_size:
             return None
         decision, record = decide(region, self.config.tau)
-        stats = self.stats[region.region_id]
+        stats = self._stats(region.region_id)
         stats.checks.append(record)
         stats.initial_loss = region.initial_loss
         return decision
@@ -900,12 +937,17 @@ class JobState:
             pool_per_class=self.pool.sizes_per_class().tolist(),
             class_sizes=np.bincount(self.pool.labels, minlength=self.config.num_classes).tolist(),
             dropped=self.pool.dropped,
-            regions=[s.model_copy(deep=True) for s in self.stats[: self.regions_opened]],
+            regions=[
+                s.model_copy(deep=True)
+                for s in self.stats[: self._stats_index(self.regions_opened, clamp=True)]
+            ],
+            regions_omitted=self.stats_omitted.regions,
+            omitted_totals=self.stats_omitted.model_copy(),
             selection_side=self.side,
             selection_side_reason=self.side_reason,
             next_region=None
             if self.prepared is None
-            else self.stats[self.prepared.region_id].model_copy(deep=True),
+            else self._stats(self.prepared.region_id).model_copy(deep=True),
             trainers=[
                 TrainerTime(rank=rank, train_seconds=t[0], selection_seconds=t[1])
                 for rank, t in sorted(self.trainer_times.items())
@@ -961,6 +1003,7 @@ _STATE: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
         lambda stats: [s.model_dump(mode="json") for s in stats],
         lambda states: [RegionStats.model_validate(s) for s in states],
     ),
+    "stats_omitted": (lambda t: t.model_dump(mode="json"), RegionTotals.model_validate),
     "drops": (asdict, lambda s: DropSchedule(**s)),
     "adapt": (asdict, lambda s: Adaptivity(**s)),
     "strategy": (asdict, lambda s: AutoPolicy(**s)),

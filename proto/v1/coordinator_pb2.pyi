@@ -347,7 +347,7 @@ class JobStatusReply(_message.Message):
     def __init__(self, json: _Optional[str] = ..., status: _Optional[_Union[JobStatus, _Mapping]] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "config", "total_steps", "step", "finished", "pool_size", "pool_per_class", "class_sizes", "dropped", "regions", "trainers", "next_region", "selection_side", "selection_side_reason", "regions_omitted")
+    __slots__ = ("job_id", "config", "total_steps", "step", "finished", "pool_size", "pool_per_class", "class_sizes", "dropped", "regions", "trainers", "next_region", "selection_side", "selection_side_reason", "regions_omitted", "omitted_totals")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +363,7 @@ class JobStatus(_message.Message):
     SELECTION_SIDE_FIELD_NUMBER: _ClassVar[int]
     SELECTION_SIDE_REASON_FIELD_NUMBER: _ClassVar[int]
     REGIONS_OMITTED_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_TOTALS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     config: JobConfig
     total_steps: int
@@ -378,7 +379,44 @@ class JobStatus(_message.Message):
     selection_side: str
     selection_side_reason: str
     regions_omitted: int
-    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., class_sizes: _Optional[_Iterable[int]] = ..., dropped: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[RegionStats, _Mapping]]] = ..., trainers: _Optional[_Iterable[_Union[TrainerTime, _Mapping]]] = ..., next_region: _Optional[_Union[RegionStats, _Mapping]] = ..., selection_side: _Optional[str] = ..., selection_side_reason: _Optional[str] = ..., regions_omitted: _Optional[int] = ...) -> None: ...
+    omitted_totals: RegionTotals
+    def __init__(self, job_id: _Optional[str] = ..., config: _Optional[_Union[JobConfig, _Mapping]] = ..., total_steps: _Optional[int] = ..., step: _Optional[int] = ..., finished: _Optional[bool] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., class_sizes: _Optional[_Iterable[int]] = ..., dropped: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[RegionStats, _Mapping]]] = ..., trainers: _Optional[_Iterable[_Union[TrainerTime, _Mapping]]] = ..., next_region: _Optional[_Union[RegionStats, _Mapping]] = ..., selection_side: _Optional[str] = ..., selection_side_reason: _Optional[str] = ..., regions_omitted: _Optional[int] = ..., omitted_totals: _Optional[_Union[RegionTotals, _Mapping]] = ...) -> None: ...
+
+class RegionTotals(_message.Message):
+    __slots__ = ("regions", "crest", "random", "fallback", "to_crest", "to_random", "last_kind", "ended_check", "ended_bound", "ended_budget", "checks", "checks_exceeded", "dropped", "readmitted", "check_interval_sum", "num_coresets_sum")
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    CREST_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    TO_CREST_FIELD_NUMBER: _ClassVar[int]
+    TO_RANDOM_FIELD_NUMBER: _ClassVar[int]
+    LAST_KIND_FIELD_NUMBER: _ClassVar[int]
+    ENDED_CHECK_FIELD_NUMBER: _ClassVar[int]
+    ENDED_BOUND_FIELD_NUMBER: _ClassVar[int]
+    ENDED_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_EXCEEDED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    READMITTED_FIELD_NUMBER: _ClassVar[int]
+    CHECK_INTERVAL_SUM_FIELD_NUMBER: _ClassVar[int]
+    NUM_CORESETS_SUM_FIELD_NUMBER: _ClassVar[int]
+    regions: int
+    crest: int
+    random: int
+    fallback: int
+    to_crest: int
+    to_random: int
+    last_kind: str
+    ended_check: int
+    ended_bound: int
+    ended_budget: int
+    checks: int
+    checks_exceeded: int
+    dropped: int
+    readmitted: int
+    check_interval_sum: int
+    num_coresets_sum: int
+    def __init__(self, regions: _Optional[int] = ..., crest: _Optional[int] = ..., random: _Optional[int] = ..., fallback: _Optional[int] = ..., to_crest: _Optional[int] = ..., to_random: _Optional[int] = ..., last_kind: _Optional[str] = ..., ended_check: _Optional[int] = ..., ended_bound: _Optional[int] = ..., ended_budget: _Optional[int] = ..., checks: _Optional[int] = ..., checks_exceeded: _Optional[int] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., check_interval_sum: _Optional[int] = ..., num_coresets_sum: _Optional[int] = ...) -> None: ...
 
 class RegionStats(_message.Message):
     __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error", "embedded_by", "staleness", "checks_omitted", "excluded", "monitor", "auto_test", "probe_loss", "loss_rate_coresets", "loss_rate_random")

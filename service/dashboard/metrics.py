@@ -21,7 +21,6 @@ The gRPC server's own figures, when the app is given its
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Iterator
 from typing import get_args
 
@@ -36,7 +35,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from crest.proto.contract import RegionStats
+from crest.proto.contract import RegionStats, region_totals
 from crest.service.dashboard.models import JobDetail, Mode
 from crest.service.dashboard.views import all_details
 from crest.service.manager import JobManager
@@ -215,17 +214,15 @@ def _counters(details: list[JobDetail]) -> Iterator[Metric]:
         labels=["job"],
     )
     for detail in details:
-        job, summary, stats = detail.summary.job_id, detail.summary, detail.status.regions
-        regions.add_metric([job], len(stats))
+        # Over the whole job: the status keeps only its last regions' statistics.
+        job, summary, totals = detail.summary.job_id, detail.summary, region_totals(detail.status)
+        regions.add_metric([job], totals.regions)
         for reason in END_REASONS:
-            ended = sum(r.end_step is not None and r.end_reason == reason for r in stats)
-            switches.add_metric([job, reason], ended)
-        all_checks = [c for r in stats for c in r.checks]
-        exceeded = sum(c.relative_error > summary.tau for c in all_checks)
-        checks.add_metric([job, "within_tau"], len(all_checks) - exceeded)
-        checks.add_metric([job, "exceeded_tau"], exceeded)
-        dropped.add_metric([job], sum(r.dropped for r in stats))
-        readmitted.add_metric([job], sum(r.readmitted for r in stats))
+            switches.add_metric([job, reason], getattr(totals, f"ended_{reason}"))
+        checks.add_metric([job, "within_tau"], totals.checks - totals.checks_exceeded)
+        checks.add_metric([job, "exceeded_tau"], totals.checks_exceeded)
+        dropped.add_metric([job], totals.dropped)
+        readmitted.add_metric([job], totals.readmitted)
         selections.add_metric([job], summary.selections)
         fallbacks.add_metric([job], summary.fallbacks)
         latency.add_metric(
@@ -253,16 +250,13 @@ def _modes(details: list[JobDetail]) -> Iterator[Metric]:
         labels=["job", "to"],
     )
     for detail in details:
-        job, monitor = detail.summary.job_id, detail.monitor
+        job, totals = detail.summary.job_id, region_totals(detail.status)
         info.add_metric([job], {"name": detail.summary.name, "strategy": detail.summary.strategy})
         for mode in MODES:
             current.add_metric([job, mode], float(detail.summary.mode == mode))
-            regions.add_metric([job, mode], sum(r.mode == mode for r in monitor))
-        made = ["random" if r.mode == "random" else "crest" for r in monitor]
+            regions.add_metric([job, mode], getattr(totals, mode))
         for to in ("crest", "random"):
-            switches.add_metric(
-                [job, to], sum(a != b and b == to for a, b in itertools.pairwise(made))
-            )
+            switches.add_metric([job, to], getattr(totals, f"to_{to}"))
     yield from (info, current, regions, switches)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from crest.proto.contract import JobStatus, RegionStats, TrainerTime
+from crest.proto.contract import JobStatus, RegionStats, TrainerTime, region_totals
 from crest.proto.errors import NotFound
 from crest.service.dashboard.models import (
     ClassPool,
@@ -136,7 +136,7 @@ def _summary(status: JobStatus, telemetry: JobTelemetry, now: float) -> JobSumma
         num_examples=cfg.num_examples,
         num_classes=cfg.num_classes,
         tau=cfg.tau,
-        regions=len(status.regions),
+        regions=region_totals(status).regions,  # the status keeps only the last ones
         region_id=None if current is None else current.region_id,
         check_interval=None if current is None else current.check_interval,
         num_coresets=None if current is None else current.num_coresets,

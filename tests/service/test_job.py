@@ -394,12 +394,16 @@ def assert_same_view(got: RegionView, expected: RegionView) -> None:
             assert a == b, field.name
 
 
-def test_only_recent_regions_keep_their_per_class_pool_sizes() -> None:
+def test_only_recent_regions_keep_their_per_class_pool_sizes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The statistics of every region stay in the state; their per-class pool sizes (C values
     each) only for the last ``PER_CLASS_STATS_KEPT`` regions, so the state does not grow by C
     values a region."""
-    from crest.service.job import PER_CLASS_STATS_KEPT
+    from crest.service import job as job_module
 
+    PER_CLASS_STATS_KEPT = 16  # noqa: N806 (the module's constant, small: 64 regions do not fit)
+    monkeypatch.setattr(job_module, "PER_CLASS_STATS_KEPT", PER_CLASS_STATS_KEPT)
     job = make_job(max_coreset_uses=1)
     step = 0
     while len(job.stats) < PER_CLASS_STATS_KEPT + 3:
@@ -465,3 +469,79 @@ def test_closed_regions_leave_the_live_state_and_their_views_survive_the_archive
                     job.record_check(0, again)
     with pytest.raises(FailedPrecondition, match="is not current"):  # never decided there
         job.record_check(0, CheckReport(job.past[0].region_id, 10**6, 1.0, 1, 0.0, 0.0, 1.0))
+
+
+def _drive(job: JobState, regions: int) -> list[int]:
+    """Train until ``regions`` regions opened (every third one a fallback); the batches."""
+    seen = []
+    step = 0 if job.region is None else job.region.last_decided + 1
+    while job.regions_opened < regions:
+        view = see(job, 0, step)
+        assert view.status is not RegionStatus.DONE, "the job is too short"
+        if view.status is RegionStatus.EMBED:
+            if view.region_id % 3 == 2:
+                losses = np.full(len(view.candidates), 0.5, np.float32)
+                emb = fake_embeddings(view.candidates)
+                job.receive_embeddings(0, view.region_id, view.candidates, emb, losses)
+                job.complete_fallback(view.region_id)
+            else:
+                fill_region(job, step, loss=0.5)
+            view = see(job, 0, step)
+        seen += view.batches[(step - view.start_step) % len(view.batches)][0].tolist()
+        if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
+            report(job, step, loss=0.5 + 0.1 * (step % 4))
+        step += 1
+    return seen
+
+
+def test_only_the_last_regions_keep_their_statistics_and_totals_stay_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The live state keeps the statistics of its last ``STATS_KEPT`` regions; the status
+    counts the others in ``regions_omitted`` and sums them in ``omitted_totals``, so that its
+    job-wide totals equal an unbounded job's; snapshots, restores and replays (the same
+    transitions again) give the same state, and the snapshot stops growing."""
+    from crest.proto.contract import region_totals
+    from crest.service import job as job_module
+    from crest.service.codec import unpack
+
+    kept = 8
+    monkeypatch.setattr(job_module, "PER_CLASS_STATS_KEPT", 3)  # trimmed as in a long job
+
+    def run(stats_kept: int, regions: int) -> tuple[JobState, list[int]]:
+        monkeypatch.setattr(job_module, "STATS_KEPT", stats_kept)
+        job = make_job(n=8000, max_coreset_uses=1)
+        return job, _drive(job, regions)
+
+    bounded, batches = run(kept, 3 * kept)
+    unbounded, unbounded_batches = run(10**9, 3 * kept)
+    assert batches == unbounded_batches, "the bound changes no decision"
+    assert len(bounded.stats) == kept and not unbounded.stats_omitted.regions
+    got, whole = bounded.status(), unbounded.status()
+    assert got.regions_omitted == len(whole.regions) - kept == 2 * kept
+    assert got.regions == whole.regions[-kept:]
+    assert [r.region_id for r in got.regions] == list(range(2 * kept, 3 * kept))
+    totals = region_totals(got)
+    assert totals == region_totals(whole)
+    assert totals.regions == 3 * kept and totals.fallback == kept and totals.checks > 0
+    assert totals.ended_check + totals.ended_bound == 3 * kept - 1
+    assert got.model_copy(update={"regions": [], "regions_omitted": 0,
+                                  "omitted_totals": whole.omitted_totals}) == whole.model_copy(
+        update={"regions": []})  # fmt: skip
+
+    monkeypatch.setattr(job_module, "STATS_KEPT", kept)
+    restored = JobState.from_state(unpack(snapshot(bounded)))
+    assert snapshot(restored) == snapshot(bounded) and restored.status() == got
+    replayed, _ = run(kept, 3 * kept)
+    assert snapshot(replayed) == snapshot(bounded)
+
+    sizes = [len(snapshot(bounded))]
+    _drive(bounded, 5 * kept)
+    assert _drive(restored, 5 * kept) and snapshot(restored) == snapshot(bounded)
+    sizes.append(len(snapshot(bounded)))
+    monkeypatch.setattr(job_module, "STATS_KEPT", 10**9)
+    grown = [len(snapshot(unbounded))]
+    _drive(unbounded, 5 * kept)
+    grown.append(len(snapshot(unbounded)))
+    assert abs(sizes[1] - sizes[0]) < 0.01 * sizes[0], sizes
+    assert grown[1] - grown[0] > 10 * abs(sizes[1] - sizes[0]) + 1000, (sizes, grown)
