@@ -14,7 +14,9 @@ from crest.proto.contract import (
     JobStatus,
     RegionStats,
     RegionStatus,
+    RegionTotals,
     RegionView,
+    region_totals,
 )
 from crest.proto.errors import InvalidArgument, ResourceExhausted
 from crest.proto.v1 import coordinator_pb2 as pb
@@ -165,7 +167,10 @@ def test_a_long_status_leaves_out_its_oldest_regions_to_fit_one_message() -> Non
     decoded = convert.status_from_pb(message)
     assert decoded.regions == status.regions[-kept:]  # the newest ones, whole
     assert decoded.regions_omitted + len(decoded.regions) == 16
-    assert decoded.model_copy(update={"regions": status.regions, "regions_omitted": 0}) == status
+    assert region_totals(decoded) == region_totals(status), "totals count the ones left out"
+    assert decoded.omitted_totals.regions == 16 - kept
+    whole = {"regions": status.regions, "regions_omitted": 0, "omitted_totals": RegionTotals()}
+    assert decoded.model_copy(update=whole) == status
     short = long_status(3, 100_000)
     assert convert.status_from_pb(convert.status_to_pb(short)) == short  # nothing left out
 

@@ -7,7 +7,14 @@ import math
 import pytest
 
 from crest.proto import convert
-from crest.proto.contract import CheckRecord, JobConfig, JobStatus, RegionStats, TrainerTime
+from crest.proto.contract import (
+    CheckRecord,
+    JobConfig,
+    JobStatus,
+    RegionStats,
+    RegionTotals,
+    TrainerTime,
+)
 from crest.proto.errors import InvalidArgument
 from crest.proto.v1 import coordinator_pb2 as pb
 
@@ -15,7 +22,7 @@ from crest.proto.v1 import coordinator_pb2 as pb
 @pytest.mark.parametrize(
     ("model", "message"),
     [(JobStatus, pb.JobStatus), (RegionStats, pb.RegionStats), (CheckRecord, pb.CheckRecord),
-     (TrainerTime, pb.TrainerTime)],
+     (TrainerTime, pb.TrainerTime), (RegionTotals, pb.RegionTotals)],
 )  # fmt: skip
 def test_every_status_field_travels_on_the_wire(model, message) -> None:
     assert {f.name for f in message.DESCRIPTOR.fields} == set(model.model_fields)
@@ -56,7 +63,8 @@ def rich_status() -> JobStatus:
         trainers=[TrainerTime(rank=0, train_seconds=12.5, selection_seconds=1e-9),
                   TrainerTime(rank=1, train_seconds=0.0, selection_seconds=0.0)],
         next_region=running.model_copy(update={"region_id": 2}),
-        selection_side="service", selection_side_reason="configured", regions_omitted=0,
+        selection_side="service", selection_side_reason="configured", regions_omitted=3,
+        omitted_totals=RegionTotals().plus([closed] * 3, config.tau),
     )  # fmt: skip
 
 

@@ -402,7 +402,7 @@ def test_only_recent_regions_keep_their_per_class_pool_sizes(
     values a region."""
     from crest.service import job as job_module
 
-    PER_CLASS_STATS_KEPT = 16  # noqa: N806 (the module's constant, small: 64 regions do not fit)
+    PER_CLASS_STATS_KEPT = 16  # small: the job has fewer than 64 + 3 regions
     monkeypatch.setattr(job_module, "PER_CLASS_STATS_KEPT", PER_CLASS_STATS_KEPT)
     job = make_job(max_coreset_uses=1)
     step = 0

@@ -8,6 +8,7 @@ import pytest
 
 from crest.proto.contract import CheckReport, JobConfig, RegionStatus
 from crest.proto.errors import FailedPrecondition, InvalidArgument, SelectionCrashed, Unavailable
+from crest.service import job as job_module
 from crest.service.codec import join, unpack
 from crest.service.manager import JobManager
 from crest.service.store import MemoryStore
@@ -48,7 +49,13 @@ def new_manager(store, selector=None, strict: bool = True, **kwargs) -> JobManag
     return JobManager(selector or InProcessSelector(), store, strict=strict, **kwargs)
 
 
-def test_a_restarted_manager_resumes_the_exact_job() -> None:
+@pytest.mark.parametrize("stats_kept", [None, 3])
+def test_a_restarted_manager_resumes_the_exact_job(
+    stats_kept: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if stats_kept is not None:  # the statistics of all but the last regions dropped
+        monkeypatch.setattr(job_module, "STATS_KEPT", stats_kept)
+
     async def main() -> None:
         store = MemoryStore()
         first = new_manager(store, snapshot_every=7)  # snapshots and journal both in play
@@ -70,6 +77,7 @@ def test_a_restarted_manager_resumes_the_exact_job() -> None:
         resumed = await drive(second, "j", 25, 60, list(seq))
         assert resumed == expected
         assert await second.job_status("j") == status
+        assert (status.regions_omitted > 0) == (stats_kept is not None)
         second.selector.close()
 
     asyncio.run(main())
