@@ -424,3 +424,30 @@ def test_stopping_the_server_ends_open_event_streams() -> None:
         listener.join(60)
         assert not listener.is_alive()
         assert lines[0] == b"data: []\n"
+
+
+def test_a_job_whose_oldest_statistics_were_dropped_still_counts_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job state keeps only its last ``STATS_KEPT`` regions' statistics: the summary and
+    the job-wide counters (regions, switches, checks, modes) count the dropped ones too, as
+    for the same job with all of them."""
+    from crest.service import job as job_module
+    from crest.service.dashboard import metrics, views
+    from crest.service.telemetry import JobTelemetry
+    from tests.service.helpers import make_job
+    from tests.service.test_job import _drive
+
+    def counted(stats_kept: int) -> tuple[int, dict]:
+        monkeypatch.setattr(job_module, "STATS_KEPT", stats_kept)
+        job = make_job(n=8000, max_coreset_uses=1)
+        _drive(job, 20)
+        detail = views._detail(job.status(), JobTelemetry(), 0.0, rate_series=False)
+        families = [*metrics._counters([detail]), *metrics._modes([detail])]
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in families for s in family.samples}  # fmt: skip
+        return detail.summary.regions, samples
+
+    regions, samples = counted(5)
+    assert (regions, samples) == counted(10**9)
+    assert regions == 20 and samples["crest_regions_total", (("job", "job"),)] == 20
