@@ -6,8 +6,9 @@ written against it runs unchanged against a remote coordinator. It checks its ca
 arguments with the remote client's functions (:mod:`crest.proto.requests`) and sends its
 replies through the wire's conversions (a large region in pages, as remotely): the same input
 succeeds or fails, with the same error, in both modes, and a job that runs here runs remotely.
-A job's status is whole here; remotely its oldest regions may be left out to fit a message
-(``JobStatus.regions_omitted``). Its calls
+A job's status holds here the regions whose statistics the job keeps (the last
+``STATS_KEPT``); remotely more of its oldest ones may be left out to fit a message
+(``JobStatus.regions_omitted`` counts them, ``omitted_totals`` sums them). Its calls
 are no RPCs: the gRPC server's per-method metrics (:class:`crest.service.telemetry.RpcTelemetry`)
 do not count them.
 """
