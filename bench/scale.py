@@ -59,6 +59,7 @@ from crest.proto.contract import (
     JobConfig,
     RegionStatus,
     RegionView,
+    region_totals,
 )
 from crest.proto.errors import Unavailable
 from crest.proto.steps import DECISION_LAG, check_due
@@ -412,7 +413,7 @@ def run_case(case: Case, url: str, stored_after: tuple[int, ...], dim: int, seed
     loop_s = time.monotonic() - loop_started
     stored["end"] = stored_bytes(url, job_id)
     status = local.job_status(job_id)
-    fallbacks = sum(r.fallback for r in status.regions)
+    fallbacks = region_totals(status).fallback  # the omitted regions too
     return {
         "case": asdict(case),
         "job_id": job_id,
@@ -553,8 +554,7 @@ def _concurrent(
         thread.join()
     wall_s = time.perf_counter() - started
     with RemoteCoordinator(address, connect_timeout_s=60) as remote:
-        fallbacks = sum(sum(r.fallback for r in remote.job_status(job_id).regions)
-                        for job_id in results)  # fmt: skip
+        fallbacks = sum(region_totals(remote.job_status(job_id)).fallback for job_id in results)
     switches = [s for job in results.values() for s in job]
     return {
         "pace_s": pace_s,
@@ -590,7 +590,7 @@ def run_many(many: ManyJobs, url: str, workdir: Path, dim: int, seed: int) -> di
         with RemoteCoordinator(address, connect_timeout_s=60) as remote:
             remote.create_job(config, labels, job_id="alone")
             alone = drive_job(address, "alone", many.alone_regions, dim, seed, None)
-            alone_fallbacks = sum(r.fallback for r in remote.job_status("alone").regions)
+            alone_fallbacks = region_totals(remote.job_status("alone")).fallback
             idle = memory_mb(pid)
             started = time.perf_counter()
             ids = create(remote, "many")

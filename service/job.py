@@ -100,7 +100,8 @@ PER_CLASS_STATS_KEPT = 64
 # included): older ones leave it, summed into ``JobState.stats_omitted``, so that the
 # snapshot head does not grow with the number of regions (~1 KB a region). More than the
 # coordinator's archive keeps (``ARCHIVED_REGIONS``), so that a region a rank can still
-# resume into is one whose statistics say where it lies.
+# resume into is one whose statistics say where it lies. At least 2, so that the region that
+# leaves is closed (its statistics final) even while one is drawn ahead.
 STATS_KEPT = 1024
 
 

@@ -188,3 +188,42 @@ def test_lookahead_draws_as_many_coresets_as_recent_regions_lasted() -> None:
     assert job._lookahead_coresets() == 6, "as many as the last regions lasted"
     job.adapt.num_coresets = 4
     assert job._lookahead_coresets() == 4, "at most the adaptive P"
+
+
+def test_regions_drawn_ahead_keep_their_statistics_within_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a region drawn ahead (its statistics last in ``stats``, dropped again when it is
+    drawn anew), a job that keeps only its last regions' statistics decides as one that keeps
+    them all, and its status ends the same (the next region included)."""
+    from crest.proto.contract import region_totals
+    from crest.service import job as job_module
+    from tests.service.helpers import report
+
+    def run(stats_kept: int) -> tuple[JobState, list[list[int]]]:
+        monkeypatch.setattr(job_module, "STATS_KEPT", stats_kept)
+        job = service_job(lookahead_coresets=True, max_coresets=8)
+        batches, step = [], 0
+        while job.regions_opened < 12:
+            see(job, 0, step)
+            for region in job.unfinished():
+                if region.phase is Phase.EMBED:
+                    serve(job, region.region_id, region.weights_version)
+            view = see(job, 0, step)
+            batches.append(view.batches[(step - view.start_step) % len(view.batches)][0].tolist())
+            if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
+                report(job, step, loss=0.5 + 0.1 * (step % 4))
+            step += 1
+        return job, batches
+
+    bounded, batches = run(3)
+    unbounded, unbounded_batches = run(10**9)
+    assert batches == unbounded_batches
+    got, whole = bounded.status(), unbounded.status()
+    assert got.next_region is not None and got.next_region == whole.next_region
+    assert len(bounded.stats) <= 3 and got.regions == whole.regions[-len(got.regions) :]
+    assert got.regions_omitted + len(got.regions) == len(whole.regions) == 12
+    assert region_totals(got) == region_totals(whole)
+    assert pack(JobState.from_state(unpack(pack(bounded.to_state()))).to_state()) == pack(
+        bounded.to_state()
+    )
