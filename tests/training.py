@@ -77,13 +77,19 @@ def train_with_checkpoint(
     save_at: int,
     stop_at: int | None,
     on_step: Callable[[int], None] | None = None,
+    rank: int = 0,
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
+    **session_args,
 ) -> list[Batch]:
     """Train, resuming from ``checkpoint`` if it exists; save one after step ``save_at``;
-    stop (as if killed) after step ``stop_at``."""
+    stop (as if killed) after step ``stop_at``; ``rank``, ``wrap`` and ``session_args`` as
+    for :func:`train`."""
     x, y = blobs()
     model = make_model()
+    net = model if wrap is None else wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    session = Session(coordinator, job_id, model=model, fetch=tensor_fetch(x, y))
+    session = Session(coordinator, job_id, model=net, fetch=tensor_fetch(x, y), rank=rank,
+                      **session_args)  # fmt: skip
     if checkpoint.exists():
         state = torch.load(checkpoint, weights_only=True)
         model.load_state_dict(state["model"])
@@ -92,7 +98,7 @@ def train_with_checkpoint(
     seen: list[Batch] = []
     for batch in session.batches():
         seen.append((batch.step, batch.indices.tolist(), batch.weights.tolist(), batch.region_id))
-        loss = weighted_loss(model(x[batch.indices]), y[batch.indices], batch.weights)
+        loss = weighted_loss(net(x[batch.indices]), y[batch.indices], batch.weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -4,18 +4,23 @@
 Trains the test MLP on each job in turn, with ``combine_checks`` = ``auto`` (None), ``true``
 or ``false``, and writes per job the batches it saw, how many check reports and region
 fetches and uploads it sent, and the error that stopped it (if any) as JSON.
+
+``JOB=COMBINE:DIR:SAVE_AT:STOP_AT`` trains through a checkpoint instead
+(:func:`tests.training.train_with_checkpoint`, ``DIR/JOB.rankR.pt``): resumes from it if it
+exists, saves it after step SAVE_AT, stops after step STOP_AT (``end``: trains to the end).
 """
 
 import json
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from crest.client.remote import RemoteCoordinator
-from tests.training import train
+from tests.training import train, train_with_checkpoint
 
 COMBINE = {"auto": None, "true": True, "false": False}
 
@@ -59,16 +64,24 @@ def main(address: str, init_file: str, rank: str, world: str, out: str, *jobs: s
     results = {}
     with RemoteCoordinator(address, retry_s=120) as remote:
         for job in jobs:
-            job_id, combine = job.split("=")
+            job_id, spec = job.split("=")
+            combine, *checkpoint = spec.split(":")
             counting = CountingReports(remote)
+            session_args = dict(rank=int(rank), wrap=DistributedDataParallel,
+                                combine_checks=COMBINE[combine])  # fmt: skip
             try:
-                _, served = train(
-                    counting,  # type: ignore[arg-type]
-                    job_id,
-                    rank=int(rank),
-                    wrap=DistributedDataParallel,
-                    combine_checks=COMBINE[combine],
-                )
+                if checkpoint:
+                    where, save_at, stop_at = checkpoint
+                    served = train_with_checkpoint(
+                        counting,  # type: ignore[arg-type]
+                        job_id,
+                        Path(where) / f"{job_id}.rank{rank}.pt",
+                        int(save_at),
+                        None if stop_at == "end" else int(stop_at),
+                        **session_args,  # type: ignore[arg-type]
+                    )
+                else:
+                    _, served = train(counting, job_id, **session_args)  # type: ignore[arg-type]
                 results[job_id] = {"batches": served, "reports": counting.reports,
                                    "fetches": counting.fetches,
                                    "uploads": counting.uploads}  # fmt: skip

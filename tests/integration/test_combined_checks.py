@@ -1,7 +1,8 @@
 """Data-parallel ranks (gloo, DDP, one process each) that combine their check reports and
 share their region fetches and uploads: one ReportCheck per check, one fetch per region step
 and one upload per region for all ranks, the decisions and batches of separate reports,
-fetches and uploads; ranks that disagree on combining fail at once."""
+fetches and uploads; ranks that disagree on combining fail at once; ranks that resume from
+their checkpoints in new processes continue with an uninterrupted run's batches."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from crest.client.remote import RemoteCoordinator
 from crest.service.telemetry import RpcTelemetry
@@ -35,9 +37,11 @@ def observed() -> Iterator[tuple[LoopbackCoordinator, RpcTelemetry]]:
 
 
 def run_ranks(address: str, tmp_path: Path, jobs: list[list[str]]) -> list[dict[str, Any]]:
-    """One gloo process group of ``len(jobs)`` processes; rank r trains ``jobs[r]`` in turn
-    (``JOB=COMBINE`` each, see :mod:`tests.integration.ddp_rank_main`)."""
+    """One gloo process group of ``len(jobs)`` processes (its files in ``tmp_path``); rank r
+    trains ``jobs[r]`` in turn (``JOB=COMBINE`` each, see
+    :mod:`tests.integration.ddp_rank_main`)."""
     world = len(jobs)
+    tmp_path.mkdir(exist_ok=True)
     init, outs = tmp_path / "group", [tmp_path / f"rank{r}.json" for r in range(world)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     module = [sys.executable, "-m", "tests.integration.ddp_rank_main", address, str(init)]
@@ -133,5 +137,53 @@ def test_ranks_share_their_fetches_on_the_service_side_with_the_same_batches(
     served = [rank["shared"]["batches"] for rank in ranks]
     for batches in zip(*served, strict=True):
         assert len({(b[0], b[3]) for b in batches}) == 1, "same steps, same-step switches"
+        indices = [i for b in batches for i in b[1]]
+        assert len(indices) == len(set(indices)), "coresets are disjoint across ranks"
+
+
+def test_sharing_ranks_resume_in_new_processes_with_the_batches_of_an_uninterrupted_run(
+    observed: tuple[LoopbackCoordinator, RpcTelemetry], tmp_path: Path
+) -> None:
+    loopback, _ = observed
+    world = 2
+    config = job_config(world_size=world, epochs=2)
+    with RemoteCoordinator(loopback.address) as remote:
+        for job_id in ("whole", "mid", "switch"):
+            remote.create_job(config, blobs()[1].numpy(), job_id=job_id)
+    whole = [r["whole"]["batches"] for r in run_ranks(loopback.address, tmp_path / "whole",
+                                                       [["whole=auto"]] * world)]  # fmt: skip
+    regions = loopback.local.job_status("whole").regions
+    assert len(regions) > 3
+    # Mid-region with a check in flight (sent after the step before), stopped 4 steps later;
+    # and at a region switch: the resumed ranks fetch a region that waits for their embeddings.
+    mid = next(c.step for r in regions[1:] for c in r.checks if c.step + 2 < r.end_step) + 1
+    saved = {"mid": (mid, mid + 4), "switch": (regions[2].end_step - 1,) * 2}
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+
+    def jobs(stop: bool) -> list[list[str]]:
+        return [[f"{job}=auto:{checkpoints}:{save}:{end if stop else 'end'}"
+                 for job, (save, end) in saved.items()]] * world  # fmt: skip
+
+    first = run_ranks(loopback.address, tmp_path / "first", jobs(stop=True))
+    for rank in range(world):  # each resumed rank sends its part of the check again
+        state = torch.load(checkpoints / f"mid.rank{rank}.pt", weights_only=True)["crest"]
+        assert state["pending_check"]["step"] == mid - 1
+    resumed = run_ranks(loopback.address, tmp_path / "resumed", jobs(stop=False))
+    for job, (save, end) in saved.items():
+        status = loopback.local.job_status(job)
+        assert status.finished
+        assert [(r.start_step, r.end_step) for r in status.regions] == [
+            (r.start_step, r.end_step) for r in regions
+        ]
+        for rank in range(world):
+            assert first[rank][job]["batches"] == whole[rank][: end + 1]
+            assert resumed[rank][job]["batches"] == whole[rank][save + 1 :], (job, rank)
+        # Rank 0 alone fetches and uploads for both ranks, again after resuming: once per
+        # region that the first ranks had not reached (the switch's next one included).
+        uploads = sum(r.start_step > end for r in regions)
+        assert [r[job]["uploads"] for r in resumed] == [uploads, 0], job
+        assert resumed[1][job]["fetches"] == 0
+    for batches in zip(*whole, strict=True):
         indices = [i for b in batches for i in b[1]]
         assert len(indices) == len(set(indices)), "coresets are disjoint across ranks"
