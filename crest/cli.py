@@ -50,6 +50,7 @@ def _e2e(args: argparse.Namespace) -> int:
     else:
         with local_coordinator() as coordinator:
             result = run_e2e(plan, coordinator, progress=not args.no_progress, partial=partial)
+    write_json(result, Path(args.out))  # first: a table that fails to print loses no run
     partial.unlink(missing_ok=True)
     print(format_table(result["summary"]))
     print()
@@ -60,7 +61,6 @@ def _e2e(args: argparse.Namespace) -> int:
     print(format_noise_table(result["summary"]))
     print()
     print(format_monitor_table(result["runs"]))
-    write_json(result, Path(args.out))
     print(f"\nwrote {args.out}")
     return 0
 
@@ -418,9 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     e2e.add_argument(
         "--workloads",
         nargs="+",
-        choices=["w1", "w2", "w2-0", "w2-30", "w3"],
+        choices=["w1", "w2", "w2-0", "w2-30", "w3", "w4"],
         help="W1 MNIST-1D, W2 redundant and noisy (10%% of labels wrong; w2-0 and w2-30: 0%% "
-        "and 30%%), W3 imbalanced (default: w1 w2 w3)",
+        "and 30%%), W3 imbalanced, W4 W1 with 10%% of labels wrong (default: w1 w2 w3)",
     )
     e2e.add_argument(
         "--methods",

@@ -79,6 +79,7 @@ class CrestSetup:
     auto_retest_epochs: float = JobConfig.model_fields["auto_retest_epochs"].default
     auto_test_epochs: float = JobConfig.model_fields["auto_test_epochs"].default
     auto_probe_size: int = JobConfig.model_fields["auto_probe_size"].default
+    auto_max_loss_excess: float = JobConfig.model_fields["auto_max_loss_excess"].default
     selection_side: str = "trainer"
     max_staleness: int = 32
     lookahead_coresets: bool = False
@@ -111,6 +112,7 @@ class CrestSetup:
             auto_retest_epochs=self.auto_retest_epochs,
             auto_test_epochs=self.auto_test_epochs,
             auto_probe_size=self.auto_probe_size,
+            auto_max_loss_excess=self.auto_max_loss_excess,
             selection_side=self.selection_side,
             max_staleness=self.max_staleness,
             lookahead_coresets=self.lookahead_coresets,
@@ -352,17 +354,19 @@ def run_crest(
         ),
         "coreset_error": _mean(r.coreset_error for r in regions if r.coreset_error is not None),
         "random_error": _mean(r.random_error for r in regions if r.random_error is not None),
-        # Strategy auto's tests: each one's measured probe-loss rates, and its verdict (the
-        # decision of the region after its measure region).
+        # Strategy auto's tests: each one's measured probe-loss rates and loss excess, and
+        # its verdict (the decision of the region after its measure region, or after the
+        # first coreset arm of a test that its loss excess ended).
         "auto_tests": [
             {
                 "step": r.end_step,
                 "coresets_rate": r.loss_rate_coresets,
                 "random_rate": r.loss_rate_random,
+                "loss_excess": r.loss_excess_coresets,
                 "decision": after.decision if after else None,
             }
             for r, after in zip(regions, [*regions[1:], status.next_region], strict=True)
-            if r.auto_test == "measure"
+            if r.auto_test == "measure" or r.loss_excess_coresets is not None
         ],
         "selection_share": sessions[0].timings.selection_share,
         "timings": asdict(sessions[0].timings),
@@ -696,16 +700,22 @@ def format_noise_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def auto_verdict(tests: list[dict[str, Any]], min_gain: float) -> str | None:
+def auto_verdict(
+    tests: list[dict[str, Any]], config: JobConfig, num_classes: int = 10
+) -> str | None:
     """A run's overall verdict from all of ``auto``'s tests (its ``auto_tests``): the same
-    rule as one test's (:meth:`~crest.service.strategy.AutoPolicy.after`) on the rates
-    averaged over the tests; None without a measured test."""
+    rule as one test's (:meth:`~crest.service.strategy.AutoPolicy.after`) on the rates and
+    the selected-loss excess averaged over the tests (a test that its excess ended early has
+    no rates); None without a measured test."""
+    excess = [t["loss_excess"] for t in tests if t.get("loss_excess") is not None]
+    if excess and statistics.fmean(excess) > config.auto_max_loss_excess * math.log(num_classes):
+        return "random"
     measured = [t for t in tests if t["coresets_rate"] is not None]
     if not measured:
         return None
     rc = statistics.fmean(t["coresets_rate"] for t in measured)
     rr = statistics.fmean(t["random_rate"] for t in measured)
-    return "coresets" if rc - rr >= (min_gain - 1.0) * abs(rr) else "random"
+    return "coresets" if rc - rr >= (config.auto_min_gain - 1.0) * abs(rr) else "random"
 
 
 def format_monitor_table(runs: list[dict[str, Any]]) -> str:
@@ -721,7 +731,7 @@ def format_monitor_table(runs: list[dict[str, Any]]) -> str:
     )
     lines = [header, "|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|"]
     by_key = {(r["workload"], r["method"], r["train_frac"], r["seed"]): r for r in runs}
-    min_gain = JobConfig.model_fields["auto_min_gain"].default
+    defaults = JobConfig.model_construct()  # the defaults, unvalidated: no job here
     for run in runs:
         if run["method"] != "auto" or "auto_tests" not in run["extra"]:
             continue  # (auto runs from before the paired test have no tests)
@@ -746,7 +756,8 @@ def format_monitor_table(runs: list[dict[str, Any]]) -> str:
         final = None if base is None or crest is None else 100 * (crest["final_acc"] - base)
         lines.append(
             f"| {workload} | {frac:g} | {seed} | {' | '.join(cells)} "
-            f"| {auto_verdict(tests, min_gain) or '-'} | {opt(final, '+.2f')} "
+            f"| {auto_verdict(tests, defaults, len(run['per_class_recall'])) or '-'} "
+            f"| {opt(final, '+.2f')} "
             f"| {opt(None if base is None else 100 * (run['final_acc'] - base), '+.2f')} "
             f"| {opt(run['extra'].get('crest_step_share'), '.0%')} |"
         )

@@ -11,7 +11,7 @@ import functools
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +87,7 @@ def mnist1d_redundant(
     x = np.repeat(source.x_train.numpy()[picked], copies, axis=0)
     x += noise * rng.standard_normal(x.shape).astype(np.float32)
     y = np.repeat(source.y_train.numpy()[picked], copies)
-    flip = rng.random(len(y)) < label_noise
-    y[flip] = (y[flip] + rng.integers(1, source.num_classes, flip.sum())) % source.num_classes
+    _flip_labels(y, label_noise, source.num_classes, rng)
     order = rng.permutation(len(y))
     return Dataset(
         name=_redundant_name(label_noise),
@@ -98,6 +97,24 @@ def mnist1d_redundant(
         y_test=source.y_test,
         num_classes=source.num_classes,
     )
+
+
+def mnist1d_noisy(num_samples: int = 50_000, label_noise: float = 0.1, seed: int = 0) -> Dataset:
+    """W4: MNIST-1D with ``label_noise`` of the training labels replaced by a uniformly random
+    wrong one, and nothing else changed (no copies, no jitter; the test set untouched): label
+    noise without W2's redundancy. Deterministic for ``seed``."""
+    if not 0 <= label_noise <= 1:
+        raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
+    source = mnist1d(num_samples)
+    y = source.y_train.numpy().copy()
+    _flip_labels(y, label_noise, source.num_classes, np.random.default_rng(seed))
+    return replace(source, name=f"mnist1d-noisy{100 * label_noise:g}", y_train=torch.from_numpy(y))
+
+
+def _flip_labels(y: np.ndarray, share: float, num_classes: int, rng: np.random.Generator) -> None:
+    """Replace about ``share`` of the labels ``y`` (in place) by a uniformly random wrong one."""
+    flip = rng.random(len(y)) < share
+    y[flip] = (y[flip] + rng.integers(1, num_classes, flip.sum())) % num_classes
 
 
 def _redundant_name(label_noise: float) -> str:
@@ -159,6 +176,7 @@ WORKLOADS: dict[str, Callable[..., Dataset]] = {
     "w2-0": functools.partial(mnist1d_redundant, label_noise=0.0),
     "w2-30": functools.partial(mnist1d_redundant, label_noise=0.3),
     "w3": mnist1d_imbalanced,
+    "w4": mnist1d_noisy,  # W1 with 10% label noise, not redundant
 }
 """The benchmark's workloads by name: W2 at 10% label noise (``w2``), 0% and 30%."""
 

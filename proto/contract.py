@@ -132,6 +132,15 @@ class JobConfig(BaseModel):
         description="auto: virtual epochs of each coreset arm of a test (coreset regions until "
         "then); each random arm is as long as the first coreset arm",
     )
+    auto_max_loss_excess: float = Field(
+        0.26,
+        ge=0,
+        le=1e6,
+        description="auto: coresets lose a test when the mean loss of the examples they selected "
+        "exceeds the mean of all candidates' by more than this times ln C (a uniform guess's "
+        "loss; 0.26 is 0.6 nats at C = 10), averaged over the test's coreset regions: they "
+        "chase examples the model cannot fit, the mark of label noise (1e6 turns it off)",
+    )
     auto_probe_size: int = Field(
         512,
         ge=1,
@@ -575,11 +584,14 @@ class RegionStats(BaseModel):
     # Strategy auto's test (service/strategy.py AutoPolicy): this region's role in it
     # ("coresets", "random", "measure": the region after the window, or ""), the probe
     # sample's mean clipped loss measured with its candidates, and, on the measure region,
-    # the window's mean probe-loss decrease per step with coresets and with random batches.
+    # the window's mean probe-loss decrease per step with coresets and with random batches...
     auto_test: str = ""
     probe_loss: float | None = None
     loss_rate_coresets: float | None = None
     loss_rate_random: float | None = None
+    # ...and the mean over the window's coreset regions of their selected examples' mean loss
+    # minus their candidates' (auto_max_loss_excess).
+    loss_excess_coresets: float | None = None
 
 
 class RegionTotals(BaseModel):

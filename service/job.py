@@ -807,11 +807,15 @@ class JobState:
 
     def _record_losses(self, region: Region, slots: np.ndarray, stats: RegionStats) -> None:
         """The candidates' losses into their examples' history (one observation per distinct
-        example: ranks may share a few), and the region's loss statistics."""
+        example: ranks may share a few), and the region's loss statistics: the mean loss of
+        its candidates (without auto's probe) and of the examples selected (``slots``)."""
         unique, first = np.unique(region.candidates, return_index=True)
         self.pool.record_losses(unique, region.losses[first])
 
-        stats.candidate_loss = float(region.losses.mean())
+        # The probe (auto's tests) is embedded with the candidates, but is none of them.
+        candidates = np.ones(len(region.losses), bool)
+        candidates[region.probe_slots] = False
+        stats.candidate_loss = float(region.losses[candidates].mean()) if candidates.any() else None
         stats.selected_loss = float(region.losses[slots].mean()) if slots.size else None
         if region.embedded_by == "trainer":  # else the ranks measure L_0 at the start
             stats.initial_loss = region.initial_loss

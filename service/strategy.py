@@ -48,6 +48,7 @@ class AutoPolicy:
     arm_start: int = -1  # the first step of the test's current arm (-1: none begun)
     points: list[list[float]] = field(default_factory=list)  # [step, probe loss] measured
     random_length: int = 0  # steps of the test's random arms: its first coreset arm's
+    excess: list[float] = field(default_factory=list)  # test coreset regions: selected - all loss
 
     @classmethod
     def start(cls, config: JobConfig) -> AutoPolicy:
@@ -74,7 +75,7 @@ class AutoPolicy:
 
     def begin(self, probe: np.ndarray) -> None:
         self.probe, self.window, self.points = [int(i) for i in probe], [], []
-        self.arm_start = -1
+        self.arm_start, self.excess = -1, []
 
     def region_mode(self, role: str) -> str:
         """How a region of test role ``role`` makes its batches."""
@@ -105,25 +106,43 @@ class AutoPolicy:
         the coreset regions (``rc``) and of the random regions (``rr``), coresets win when
         ``rc - rr >= (auto_min_gain - 1) * |rr|`` (``rc / rr >= auto_min_gain`` while random
         batches lower the loss). The next test comes ``auto_retest_epochs`` virtual epochs
-        later, twice as late after each repeat of the same verdict. Only the probe's losses
+        later, twice as late after each repeat of the same verdict.
+
+        Coresets also lose when they chase examples the model cannot fit: when their selected
+        examples' loss exceeds all candidates' by more than ``auto_max_loss_excess x ln C``
+        on average over the window's coreset regions. Facility location picks far-away points
+        first, and under label noise those are the mislabelled examples (selected loss
+        +0.9 nats on W2, +0.2-0.3 where coresets help; docs/benchmarks.md), a harm the probe
+        cannot see in a short test. That is known once the first coreset arm ends, and then
+        the test ends there: no random arm can change the verdict. Only the job's losses
         decide, so the choice is deterministic for a seed.
         """
         if config.strategy != "auto" or not self.testing or not stats.auto_test:
             return
+        limit = config.auto_max_loss_excess * math.log(config.num_classes)
+        excess = float(np.mean(self.excess)) if self.excess else None
         if stats.auto_test != MEASURE:
             if self.arm_start < 0:
                 self.arm_start = region.start_step
             length = region.end_step - self.arm_start
             coresets = stats.auto_test == "coresets"
+            if coresets and stats.selected_loss is not None and stats.candidate_loss is not None:
+                self.excess.append(stats.selected_loss - stats.candidate_loss)
+                excess = float(np.mean(self.excess))
             arm_steps = config.auto_test_epochs * config.steps_per_virtual_epoch
             if coresets and length < arm_steps and region.end_reason != "budget":
                 return  # the arm goes on with another coreset region
             if coresets and not self.window:
                 self.random_length = length
+                if excess is not None and excess > limit:  # the verdict is in: end the test
+                    stats.loss_excess_coresets = excess
+                    self._conclude("random", _chasing(excess, limit), region.end_step, config)
+                    return
             self.window.append([self.arm_start, region.end_step, int(coresets)])
             self.arm_start = -1
             return
         rates = window_rates(self.window, self.points)
+        stats.loss_excess_coresets = excess
         if rates is None:
             verdict = self.verdict or "coresets"
             reason = "test incomplete (a probe loss was not measured)"
@@ -131,18 +150,32 @@ class AutoPolicy:
             rc, rr = rates
             stats.loss_rate_coresets, stats.loss_rate_random = rc, rr
             wins = rc - rr >= (config.auto_min_gain - 1.0) * abs(rr)
-            verdict = "coresets" if wins else "random"
             ratio = f"{rc / rr:.2f}x" if rr > 0 else "n/a"
             reason = (
                 f"probe loss falls {rc:.3g}/step with coresets, {rr:.3g}/step with random "
                 f"batches ({ratio}; coresets need {config.auto_min_gain:g}x)"
             )
+            if excess is not None and excess > limit:
+                wins, reason = False, f"{_chasing(excess, limit)}; {reason}"
+            verdict = "coresets" if wins else "random"
+        self._conclude(verdict, reason, region.end_step, config)
+
+    def _conclude(self, verdict: str, reason: str, end_step: int, config: JobConfig) -> None:
+        """End the test at ``end_step`` with its verdict: serve it until the next test."""
         self.interval = self.interval * 2 if verdict == self.verdict else config.auto_retest_epochs
         self.verdict = verdict
-        self.next_test = region.end_step + self.interval * config.steps_per_virtual_epoch
+        self.next_test = end_step + self.interval * config.steps_per_virtual_epoch
         self.mode = "crest" if verdict == "coresets" else "random"
         self.decision = f"{verdict}: {reason}; next test at step {math.ceil(self.next_test)}"
-        self.probe, self.window, self.points = [], [], []
+        self.probe, self.window, self.points, self.excess = [], [], [], []
+        self.arm_start = -1
+
+
+def _chasing(excess: float, limit: float) -> str:
+    return (
+        f"coresets select examples {excess:.2f} nats harder than their candidates "
+        f"(over {limit:.2f}: likely label noise)"
+    )
 
 
 def window_rates(window: list[list[int]], points: list[list[float]]) -> tuple[float, float] | None:

@@ -57,7 +57,7 @@ class Array(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches", "auto_min_gain", "auto_retest_epochs", "name", "class_weighting", "allow_empty_classes", "selection_side", "max_staleness", "lookahead_coresets", "exclude_noisy", "noisy_mads", "auto_test_epochs", "auto_probe_size")
+    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches", "auto_min_gain", "auto_retest_epochs", "name", "class_weighting", "allow_empty_classes", "selection_side", "max_staleness", "lookahead_coresets", "exclude_noisy", "noisy_mads", "auto_test_epochs", "auto_probe_size", "auto_max_loss_excess")
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class JobConfig(_message.Message):
     NOISY_MADS_FIELD_NUMBER: _ClassVar[int]
     AUTO_TEST_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     AUTO_PROBE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_MAX_LOSS_EXCESS_FIELD_NUMBER: _ClassVar[int]
     num_examples: int
     num_classes: int
     batch_size: int
@@ -130,7 +131,8 @@ class JobConfig(_message.Message):
     noisy_mads: float
     auto_test_epochs: float
     auto_probe_size: int
-    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ..., strategy: _Optional[str] = ..., random_batches: _Optional[str] = ..., auto_min_gain: _Optional[float] = ..., auto_retest_epochs: _Optional[float] = ..., name: _Optional[str] = ..., class_weighting: _Optional[str] = ..., allow_empty_classes: _Optional[bool] = ..., selection_side: _Optional[str] = ..., max_staleness: _Optional[int] = ..., lookahead_coresets: _Optional[bool] = ..., exclude_noisy: _Optional[bool] = ..., noisy_mads: _Optional[float] = ..., auto_test_epochs: _Optional[float] = ..., auto_probe_size: _Optional[int] = ...) -> None: ...
+    auto_max_loss_excess: float
+    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ..., strategy: _Optional[str] = ..., random_batches: _Optional[str] = ..., auto_min_gain: _Optional[float] = ..., auto_retest_epochs: _Optional[float] = ..., name: _Optional[str] = ..., class_weighting: _Optional[str] = ..., allow_empty_classes: _Optional[bool] = ..., selection_side: _Optional[str] = ..., max_staleness: _Optional[int] = ..., lookahead_coresets: _Optional[bool] = ..., exclude_noisy: _Optional[bool] = ..., noisy_mads: _Optional[float] = ..., auto_test_epochs: _Optional[float] = ..., auto_probe_size: _Optional[int] = ..., auto_max_loss_excess: _Optional[float] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("header", "labels")
@@ -419,7 +421,7 @@ class RegionTotals(_message.Message):
     def __init__(self, regions: _Optional[int] = ..., crest: _Optional[int] = ..., random: _Optional[int] = ..., fallback: _Optional[int] = ..., to_crest: _Optional[int] = ..., to_random: _Optional[int] = ..., last_kind: _Optional[str] = ..., ended_check: _Optional[int] = ..., ended_bound: _Optional[int] = ..., ended_budget: _Optional[int] = ..., checks: _Optional[int] = ..., checks_exceeded: _Optional[int] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., check_interval_sum: _Optional[int] = ..., num_coresets_sum: _Optional[int] = ...) -> None: ...
 
 class RegionStats(_message.Message):
-    __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error", "embedded_by", "staleness", "checks_omitted", "excluded", "monitor", "auto_test", "probe_loss", "loss_rate_coresets", "loss_rate_random")
+    __slots__ = ("region_id", "start_step", "end_step", "end_reason", "num_coresets", "check_interval", "num_candidates", "pool_size", "pool_per_class", "fallback", "dropped", "readmitted", "candidate_loss", "selected_loss", "weight_quantiles", "initial_loss", "curvature", "checks", "mode", "decision", "coreset_error", "random_error", "embedded_by", "staleness", "checks_omitted", "excluded", "monitor", "auto_test", "probe_loss", "loss_rate_coresets", "loss_rate_random", "loss_excess_coresets")
     REGION_ID_FIELD_NUMBER: _ClassVar[int]
     START_STEP_FIELD_NUMBER: _ClassVar[int]
     END_STEP_FIELD_NUMBER: _ClassVar[int]
@@ -451,6 +453,7 @@ class RegionStats(_message.Message):
     PROBE_LOSS_FIELD_NUMBER: _ClassVar[int]
     LOSS_RATE_CORESETS_FIELD_NUMBER: _ClassVar[int]
     LOSS_RATE_RANDOM_FIELD_NUMBER: _ClassVar[int]
+    LOSS_EXCESS_CORESETS_FIELD_NUMBER: _ClassVar[int]
     region_id: int
     start_step: int
     end_step: int
@@ -482,7 +485,8 @@ class RegionStats(_message.Message):
     probe_loss: float
     loss_rate_coresets: float
     loss_rate_random: float
-    def __init__(self, region_id: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., end_reason: _Optional[str] = ..., num_coresets: _Optional[int] = ..., check_interval: _Optional[int] = ..., num_candidates: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., fallback: _Optional[bool] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., candidate_loss: _Optional[float] = ..., selected_loss: _Optional[float] = ..., weight_quantiles: _Optional[_Iterable[float]] = ..., initial_loss: _Optional[float] = ..., curvature: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[CheckRecord, _Mapping]]] = ..., mode: _Optional[str] = ..., decision: _Optional[str] = ..., coreset_error: _Optional[float] = ..., random_error: _Optional[float] = ..., embedded_by: _Optional[str] = ..., staleness: _Optional[int] = ..., checks_omitted: _Optional[int] = ..., excluded: _Optional[int] = ..., monitor: _Optional[str] = ..., auto_test: _Optional[str] = ..., probe_loss: _Optional[float] = ..., loss_rate_coresets: _Optional[float] = ..., loss_rate_random: _Optional[float] = ...) -> None: ...
+    loss_excess_coresets: float
+    def __init__(self, region_id: _Optional[int] = ..., start_step: _Optional[int] = ..., end_step: _Optional[int] = ..., end_reason: _Optional[str] = ..., num_coresets: _Optional[int] = ..., check_interval: _Optional[int] = ..., num_candidates: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_per_class: _Optional[_Iterable[int]] = ..., fallback: _Optional[bool] = ..., dropped: _Optional[int] = ..., readmitted: _Optional[int] = ..., candidate_loss: _Optional[float] = ..., selected_loss: _Optional[float] = ..., weight_quantiles: _Optional[_Iterable[float]] = ..., initial_loss: _Optional[float] = ..., curvature: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[CheckRecord, _Mapping]]] = ..., mode: _Optional[str] = ..., decision: _Optional[str] = ..., coreset_error: _Optional[float] = ..., random_error: _Optional[float] = ..., embedded_by: _Optional[str] = ..., staleness: _Optional[int] = ..., checks_omitted: _Optional[int] = ..., excluded: _Optional[int] = ..., monitor: _Optional[str] = ..., auto_test: _Optional[str] = ..., probe_loss: _Optional[float] = ..., loss_rate_coresets: _Optional[float] = ..., loss_rate_random: _Optional[float] = ..., loss_excess_coresets: _Optional[float] = ...) -> None: ...
 
 class CheckRecord(_message.Message):
     __slots__ = ("step", "loss", "predicted", "relative_error", "new_region")

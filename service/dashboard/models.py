@@ -155,6 +155,11 @@ class RegionMonitor(BaseModel):
     loss_rate_random: float | None = Field(
         None, description="auto's verdict (measure region): probe-loss decrease per random step"
     )
+    loss_excess_coresets: float | None = Field(
+        None,
+        description="auto's verdict (measure region): the test's coreset regions' mean loss of "
+        "selected examples minus their candidates' (over auto_max_loss_excess: coresets lose)",
+    )
 
 
 class TrainerShare(BaseModel):

@@ -101,6 +101,7 @@ def region_monitor(region: RegionStats) -> RegionMonitor:
         probe_loss=region.probe_loss,
         loss_rate_coresets=region.loss_rate_coresets,
         loss_rate_random=region.loss_rate_random,
+        loss_excess_coresets=region.loss_excess_coresets,
     )
 
 

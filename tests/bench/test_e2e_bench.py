@@ -18,15 +18,25 @@ from crest.compare import (
     E2EPlan,
     RunResult,
     TrainSetup,
+    auto_verdict,
     evaluate,
     format_class_table,
+    format_monitor_table,
     format_noise_table,
     format_table,
     merge_results,
     run_e2e,
 )
 from crest.embedded import local_coordinator
-from crest.workloads import W3_SHARES, WORKLOADS, mnist1d_imbalanced, mnist1d_redundant
+from crest.proto.contract import JobConfig
+from crest.workloads import (
+    W3_SHARES,
+    WORKLOADS,
+    mnist1d,
+    mnist1d_imbalanced,
+    mnist1d_noisy,
+    mnist1d_redundant,
+)
 
 SOURCE = 5_000  # MNIST-1D samples: 4,000 train / 1,000 test before subsampling
 
@@ -148,6 +158,17 @@ def test_w2_noise_levels_share_their_inputs_and_differ_in_the_labels_they_flip()
         mnist1d_redundant(SOURCE, label_noise=1.5)
 
 
+def test_w4_is_w1_with_a_tenth_of_its_labels_flipped() -> None:
+    clean, noisy = mnist1d(SOURCE), WORKLOADS["w4"](SOURCE)
+    assert noisy.name == "mnist1d-noisy10"
+    for name in ("x_train", "x_test", "y_test"):
+        assert torch.equal(getattr(noisy, name), getattr(clean, name))
+    flipped = (noisy.y_train != clean.y_train).float().mean().item()
+    assert flipped == pytest.approx(0.1, abs=0.02)
+    with pytest.raises(ValueError, match="label_noise"):
+        mnist1d_noisy(SOURCE, label_noise=-0.1)
+
+
 @pytest.mark.e2e
 def test_tiny_run_without_full_trains_robust_coresets_on_noisy_w2() -> None:
     plan = E2EPlan(
@@ -200,3 +221,48 @@ def test_merged_results_count_each_run_once_and_compare_with_random(tmp_path: Pa
     (tmp_path / "empty.json").write_text('{"runs": []}')
     with pytest.raises(ValueError, match="no runs"):
         merge_results([tmp_path / "empty.json"])
+
+
+def test_run_verdict_applies_the_tests_rule_to_the_run_means() -> None:
+    config = JobConfig(num_examples=10_000, num_classes=10)
+    limit = config.auto_max_loss_excess * math.log(10)
+
+    def test(rc: float, rr: float, excess: float | None) -> dict:
+        return {"coresets_rate": rc, "random_rate": rr, "loss_excess": excess}
+
+    assert auto_verdict([], config) is None
+    assert auto_verdict([test(2e-3, 1e-3, 0.2), test(0.0, 1e-3, 0.2)], config) == "coresets"
+    assert auto_verdict([test(1e-3, 2e-3, 0.2), test(1e-3, 1.5e-3, 0.2)], config) == "random"
+    # Faster coresets that chase high-loss examples on average lose; one such test does not.
+    chasing = [test(2e-3, 1e-3, limit + 0.3), test(2e-3, 1e-3, limit - 0.2)]
+    assert auto_verdict(chasing, config) == "random"
+    assert auto_verdict(chasing, config, num_classes=100) == "coresets"  # the bar scales: ln C
+    assert auto_verdict([test(2e-3, 1e-3, limit - 0.2)] * 2, config) == "coresets"
+    assert auto_verdict([test(2e-3, 1e-3, None)], config) == "coresets"  # runs before the rule
+    ended_early = {"coresets_rate": None, "random_rate": None, "loss_excess": limit + 0.3}
+    assert auto_verdict([ended_early], config) == "random"
+    assert auto_verdict([ended_early, test(2e-3, 1e-3, limit - 0.4)], config) == "coresets"
+
+
+def test_monitor_table_sets_each_auto_run_against_crest_and_random() -> None:
+    def run(method: str, final: float, curve_acc: list[float], extra: dict | None = None) -> dict:
+        curve = [[step, 0.0, acc] for step, acc in zip((50, 100, 150, 200), curve_acc, strict=True)]
+        return {"workload": "w", "method": method, "train_frac": 0.1, "seed": 0, "steps": 200,
+                "final_acc": final, "curve": curve, "per_class_recall": [0.0] * 10,
+                "extra": extra or {}}  # fmt: skip
+
+    chasing = {"coresets_rate": 2e-3, "random_rate": 1e-3, "loss_excess": 2.0}
+    tests = [
+        {**chasing, "step": 60, "decision": "random: coresets select ..."},
+        {**chasing, "step": 160, "decision": "coresets: probe loss falls ..."},
+    ]
+    runs = [
+        run("random", 0.90, [0.5, 0.6, 0.7, 0.9]),
+        run("crest", 0.89, [0.6, 0.7, 0.7, 0.89]),
+        run("auto", 0.905, [0.5, 0.6, 0.7, 0.905], {"auto_tests": tests, "crest_step_share": 0.4}),
+    ]
+    table = format_monitor_table(runs).splitlines()
+    assert len(table) == 3  # header, rule, the auto run
+    cells = [c.strip() for c in table[2].split("|")[1:-1]]
+    assert cells[3:] == ["coresets 0 of 1", "+10.00", "coresets 1 of 1", "-0.50", "random",
+                         "-1.00", "+0.50", "40%"]  # fmt: skip

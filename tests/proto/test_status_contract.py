@@ -50,7 +50,7 @@ def rich_status() -> JobStatus:
         coreset_error=0.25, random_error=math.inf, embedded_by="service", staleness=7,
         checks_omitted=0,
         excluded=7, monitor="2 of 5 subsets (budget)", auto_test="measure", probe_loss=0.75,
-        loss_rate_coresets=0.0125, loss_rate_random=-0.5,
+        loss_rate_coresets=0.0125, loss_rate_random=-0.5, loss_excess_coresets=0.375,
     )  # fmt: skip
     running = RegionStats(
         region_id=1, start_step=6, num_coresets=4, check_interval=1, num_candidates=280,

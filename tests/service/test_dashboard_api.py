@@ -176,6 +176,7 @@ def test_modes_decisions_and_the_monitor_agree_with_job_status(served: Served) -
                 probe_loss=r.probe_loss,
                 loss_rate_coresets=r.loss_rate_coresets,
                 loss_rate_random=r.loss_rate_random,
+                loss_excess_coresets=r.loss_excess_coresets,
             )
             for r in regions
         ]
@@ -222,6 +223,7 @@ def test_modes_decisions_and_the_monitor_agree_with_job_status(served: Served) -
     assert all(r.gain is None for r in monitor if r.mode == "random")
     measure = monitor[arms[4]]
     assert measure.loss_rate_coresets is not None and measure.loss_rate_random is not None
+    assert measure.loss_excess_coresets is not None
     if arms[4] + 1 < len(monitor):  # coresets miss the bar: random batches until the re-test
         after = monitor[arms[4] + 1]
         assert after.mode == "random" and after.decision.startswith("random: probe loss falls")

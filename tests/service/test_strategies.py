@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from crest.proto.contract import RegionStatus
+from crest.proto.contract import RegionStats, RegionStatus
 from crest.service.job import JobState
 from crest.service.pool import largest_remainder
 from crest.service.strategy import (
@@ -23,13 +24,22 @@ from tests.service.helpers import fake_embeddings, fill_region, make_job, report
 
 
 def walk(
-    job: JobState, steps: int, embed=fake_embeddings, rates=None, served: set | None = None
+    job: JobState,
+    steps: int,
+    embed=fake_embeddings,
+    rates=None,
+    served: set | None = None,
+    unfit: float = 0.0,
+    probe_extra: float = 0.0,
 ) -> list[str]:
     """Play rank 0 for ``steps`` steps (embeddings from ``embed``); returns each step's mode.
 
     ``rates``: ``{mode: loss decrease per step}``: every example's loss is a model's plus a
     fixed offset per example, and each step of a mode lowers it by that mode's rate (from
     1.3, floor 0.01); else losses are 1. ``served`` collects every example a batch holds.
+    ``unfit``: every tenth example (index % 10 == 0) is one the model cannot fit, as a
+    mislabelled one: its loss is ``unfit`` higher and its embedding far from all others'.
+    ``probe_extra``: strategy auto's held-out probe examples' losses are that much higher.
     """
     modes = []
     loss = 1.3
@@ -42,7 +52,13 @@ def walk(
             losses = (np.full(len(view.candidates), loss if rates else 1.0) + offsets).astype(
                 np.float32
             )
-            job.receive_embeddings(0, view.region_id, view.candidates, embed(view.candidates),
+            embeddings = embed(view.candidates)
+            if unfit:
+                outliers = view.candidates % 10 == 0
+                losses[outliers] += unfit
+                embeddings[outliers] *= 20
+            losses[job.pool.held_out[view.candidates]] += probe_extra
+            job.receive_embeddings(0, view.region_id, view.candidates, embeddings,
                                    losses)  # fmt: skip
             if see(job, 0, step).status is not RegionStatus.READY:  # a test's random region is
                 job.complete_selection(
@@ -270,6 +286,77 @@ def test_auto_needs_its_margin() -> None:
     regions = job.status().regions
     verdicts = [r.decision.split(":")[0] for r in regions if "probe loss" in r.decision]
     assert verdicts and set(verdicts) == {"random"}
+
+
+def test_auto_refuses_coresets_that_chase_examples_the_model_cannot_fit() -> None:
+    # Coresets lower the probe loss twice as fast, but facility location picks the far-away,
+    # high-loss examples (label noise's mark), so auto serves random batches after all.
+    job = make_job(strategy="auto", auto_test_epochs=0.5)
+    walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002}, unfit=3.0)
+    regions = job.status().regions
+    limit = job.config.auto_max_loss_excess * math.log(4)
+    # Each test ends with its first coreset arm: no random arm can change that verdict.
+    assert {r.auto_test for r in regions} == {"", "coresets"}
+    deciding = [i for i, r in enumerate(regions) if r.loss_excess_coresets is not None]
+    assert len(deciding) >= 2, "auto re-tests after the fallback"
+    for i in deciding:
+        arm = list(itertools.takewhile(lambda r: r.auto_test == "coresets", regions[i::-1]))
+        # The recorded excess is the mean over the arm's regions, recomputed here.
+        excess = np.mean([r.selected_loss - r.candidate_loss for r in arm])
+        assert regions[i].loss_excess_coresets == pytest.approx(excess)
+        assert excess > limit
+        assert regions[i].loss_rate_coresets is None  # no rates: the test ended early
+        after = regions[i + 1]
+        assert after.mode == "random" and not after.auto_test
+        assert after.decision.startswith(f"random: coresets select examples {excess:.2f} nats")
+        assert f"(over {limit:.2f}: likely label noise)" in after.decision
+    first, second = deciding[:2]
+    next_test = int(regions[first + 1].decision.rsplit(" ", 1)[1])
+    assert regions[first + 1 : second + 1][-1].start_step >= next_test
+
+    # The same job with the rule off keeps coresets, on the probe's rates.
+    job = make_job(strategy="auto", auto_test_epochs=0.5, auto_max_loss_excess=1e6)
+    walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002}, unfit=3.0)
+    tests = auto_tests(job)
+    assert tests and all(t[-1][0].loss_excess_coresets > limit for t in tests)
+    decisions = [r.decision for r in job.status().regions if "probe loss falls" in r.decision]
+    assert decisions and all(d.startswith("coresets: probe loss falls") for d in decisions)
+
+
+def test_auto_weighs_the_loss_excess_over_both_coreset_arms() -> None:
+    # Coresets chase high-loss examples only in their second arm: the test runs its whole
+    # window, and the mean over both arms decides.
+    job = make_job(strategy="auto", auto_test_epochs=0.5)
+    policy = job.strategy
+    cfg = job.config
+    limit = cfg.auto_max_loss_excess * math.log(cfg.num_classes)
+    policy.begin(np.arange(3))
+    arm = math.ceil(0.5 * cfg.steps_per_virtual_epoch)
+    step = 0
+    for role, excess in (("coresets", 0.0), ("random", None), ("random", None),
+                         ("coresets", 1.5 * limit), ("measure", None)):  # fmt: skip
+        region = SimpleNamespace(start_step=step, end_step=step + arm, end_reason="bound")
+        stats = RegionStats(region_id=0, start_step=step, num_coresets=1, check_interval=1,
+                            num_candidates=1, pool_size=1, pool_per_class=[1], auto_test=role)
+        if excess is not None:
+            stats.candidate_loss, stats.selected_loss = 1.0, 1.0 + excess
+        policy.measured(step, 2.0 - 0.01 * step)  # the same rate in every arm
+        policy.after(region, stats, cfg)
+        step += arm
+    assert stats.loss_excess_coresets == pytest.approx(0.75 * limit)
+    assert policy.verdict == "coresets"
+
+
+def test_candidate_loss_leaves_out_the_probe() -> None:
+    # Every candidate's loss is 1 and every probe example's 4 (walk's probe_extra): the
+    # regions' candidate loss stays 1, with or without the probe embedded alongside.
+    job = make_job(strategy="auto", auto_test_epochs=0.5)
+    walk(job, job.config.total_steps, probe_extra=3.0)
+    regions = job.status().regions
+    tested = [r for r in regions if r.auto_test == "coresets"]
+    assert tested and all(r.probe_loss == pytest.approx(math.log(4)) for r in tested)  # clipped
+    coresets = [r for r in regions if r.mode == "crest"]
+    assert coresets and all(r.candidate_loss == pytest.approx(1.0) for r in coresets)
 
 
 def test_auto_holds_its_probe_out_of_every_batch() -> None:
