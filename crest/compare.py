@@ -4,7 +4,9 @@ schedule and seeds. ``crest demo`` runs a short plan; ``crest bench e2e`` the be
 Workloads: W1 is MNIST-1D (40k/10k); W2 is a redundant, noisily labelled training set built
 from it (:func:`crest.workloads.mnist1d_redundant`), where selection should matter; W3 is
 MNIST-1D subsampled to an imbalanced class mix, 40% down to 2%
-(:func:`crest.workloads.mnist1d_imbalanced`), where a class-balanced objective would show.
+(:func:`crest.workloads.mnist1d_imbalanced`), where a class-balanced objective would show;
+W4 is MNIST-1D with 10% of its training labels wrong (:func:`crest.workloads.mnist1d_noisy`),
+label noise without W2's near-copies.
 Every evaluation measures accuracy and balanced accuracy (the mean per-class recall) on the
 workload's test set.
 Every method trains the same 1-D CNN with SGD + momentum, the same learning rate and the same

@@ -336,8 +336,16 @@ def test_auto_weighs_the_loss_excess_over_both_coreset_arms() -> None:
     for role, excess in (("coresets", 0.0), ("random", None), ("random", None),
                          ("coresets", 1.5 * limit), ("measure", None)):  # fmt: skip
         region = SimpleNamespace(start_step=step, end_step=step + arm, end_reason="bound")
-        stats = RegionStats(region_id=0, start_step=step, num_coresets=1, check_interval=1,
-                            num_candidates=1, pool_size=1, pool_per_class=[1], auto_test=role)
+        stats = RegionStats(
+            region_id=0,
+            start_step=step,
+            num_coresets=1,
+            check_interval=1,
+            num_candidates=1,
+            pool_size=1,
+            pool_per_class=[1],
+            auto_test=role,
+        )
         if excess is not None:
             stats.candidate_loss, stats.selected_loss = 1.0, 1.0 + excess
         policy.measured(step, 2.0 - 0.01 * step)  # the same rate in every arm
