@@ -6,7 +6,8 @@ from it (:func:`crest.workloads.mnist1d_redundant`), where selection should matt
 MNIST-1D subsampled to an imbalanced class mix, 40% down to 2%
 (:func:`crest.workloads.mnist1d_imbalanced`), where a class-balanced objective would show;
 W4 is MNIST-1D with 10% of its training labels wrong (:func:`crest.workloads.mnist1d_noisy`),
-label noise without W2's near-copies.
+label noise without W2's near-copies; W5 is a synthetic task of 100 classes
+(:func:`crest.workloads.many_classes`), for what depends on C.
 Every evaluation measures accuracy and balanced accuracy (the mean per-class recall) on the
 workload's test set.
 Every method trains the same 1-D CNN with SGD + momentum, the same learning rate and the same

@@ -111,6 +111,48 @@ def mnist1d_noisy(num_samples: int = 50_000, label_noise: float = 0.1, seed: int
     return replace(source, name=f"mnist1d-noisy{100 * label_noise:g}", y_train=torch.from_numpy(y))
 
 
+def many_classes(
+    num_samples: int = 50_000,
+    num_classes: int = 100,
+    label_noise: float = 0.0,
+    noise: float = 1.0,
+    seed: int = 0,
+) -> Dataset:
+    """W5: a synthetic task with many classes, for what depends on C (MNIST-1D has 10).
+
+    Each class is a random smooth template of 40 samples; an example is its class's template,
+    circularly shifted by up to 3 samples, plus Gaussian noise of ``noise`` (templates have
+    unit variance). ``num_samples`` examples in balanced classes, split 80/20 into training
+    and test sets like MNIST-1D's; then ``label_noise`` of the training labels are replaced by
+    a random wrong one. Named ``many{C}`` (``many{C}-noisy{p}`` with label noise).
+    Deterministic for ``seed``.
+    """
+    if not 0 <= label_noise <= 1:
+        raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
+    rng = np.random.default_rng(seed)
+    kernel = np.hanning(9) / np.hanning(9).sum()
+    raw = rng.standard_normal((num_classes, 40 + 8))
+    templates = np.stack([np.convolve(t, kernel, mode="valid") for t in raw])  # (C, 40)
+    templates /= templates.std(axis=1, keepdims=True)
+    y = np.arange(num_samples) % num_classes
+    rng.shuffle(y)
+    shifts = rng.integers(-3, 4, num_samples)
+    x = np.stack([np.roll(templates[c], k) for c, k in zip(y, shifts, strict=True)])
+    x = (x + noise * rng.standard_normal(x.shape)).astype(np.float32)
+    split = num_samples * 4 // 5
+    y_train = y[:split].copy()
+    _flip_labels(y_train, label_noise, num_classes, rng)
+    name = f"many{num_classes}" + (f"-noisy{100 * label_noise:g}" if label_noise else "")
+    return Dataset(
+        name=name,
+        x_train=torch.from_numpy(x[:split]),
+        y_train=torch.from_numpy(y_train),
+        x_test=torch.from_numpy(x[split:]),
+        y_test=torch.from_numpy(y[split:].copy()),
+        num_classes=num_classes,
+    )
+
+
 def _flip_labels(y: np.ndarray, share: float, num_classes: int, rng: np.random.Generator) -> None:
     """Replace about ``share`` of the labels ``y`` (in place) by a uniformly random wrong one."""
     flip = rng.random(len(y)) < share
@@ -177,6 +219,8 @@ WORKLOADS: dict[str, Callable[..., Dataset]] = {
     "w2-30": functools.partial(mnist1d_redundant, label_noise=0.3),
     "w3": mnist1d_imbalanced,
     "w4": mnist1d_noisy,  # W1 with 10% label noise, not redundant
+    "w5": many_classes,  # 100 synthetic classes
+    "w5-10": functools.partial(many_classes, label_noise=0.1),
 }
 """The benchmark's workloads by name: W2 at 10% label noise (``w2``), 0% and 30%."""
 

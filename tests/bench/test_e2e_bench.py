@@ -32,6 +32,7 @@ from crest.proto.contract import JobConfig
 from crest.workloads import (
     W3_SHARES,
     WORKLOADS,
+    many_classes,
     mnist1d,
     mnist1d_imbalanced,
     mnist1d_noisy,
@@ -167,6 +168,21 @@ def test_w4_is_w1_with_a_tenth_of_its_labels_flipped() -> None:
     assert flipped == pytest.approx(0.1, abs=0.02)
     with pytest.raises(ValueError, match="label_noise"):
         mnist1d_noisy(SOURCE, label_noise=-0.1)
+
+
+def test_w5_has_many_balanced_classes_and_its_noisy_twin_differs_only_in_labels() -> None:
+    clean, noisy = WORKLOADS["w5"](SOURCE), WORKLOADS["w5-10"](SOURCE)
+    assert (clean.name, noisy.name, clean.num_classes) == ("many100", "many100-noisy10", 100)
+    assert clean.x_train.shape == (4_000, 40) and clean.x_test.shape == (1_000, 40)
+    assert np.bincount(clean.y_train.numpy(), minlength=100).min() >= 30  # about 40 each
+    for name in ("x_train", "x_test", "y_test"):
+        assert torch.equal(getattr(noisy, name), getattr(clean, name))
+    flipped = (noisy.y_train != clean.y_train).float().mean().item()
+    assert flipped == pytest.approx(0.1, abs=0.02)
+    again = many_classes(SOURCE)
+    assert torch.equal(again.x_train, clean.x_train) and torch.equal(again.y_train, clean.y_train)
+    with pytest.raises(ValueError, match="label_noise"):
+        many_classes(SOURCE, label_noise=2.0)
 
 
 @pytest.mark.e2e
