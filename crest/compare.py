@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from crest.client import JobConfig, Session, tensor_fetch, weighted_loss
 from crest.proto.contract import Coordinator, region_totals
+from crest.service.strategy import excess_outside
 from crest.workloads import WORKLOADS, Dataset, cnn1d
 
 
@@ -83,6 +84,7 @@ class CrestSetup:
     auto_test_epochs: float = JobConfig.model_fields["auto_test_epochs"].default
     auto_probe_size: int = JobConfig.model_fields["auto_probe_size"].default
     auto_max_loss_excess: float = JobConfig.model_fields["auto_max_loss_excess"].default
+    auto_min_loss_excess: float = JobConfig.model_fields["auto_min_loss_excess"].default
     selection_side: str = "trainer"
     max_staleness: int = 32
     lookahead_coresets: bool = False
@@ -116,6 +118,7 @@ class CrestSetup:
             auto_test_epochs=self.auto_test_epochs,
             auto_probe_size=self.auto_probe_size,
             auto_max_loss_excess=self.auto_max_loss_excess,
+            auto_min_loss_excess=self.auto_min_loss_excess,
             selection_side=self.selection_side,
             max_staleness=self.max_staleness,
             lookahead_coresets=self.lookahead_coresets,
@@ -711,7 +714,7 @@ def auto_verdict(
     the selected-loss excess averaged over the tests (a test that its excess ended early has
     no rates); None without a measured test."""
     excess = [t["loss_excess"] for t in tests if t.get("loss_excess") is not None]
-    if excess and statistics.fmean(excess) > config.auto_max_loss_excess * math.log(num_classes):
+    if excess and excess_outside(statistics.fmean(excess), config, num_classes):
         return "random"
     measured = [t for t in tests if t["coresets_rate"] is not None]
     if not measured:

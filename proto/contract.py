@@ -141,6 +141,14 @@ class JobConfig(BaseModel):
         "loss; 0.26 is 0.6 nats at C = 10), averaged over the test's coreset regions: they "
         "chase examples the model cannot fit, the mark of label noise (1e6 turns it off)",
     )
+    auto_min_loss_excess: float = Field(
+        0.0,
+        ge=-1e6,
+        le=1e6,
+        description="auto: coresets also lose a test when that excess is below this times ln C: "
+        "they select easier examples than their candidates, as with one or two examples per "
+        "class per coreset (-1e6 turns it off)",
+    )
     auto_probe_size: int = Field(
         512,
         ge=1,
@@ -209,6 +217,8 @@ class JobConfig(BaseModel):
             )
         if self.check_interval > self.max_check_interval:
             raise ValueError("check_interval must not exceed max_check_interval")
+        if self.auto_min_loss_excess >= self.auto_max_loss_excess:
+            raise ValueError("auto_min_loss_excess must be below auto_max_loss_excess")
         if self.strategy != "random":
             self._check_region_size()
         return self
@@ -590,7 +600,7 @@ class RegionStats(BaseModel):
     loss_rate_coresets: float | None = None
     loss_rate_random: float | None = None
     # ...and the mean over the window's coreset regions of their selected examples' mean loss
-    # minus their candidates' (auto_max_loss_excess).
+    # minus their candidates' (auto_min_loss_excess, auto_max_loss_excess).
     loss_excess_coresets: float | None = None
 
 

@@ -113,13 +113,15 @@ class AutoPolicy:
         on average over the window's coreset regions. Facility location picks far-away points
         first, and under label noise those are the mislabelled examples (selected loss
         +0.9 nats on W2, +0.2-0.3 where coresets help; docs/benchmarks.md), a harm the probe
-        cannot see in a short test. That is known once the first coreset arm ends, and then
-        the test ends there: no random arm can change the verdict. Only the job's losses
-        decide, so the choice is deterministic for a seed.
+        cannot see in a short test. They lose too when they select easier examples than their
+        candidates (below ``auto_min_loss_excess x ln C``, 0): facility location then takes
+        each class's medoid, as with one or two examples per class per coreset, where CREST
+        lost 2-4 points to random batches (W5, 100 classes). Either is known once the first
+        coreset arm ends, and then the test ends there: no random arm can change the verdict.
+        Only the job's losses decide, so the choice is deterministic for a seed.
         """
         if config.strategy != "auto" or not self.testing or not stats.auto_test:
             return
-        limit = config.auto_max_loss_excess * math.log(config.num_classes)
         excess = float(np.mean(self.excess)) if self.excess else None
         if stats.auto_test != MEASURE:
             if self.arm_start < 0:
@@ -134,9 +136,10 @@ class AutoPolicy:
                 return  # the arm goes on with another coreset region
             if coresets and not self.window:
                 self.random_length = length
-                if excess is not None and excess > limit:  # the verdict is in: end the test
+                outside = excess_outside(excess, config, config.num_classes)
+                if outside:  # the verdict is in: end the test
                     stats.loss_excess_coresets = excess
-                    self._conclude("random", _chasing(excess, limit), region.end_step, config)
+                    self._conclude("random", outside, region.end_step, config)
                     return
             self.window.append([self.arm_start, region.end_step, int(coresets)])
             self.arm_start = -1
@@ -155,8 +158,9 @@ class AutoPolicy:
                 f"probe loss falls {rc:.3g}/step with coresets, {rr:.3g}/step with random "
                 f"batches ({ratio}; coresets need {config.auto_min_gain:g}x)"
             )
-            if excess is not None and excess > limit:
-                wins, reason = False, f"{_chasing(excess, limit)}; {reason}"
+            outside = excess_outside(excess, config, config.num_classes)
+            if outside:
+                wins, reason = False, f"{outside}; {reason}"
             verdict = "coresets" if wins else "random"
         self._conclude(verdict, reason, region.end_step, config)
 
@@ -171,11 +175,25 @@ class AutoPolicy:
         self.arm_start = -1
 
 
-def _chasing(excess: float, limit: float) -> str:
-    return (
-        f"coresets select examples {excess:.2f} nats harder than their candidates "
-        f"(over {limit:.2f}: likely label noise)"
-    )
+def excess_outside(excess: float | None, config: JobConfig, num_classes: int) -> str:
+    """Why coresets whose selected examples' mean loss exceeds their candidates' by
+    ``excess`` (nats) lose a test whatever their rates, or "" when that is within
+    ``[auto_min_loss_excess, auto_max_loss_excess] x ln C`` (or not measured)."""
+    if excess is None:
+        return ""
+    scale = math.log(num_classes)
+    high, low = config.auto_max_loss_excess * scale, config.auto_min_loss_excess * scale
+    if excess > high:
+        return (
+            f"coresets select examples {excess:.2f} nats harder than their candidates "
+            f"(over {high:.2f}: likely label noise)"
+        )
+    if excess < low:
+        return (
+            f"coresets select examples {-excess:.2f} nats easier than their candidates "
+            f"(under {low:.2f}: each class's medoid, too few picks per class)"
+        )
+    return ""
 
 
 def window_rates(window: list[list[int]], points: list[list[float]]) -> tuple[float, float] | None:

@@ -158,7 +158,8 @@ class RegionMonitor(BaseModel):
     loss_excess_coresets: float | None = Field(
         None,
         description="auto's verdict (measure region): the test's coreset regions' mean loss of "
-        "selected examples minus their candidates' (over auto_max_loss_excess: coresets lose)",
+        "selected examples minus their candidates' (outside auto_min_loss_excess and "
+        "auto_max_loss_excess, times ln C: coresets lose)",
     )
 
 

@@ -255,6 +255,7 @@ def test_run_verdict_applies_the_tests_rule_to_the_run_means() -> None:
     assert auto_verdict(chasing, config, num_classes=100) == "coresets"  # the bar scales: ln C
     assert auto_verdict([test(2e-3, 1e-3, limit - 0.2)] * 2, config) == "coresets"
     assert auto_verdict([test(2e-3, 1e-3, None)], config) == "coresets"  # runs before the rule
+    assert auto_verdict([test(2e-3, 1e-3, -0.1)] * 2, config) == "random"  # easier: too few
     ended_early = {"coresets_rate": None, "random_rate": None, "loss_excess": limit + 0.3}
     assert auto_verdict([ended_early], config) == "random"
     assert auto_verdict([ended_early, test(2e-3, 1e-3, limit - 0.4)], config) == "coresets"

@@ -28,3 +28,11 @@ def test_a_value_the_wire_cannot_hold_is_invalid_argument_naming_the_field() -> 
     expected = r"^invalid job config: check_sample_size: cannot travel"
     with pytest.raises(InvalidArgument, match=expected):
         convert.config_to_pb(config)
+
+
+def test_auto_loss_excess_bars_must_leave_room_between_them() -> None:
+    with pytest.raises(InvalidArgument, match="auto_min_loss_excess must be below"):
+        JobConfig(num_examples=1000, num_classes=7, auto_min_loss_excess=0.5,
+                  auto_max_loss_excess=0.5)  # fmt: skip
+    config = JobConfig(num_examples=1000, num_classes=7, auto_min_loss_excess=-1e6)
+    assert config.auto_max_loss_excess == 0.26

@@ -38,7 +38,8 @@ def walk(
     fixed offset per example, and each step of a mode lowers it by that mode's rate (from
     1.3, floor 0.01); else losses are 1. ``served`` collects every example a batch holds.
     ``unfit``: every tenth example (index % 10 == 0) is one the model cannot fit, as a
-    mislabelled one: its loss is ``unfit`` higher and its embedding far from all others'.
+    mislabelled one: its loss is ``unfit`` higher (a negative ``unfit``: lower, at least 0)
+    and its embedding far from all others'.
     ``probe_extra``: strategy auto's held-out probe examples' losses are that much higher.
     """
     modes = []
@@ -55,7 +56,7 @@ def walk(
             embeddings = embed(view.candidates)
             if unfit:
                 outliers = view.candidates % 10 == 0
-                losses[outliers] += unfit
+                losses[outliers] = np.maximum(losses[outliers] + unfit, 0.0)
                 embeddings[outliers] *= 20
             losses[job.pool.held_out[view.candidates]] += probe_extra
             job.receive_embeddings(0, view.region_id, view.candidates, embeddings,
@@ -209,6 +210,11 @@ def test_window_rates_match_a_direct_recomputation() -> None:
     assert window_rates(window[:1], points) is None, "no random region"
 
 
+# walk's losses carry no selection signal (the selected examples' loss is the candidates'
+# give or take a hundredth), so tests of the probe's rates turn the lower loss-excess bar off.
+RATES_ONLY = {"auto_min_loss_excess": -1e6}
+
+
 def test_probe_loss_clips_at_a_uniform_guess() -> None:
     losses = np.array([0.1, 0.3, 9.0], np.float32)
     assert probe_loss(losses, 4) == pytest.approx((0.1 + 0.3 + math.log(4)) / 3)
@@ -230,7 +236,7 @@ def auto_tests(job: JobState) -> list:
 
 
 def test_auto_measures_paired_arms_and_keeps_coresets_while_they_pay() -> None:
-    job = make_job(strategy="auto", auto_retest_epochs=1.0, auto_test_epochs=0.5)
+    job = make_job(strategy="auto", auto_retest_epochs=1.0, auto_test_epochs=0.5, **RATES_ONLY)
     modes = walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002})
     regions = job.status().regions
     assert regions[0].mode == "crest" and regions[0].auto_test == ""  # before the first test
@@ -266,7 +272,7 @@ def test_auto_measures_paired_arms_and_keeps_coresets_while_they_pay() -> None:
 
 
 def test_auto_falls_back_when_random_batches_learn_faster_and_retests() -> None:
-    job = make_job(strategy="auto", auto_retest_epochs=1.0, auto_test_epochs=0.5)
+    job = make_job(strategy="auto", auto_retest_epochs=1.0, auto_test_epochs=0.5, **RATES_ONLY)
     modes = walk(job, job.config.total_steps, rates={"crest": 0.001, "random": 0.003})
     regions = job.status().regions
     tests = auto_tests(job)
@@ -281,7 +287,7 @@ def test_auto_falls_back_when_random_batches_learn_faster_and_retests() -> None:
 
 
 def test_auto_needs_its_margin() -> None:
-    job = make_job(strategy="auto", auto_min_gain=2.5)  # coresets 2x as fast: not enough
+    job = make_job(strategy="auto", auto_min_gain=2.5, **RATES_ONLY)  # 2x as fast: not enough
     walk(job, 100, rates={"crest": 0.004, "random": 0.002})
     regions = job.status().regions
     verdicts = [r.decision.split(":")[0] for r in regions if "probe loss" in r.decision]
@@ -319,6 +325,25 @@ def test_auto_refuses_coresets_that_chase_examples_the_model_cannot_fit() -> Non
     walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002}, unfit=3.0)
     tests = auto_tests(job)
     assert tests and all(t[-1][0].loss_excess_coresets > limit for t in tests)
+    decisions = [r.decision for r in job.status().regions if "probe loss falls" in r.decision]
+    assert decisions and all(d.startswith("coresets: probe loss falls") for d in decisions)
+
+
+def test_auto_refuses_coresets_of_easier_examples_than_their_candidates() -> None:
+    # The far-away examples facility location picks are the easiest ones here (loss 0): the
+    # coresets are easier than their candidates, which auto takes for too few picks per class.
+    job = make_job(strategy="auto", auto_test_epochs=0.5)
+    walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002}, unfit=-5.0)
+    regions = job.status().regions
+    deciding = [i for i, r in enumerate(regions) if r.loss_excess_coresets is not None]
+    assert deciding
+    for i in deciding:
+        assert regions[i].loss_excess_coresets < 0
+        assert regions[i + 1].decision.startswith("random: coresets select examples")
+        assert "nats easier than their candidates (under 0.00:" in regions[i + 1].decision
+    # Turned off, the same job keeps coresets on the probe's rates.
+    job = make_job(strategy="auto", auto_test_epochs=0.5, auto_min_loss_excess=-1e6)
+    walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002}, unfit=-5.0)
     decisions = [r.decision for r in job.status().regions if "probe loss falls" in r.decision]
     assert decisions and all(d.startswith("coresets: probe loss falls") for d in decisions)
 
