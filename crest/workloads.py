@@ -78,8 +78,6 @@ def mnist1d_redundant(
     ``mnist1d-redundant`` at the default 10% label noise, ``mnist1d-redundant-noise30`` at
     30% (results are grouped by name).
     """
-    if not 0 <= label_noise <= 1:
-        raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
     source = mnist1d(num_samples)
     base = len(source.y_train) // copies
     rng = np.random.default_rng(seed)
@@ -103,8 +101,6 @@ def mnist1d_noisy(num_samples: int = 50_000, label_noise: float = 0.1, seed: int
     """W4: MNIST-1D with ``label_noise`` of the training labels replaced by a uniformly random
     wrong one, and nothing else changed (no copies, no jitter; the test set untouched): label
     noise without W2's redundancy. Deterministic for ``seed``."""
-    if not 0 <= label_noise <= 1:
-        raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
     source = mnist1d(num_samples)
     y = source.y_train.numpy().copy()
     _flip_labels(y, label_noise, source.num_classes, np.random.default_rng(seed))
@@ -127,8 +123,6 @@ def many_classes(
     a random wrong one. Named ``many{C}`` (``many{C}-noisy{p}`` with label noise).
     Deterministic for ``seed``.
     """
-    if not 0 <= label_noise <= 1:
-        raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
     rng = np.random.default_rng(seed)
     kernel = np.hanning(9) / np.hanning(9).sum()
     raw = rng.standard_normal((num_classes, 40 + 8))
@@ -154,7 +148,13 @@ def many_classes(
 
 
 def _flip_labels(y: np.ndarray, share: float, num_classes: int, rng: np.random.Generator) -> None:
-    """Replace about ``share`` of the labels ``y`` (in place) by a uniformly random wrong one."""
+    """Replace about ``share`` of the labels ``y`` (in place) by a uniformly random wrong one.
+
+    Raises:
+        ValueError: ``share`` outside [0, 1].
+    """
+    if not 0 <= share <= 1:
+        raise ValueError(f"label_noise must lie in [0, 1], got {share}")
     flip = rng.random(len(y)) < share
     y[flip] = (y[flip] + rng.integers(1, num_classes, flip.sum())) % num_classes
 

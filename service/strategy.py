@@ -112,7 +112,7 @@ class AutoPolicy:
         examples' loss exceeds all candidates' by more than ``auto_max_loss_excess x ln C``
         on average over the window's coreset regions. Facility location picks far-away points
         first, and under label noise those are the mislabelled examples (selected loss
-        +0.9 nats on W2, +0.2-0.3 where coresets help; docs/benchmarks.md), a harm the probe
+        +0.9 nats on W2, +0.2-0.4 where coresets help; docs/benchmarks.md), a harm the probe
         cannot see in a short test. They lose too when they select easier examples than their
         candidates (below ``auto_min_loss_excess x ln C``, 0): facility location then takes
         each class's medoid, as with one or two examples per class per coreset, where CREST
@@ -122,15 +122,14 @@ class AutoPolicy:
         """
         if config.strategy != "auto" or not self.testing or not stats.auto_test:
             return
+        coresets = stats.auto_test == "coresets"
+        if coresets and stats.selected_loss is not None and stats.candidate_loss is not None:
+            self.excess.append(stats.selected_loss - stats.candidate_loss)
         excess = float(np.mean(self.excess)) if self.excess else None
         if stats.auto_test != MEASURE:
             if self.arm_start < 0:
                 self.arm_start = region.start_step
             length = region.end_step - self.arm_start
-            coresets = stats.auto_test == "coresets"
-            if coresets and stats.selected_loss is not None and stats.candidate_loss is not None:
-                self.excess.append(stats.selected_loss - stats.candidate_loss)
-                excess = float(np.mean(self.excess))
             arm_steps = config.auto_test_epochs * config.steps_per_virtual_epoch
             if coresets and length < arm_steps and region.end_reason != "budget":
                 return  # the arm goes on with another coreset region
