@@ -363,6 +363,8 @@ def run_crest(
         # Strategy auto's tests: each one's measured probe-loss rates and loss excess, and
         # its verdict (the decision of the region after its measure region, or after the
         # first coreset arm of a test that its loss excess ended).
+        # The bars a test's verdict used, so that the run's overall verdict uses them too.
+        "auto_rule": {field: getattr(config, field) for field in AUTO_RULE_FIELDS},
         "auto_tests": [
             {
                 "step": r.end_step,
@@ -706,6 +708,10 @@ def format_noise_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+AUTO_RULE_FIELDS = ("auto_min_gain", "auto_min_loss_excess", "auto_max_loss_excess")
+"""The JobConfig fields a test's verdict depends on (:meth:`AutoPolicy.after`)."""
+
+
 def auto_verdict(
     tests: list[dict[str, Any]], config: JobConfig, num_classes: int = 10
 ) -> str | None:
@@ -744,6 +750,8 @@ def format_monitor_table(runs: list[dict[str, Any]]) -> str:
         workload, frac, seed = run["workload"], run["train_frac"], run["seed"]
         half = run["steps"] / 2
         tests = [t for t in run["extra"]["auto_tests"] if t["decision"]]
+        # The run's own bars (runs recorded before they were kept: the defaults').
+        rule = defaults.model_copy(update=run["extra"].get("auto_rule", {}))
         random, crest = (by_key.get((workload, m, frac, seed)) for m in ("random", "crest"))
         cells = []
         for first in (True, False):
@@ -762,7 +770,7 @@ def format_monitor_table(runs: list[dict[str, Any]]) -> str:
         final = None if base is None or crest is None else 100 * (crest["final_acc"] - base)
         lines.append(
             f"| {workload} | {frac:g} | {seed} | {' | '.join(cells)} "
-            f"| {auto_verdict(tests, defaults, len(run['per_class_recall'])) or '-'} "
+            f"| {auto_verdict(tests, rule, len(run['per_class_recall'])) or '-'} "
             f"| {opt(final, '+.2f')} "
             f"| {opt(None if base is None else 100 * (run['final_acc'] - base), '+.2f')} "
             f"| {opt(run['extra'].get('crest_step_share'), '.0%')} |"

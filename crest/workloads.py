@@ -221,6 +221,7 @@ WORKLOADS: dict[str, Callable[..., Dataset]] = {
     "w4": mnist1d_noisy,  # W1 with 10% label noise, not redundant
     "w5": many_classes,  # 100 synthetic classes
     "w5-10": functools.partial(many_classes, label_noise=0.1),
+    "w5-c16": functools.partial(many_classes, num_classes=16),
     "w5-c30": functools.partial(many_classes, num_classes=30),
     "w5-c300": functools.partial(many_classes, num_classes=300),
 }

@@ -26,8 +26,15 @@ MAX_REGION_CANDIDATES = 1 << 24  # candidate draws (subset members) per coreset 
 MAX_REGION_PROBLEMS = 1 << 18  # selection problems (subsets x classes) per coreset region
 # The default subset size's candidates per coreset seat (JobConfig.resolved_subset_size): the
 # reference's r = 1% of N is 3.9 per seat on CIFAR-10 (500 for B = 128); fewer lost accuracy
-# on W1 (r = 2 B, docs/benchmarks.md).
+# on W1 (r = 2 B, 12.8 seats per class, docs/benchmarks.md).
 CANDIDATES_PER_SEAT = 4
+# With fewer seats per class than MANY_SEATS_PER_CLASS on average (B < 6 C), facility location
+# chooses each class's one or few seats among its most central, easiest candidates, and more
+# candidates make that worse: 4 per seat lost 3-4 points to random batches at 1.3 and 0.4
+# seats per class (100 and 300 classes), 2 per seat tied or won (docs/benchmarks.md, W5).
+# The crossing lies between 4.3 seats per class (2 per seat better) and 8 (4 better).
+MANY_SEATS_PER_CLASS = 6
+FEW_SEATS_CANDIDATES_PER_SEAT = 2
 
 
 class JobConfig(BaseModel):
@@ -73,9 +80,9 @@ class JobConfig(BaseModel):
     subset_size: int | None = Field(
         None,
         ge=1,
-        description="r, candidates per random subset; default 4 x max(B, C), capped at N: "
-        "4 candidates per coreset seat, and 4 per class when C > B (each class then has at "
-        "most one seat); bounded by the batch and the classes, not by N",
+        description="r, candidates per random subset; default 4 x B, or 2 x B with fewer "
+        "than 6 coreset seats per class (B < 6 C), capped at N: candidates per seat; bounded "
+        "by the batch, not by N",
     )
     tau: float = Field(0.1, ge=0, le=1e6, description="check threshold on relative error")
     num_coresets: int = Field(5, ge=1, le=100_000, description="P of the first region, per rank")
@@ -250,18 +257,21 @@ class JobConfig(BaseModel):
 
     @property
     def resolved_subset_size(self) -> int:
-        """r: the configured subset size, or ``CANDIDATES_PER_SEAT x max(B, C)``, at most N.
+        """r: the configured subset size, or by default ``CANDIDATES_PER_SEAT x B`` (2 x B
+        with fewer than ``MANY_SEATS_PER_CLASS`` seats per class), at most N.
 
         A coreset's B seats are split between the classes in proportion, and so are a
         subset's r candidates: each class chooses its seats from ``r / B`` candidates per
-        seat. With more classes than seats (C > B) a class has at most one seat, so r grows
-        with C to give each class a few candidates to choose its one example from. Neither
-        grows with N: the reference's 1% of N made selection cost grow as N^2.
+        seat. A class with one or two seats chooses its most central candidates, so with
+        few seats per class (many classes) it gets fewer candidates per seat to choose from.
+        r does not grow with N: the reference's 1% of N made selection cost grow as N^2.
         """
         if self.subset_size is not None:
             return self.subset_size
-        wanted = CANDIDATES_PER_SEAT * max(self.batch_size, self.num_classes)
-        return min(self.num_examples, wanted)
+        per_seat = CANDIDATES_PER_SEAT
+        if self.batch_size < MANY_SEATS_PER_CLASS * self.num_classes:
+            per_seat = FEW_SEATS_CANDIDATES_PER_SEAT
+        return min(self.num_examples, per_seat * self.batch_size)
 
     @property
     def full_steps(self) -> int:

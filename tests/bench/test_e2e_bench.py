@@ -283,3 +283,8 @@ def test_monitor_table_sets_each_auto_run_against_crest_and_random() -> None:
     cells = [c.strip() for c in table[2].split("|")[1:-1]]
     assert cells[3:] == ["coresets 0 of 1", "+10.00", "coresets 1 of 1", "-0.50", "random",
                          "-1.00", "+0.50", "40%"]  # fmt: skip
+    # A run made with its own bars is summarised against them: excess 2.0 is within 3 x ln 10.
+    own = {"auto_rule": {"auto_max_loss_excess": 3.0}}
+    runs[2]["extra"] |= own
+    cells = [c.strip() for c in format_monitor_table(runs).splitlines()[2].split("|")[1:-1]]
+    assert cells[7] == "coresets"

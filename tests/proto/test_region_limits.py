@@ -12,7 +12,7 @@ def test_the_config_that_stalled_the_coordinator_is_refused_naming_fields_and_bo
         JobConfig(num_examples=60_000, num_classes=2, world_size=16, num_coresets=10_000)
     message = str(caught.value)
     assert message.startswith("invalid job config: world_size x num_coresets x subset_size")
-    # The default subset is 4 max(B, C) = 512 candidates now (1% of N = 600 then): still over.
+    # The default subset is 4 B = 512 candidates now (1% of N = 600 then): still over.
     assert "16 ranks x 10000 coresets x 512 candidates = 81,920,000" in message
     assert f"over the limit of {MAX_REGION_CANDIDATES:,}" in message
 
@@ -56,3 +56,15 @@ def test_strategy_random_draws_no_coreset_region_and_is_not_bounded_by_it() -> N
 def test_max_coresets_has_the_same_bound_as_num_coresets() -> None:
     with pytest.raises(InvalidArgument, match="max_coresets"):
         JobConfig(num_examples=1000, num_classes=2, max_coresets=100_001)
+
+
+def test_the_default_subset_gives_few_seats_per_class_fewer_candidates_per_seat() -> None:
+    def subset(classes: int, batch: int = 128, n: int = 100_000) -> int:
+        return JobConfig(num_examples=n, num_classes=classes, batch_size=batch).resolved_subset_size
+
+    assert subset(10) == subset(21) == 512  # 6 or more seats per class: 4 candidates per seat
+    assert subset(22) == subset(100) == subset(1000) == 256  # fewer: 2 per seat
+    assert subset(22, batch=132) == 528  # B = 6 C
+    assert subset(10, n=300) == 300 and subset(1000, n=200) == 200  # at most N
+    configured = JobConfig(num_examples=10_000, num_classes=100, subset_size=999)
+    assert configured.resolved_subset_size == 999

@@ -12,7 +12,7 @@ from crest.service import journal
 from crest.service.codec import pack, unpack
 from crest.service.job import JobState, Phase
 from crest.worker.selector import run_selection
-from tests.service.helpers import fake_embeddings, make_job, see
+from tests.service.helpers import fake_embeddings, make_job, report, see
 
 
 def serve(job: JobState, region_id: int, version: int) -> None:
@@ -150,6 +150,46 @@ def test_a_prepared_region_is_drawn_again_when_auto_starts_a_test() -> None:
     assert not np.isin(region.candidates[region.members], probe).any()
     batches = [b for step in range(4) for b, _ in job.view(0, step).batches]
     assert probe.size and batches and not np.isin(np.concatenate(batches), probe).any()
+
+
+def serve_unfit(job: JobState, region_id: int) -> None:
+    """:func:`serve` with every tenth example one the model cannot fit (as a mislabelled
+    one): its loss 3 nats higher and its embedding far from all others', so that facility
+    location picks it."""
+    region = job.unfinished_region(region_id)
+    assert region is not None
+    outliers = region.candidates % 10 == 0
+    embeddings = fake_embeddings(region.candidates)
+    embeddings[outliers] *= 20
+    losses = np.where(outliers, 4.0, 1.0).astype(np.float32)
+    job.receive_service_embeddings(region_id, region.weights_version, embeddings, losses)
+    if region.phase is Phase.SELECTING:  # a test's random region is ready once embedded
+        job.complete_selection(region_id, run_selection(job.selection_request(region_id)))
+
+
+def test_auto_ends_a_test_with_its_first_arm_on_the_service_side_too() -> None:
+    # Coresets of unfit examples lose a test as soon as its first coreset arm ends: the next
+    # region is random, drawn then; no region is drawn ahead while a test runs; auto re-tests.
+    job = service_job(strategy="auto", auto_retest_epochs=0.5, auto_test_epochs=0.5)
+    for step in range(job.config.total_steps):
+        view = see(job, 0, step)
+        while view.status is not RegionStatus.READY:
+            for region in job.unfinished():
+                if region.phase is Phase.EMBED:
+                    serve_unfit(job, region.region_id)
+            view = see(job, 0, step)
+        assert not (job.strategy.testing and job.prepared is not None), "drawn ahead in a test"
+        if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
+            report(job, step, loss=1.0, linear=5.0)  # every check fails: short regions
+    regions = job.status().regions
+    assert {r.auto_test for r in regions} == {"", "coresets"}, "no random arm, no measure"
+    deciding = [i for i, r in enumerate(regions) if r.loss_excess_coresets is not None]
+    assert len(deciding) >= 2, "auto re-tests after the fallback"
+    for i in deciding:
+        assert regions[i].loss_excess_coresets > job.config.auto_max_loss_excess * math.log(4)
+        after = regions[i + 1]
+        assert after.mode == "random" and not after.auto_test
+        assert after.decision.startswith("random: coresets select examples")
 
 
 def test_the_journal_replays_the_service_side_exactly() -> None:
