@@ -443,11 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
             "crest-service",
             "auto-service",
             "crest-lookahead",
+            "random-stratified",
         ],
         help="besides full (default: random crest auto; crest-balanced is CREST with "
         "class_weighting=balanced; crest-robust with exclude_noisy; crest-service and "
         "auto-service embed on the service side, pipelined; crest-lookahead also draws "
-        "coresets from recent region lengths)",
+        "coresets from recent region lengths; random-stratified is strategy random through "
+        "the coordinator: stratified random batches from its pool, what auto falls back to)",
     )
     e2e.add_argument(
         "--placement",

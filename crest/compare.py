@@ -438,6 +438,9 @@ METHODS: dict[str, dict[str, Any]] = {
         "selection_side": "service",
         "lookahead_coresets": True,
     },
+    # The coordinator's stratified random batches, weighted like coresets: what auto serves
+    # after a random verdict (the plain "random" is uniform batches, without the coordinator).
+    "random-stratified": {"strategy": "random"},
 }
 """The methods a plan may name besides full: the CrestSetup fields each overrides (random runs
 locally, without the coordinator)."""
