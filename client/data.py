@@ -142,6 +142,24 @@ class CrestLoader:
             while (batch := session.advance()) is not None:
                 yield self._read(batch.indices), batch
             return
+        try:
+            yield from self._loaded()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes, which persist across regions; done when an iteration
+        ends (the budget is served) or is abandoned. Left to the garbage collector, they stop
+        only once the loader is collected, and a loader created meanwhile forks them into
+        its own workers (which then report "can only test a child process" when they collect
+        it). Idempotent; a later fetch through the loader starts new workers."""
+        iterator = self.loader._iterator  # the persistent workers' iterator, if started
+        self.loader._iterator = None
+        if iterator is not None:
+            iterator._shutdown_workers()  # type: ignore[attr-defined]
+
+    def _loaded(self) -> Iterator[tuple[Any, WeightedBatch]]:
+        session = self.session
         first = session.advance()
         while first is not None:
             segment = [first, *session.upcoming()]

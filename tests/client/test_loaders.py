@@ -164,6 +164,25 @@ def test_the_service_side_through_the_loaders(side: str) -> None:
     one_rank(side, ("dataset", WORKERS) if side == "crest-service" else ("dataset",))
 
 
+@pytest.mark.e2e
+def test_the_loader_stops_its_worker_processes_when_an_iteration_ends() -> None:
+    # Persistent workers left to the garbage collector outlived their loader, and a loader
+    # created meanwhile forked them into its own workers: about a minute of joins in this file.
+    labels = blobs()[1].numpy()
+    with local_coordinator() as coordinator:
+        job_id = coordinator.create_job(strategy_config("random"), labels)
+        with Session(coordinator, job_id, model=make_model()) as session:
+            loader = CrestLoader(session, Blobs(), num_workers=2)
+            batches = iter(loader)
+            steps = [next(batches)[1].step]
+            workers = list(loader.loader._iterator._workers)  # type: ignore[union-attr]
+            assert len(workers) == 2 and all(w.is_alive() for w in workers)
+            batches.close()  # abandoned, e.g. by a break
+            assert loader.loader._iterator is None and not any(w.is_alive() for w in workers)
+            steps += [batch.step for _, batch in loader]  # goes on where it stopped
+            assert steps == list(range(session.total_steps)) and loader.loader._iterator is None
+
+
 def test_a_second_iteration_warns_that_the_budget_is_served() -> None:
     labels = blobs()[1].numpy()
     with local_coordinator() as coordinator:
