@@ -360,11 +360,11 @@ def run_crest(
         ),
         "coreset_error": _mean(r.coreset_error for r in regions if r.coreset_error is not None),
         "random_error": _mean(r.random_error for r in regions if r.random_error is not None),
+        # The bars a test's verdict used, so that the run's overall verdict uses them too.
+        "auto_rule": {field: getattr(config, field) for field in AUTO_RULE_FIELDS},
         # Strategy auto's tests: each one's measured probe-loss rates and loss excess, and
         # its verdict (the decision of the region after its measure region, or after the
         # first coreset arm of a test that its loss excess ended).
-        # The bars a test's verdict used, so that the run's overall verdict uses them too.
-        "auto_rule": {field: getattr(config, field) for field in AUTO_RULE_FIELDS},
         "auto_tests": [
             {
                 "step": r.end_step,
