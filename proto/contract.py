@@ -134,10 +134,11 @@ class JobConfig(BaseModel):
         "(doubled after each repeat of the same verdict)",
     )
     auto_test_epochs: float = Field(
-        1.0,
+        2.0,
         gt=0,
         description="auto: virtual epochs of each coreset arm of a test (coreset regions until "
-        "then); each random arm is as long as the first coreset arm",
+        "then); each random arm is as long as the first coreset arm; the coresets' loss excess "
+        "is read after the first arm's first virtual epoch",
     )
     auto_max_loss_excess: float = Field(
         0.26,

@@ -28,6 +28,9 @@ from crest.service.region import Region
 # after the window ("measure") carries the probe sample once more: the window's end point.
 WINDOW = ("coresets", "random", "random", "coresets")
 MEASURE = "measure"
+# Virtual epochs of the first coreset arm after which its loss excess is read (at most the
+# arm): a test that the excess decides costs that much, however long the arms are.
+EXCESS_EPOCHS = 1.0
 
 
 @dataclass
@@ -116,8 +119,9 @@ class AutoPolicy:
         cannot see in a short test. They lose too when they select easier examples than their
         candidates (below ``auto_min_loss_excess x ln C``, 0): facility location then takes
         each class's medoid, as with one or two examples per class per coreset, where CREST
-        lost 2-4 points to random batches (W5, 100 classes). Either is known once the first
-        coreset arm ends, and then the test ends there: no random arm can change the verdict.
+        lost 2-4 points to random batches (W5, 100 classes). The excess is read once, when
+        the first coreset arm has run :data:`EXCESS_EPOCHS` virtual epochs (or ended sooner);
+        outside the bars the test ends there: no random arm can change the verdict.
         Only the job's losses decide, so the choice is deterministic for a seed.
         """
         if config.strategy != "auto" or not self.testing or not stats.auto_test:
@@ -131,15 +135,22 @@ class AutoPolicy:
                 self.arm_start = region.start_step
             length = region.end_step - self.arm_start
             arm_steps = config.auto_test_epochs * config.steps_per_virtual_epoch
-            if coresets and length < arm_steps and region.end_reason != "budget":
+            ends = length >= arm_steps or region.end_reason == "budget"
+            if coresets and not self.window:
+                # The excess is read once, in the region that takes the first arm to
+                # EXCESS_EPOCHS virtual epochs (or ends it sooner): outside its bars, the
+                # verdict is in, and the test ends there.
+                read_at = min(arm_steps, EXCESS_EPOCHS * config.steps_per_virtual_epoch)
+                if region.start_step - self.arm_start < read_at and (length >= read_at or ends):
+                    outside = excess_outside(excess, config, config.num_classes)
+                    if outside:
+                        stats.loss_excess_coresets = excess
+                        self._conclude("random", outside, region.end_step, config)
+                        return
+            if coresets and not ends:
                 return  # the arm goes on with another coreset region
             if coresets and not self.window:
                 self.random_length = length
-                outside = excess_outside(excess, config, config.num_classes)
-                if outside:  # the verdict is in: end the test
-                    stats.loss_excess_coresets = excess
-                    self._conclude("random", outside, region.end_step, config)
-                    return
             self.window.append([self.arm_start, region.end_step, int(coresets)])
             self.arm_start = -1
             return

@@ -287,8 +287,8 @@ def test_auto_falls_back_when_random_batches_learn_faster_and_retests() -> None:
 
 
 def test_auto_needs_its_margin() -> None:
-    job = make_job(strategy="auto", auto_min_gain=2.5, **RATES_ONLY)  # 2x as fast: not enough
-    walk(job, 100, rates={"crest": 0.004, "random": 0.002})
+    job = make_job(strategy="auto", auto_min_gain=2.5, auto_test_epochs=1.0, **RATES_ONLY)
+    walk(job, 100, rates={"crest": 0.004, "random": 0.002})  # 2x as fast: not enough
     regions = job.status().regions
     verdicts = [r.decision.split(":")[0] for r in regions if "probe loss" in r.decision]
     assert verdicts and set(verdicts) == {"random"}
@@ -327,6 +327,30 @@ def test_auto_refuses_coresets_that_chase_examples_the_model_cannot_fit() -> Non
     assert tests and all(t[-1][0].loss_excess_coresets > limit for t in tests)
     decisions = [r.decision for r in job.status().regions if "probe loss falls" in r.decision]
     assert decisions and all(d.startswith("coresets: probe loss falls") for d in decisions)
+
+
+def test_auto_reads_the_excess_after_one_virtual_epoch_of_a_longer_arm() -> None:
+    # With coreset arms of two virtual epochs, a test that the excess decides still ends
+    # after one; within the bars, the first arm runs its two.
+    rates = {"crest": 0.004, "random": 0.002}
+    job = make_job(strategy="auto", auto_test_epochs=2.0)
+    walk(job, job.config.total_steps, rates=rates, unfit=3.0)
+    regions, epoch = job.status().regions, job.config.steps_per_virtual_epoch
+    deciding = [i for i, r in enumerate(regions) if r.loss_excess_coresets is not None]
+    assert len(deciding) >= 2
+    for i in deciding:
+        arm = list(itertools.takewhile(lambda r: r.auto_test == "coresets", regions[i::-1]))
+        start = arm[-1].start_step
+        assert regions[i].start_step - start < epoch <= regions[i].end_step - start < 2 * epoch
+        assert regions[i + 1].mode == "random" and not regions[i + 1].auto_test
+
+    job = make_job(strategy="auto", auto_test_epochs=2.0, auto_max_loss_excess=1e6)
+    walk(job, job.config.total_steps, rates=rates, unfit=3.0)
+    tests = auto_tests(job)
+    assert tests
+    for test in tests:
+        first_arm = test[0]
+        assert first_arm[-1].end_step - first_arm[0].start_step >= 2 * epoch
 
 
 def test_auto_refuses_coresets_of_easier_examples_than_their_candidates() -> None:
