@@ -67,7 +67,9 @@ def served() -> Iterator[Served]:
     with local_coordinator() as coordinator:
         done = LiveJob.start(coordinator)
         done.join()
-        auto = LiveJob.start(coordinator, strategy="auto", auto_min_gain=1e9, name=AUTO_NAME)
+        auto = LiveJob.start(
+            coordinator, strategy="auto", auto_min_gain=1e9, auto_test_epochs=1.0, name=AUTO_NAME
+        )
         auto.join()
         live = LiveJob.start(coordinator, pause_at=PAUSE_AT)
         try:
