@@ -381,8 +381,17 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
 
 # crest.workloads.WORKLOADS' names, spelled out: importing it would import torch for --help.
 E2E_WORKLOADS = (
-    *("w1", "w2", "w2-0", "w2-30", "w3", "w4"),
-    *("w5", "w5-10", "w5-c16", "w5-c30", "w5-c300"),
+    "w1",
+    "w2",
+    "w2-0",
+    "w2-30",
+    "w3",
+    "w4",
+    "w5",
+    "w5-10",
+    "w5-c16",
+    "w5-c30",
+    "w5-c300",
 )
 
 

@@ -157,7 +157,8 @@ class RegionMonitor(BaseModel):
     )
     loss_excess_coresets: float | None = Field(
         None,
-        description="auto's verdict (measure region): the test's coreset regions' mean loss of "
+        description="auto's verdict (measure region, or the coreset region that ended a test "
+        "early): the test's coreset regions' mean loss of "
         "selected examples minus their candidates' (outside auto_min_loss_excess and "
         "auto_max_loss_excess, times ln C: coresets lose)",
     )

@@ -167,10 +167,12 @@ def serve_unfit(job: JobState, region_id: int) -> None:
         job.complete_selection(region_id, run_selection(job.selection_request(region_id)))
 
 
-def test_auto_ends_a_test_with_its_first_arm_on_the_service_side_too() -> None:
-    # Coresets of unfit examples lose a test as soon as its first coreset arm ends: the next
-    # region is random, drawn then; no region is drawn ahead while a test runs; auto re-tests.
-    job = service_job(strategy="auto", auto_retest_epochs=0.5, auto_test_epochs=0.5)
+@pytest.mark.parametrize("arm_epochs", [0.5, 2.0])  # the excess read at the arm's end, or within
+def test_auto_ends_a_test_with_its_first_arm_on_the_service_side_too(arm_epochs: float) -> None:
+    # Coresets of unfit examples lose a test as soon as the excess is read in its first coreset
+    # arm: the next region is random, drawn then; no region is drawn ahead while a test runs;
+    # auto re-tests.
+    job = service_job(strategy="auto", auto_retest_epochs=0.5, auto_test_epochs=arm_epochs)
     for step in range(job.config.total_steps):
         view = see(job, 0, step)
         while view.status is not RegionStatus.READY:
