@@ -12,7 +12,6 @@ from pathlib import Path
 
 def _e2e(args: argparse.Namespace) -> int:
     from crest.compare import (
-        CrestSetup,
         E2EPlan,
         format_class_table,
         format_monitor_table,
@@ -43,7 +42,7 @@ def _e2e(args: argparse.Namespace) -> int:
     if args.epochs:
         plan = replace(plan, train=replace(plan.train, epochs=args.epochs))
     if args.crest:
-        plan = replace(plan, crest=CrestSetup(**{**vars(plan.crest), **json.loads(args.crest)}))
+        plan = replace(plan, crest=_crest_setup(plan.crest, args.crest))
     partial = Path(args.out).with_suffix(".partial.json")
     if args.placement == "separate":
         result = _e2e_separate(plan, args, partial)
@@ -63,6 +62,24 @@ def _e2e(args: argparse.Namespace) -> int:
     print(format_monitor_table(result["runs"]))
     print(f"\nwrote {args.out}")
     return 0
+
+
+def _crest_setup(base, overrides: str):
+    """``base`` (a ``CrestSetup``) with the ``--crest`` JSON's fields; unknown or mistyped
+    input exits with the fields that exist."""
+    from dataclasses import fields
+
+    try:
+        values = json.loads(overrides)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--crest is not JSON ({err}): {overrides!r}") from None
+    if not isinstance(values, dict):
+        raise SystemExit(f"--crest takes a JSON object, got {overrides!r}")
+    known = {f.name for f in fields(base)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"--crest: unknown field(s) {unknown}; known: {sorted(known)}")
+    return replace(base, **values)
 
 
 def _e2e_merge(args: argparse.Namespace) -> int:

@@ -69,6 +69,7 @@ class CrestSetup:
     tau: float = 0.1
     subset_size: int | None = None
     num_coresets: int = 5
+    max_coresets: int | None = None
     max_coreset_uses: int | None = 4
     check_interval: int = 1
     max_check_interval: int = 8
@@ -105,6 +106,7 @@ class CrestSetup:
             tau=self.tau,
             subset_size=self.subset_size,
             num_coresets=self.num_coresets,
+            max_coresets=self.max_coresets,
             max_coreset_uses=self.max_coreset_uses,
             check_interval=self.check_interval,
             max_check_interval=self.max_check_interval,

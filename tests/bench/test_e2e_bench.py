@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from crest.cli import build_parser
+from crest.cli import _crest_setup, build_parser
 from crest.compare import (
     METHODS,
+    CrestSetup,
     E2EPlan,
     RunResult,
     TrainSetup,
@@ -111,6 +112,19 @@ def test_the_command_offers_every_workload_and_method() -> None:
         ["bench", "e2e", "--workloads", *WORKLOADS, "--methods", *METHODS]
     )
     assert tuple(args.workloads) == tuple(WORKLOADS) and tuple(args.methods) == tuple(METHODS)
+
+
+def test_crest_settings_override_the_defaults_and_unknown_ones_exit_with_the_known() -> None:
+    setup = _crest_setup(CrestSetup(), '{"max_coresets": 10, "tau": 0.2}')
+    assert (setup.max_coresets, setup.tau, setup.num_coresets) == (10, 0.2, 5)
+    with pytest.raises(
+        SystemExit, match=r"unknown field\(s\) \['max_corsets'\]; known: .*max_coresets"
+    ):
+        _crest_setup(CrestSetup(), '{"max_corsets": 10}')
+    with pytest.raises(SystemExit, match="not JSON"):
+        _crest_setup(CrestSetup(), "{tau: 1}")
+    with pytest.raises(SystemExit, match="a JSON object"):
+        _crest_setup(CrestSetup(), "[1]")
 
 
 @pytest.mark.e2e
