@@ -188,6 +188,11 @@ class InProcessSelector:
         # The pool's one thread lives as long as the pool: what its first task sets, it keeps.
         # (An initializer's error would only break the pool; this one reaches the caller.)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crest-select")
+        # Fix this (the caller's) thread's torch thread count first: in a process where torch
+        # has not run yet, the worker's set_num_threads would become every thread's default,
+        # and a training loop in this thread would run on one thread (and sum in another
+        # order: results then depended on whether the model ran before the coordinator).
+        torch.get_num_threads()
         if self.cores:
             setup = self._executor.submit(pin_current_thread, self.cores)
         else:

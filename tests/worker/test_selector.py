@@ -226,3 +226,24 @@ def test_an_abandoned_chunked_selection_stops_within_its_running_chunk() -> None
     finally:
         release.set()
         selector.close()
+
+
+def test_an_in_process_selector_leaves_the_callers_torch_threads_alone() -> None:
+    """In a process where torch has not run yet, the worker thread's torch thread count must
+    not become the default of the thread that made the selector (a training loop's)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from crest.worker.selector import InProcessSelector\n"
+        "selector = InProcessSelector(threads=2)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the default, on any machine
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+        check=True,
+    )  # fmt: skip
+    assert out.stdout.split()[-1] == "1"
