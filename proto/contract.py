@@ -201,8 +201,8 @@ class JobConfig(BaseModel):
     exclude_noisy: bool = Field(
         False,
         description="coresets robust to label noise: a candidate whose loss is far above its "
-        "class's (likely mislabelled) is neither chosen as a representative nor counted in a "
-        "cluster's weight; see noisy_mads",
+        "class's (likely mislabelled) is never chosen as a representative, and counts in the "
+        "weight of its most similar representative (CRUST's rule); see noisy_mads",
     )
     noisy_mads: float = Field(
         3.0,
@@ -577,7 +577,7 @@ class RegionStats(BaseModel):
     fallback: bool = False  # served stratified random batches: selection failed or timed out
     dropped: int = 0  # examples that left the pool when this region opened
     readmitted: int = 0  # dropped examples returned for re-examination
-    candidate_loss: float | None = None  # mean loss over the candidates
+    candidate_loss: float | None = None  # mean loss over the candidates selectable (not excluded)
     selected_loss: float | None = None  # mean loss over the selected examples
     weight_quantiles: list[float] = []  # min, q25, median, q75, max of rescaled weights
     initial_loss: float | None = None  # L_0

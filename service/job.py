@@ -65,6 +65,7 @@ from crest.service.region import (
     closed,
     crest_region,
     eligible_members,
+    excluded_weight,
     random_region,
     region_end,
     region_from_state,
@@ -615,8 +616,9 @@ class JobState:
     def _eligible_rows(self, region: Region) -> np.ndarray | None:
         """``exclude_noisy``: the subset members (rows of ``region.members``) that may be
         selected, in order, and their count in the region's statistics; None when every member
-        may. The request holds only these rows, so the excluded count in no cluster's weight.
-        A function of the region's losses, so that the answer's rows can be mapped back."""
+        may. The request holds only these rows; :meth:`complete_selection` counts each excluded
+        member in its most similar representative's weight. A function of the region's
+        losses, so that the answer's rows can be mapped back."""
         if not self.config.exclude_noisy:
             return None
         classes = self.config.num_classes
@@ -726,8 +728,13 @@ class JobState:
             raise InvalidArgument("selected rows do not match their problems")
         if not np.all(np.isfinite(weights)) or np.any(weights < 1):
             raise InvalidArgument("weights must be finite and >= 1")
-
-        self._assemble(region, rows, groups, weights, monitor)
+        if eligible is not None:
+            assert region.embeddings is not None  # dropped only once the region is assembled
+            excluded = np.setdiff1d(np.arange(len(region.members)), eligible)
+            weights = weights + excluded_weight(
+                region.embeddings[region.members], region.member_groups, excluded, rows
+            )
+        self._assemble(region, rows, groups, weights, monitor, eligible)
 
     def complete_fallback(self, region_id: int) -> None:
         """Complete a region without selection: stratified random batches of weight 1.
@@ -767,11 +774,13 @@ class JobState:
         groups: np.ndarray,
         weights: np.ndarray,
         monitor: bool = True,
+        eligible: np.ndarray | None = None,
     ) -> None:
         """Turn chosen subset members into the region's coresets and record statistics.
 
         ``weights`` are raw (cluster sizes, or ones): within each (subset, class) they are
         rescaled to sum to the class's share of the objective, then to mean 1 over the region.
+        ``eligible``: the members that could be chosen (``exclude_noisy``; None: all).
         """
         classes = self.config.num_classes
         num_subsets = self.config.world_size * region.num_coresets
@@ -801,19 +810,31 @@ class JobState:
             region.coreset_weights, [0, 0.25, 0.5, 0.75, 1]
         ).tolist()
         if embedded:
-            self._record_losses(region, slots, stats)
+            self._record_losses(region, slots, stats, eligible)
             self._measure_probe(region)
         self._prepare_next()
 
-    def _record_losses(self, region: Region, slots: np.ndarray, stats: RegionStats) -> None:
+    def _record_losses(
+        self,
+        region: Region,
+        slots: np.ndarray,
+        stats: RegionStats,
+        eligible: np.ndarray | None = None,
+    ) -> None:
         """The candidates' losses into their examples' history (one observation per distinct
         example: ranks may share a few), and the region's loss statistics: the mean loss of
-        its candidates (without auto's probe) and of the examples selected (``slots``)."""
+        the candidates that could be selected (without auto's probe, and without the members
+        ``exclude_noisy`` left out: ``eligible``) and of the examples selected (``slots``).
+        Their difference is auto's loss excess, which so compares robust coresets with what
+        they could choose from, not with the mislabelled examples they may not choose."""
         unique, first = np.unique(region.candidates, return_index=True)
         self.pool.record_losses(unique, region.losses[first])
 
         # The probe (auto's tests) is embedded with the candidates, but is none of them.
         candidates = np.ones(len(region.losses), bool)
+        if eligible is not None:
+            candidates[:] = False
+            candidates[region.members[eligible]] = True
         candidates[region.probe_slots] = False
         stats.candidate_loss = float(region.losses[candidates].mean()) if candidates.any() else None
         stats.selected_loss = float(region.losses[slots].mean()) if slots.size else None

@@ -316,7 +316,9 @@ def eligible_members(
     their (wrong) class, and facility location would otherwise pick them first (they cover
     only themselves). Without the floor, late in training (clean losses near 0, a MAD of a few
     hundredths) the rule also excluded the clean examples still being learned, and coresets of
-    learned examples stalled the run (``docs/benchmarks.md``, section 1).
+    learned examples stalled the run. A floor of 2 x ln C kept W1's hardest clean examples
+    (which CREST's gain is made of) but let most of W2-30's mislabelled ones through, and cost
+    it 2.4 points (``docs/benchmarks.md``, section 1, "Label noise").
     Each problem keeps at least ``budgets[g]`` eligible members, its lowest-loss ones (ties:
     the earlier member), so a coreset is never short. Deterministic.
 
@@ -340,6 +342,58 @@ def eligible_members(
     rank[order] = np.arange(len(losses)) - first
     kept: np.ndarray = eligible | (rank < np.asarray(budgets)[groups])
     return kept
+
+
+DISTANCE_BLOCK = 4_000_000
+"""Distances :func:`excluded_weight` computes at a time (bounds its memory)."""
+
+
+def excluded_weight(
+    embeddings: np.ndarray,
+    groups: np.ndarray,
+    excluded: np.ndarray,
+    selected: np.ndarray,
+) -> np.ndarray:
+    """How many excluded members each selected member stands for (``exclude_noisy``): each
+    excluded member counts in the weight of its problem's most similar selected member
+    (least Euclidean distance between embeddings; ties: the earlier), as a representative's
+    cluster counts the members it is most similar to. CRUST's rule: medoids from the
+    likely-clean members, weighted for all of them. Without it the mislabelled members'
+    share of the weight went to the big clusters of easy examples, and the coresets trained
+    worse than with the mislabelled examples in them (``docs/benchmarks.md``, "Label noise").
+
+    Args:
+        embeddings: ``(M, d)`` every member's embedding.
+        groups: ``(M,)`` int64 every member's problem.
+        excluded: ``(E,)`` int64 the excluded members (rows of ``embeddings``).
+        selected: ``(K,)`` int64 the selected members, their problems non-decreasing.
+
+    Returns ``(K,)`` int64 counts; an excluded member whose problem selected nobody counts
+    nowhere.
+    """
+    counts = np.zeros(len(selected), np.int64)
+    if not len(excluded) or not len(selected):
+        return counts
+    selected_groups = groups[selected]
+    first = np.searchsorted(selected_groups, groups[excluded])
+    sizes = np.searchsorted(selected_groups, groups[excluded], side="right") - first
+    width = int(sizes.max())
+    dim = embeddings.shape[1] if embeddings.ndim == 2 else 1
+    chunk = max(1, DISTANCE_BLOCK // max(1, width * dim))  # bounds the (chunk, width, d) block
+    for start in range(0, len(excluded), chunk):
+        part = slice(start, start + chunk)
+        offsets = np.arange(width)
+        slots = first[part, None] + offsets  # (n, width) positions in ``selected``
+        valid = offsets < sizes[part, None]
+        slots = np.where(valid, slots, 0)
+        own = embeddings[excluded[part]].astype(np.float64)
+        theirs = embeddings[selected[slots]].astype(np.float64)
+        distances = np.linalg.norm(
+            theirs.reshape(*slots.shape, -1) - own.reshape(len(own), 1, -1), axis=2
+        )
+        nearest = slots[np.arange(len(slots)), np.where(valid, distances, np.inf).argmin(1)]
+        counts += np.bincount(nearest[valid.any(1)], minlength=len(selected))
+    return counts
 
 
 def _medians(values: np.ndarray, keys: np.ndarray) -> np.ndarray:

@@ -80,7 +80,8 @@ _JOB_GAUGES: list[tuple[str, str, Callable[[JobDetail], float | None]]] = [
     ),
     (
         "crest_candidate_loss",
-        "Mean loss of the last selected region's candidates.",
+        "Mean loss of the last selected region's candidates (those exclude_noisy kept from "
+        "selection left out).",
         lambda d: getattr(_last_selected(d), "candidate_loss", None),
     ),
     (

@@ -10,8 +10,9 @@ import pytest
 
 from crest.embedded import local_coordinator
 from crest.proto.contract import JobConfig, RegionStatus
+from crest.service import region as region_module
 from crest.service.job import JobState
-from crest.service.region import MAD_SCALE, eligible_members
+from crest.service.region import MAD_SCALE, eligible_members, excluded_weight
 from crest.worker.selector import run_selection
 from tests.service.helpers import fake_embeddings, make_job, see
 
@@ -43,6 +44,41 @@ def test_the_rule_excludes_exactly_the_far_losses_of_each_class_and_keeps_the_bu
     tied = eligible_members(np.array([0.0, 0.0, 0.0, 9.0, 9.0]), np.zeros(5, np.int64),
                             np.zeros(5, np.int64), np.array([4]), 3.0, 2)  # fmt: skip
     assert tied.tolist() == [True, True, True, True, False]
+
+
+def test_each_excluded_member_counts_for_its_most_similar_representative(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Members 0-4 in problem 0, 5-8 in problem 1, 9-10 in problem 2 (which selects nobody).
+    embeddings = np.array([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0], [0.9, 0.1], [4.0, 0.0],
+                           [0.0, 0.0], [0.0, 3.0], [0.0, 1.0], [0.0, 2.0],
+                           [7.0, 7.0], [8.0, 8.0]])  # fmt: skip
+    groups = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
+    selected = np.array([0, 2, 5, 6])  # problems 0, 0, 1, 1
+    excluded = np.array([1, 3, 4, 7, 8, 9])
+    counts = excluded_weight(embeddings, groups, excluded, selected)
+    # 1 and 3 are nearest to 0, 4 to 2; 7 to 5 (distance 1 against 2), 8 to 6 (1 against
+    # 2); 9's problem selected nobody: it counts nowhere.
+    assert counts.tolist() == [2, 1, 1, 1]
+    # A tie goes to the earlier representative: [0, 1.5] is 1.5 from both 5 and 6.
+    embeddings[8] = [0.0, 1.5]
+    assert excluded_weight(embeddings, groups, excluded, selected).tolist() == [2, 1, 2, 0]
+    # Against a direct recomputation over random data, in one block and a few at a time.
+    rng = np.random.default_rng(3)
+    embeddings = rng.normal(size=(300, 4))
+    groups = np.sort(rng.integers(0, 7, 300))
+    selected = np.sort(rng.choice(300, 40, replace=False))
+    excluded = np.setdiff1d(np.arange(300), selected)[::3]
+    expected = np.zeros(len(selected), np.int64)
+    for member in excluded:
+        same = np.flatnonzero(groups[selected] == groups[member])
+        if same.size:
+            distances = np.linalg.norm(embeddings[selected[same]] - embeddings[member], axis=1)
+            expected[same[np.argmin(distances)]] += 1
+    assert excluded_weight(embeddings, groups, excluded, selected).tolist() == expected.tolist()
+    monkeypatch.setattr(region_module, "DISTANCE_BLOCK", 50)
+    assert excluded_weight(embeddings, groups, excluded, selected).tolist() == expected.tolist()
+    assert not excluded_weight(embeddings, groups, excluded[:0], selected).any()
 
 
 NOISY = 10  # every tenth example is "mislabelled": high loss, and far away in embedding space
@@ -85,6 +121,12 @@ def test_selections_never_hold_an_excluded_candidate_and_stats_count_them() -> N
     members = region.candidates[region.members]
     assert robust.status().regions[0].excluded == int(np.sum(members % NOISY == 0)) > 0
     assert plain.status().regions[0].excluded == 0
+    # The candidates' loss (auto's loss excess subtracts it) is over the members that could be
+    # chosen: the excluded ones' 4.0 is not in it.
+    eligible_slots = np.unique(region.members[members % NOISY != 0])
+    stats = robust.status().regions[0]
+    assert stats.candidate_loss == pytest.approx(float(region.losses[eligible_slots].mean()))
+    assert stats.candidate_loss < 0.3 < plain.status().regions[0].candidate_loss
     # Still full coresets: each holds the batch size, in the class budgets.
     for (indices, weights), budget in zip(see(robust, 0, 0).batches, region.class_budgets,
                                           strict=True):  # fmt: skip
@@ -92,6 +134,36 @@ def test_selections_never_hold_an_excluded_candidate_and_stats_count_them() -> N
         counts = np.bincount(robust.pool.labels[indices], minlength=robust.config.num_classes)
         assert counts.tolist() == budget.tolist()
         assert np.all(weights > 0)
+
+
+def test_the_served_weights_count_the_excluded_members() -> None:
+    """Within each problem the served weights are proportional to cluster size plus the
+    excluded members that the representative stands for."""
+    job = make_job(exclude_noisy=True)
+    view = see(job, 0, 0)
+    job.receive_embeddings(
+        0, 0, view.candidates, noisy_embeddings(view.candidates), noisy_losses(view.candidates)
+    )
+    request = job.selection_request(0)
+    result = run_selection(request)
+    region = job.region
+    assert region is not None and region.embeddings is not None
+    members = region.candidates[region.members]
+    embedded = region.embeddings[region.members]
+    eligible = np.flatnonzero(members % NOISY != 0)  # the rule excludes exactly the noisy
+    assert len(eligible) == len(request.groups)
+    selected = eligible[result.rows]
+    extra = np.zeros(len(selected))
+    for member in np.flatnonzero(members % NOISY == 0):
+        same = np.flatnonzero(region.member_groups[selected] == region.member_groups[member])
+        distances = np.linalg.norm(embedded[selected[same]] - embedded[member], axis=1)
+        extra[same[np.argmin(distances)]] += 1
+    assert extra.sum() == len(members) - len(eligible)
+    job.complete_selection(0, result)
+    served = region.coreset_weights / (result.weights + extra)
+    for group in np.unique(result.groups):
+        ratio = served[result.groups == group]
+        assert np.allclose(ratio, ratio[0], rtol=1e-5)
 
 
 def test_off_serves_todays_selections_bit_for_bit() -> None:
