@@ -8,6 +8,10 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # crest.compare imports torch: not for --help
+    from crest.compare import CrestSetup
 
 
 def _e2e(args: argparse.Namespace) -> int:
@@ -64,7 +68,7 @@ def _e2e(args: argparse.Namespace) -> int:
     return 0
 
 
-def _crest_setup(base, overrides: str):
+def _crest_setup(base: CrestSetup, overrides: str) -> CrestSetup:
     """``base`` (a ``CrestSetup``) with the ``--crest`` JSON's fields; unknown or mistyped
     input exits with the fields that exist."""
     from dataclasses import fields

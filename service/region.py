@@ -378,6 +378,8 @@ def excluded_weight(
     first = np.searchsorted(selected_groups, groups[excluded])
     sizes = np.searchsorted(selected_groups, groups[excluded], side="right") - first
     width = int(sizes.max())
+    if width == 0:  # e.g. problems of budget 0 (fewer seats than classes)
+        return counts
     dim = embeddings.shape[1] if embeddings.ndim == 2 else 1
     chunk = max(1, DISTANCE_BLOCK // max(1, width * dim))  # bounds the (chunk, width, d) block
     for start in range(0, len(excluded), chunk):

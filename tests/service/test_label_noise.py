@@ -79,6 +79,11 @@ def test_each_excluded_member_counts_for_its_most_similar_representative(
     monkeypatch.setattr(region_module, "DISTANCE_BLOCK", 50)
     assert excluded_weight(embeddings, groups, excluded, selected).tolist() == expected.tolist()
     assert not excluded_weight(embeddings, groups, excluded[:0], selected).any()
+    # Excluded members only in problems that selected nobody (budget 0: fewer seats than
+    # classes) count nowhere.
+    two_problems = np.repeat([0, 1], [5, 295])
+    counts = excluded_weight(embeddings, two_problems, np.array([5, 6, 7]), np.array([0, 1]))
+    assert counts.tolist() == [0, 0]
 
 
 NOISY = 10  # every tenth example is "mislabelled": high loss, and far away in embedding space
