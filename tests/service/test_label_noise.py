@@ -249,3 +249,22 @@ def test_the_in_process_coordinator_excludes_them_too() -> None:
         assert len(chosen) and not np.any(chosen % NOISY == 0)
         stats = coordinator.job_status(job_id).regions[0]
         assert stats.excluded > 0 and not stats.fallback
+
+
+def test_the_service_side_excludes_them_too() -> None:
+    """Embedded by the selectors instead of the ranks: the same rule, the same statistics."""
+    job = make_job(exclude_noisy=True, selection_side="service")
+    see(job, 0, 0)  # opens the first region, waiting for the selectors
+    region = job.region
+    assert region is not None and region.embedded_by == "service"
+    job.receive_service_embeddings(
+        0, region.weights_version, noisy_embeddings(region.candidates),
+        noisy_losses(region.candidates),
+    )  # fmt: skip
+    job.complete_selection(0, run_selection(job.selection_request(0)))
+    chosen = np.concatenate([indices for indices, _ in job.view(0, 0).batches])
+    members = region.candidates[region.members]
+    stats = job.status().regions[0]
+    assert len(chosen) and not np.any(chosen % NOISY == 0)
+    assert stats.excluded == int(np.sum(members % NOISY == 0)) > 0
+    assert stats.candidate_loss < 0.3  # the excluded members' 4.0 left out
