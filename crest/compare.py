@@ -91,6 +91,7 @@ class CrestSetup:
     lookahead_coresets: bool = False
     exclude_noisy: bool = JobConfig.model_fields["exclude_noisy"].default
     noisy_mads: float = JobConfig.model_fields["noisy_mads"].default
+    weight_exponent: float = JobConfig.model_fields["weight_exponent"].default
 
     def job_config(self, data: Dataset, train: TrainSetup, frac: float, seed: int) -> JobConfig:
         tags = " (service side)" if self.selection_side == "service" else ""
@@ -126,6 +127,7 @@ class CrestSetup:
             lookahead_coresets=self.lookahead_coresets,
             exclude_noisy=self.exclude_noisy,
             noisy_mads=self.noisy_mads,
+            weight_exponent=self.weight_exponent,
         )
 
 

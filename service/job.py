@@ -705,7 +705,8 @@ class JobState:
 
         ``result.rows`` index the request's rows (the subset members eligible for selection:
         all of them unless ``exclude_noisy``); its groups must be those rows' problems,
-        non-decreasing; its weights raw cluster sizes (>= 1). ``monitor``: measure the
+        non-decreasing; its weights raw cluster sizes (>= 1), served raised to
+        ``weight_exponent`` and scaled to the class shares. ``monitor``: measure the
         coresets (:func:`~crest.service.strategy.bounded_coreset_quality`); the coordinator
         says no when the selection used its whole deadline (journaled, so that a replay
         decides the same).
@@ -734,7 +735,11 @@ class JobState:
             weights = weights + excluded_weight(
                 region.embeddings[region.members], region.member_groups, excluded, rows
             )
-        self._assemble(region, rows, groups, weights, monitor, eligible)
+        # Tempered cluster sizes (weight_exponent; 1 is CREST's): with whole cluster sizes
+        # a big cluster's representative, an easy example, carries most of its class's
+        # weight, and coresets trained up to 1.7 points worse (docs/benchmarks.md).
+        served = np.asarray(weights, np.float64) ** self.config.weight_exponent
+        self._assemble(region, rows, groups, served, monitor, eligible)
 
     def complete_fallback(self, region_id: int) -> None:
         """Complete a region without selection: stratified random batches of weight 1.

@@ -50,6 +50,32 @@ def test_region_yields_p_coresets_of_a_batch_with_mean_one_weights() -> None:
     assert view.initial_loss == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("exponent", [1.0, 0.5, 0.0])
+def test_served_weights_are_cluster_sizes_to_the_weight_exponent(exponent: float) -> None:
+    """Within each (coreset, class) the served weights are proportional to the selector's
+    cluster sizes raised to ``weight_exponent``; each class sums to its share; mean 1."""
+    job = make_job(weight_exponent=exponent)
+    view = see(job, 0, 0)
+    losses = np.ones(len(view.candidates), np.float32)
+    job.receive_embeddings(0, 0, view.candidates, fake_embeddings(view.candidates), losses)
+    result = run_selection(job.selection_request(0))
+    sizes = np.asarray(result.weights, np.float64)
+    assert sizes.max() > 2 * sizes.min(), "unequal clusters, or the exponent changes nothing"
+    job.complete_selection(0, result)
+    region = job.region
+    assert region is not None
+    served = region.coreset_weights.astype(np.float64)
+    classes = job.config.num_classes
+    for group in np.unique(result.groups):
+        mine = result.groups == group
+        ratio = served[mine] / sizes[mine] ** exponent
+        assert np.allclose(ratio, ratio[0], rtol=1e-5)
+        # At mean 1 a coreset's weights sum to its size, B, and each class holds its share.
+        share = region.class_shares[group % classes] * job.config.batch_size
+        assert served[mine].sum() == pytest.approx(share, rel=1e-5)
+    assert served.mean() == pytest.approx(1.0)
+
+
 def test_selection_is_deterministic_for_a_seed_and_changes_with_it() -> None:
     def coresets(seed: int) -> list[list[int]]:
         job = make_job(seed=seed)

@@ -165,7 +165,7 @@ def test_the_served_weights_count_the_excluded_members() -> None:
         extra[same[np.argmin(distances)]] += 1
     assert extra.sum() == len(members) - len(eligible)
     job.complete_selection(0, result)
-    served = region.coreset_weights / (result.weights + extra)
+    served = region.coreset_weights / (result.weights + extra) ** job.config.weight_exponent
     for group in np.unique(result.groups):
         ratio = served[result.groups == group]
         assert np.allclose(ratio, ratio[0], rtol=1e-5)

@@ -13,6 +13,8 @@ from crest.proto.contract import RegionStats, RegionStatus
 from crest.service.job import JobState
 from crest.service.pool import largest_remainder
 from crest.service.strategy import (
+    EXCESS_EPOCHS,
+    RETEST_EXCESS_EPOCHS,
     bounded_coreset_quality,
     coreset_quality,
     monitor_gain,
@@ -104,10 +106,11 @@ def test_uniform_random_batches_have_the_batch_size() -> None:
         assert np.all(weights == 1.0)
 
 
-def monitor_oracle(job: JobState, per_subset: bool = False) -> tuple:
+def monitor_oracle(job: JobState, per_subset: bool = False, exponent: float = 1.0) -> tuple:
     """The coreset part of the monitor, written out with loops: per subset, the class means
-    (members, and cluster-size-weighted picks) combined with the pool's class shares. Its
-    mean over the subsets (``per_subset``: each subset's), and the selection."""
+    (members, and picks weighted by cluster size to ``exponent``) combined with the pool's
+    class shares. Its mean over the subsets (``per_subset``: each subset's), and the
+    selection."""
     request = job.selection_request(job.region.region_id)
     result = run_selection(request)
     classes = job.config.num_classes
@@ -121,7 +124,7 @@ def monitor_oracle(job: JobState, per_subset: bool = False) -> tuple:
             problem = subset * classes + label
             target += shares[label] * embeddings[request.groups == problem].mean(0)
             picked = result.groups == problem
-            w = result.weights[picked].astype(np.float64)
+            w = result.weights[picked].astype(np.float64) ** exponent
             picks = embeddings[result.rows[picked]]
             estimate += shares[label] * (w[:, None] * picks).sum(0) / w.sum()
         errors.append(((estimate - target) ** 2).sum() / (target @ target + 1e-12))
@@ -138,9 +141,12 @@ def test_monitor_matches_a_looped_oracle_and_random_batches_do_worse() -> None:
                                       job.config, np.random.default_rng(0), draws=64)  # fmt: skip
     assert coreset == pytest.approx(expected, rel=1e-9)
     assert random > 1.5 * coreset, "coresets should estimate the subset gradient better"
+    # The region's monitor measures the coresets as served: sizes to weight_exponent.
+    served, _ = monitor_oracle(job, exponent=job.config.weight_exponent)
+    assert served != pytest.approx(expected, rel=1e-3), "the exponent changes the estimate"
     job.complete_selection(0, result)
     stats = job.status().regions[0]
-    assert stats.coreset_error == pytest.approx(expected, rel=1e-9)
+    assert stats.coreset_error == pytest.approx(served, rel=1e-9)
     assert stats.random_error is not None and stats.random_error > stats.coreset_error
 
 
@@ -331,17 +337,19 @@ def test_auto_refuses_coresets_that_chase_examples_the_model_cannot_fit() -> Non
 
 def test_auto_reads_the_excess_after_one_virtual_epoch_of_a_longer_arm() -> None:
     # With coreset arms of two virtual epochs, a test that the excess decides still ends
-    # after one; within the bars, the first arm runs its two.
+    # after one (a re-test after a quarter); within the bars, the first arm runs its two.
     rates = {"crest": 0.004, "random": 0.002}
     job = make_job(strategy="auto", auto_test_epochs=2.0)
     walk(job, job.config.total_steps, rates=rates, unfit=3.0)
     regions, epoch = job.status().regions, job.config.steps_per_virtual_epoch
     deciding = [i for i, r in enumerate(regions) if r.loss_excess_coresets is not None]
     assert len(deciding) >= 2
-    for i in deciding:
+    for n, i in enumerate(deciding):
         arm = list(itertools.takewhile(lambda r: r.auto_test == "coresets", regions[i::-1]))
         start = arm[-1].start_step
-        assert regions[i].start_step - start < epoch <= regions[i].end_step - start < 2 * epoch
+        read_at = (EXCESS_EPOCHS if n == 0 else RETEST_EXCESS_EPOCHS) * epoch
+        assert regions[i].start_step - start < read_at <= regions[i].end_step - start
+        assert regions[i].end_step - start < read_at + epoch, "ends with the region it is read"
         assert regions[i + 1].mode == "random" and not regions[i + 1].auto_test
 
     job = make_job(strategy="auto", auto_test_epochs=2.0, auto_max_loss_excess=1e6)
@@ -402,6 +410,33 @@ def test_auto_weighs_the_loss_excess_over_both_coreset_arms() -> None:
         step += arm
     assert stats.loss_excess_coresets == pytest.approx(0.75 * limit)
     assert policy.verdict == "coresets"
+
+
+def test_auto_reads_the_excess_after_every_coreset_region_past_the_read_point() -> None:
+    # Label noise's excess grows as the model fits the clean examples: inside the bar when
+    # first read (after one virtual epoch), over it two regions later, so the test ends
+    # there, in its first arm, without a random arm.
+    job = make_job(strategy="auto", auto_test_epochs=2.0)
+    policy, cfg = job.strategy, job.config
+    limit = cfg.auto_max_loss_excess * math.log(cfg.num_classes)
+    policy.begin(np.arange(3))
+    length = math.ceil(cfg.steps_per_virtual_epoch / 4)  # four regions per virtual epoch
+    excesses = [0.0] * 4 + [3 * limit] * 4  # running mean: 0 at the read point, then
+    # 0.6, 1.0 (not over) and 1.29 x the bar in the seventh region
+    for number, excess in enumerate(excesses, 1):
+        start = (number - 1) * length
+        region = SimpleNamespace(start_step=start, end_step=start + length, end_reason="bound")
+        stats = RegionStats(region_id=number, start_step=start, num_coresets=1, check_interval=1,
+                            num_candidates=1, pool_size=1, pool_per_class=[1],
+                            auto_test="coresets", candidate_loss=1.0,
+                            selected_loss=1.0 + excess)  # fmt: skip
+        policy.after(region, stats, cfg)
+        if not policy.testing:
+            break
+    assert number == 7 and policy.verdict == "random"
+    assert stats.loss_excess_coresets == pytest.approx(9 * limit / 7)
+    assert policy.window == [], "ended in its first arm"
+    assert policy.decision.startswith("random: coresets select examples")
 
 
 def test_candidate_loss_leaves_out_the_probe() -> None:
