@@ -40,12 +40,13 @@ def main() -> None:
     config = JobConfig(num_examples=len(dataset), num_classes=10, epochs=args.epochs,
                        world_size=world_size, name="MNIST-1D DDP")  # fmt: skip
     coordinator.create_job(config, data.y_train.numpy(), job_id="mnist1d-ddp")  # every rank
-    session = Session(coordinator, "mnist1d-ddp", model=model, rank=rank)
-    for (x, y), batch in CrestLoader(session, dataset):
-        loss = weighted_loss(model(x), y, batch.weights)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    with Session(coordinator, "mnist1d-ddp", model=model, rank=rank) as session:
+        for (x, y), batch in CrestLoader(session, dataset):
+            loss = weighted_loss(model(x), y, batch.weights)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    coordinator.close()
 
     if rank == 0:
         model.eval()
