@@ -8,7 +8,6 @@ and prints the comparison.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -22,25 +21,24 @@ from crest.compare import E2EPlan, TrainSetup, format_table, run_e2e, write_json
 DEMO_PLAN = E2EPlan(workloads=("w1", "w2"), seeds=(0,), fracs=(0.1,), train=TrainSetup(epochs=10))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def coordinator(*flags: str):
-    """``crest serve`` in a subprocess; yields ``(grpc address, dashboard url)``."""
-    port, dashboard = _free_port(), _free_port()
+    """``crest serve`` in a subprocess; yields ``(grpc address, dashboard url)``.
+
+    Both ports are 0: the server binds free ones and prints them. (Ports picked here and
+    bound later could be taken meanwhile: the embedded Ray starts first and its processes
+    bind ports of the same ephemeral range, which once failed the demo.)
+    """
     process = subprocess.Popen(
-        [sys.executable, "-m", "crest.cli", "serve", "--port", str(port),
-         "--dashboard-port", str(dashboard), "--log-level", "WARNING", *flags],
+        [sys.executable, "-m", "crest.cli", "serve", "--port", "0", "--dashboard-port", "0",
+         "--log-level", "WARNING", *flags],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         lines = [process.stdout.readline() if process.stdout else "" for _ in range(2)]
-        if not lines[0].startswith("crest coordinator listening"):
+        if not lines[0].startswith("crest coordinator listening on "):
             raise RuntimeError(f"crest serve did not start: {''.join(lines)}")
+        port = lines[0].rsplit(":", 1)[1].strip()
         yield f"127.0.0.1:{port}", lines[1].split(" on ", 1)[1].strip()
     finally:
         process.terminate()
