@@ -25,9 +25,9 @@ DEMO_PLAN = E2EPlan(workloads=("w1", "w2"), seeds=(0,), fracs=(0.1,), train=Trai
 def coordinator(*flags: str):
     """``crest serve`` in a subprocess; yields ``(grpc address, dashboard url)``.
 
-    Both ports are 0: the server binds free ones and prints them. (Ports picked here and
-    bound later could be taken meanwhile: the embedded Ray starts first and its processes
-    bind ports of the same ephemeral range, which once failed the demo.)
+    Both ports are 0: the server binds free ones and prints them. (A port picked here and
+    bound later can be taken meanwhile, and once was: crest serve starts its embedded Ray,
+    whose processes bind ephemeral ports, before it binds its own.)
     """
     process = subprocess.Popen(
         [sys.executable, "-m", "crest.cli", "serve", "--port", "0", "--dashboard-port", "0",

@@ -183,8 +183,9 @@ class JobConfig(BaseModel):
         le=1,
         description="coreset weights are cluster sizes raised to this power (then scaled to "
         "each class's share): 1 is CREST's weights, under which a coreset's weighted gradient "
-        "matches its subset's; 0 weighs every selected example alike; 0.5 trained 0.3-0.8 "
-        "points better than 1 on the benchmark's workloads (docs/benchmarks.md)",
+        "matches its subset's; 0 weighs every selected example alike; 0.5 trained up to 1.7 "
+        "points better than 1 (W1, W2-0, W3) and never worse beyond seed noise "
+        "(docs/benchmarks.md)",
     )
     allow_empty_classes: bool = Field(
         False, description="accept labels that leave a class in [0, C) without any example"

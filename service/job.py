@@ -736,8 +736,8 @@ class JobState:
                 region.embeddings[region.members], region.member_groups, excluded, rows
             )
         # Tempered cluster sizes (weight_exponent; 1 is CREST's): with whole cluster sizes
-        # a big cluster's representative, an easy example, carries most of its class's
-        # weight, and coresets trained up to 1.7 points worse (docs/benchmarks.md).
+        # coresets trained up to 1.7 points worse (docs/benchmarks.md); likely, though not
+        # measured, because a dense cluster's easy representative takes its class's weight.
         served = np.asarray(weights, np.float64) ** self.config.weight_exponent
         self._assemble(region, rows, groups, served, monitor, eligible)
 
