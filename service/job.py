@@ -783,8 +783,9 @@ class JobState:
     ) -> None:
         """Turn chosen subset members into the region's coresets and record statistics.
 
-        ``weights`` are raw (cluster sizes, or ones): within each (subset, class) they are
-        rescaled to sum to the class's share of the objective, then to mean 1 over the region.
+        ``weights`` are relative (cluster sizes to ``weight_exponent``, or ones): within each
+        (subset, class) they are rescaled to sum to the class's share of the objective, then
+        to mean 1 over the region.
         ``eligible``: the members that could be chosen (``exclude_noisy``; None: all).
         """
         classes = self.config.num_classes

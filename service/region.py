@@ -382,9 +382,9 @@ def excluded_weight(
         return counts
     dim = embeddings.shape[1] if embeddings.ndim == 2 else 1
     chunk = max(1, DISTANCE_BLOCK // max(1, width * dim))  # bounds the (chunk, width, d) block
+    offsets = np.arange(width)
     for start in range(0, len(excluded), chunk):
         part = slice(start, start + chunk)
-        offsets = np.arange(width)
         slots = first[part, None] + offsets  # (n, width) positions in ``selected``
         valid = offsets < sizes[part, None]
         slots = np.where(valid, slots, 0)

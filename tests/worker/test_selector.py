@@ -1,5 +1,8 @@
 import asyncio
 import dataclasses
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -231,10 +234,6 @@ def test_an_abandoned_chunked_selection_stops_within_its_running_chunk() -> None
 def test_an_in_process_selector_leaves_the_callers_torch_threads_alone() -> None:
     """In a process where torch has not run yet, the worker thread's torch thread count must
     not become the default of the thread that made the selector (a training loop's)."""
-    import os
-    import subprocess
-    import sys
-
     code = (
         "import torch\n"
         "from crest.worker.selector import InProcessSelector\n"
