@@ -11,30 +11,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # crest.compare imports torch: not for --help
-    from crest.compare import CrestSetup
+    from crest.compare import CrestSetup, E2EPlan
 
 
-def _e2e(args: argparse.Namespace) -> int:
-    from crest.compare import (
-        E2EPlan,
-        format_class_table,
-        format_monitor_table,
-        format_noise_table,
-        format_pipeline_table,
-        format_table,
-        quick_plan,
-        run_e2e,
-        write_json,
-    )
-    from crest.embedded import local_coordinator
+def _e2e_plan(args: argparse.Namespace) -> E2EPlan:
+    """The benchmark plan that ``crest bench e2e``'s arguments ask for."""
+    from crest.compare import E2EPlan, quick_plan
 
-    if args.merge:
-        return _e2e_merge(args)
     plan = E2EPlan()
     if args.quick:
         plan = quick_plan(plan)
-    if args.seeds is not None:
-        plan = replace(plan, seeds=tuple(range(args.seeds)))
+    if args.seeds is not None or args.first_seed:
+        count = len(plan.seeds) if args.seeds is None else args.seeds
+        plan = replace(plan, seeds=tuple(range(args.first_seed, args.first_seed + count)))
     if args.fracs:
         plan = replace(plan, fracs=tuple(args.fracs))
     if args.workloads:
@@ -47,6 +36,24 @@ def _e2e(args: argparse.Namespace) -> int:
         plan = replace(plan, train=replace(plan.train, epochs=args.epochs))
     if args.crest:
         plan = replace(plan, crest=_crest_setup(plan.crest, args.crest))
+    return plan
+
+
+def _e2e(args: argparse.Namespace) -> int:
+    from crest.compare import (
+        format_class_table,
+        format_monitor_table,
+        format_noise_table,
+        format_pipeline_table,
+        format_table,
+        run_e2e,
+        write_json,
+    )
+    from crest.embedded import local_coordinator
+
+    if args.merge:
+        return _e2e_merge(args)
+    plan = _e2e_plan(args)
     partial = Path(args.out).with_suffix(".partial.json")
     if args.placement == "separate":
         result = _e2e_separate(plan, args, partial)
@@ -451,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     which = bench.add_subparsers(dest="benchmark", required=True)
     e2e = which.add_parser("e2e", help="Full vs Random vs CREST on MNIST-1D (W1, W2, W3)")
     e2e.add_argument("--seeds", type=int, help="number of seeds (default 3)")
+    e2e.add_argument(
+        "--first-seed", type=int, default=0, help="the first seed (default 0): seeds from it on"
+    )
     e2e.add_argument("--fracs", type=float, nargs="+", help="train fractions (default 0.1 0.2)")
     e2e.add_argument(
         "--workloads",

@@ -81,6 +81,7 @@ class CrestSetup:
     strategy: str = "crest"
     class_weighting: str = "proportional"
     auto_min_gain: float = JobConfig.model_fields["auto_min_gain"].default
+    auto_switch_margin: float = JobConfig.model_fields["auto_switch_margin"].default
     auto_retest_epochs: float = JobConfig.model_fields["auto_retest_epochs"].default
     auto_test_epochs: float = JobConfig.model_fields["auto_test_epochs"].default
     auto_probe_size: int = JobConfig.model_fields["auto_probe_size"].default
@@ -117,6 +118,7 @@ class CrestSetup:
             strategy=self.strategy,
             class_weighting=self.class_weighting,
             auto_min_gain=self.auto_min_gain,
+            auto_switch_margin=self.auto_switch_margin,
             auto_retest_epochs=self.auto_retest_epochs,
             auto_test_epochs=self.auto_test_epochs,
             auto_probe_size=self.auto_probe_size,

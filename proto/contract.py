@@ -127,11 +127,23 @@ class JobConfig(BaseModel):
         description="auto serves coresets when, in its test, they lower the probe loss at least "
         "this many times faster per step than random batches",
     )
+    auto_switch_margin: float = Field(
+        1.5,
+        ge=1,
+        le=1e6,
+        description="auto: a test changes what the job serves only by this margin over "
+        "auto_min_gain: serving coresets (as a job starts), it keeps them unless random batches "
+        "lower the probe loss this many times faster than auto_min_gain allows; serving random "
+        "batches, coresets need auto_min_gain times this to return (a test's rates vary by up "
+        "to 2x with its arms shifted a few steps; 1 turns it off)",
+    )
     auto_retest_epochs: float = Field(
         1.0,
         gt=0,
         description="auto: virtual epochs before the first test and from a verdict to the next "
-        "(doubled after each repeat of the same verdict)",
+        "(doubled after each repeat of the same verdict; at least as many steps as the job had "
+        "run at the verdict; no re-test unless two test windows of steps would remain after "
+        "it)",
     )
     auto_test_epochs: float = Field(
         2.0,

@@ -375,6 +375,10 @@ class JobState:
                 region.end_step, region.end_reason = region_end(
                     cfg, start, self._service_length(coresets)
                 )
+            if role == "coresets":  # a test's coreset arm ends on time (AutoPolicy.arm_end)
+                arm_end = self.strategy.arm_end(start, cfg)
+                if region.end_step > arm_end:
+                    region.end_step, region.end_reason = region_end(cfg, start, arm_end - start)
         self.stats.append(
             RegionStats(
                 region_id=region_id,

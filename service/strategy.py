@@ -37,6 +37,9 @@ MEASURE = "measure"
 # docs/benchmarks.md), so re-tests on noisy data cost a quarter as much.
 EXCESS_EPOCHS = 1.0
 RETEST_EXCESS_EPOCHS = 0.25
+# A re-test is due only when, after its window (four arms), at least this many windows' steps
+# remain for its verdict to serve: a test near the end costs its arms and changes little.
+RETEST_PAYBACK = 1.0
 
 
 @dataclass
@@ -103,6 +106,18 @@ class AutoPolicy:
             length = max(1, min(length, math.ceil(self.next_test) - start))
         return length
 
+    def arm_end(self, start: int, config: JobConfig) -> int:
+        """The step by which a test's coreset arm that has a region opening at ``start`` ends:
+        its regions end there at the latest, so that both coreset arms are exactly as long as
+        the random ones (ABBA cancels a linear trend only over equal arms; a late region that
+        ran past the arm's end weighted the later, flatter part of the loss curve against
+        coresets). The first arm runs ``auto_test_epochs`` virtual epochs, the second as long
+        as the first."""
+        begin = start if self.arm_start < 0 else self.arm_start
+        if self.window:
+            return begin + max(1, self.random_length)
+        return begin + max(1, math.ceil(config.auto_test_epochs * config.steps_per_virtual_epoch))
+
     def measured(self, step: int, loss: float) -> None:
         """The probe's mean loss under the weights of ``step`` (a test region's candidates)."""
         self.points.append([float(step), float(loss)])
@@ -113,9 +128,15 @@ class AutoPolicy:
         Each arm's rate is the probe loss's decrease per step over it, from the probe's
         losses at its first step and at the first step after it. With the mean rates of
         the coreset regions (``rc``) and of the random regions (``rr``), coresets win when
-        ``rc - rr >= (auto_min_gain - 1) * |rr|`` (``rc / rr >= auto_min_gain`` while random
-        batches lower the loss). The next test comes ``auto_retest_epochs`` virtual epochs
-        later, twice as late after each repeat of the same verdict.
+        ``rc - rr >= (g - 1) * |rr|`` (``rc / rr >= g`` while random batches lower the loss),
+        where ``g`` is ``auto_min_gain / auto_switch_margin`` while the job serves coresets
+        (as it does until the first test) and ``auto_min_gain x auto_switch_margin`` while it
+        serves random batches: a test changes the mode only by a margin over its noise (on W1
+        at 10% the rates of one seed's test read 1.73x and 3.74x with its arms a few steps
+        apart, and nine seeds' first tests 0.82-2.22x where coresets end 0.7-1.5 points
+        ahead; docs/benchmarks.md). The next test comes ``auto_retest_epochs`` virtual epochs
+        later, twice as late after each repeat of the same verdict, no sooner than the job
+        has run as many steps again, and not at all near the end (:meth:`_conclude`).
 
         Coresets also lose when they chase examples the model cannot fit: when their selected
         examples' loss exceeds all candidates' by more than ``auto_max_loss_excess x ln C``
@@ -172,11 +193,15 @@ class AutoPolicy:
         else:
             rc, rr = rates
             stats.loss_rate_coresets, stats.loss_rate_random = rc, rr
-            wins = rc - rr >= (config.auto_min_gain - 1.0) * abs(rr)
+            # Hysteresis: the mode the job serves changes only by auto_switch_margin.
+            serving = self.mode == "crest"
+            margin = config.auto_switch_margin
+            gain = config.auto_min_gain / margin if serving else config.auto_min_gain * margin
+            wins = rc - rr >= (gain - 1.0) * abs(rr)
             ratio = f"{rc / rr:.2f}x" if rr > 0 else "n/a"
             reason = (
                 f"probe loss falls {rc:.3g}/step with coresets, {rr:.3g}/step with random "
-                f"batches ({ratio}; coresets need {config.auto_min_gain:g}x)"
+                f"batches ({ratio}; coresets need {gain:.3g}x to {'stay' if serving else 'return'})"
             )
             outside = excess_outside(excess, config, config.num_classes)
             if outside:
@@ -185,12 +210,27 @@ class AutoPolicy:
         self._conclude(verdict, reason, region.end_step, config)
 
     def _conclude(self, verdict: str, reason: str, end_step: int, config: JobConfig) -> None:
-        """End the test at ``end_step`` with its verdict: serve it until the next test."""
+        """End the test at ``end_step`` with its verdict: serve it until the next test.
+
+        The next test comes ``interval`` virtual epochs later (doubled after each repeat of
+        the same verdict), and no sooner than the job has run ``end_step`` steps more: a
+        verdict stands at least as long as the job took to reach it, so tests come at
+        geometric steps and their random (or coreset) arms cost a shrinking share of a
+        long job. None comes when fewer steps would remain after it than
+        :data:`RETEST_PAYBACK` windows: its verdict would serve too few steps to repay it.
+        """
         self.interval = self.interval * 2 if verdict == self.verdict else config.auto_retest_epochs
         self.verdict = verdict
-        self.next_test = end_step + self.interval * config.steps_per_virtual_epoch
+        epoch = config.steps_per_virtual_epoch
+        self.next_test = end_step + max(self.interval * epoch, end_step)
+        window = len(WINDOW) * config.auto_test_epochs * epoch
+        if config.total_steps - self.next_test < (1 + RETEST_PAYBACK) * window:
+            self.next_test = config.total_steps
+            then = "no further test (too few steps left to repay one)"
+        else:
+            then = f"next test at step {math.ceil(self.next_test)}"
         self.mode = "crest" if verdict == "coresets" else "random"
-        self.decision = f"{verdict}: {reason}; next test at step {math.ceil(self.next_test)}"
+        self.decision = f"{verdict}: {reason}; {then}"
         self.probe, self.window, self.points, self.excess = [], [], [], []
         self.arm_start = -1
 

@@ -57,7 +57,7 @@ class Array(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class JobConfig(_message.Message):
-    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches", "auto_min_gain", "auto_retest_epochs", "name", "class_weighting", "allow_empty_classes", "selection_side", "max_staleness", "lookahead_coresets", "exclude_noisy", "noisy_mads", "auto_test_epochs", "auto_probe_size", "auto_max_loss_excess", "auto_min_loss_excess", "weight_exponent")
+    __slots__ = ("num_examples", "num_classes", "batch_size", "epochs", "train_frac", "world_size", "seed", "subset_size", "tau", "num_coresets", "max_coresets", "adaptive", "check_interval", "max_check_interval", "max_coreset_uses", "check_sample_size", "loss_window", "learned_loss", "drop_interval", "max_drop_frac", "min_pool_per_class", "readmit_after", "strategy", "random_batches", "auto_min_gain", "auto_retest_epochs", "name", "class_weighting", "allow_empty_classes", "selection_side", "max_staleness", "lookahead_coresets", "exclude_noisy", "noisy_mads", "auto_test_epochs", "auto_probe_size", "auto_max_loss_excess", "auto_min_loss_excess", "weight_exponent", "auto_switch_margin")
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class JobConfig(_message.Message):
     AUTO_MAX_LOSS_EXCESS_FIELD_NUMBER: _ClassVar[int]
     AUTO_MIN_LOSS_EXCESS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_EXPONENT_FIELD_NUMBER: _ClassVar[int]
+    AUTO_SWITCH_MARGIN_FIELD_NUMBER: _ClassVar[int]
     num_examples: int
     num_classes: int
     batch_size: int
@@ -136,7 +137,8 @@ class JobConfig(_message.Message):
     auto_max_loss_excess: float
     auto_min_loss_excess: float
     weight_exponent: float
-    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ..., strategy: _Optional[str] = ..., random_batches: _Optional[str] = ..., auto_min_gain: _Optional[float] = ..., auto_retest_epochs: _Optional[float] = ..., name: _Optional[str] = ..., class_weighting: _Optional[str] = ..., allow_empty_classes: _Optional[bool] = ..., selection_side: _Optional[str] = ..., max_staleness: _Optional[int] = ..., lookahead_coresets: _Optional[bool] = ..., exclude_noisy: _Optional[bool] = ..., noisy_mads: _Optional[float] = ..., auto_test_epochs: _Optional[float] = ..., auto_probe_size: _Optional[int] = ..., auto_max_loss_excess: _Optional[float] = ..., auto_min_loss_excess: _Optional[float] = ..., weight_exponent: _Optional[float] = ...) -> None: ...
+    auto_switch_margin: float
+    def __init__(self, num_examples: _Optional[int] = ..., num_classes: _Optional[int] = ..., batch_size: _Optional[int] = ..., epochs: _Optional[float] = ..., train_frac: _Optional[float] = ..., world_size: _Optional[int] = ..., seed: _Optional[int] = ..., subset_size: _Optional[int] = ..., tau: _Optional[float] = ..., num_coresets: _Optional[int] = ..., max_coresets: _Optional[int] = ..., adaptive: _Optional[bool] = ..., check_interval: _Optional[int] = ..., max_check_interval: _Optional[int] = ..., max_coreset_uses: _Optional[int] = ..., check_sample_size: _Optional[int] = ..., loss_window: _Optional[int] = ..., learned_loss: _Optional[float] = ..., drop_interval: _Optional[float] = ..., max_drop_frac: _Optional[float] = ..., min_pool_per_class: _Optional[int] = ..., readmit_after: _Optional[int] = ..., strategy: _Optional[str] = ..., random_batches: _Optional[str] = ..., auto_min_gain: _Optional[float] = ..., auto_retest_epochs: _Optional[float] = ..., name: _Optional[str] = ..., class_weighting: _Optional[str] = ..., allow_empty_classes: _Optional[bool] = ..., selection_side: _Optional[str] = ..., max_staleness: _Optional[int] = ..., lookahead_coresets: _Optional[bool] = ..., exclude_noisy: _Optional[bool] = ..., noisy_mads: _Optional[float] = ..., auto_test_epochs: _Optional[float] = ..., auto_probe_size: _Optional[int] = ..., auto_max_loss_excess: _Optional[float] = ..., auto_min_loss_excess: _Optional[float] = ..., weight_exponent: _Optional[float] = ..., auto_switch_margin: _Optional[float] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("header", "labels")

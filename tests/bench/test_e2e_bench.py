@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from crest.cli import _crest_setup, build_parser
+from crest.cli import _crest_setup, _e2e_plan, build_parser
 from crest.compare import (
     METHODS,
     CrestSetup,
@@ -112,6 +112,16 @@ def test_the_command_offers_every_workload_and_method() -> None:
         ["bench", "e2e", "--workloads", *WORKLOADS, "--methods", *METHODS]
     )
     assert tuple(args.workloads) == tuple(WORKLOADS) and tuple(args.methods) == tuple(METHODS)
+
+
+def test_seeds_count_from_the_first_seed() -> None:
+    def seeds(*argv: str) -> tuple[int, ...]:
+        return _e2e_plan(build_parser().parse_args(["bench", "e2e", *argv])).seeds
+
+    assert seeds() == (0, 1, 2)
+    assert seeds("--seeds", "2") == (0, 1)
+    assert seeds("--first-seed", "3") == (3, 4, 5)
+    assert seeds("--first-seed", "6", "--seeds", "4") == (6, 7, 8, 9)
 
 
 def test_crest_settings_override_the_defaults_and_unknown_ones_exit_with_the_known() -> None:

@@ -11,10 +11,8 @@ from crest.worker.selector import run_selection
 
 def make_job(world_size: int = 1, n: int = 2000, classes: int = 4, **overrides) -> JobState:
     labels = np.random.default_rng(0).integers(0, classes, n)
-    config = JobConfig(
-        num_examples=n, num_classes=classes, batch_size=32, epochs=10, train_frac=0.2,
-        world_size=world_size, **overrides,
-    )  # fmt: skip
+    settings = {"batch_size": 32, "epochs": 10, "train_frac": 0.2, **overrides}
+    config = JobConfig(num_examples=n, num_classes=classes, world_size=world_size, **settings)
     return JobState("job", config, labels)
 
 

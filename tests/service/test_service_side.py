@@ -172,7 +172,11 @@ def test_auto_ends_a_test_with_its_first_arm_on_the_service_side_too(arm_epochs:
     # Coresets of unfit examples lose a test as soon as the excess is read in its first coreset
     # arm: the next region is random, drawn then; no region is drawn ahead while a test runs;
     # auto re-tests.
-    job = service_job(strategy="auto", auto_retest_epochs=0.5, auto_test_epochs=arm_epochs)
+    # Long enough for re-tests to repay their windows (strategy.RETEST_PAYBACK).
+    epochs = 10 if arm_epochs < 1 else 30
+    job = service_job(
+        strategy="auto", auto_retest_epochs=0.5, auto_test_epochs=arm_epochs, epochs=epochs
+    )
     for step in range(job.config.total_steps):
         view = see(job, 0, step)
         while view.status is not RegionStatus.READY:

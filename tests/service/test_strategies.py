@@ -15,6 +15,8 @@ from crest.service.pool import largest_remainder
 from crest.service.strategy import (
     EXCESS_EPOCHS,
     RETEST_EXCESS_EPOCHS,
+    RETEST_PAYBACK,
+    WINDOW,
     bounded_coreset_quality,
     coreset_quality,
     monitor_gain,
@@ -33,6 +35,7 @@ def walk(
     served: set | None = None,
     unfit: float = 0.0,
     probe_extra: float = 0.0,
+    checks_fail: bool = True,
 ) -> list[str]:
     """Play rank 0 for ``steps`` steps (embeddings from ``embed``); returns each step's mode.
 
@@ -43,6 +46,8 @@ def walk(
     mislabelled one: its loss is ``unfit`` higher (a negative ``unfit``: lower, at least 0)
     and its embedding far from all others'.
     ``probe_extra``: strategy auto's held-out probe examples' losses are that much higher.
+    ``checks_fail``: every check fails (short regions); else every check passes (regions run
+    to their bound).
     """
     modes = []
     loss = 1.3
@@ -76,7 +81,9 @@ def walk(
         if rates:
             loss = max(0.01, loss - rates[mode])
         if (step + 1 - view.start_step) % view.check_interval == 0 and step + 2 < view.end_step:
-            report(job, step, loss=1.0, linear=5.0)  # every check fails: short regions
+            # A failing check ends the region (its linear term mispredicts the loss); a
+            # passing one predicts it exactly.
+            report(job, step, loss=1.0, linear=5.0 if checks_fail else 0.0)
     return modes
 
 
@@ -241,8 +248,13 @@ def auto_tests(job: JobState) -> list:
     return tests
 
 
+# Long enough for re-tests: a verdict stands as long as the job took to reach it, and a
+# re-test needs two windows' steps left (RETEST_PAYBACK).
+RETESTS = {"strategy": "auto", "epochs": 40, "auto_retest_epochs": 1.0, "auto_test_epochs": 0.5}
+
+
 def test_auto_measures_paired_arms_and_keeps_coresets_while_they_pay() -> None:
-    job = make_job(strategy="auto", auto_retest_epochs=1.0, auto_test_epochs=0.5, **RATES_ONLY)
+    job = make_job(**RETESTS, **RATES_ONLY)
     modes = walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002})
     regions = job.status().regions
     assert regions[0].mode == "crest" and regions[0].auto_test == ""  # before the first test
@@ -268,17 +280,52 @@ def test_auto_measures_paired_arms_and_keeps_coresets_while_they_pay() -> None:
     after = [r for r in regions if r.decision.startswith("coresets: probe loss falls")]
     assert after and all(r.mode == "crest" for r in after if not r.auto_test)
     assert modes.count("crest") > modes.count("random")
-    # The second interval doubles the first (the same verdict twice).
+    # The second interval doubles the first (the same verdict twice), and each is at least
+    # as long as the job had run at the verdict.
     ends = [t[-1][0].end_step for t in tests]
     starts = [t[0][0].start_step for t in tests]
     spve = job.config.steps_per_virtual_epoch
-    assert starts[1] >= ends[0] + spve
+    assert starts[1] >= ends[0] + max(spve, ends[0])
     if len(tests) > 2:
-        assert starts[2] >= ends[1] + 2 * spve
+        assert starts[2] >= ends[1] + max(2 * spve, ends[1])
+
+
+def test_auto_ends_coreset_arms_on_time_when_regions_would_run_past_them() -> None:
+    # No check fails: coreset regions would run to their bound, past the arm's end. Each arm
+    # ends on time, so that the four arms are equally long (ABBA).
+    job = make_job(**RETESTS, **RATES_ONLY, adaptive=False, check_interval=4)
+    walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002}, checks_fail=False)
+    tests = auto_tests(job)
+    assert tests
+    arm_steps = math.ceil(0.5 * job.config.steps_per_virtual_epoch)
+    for test in tests:
+        starts = [arm[0].start_step for arm in test]
+        assert [b - a for a, b in itertools.pairwise(starts)] == [arm_steps] * 4
+        coreset_regions = test[0] + test[3]
+        assert all(r.end_step <= r.start_step + arm_steps for r in coreset_regions)
+    arm_ends = [r for t in tests for r in t[0] + t[3] if r.end_reason == "bound"]
+    assert arm_ends, "a coreset region was cut at its arm's end"
+
+
+def test_auto_tests_no_more_when_too_few_steps_are_left_to_repay_a_test() -> None:
+    job = make_job(**RETESTS, **RATES_ONLY)
+    walk(job, job.config.total_steps, rates={"crest": 0.004, "random": 0.002})
+    regions, config = job.status().regions, job.config
+    window = len(WINDOW) * config.auto_test_epochs * config.steps_per_virtual_epoch
+    tests = auto_tests(job)
+    for test in tests[1:]:
+        assert config.total_steps - test[0][0].start_step >= (1 + RETEST_PAYBACK) * window
+    last = regions.index(tests[-1][-1][0])
+    assert regions[last + 1].decision.endswith("no further test (too few steps left to repay one)")
+    assert all(r.mode == "crest" and not r.auto_test for r in regions[last + 1 :])
+    # A job too short for a re-test runs its first test only.
+    short = make_job(**{**RETESTS, "epochs": 10}, **RATES_ONLY)
+    walk(short, short.config.total_steps, rates={"crest": 0.004, "random": 0.002})
+    assert len(auto_tests(short)) == 1
 
 
 def test_auto_falls_back_when_random_batches_learn_faster_and_retests() -> None:
-    job = make_job(strategy="auto", auto_retest_epochs=1.0, auto_test_epochs=0.5, **RATES_ONLY)
+    job = make_job(**RETESTS, **RATES_ONLY)
     modes = walk(job, job.config.total_steps, rates={"crest": 0.001, "random": 0.003})
     regions = job.status().regions
     tests = auto_tests(job)
@@ -286,18 +333,67 @@ def test_auto_falls_back_when_random_batches_learn_faster_and_retests() -> None:
     verdict = next(i for i, r in enumerate(regions) if r.decision.startswith("random:"))
     fallback = [r for r in regions[verdict:] if not r.auto_test]
     assert fallback and fallback[0].mode == "random"
-    assert "0.33x; coresets need 1x" in regions[verdict].decision
+    # Serving coresets (as the job starts), they stay down to 1/1.5 of random's rate; serving
+    # random batches, they need 1.5x to return (auto_switch_margin).
+    assert "0.33x; coresets need 0.667x to stay" in regions[verdict].decision
+    retest = regions.index(tests[1][-1][0]) + 1
+    assert "0.33x; coresets need 1.5x to return" in regions[retest].decision
     next_test = int(regions[verdict].decision.rsplit(" ", 1)[1])
     assert tests[1][0][0].start_step >= next_test
     assert modes.count("random") > modes.count("crest")
 
 
 def test_auto_needs_its_margin() -> None:
-    job = make_job(strategy="auto", auto_min_gain=2.5, auto_test_epochs=1.0, **RATES_ONLY)
-    walk(job, 100, rates={"crest": 0.004, "random": 0.002})  # 2x as fast: not enough
-    regions = job.status().regions
-    verdicts = [r.decision.split(":")[0] for r in regions if "probe loss" in r.decision]
-    assert verdicts and set(verdicts) == {"random"}
+    # Coresets twice as fast: not enough for auto_min_gain 2.5 without the switching margin;
+    # with it (1.5), a job serving coresets keeps them down to 2.5 / 1.5 = 1.67x.
+    for margin, verdict in ((1.0, "random"), (1.5, "coresets")):
+        job = make_job(strategy="auto", auto_min_gain=2.5, auto_test_epochs=1.0,
+                       auto_switch_margin=margin, **RATES_ONLY)  # fmt: skip
+        walk(job, 100, rates={"crest": 0.004, "random": 0.002})
+        regions = job.status().regions
+        verdicts = [r.decision.split(":")[0] for r in regions if "probe loss" in r.decision]
+        assert verdicts and set(verdicts) == {verdict}
+
+
+def play_window(
+    policy, config, rates: tuple[float, float], second_excess: float = 0.0
+) -> RegionStats:
+    """Feed ``policy`` one whole test window of arms as long as the first coreset arm's
+    ``auto_test_epochs``: the probe loss falls at ``rates`` (coresets, random) per step; the
+    coreset arms' excess is 0 in the first, ``second_excess`` in the second. Returns the
+    measure region's statistics."""
+    policy.begin(np.arange(3))
+    arm = math.ceil(config.auto_test_epochs * config.steps_per_virtual_epoch)
+    step, loss = 0, 2.0
+    for role, excess in (("coresets", 0.0), ("random", None), ("random", None),
+                         ("coresets", second_excess), ("measure", None)):  # fmt: skip
+        region = SimpleNamespace(start_step=step, end_step=step + arm, end_reason="bound")
+        stats = RegionStats(region_id=0, start_step=step, num_coresets=1, check_interval=1,
+                            num_candidates=1, pool_size=1, pool_per_class=[1],
+                            auto_test=role)  # fmt: skip
+        if excess is not None:
+            stats.candidate_loss, stats.selected_loss = 1.0, 1.0 + excess
+        policy.measured(step, loss)
+        policy.after(region, stats, config)
+        loss -= arm * rates[role != "coresets"] if role != "measure" else 0.0
+        step += arm
+    return stats
+
+
+@pytest.mark.parametrize("ratio", [0.6, 0.7, 1.3, 1.6])
+def test_a_test_switches_the_mode_only_by_the_margin(ratio: float) -> None:
+    # Coresets' rate over random batches': a job serving coresets leaves them only under
+    # 1/1.5 (0.6), one serving random batches returns to coresets only from 1.5x (1.6).
+    for serving in ("crest", "random"):
+        job = make_job(strategy="auto", auto_test_epochs=0.5)
+        policy = job.strategy
+        policy.mode = serving
+        play_window(policy, job.config, (0.002 * ratio, 0.002))
+        keeps = policy.mode == serving
+        assert keeps == (ratio >= 1 / 1.5 if serving == "crest" else ratio < 1.5), policy.decision
+    job = make_job(strategy="auto", auto_test_epochs=0.5, auto_switch_margin=1.0)
+    play_window(job.strategy, job.config, (0.002 * ratio, 0.002))
+    assert job.strategy.mode == ("crest" if ratio >= 1 else "random"), "no margin: the rates"
 
 
 def test_auto_refuses_coresets_that_chase_examples_the_model_cannot_fit() -> None:
@@ -339,7 +435,7 @@ def test_auto_reads_the_excess_after_one_virtual_epoch_of_a_longer_arm() -> None
     # With coreset arms of two virtual epochs, a test that the excess decides still ends
     # after one (a re-test after a quarter); within the bars, the first arm runs its two.
     rates = {"crest": 0.004, "random": 0.002}
-    job = make_job(strategy="auto", auto_test_epochs=2.0)
+    job = make_job(strategy="auto", auto_test_epochs=2.0, epochs=30)  # long enough to re-test
     walk(job, job.config.total_steps, rates=rates, unfit=3.0)
     regions, epoch = job.status().regions, job.config.steps_per_virtual_epoch
     deciding = [i for i, r in enumerate(regions) if r.loss_excess_coresets is not None]
@@ -352,7 +448,7 @@ def test_auto_reads_the_excess_after_one_virtual_epoch_of_a_longer_arm() -> None
         assert regions[i].end_step - start < read_at + epoch, "ends with the region it is read"
         assert regions[i + 1].mode == "random" and not regions[i + 1].auto_test
 
-    job = make_job(strategy="auto", auto_test_epochs=2.0, auto_max_loss_excess=1e6)
+    job = make_job(strategy="auto", auto_test_epochs=2.0, auto_max_loss_excess=1e6, epochs=30)
     walk(job, job.config.total_steps, rates=rates, unfit=3.0)
     tests = auto_tests(job)
     assert tests
@@ -384,31 +480,10 @@ def test_auto_weighs_the_loss_excess_over_both_coreset_arms() -> None:
     # Coresets chase high-loss examples only in their second arm: the test runs its whole
     # window, and the mean over both arms decides.
     job = make_job(strategy="auto", auto_test_epochs=0.5)
-    policy = job.strategy
-    cfg = job.config
+    policy, cfg = job.strategy, job.config
     limit = cfg.auto_max_loss_excess * math.log(cfg.num_classes)
-    policy.begin(np.arange(3))
-    arm = math.ceil(0.5 * cfg.steps_per_virtual_epoch)
-    step = 0
-    for role, excess in (("coresets", 0.0), ("random", None), ("random", None),
-                         ("coresets", 1.5 * limit), ("measure", None)):  # fmt: skip
-        region = SimpleNamespace(start_step=step, end_step=step + arm, end_reason="bound")
-        stats = RegionStats(
-            region_id=0,
-            start_step=step,
-            num_coresets=1,
-            check_interval=1,
-            num_candidates=1,
-            pool_size=1,
-            pool_per_class=[1],
-            auto_test=role,
-        )
-        if excess is not None:
-            stats.candidate_loss, stats.selected_loss = 1.0, 1.0 + excess
-        policy.measured(step, 2.0 - 0.01 * step)  # the same rate in every arm
-        policy.after(region, stats, cfg)
-        step += arm
-    assert stats.loss_excess_coresets == pytest.approx(0.75 * limit)
+    measure = play_window(policy, cfg, (0.01, 0.01), second_excess=1.5 * limit)  # same rates
+    assert measure.loss_excess_coresets == pytest.approx(0.75 * limit)
     assert policy.verdict == "coresets"
 
 
