@@ -114,7 +114,7 @@ _JOB_GAUGES: list[tuple[str, str, Callable[[JobDetail], float | None]]] = [
     (
         "crest_monitor_min_gain",
         "How many times faster than random batches coresets must lower auto's probe loss "
-        "(auto_min_gain).",
+        "(auto_min_gain, before the switching margin auto_switch_margin).",
         lambda d: d.summary.auto_min_gain,
     ),
     (

@@ -72,7 +72,12 @@ class JobSummary(BaseModel):
     gain: float | None = Field(description="newest measured region: " + GAIN_HELP)
     auto_min_gain: float = Field(
         description="strategy auto: how many times faster than random batches coresets must "
-        "lower the probe loss in a test"
+        "lower the probe loss in a test, before the switching margin"
+    )
+    auto_switch_margin: float = Field(
+        description="strategy auto: a test changes the mode the job serves only by this factor "
+        "beyond auto_min_gain (coresets stay above auto_min_gain / it, return above "
+        "auto_min_gain x it)"
     )
     selection_share: float | None = Field(
         description="share of all ranks' trainer time spent on selection work (None before "

@@ -159,6 +159,7 @@ def _summary(status: JobStatus, telemetry: JobTelemetry, now: float) -> JobSumma
         random_error=None if measured is None else measured.random_error,
         gain=None if measured is None else measured.gain,
         auto_min_gain=cfg.auto_min_gain,
+        auto_switch_margin=cfg.auto_switch_margin,
         selection_share=_total_share(status.trainers),
         selection_side=status.selection_side,
         staleness=None if current is None else current.staleness,

@@ -194,6 +194,7 @@ def test_modes_decisions_and_the_monitor_agree_with_job_status(served: Served) -
         assert summaries[job_id].model_dump(exclude=moving) == summary.model_dump(exclude=moving)
         assert summary.strategy == status.config.strategy
         assert summary.auto_min_gain == status.config.auto_min_gain
+        assert summary.auto_switch_margin == status.config.auto_switch_margin
         assert summary.mode == detail.monitor[-1].mode
         assert summary.decision == regions[-1].decision
         measured = [r for r in regions if r.coreset_error is not None]
