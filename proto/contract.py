@@ -142,8 +142,8 @@ class JobConfig(BaseModel):
         gt=0,
         description="auto: virtual epochs before the first test and from a verdict to the next "
         "(doubled after each repeat of the same verdict; at least as many steps as the job had "
-        "run at the verdict; no re-test unless two test windows of steps would remain after "
-        "it)",
+        "run at the verdict; no re-test unless its window and as many steps again would "
+        "remain)",
     )
     auto_test_epochs: float = Field(
         2.0,
