@@ -116,7 +116,7 @@ class AutoPolicy:
         begin = start if self.arm_start < 0 else self.arm_start
         if self.window:
             return begin + max(1, self.random_length)
-        return begin + max(1, math.ceil(config.auto_test_epochs * config.steps_per_virtual_epoch))
+        return begin + max(1, math.ceil(arm_steps(config)))
 
     def measured(self, step: int, loss: float) -> None:
         """The probe's mean loss under the weights of ``step`` (a test region's candidates)."""
@@ -164,15 +164,15 @@ class AutoPolicy:
             if self.arm_start < 0:
                 self.arm_start = region.start_step
             length = region.end_step - self.arm_start
-            arm_steps = config.auto_test_epochs * config.steps_per_virtual_epoch
-            ends = length >= arm_steps or region.end_reason == "budget"
+            arm = arm_steps(config)
+            ends = length >= arm or region.end_reason == "budget"
             if coresets:
                 # The excess is read from the region that takes the first arm to
                 # EXCESS_EPOCHS virtual epochs (a re-test: RETEST_EXCESS_EPOCHS), or ends it
                 # sooner, and after every coreset region of the test from then on: outside
                 # its bars, the verdict is in, and the test ends there.
                 epochs = RETEST_EXCESS_EPOCHS if self.verdict else EXCESS_EPOCHS
-                read_at = min(arm_steps, epochs * config.steps_per_virtual_epoch)
+                read_at = min(arm, epochs * config.steps_per_virtual_epoch)
                 outside = excess_outside(excess, config, config.num_classes)
                 if outside and (self.window or length >= read_at or ends):
                     stats.loss_excess_coresets = excess
@@ -221,9 +221,8 @@ class AutoPolicy:
         """
         self.interval = self.interval * 2 if verdict == self.verdict else config.auto_retest_epochs
         self.verdict = verdict
-        epoch = config.steps_per_virtual_epoch
-        self.next_test = end_step + max(self.interval * epoch, end_step)
-        window = len(WINDOW) * config.auto_test_epochs * epoch
+        self.next_test = end_step + max(self.interval * config.steps_per_virtual_epoch, end_step)
+        window = len(WINDOW) * arm_steps(config)
         if config.total_steps - self.next_test < (1 + RETEST_PAYBACK) * window:
             self.next_test = config.total_steps
             then = "no further test (too few steps left to repay one)"
@@ -233,6 +232,12 @@ class AutoPolicy:
         self.decision = f"{verdict}: {reason}; {then}"
         self.probe, self.window, self.points, self.excess = [], [], [], []
         self.arm_start = -1
+
+
+def arm_steps(config: JobConfig) -> float:
+    """Steps of a test's first coreset arm: ``auto_test_epochs`` virtual epochs (each other
+    arm is as long as the first turned out)."""
+    return config.auto_test_epochs * config.steps_per_virtual_epoch
 
 
 def excess_outside(excess: float | None, config: JobConfig, num_classes: int) -> str:
